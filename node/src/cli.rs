@@ -1,0 +1,114 @@
+//! Command-line syntax (clap). Parsed flags are turned into a validated `Config` by
+//! `config.rs` before anything runs (ripgrep's two stages).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fsnode",
+    version,
+    about = "Peer-to-peer file transfer on a local network",
+    long_about = "fsnode finds other fsnode nodes on the LAN with mDNS, lets you choose which \
+                  devices to trust, and moves files between trusted devices over WebRTC data \
+                  channels in SHA-256-verified chunks that survive disconnects and restarts.\n\n\
+                  Start the node with `fsnode run`; the other commands talk to it or read its \
+                  journal.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Put config, data, runtime and receive directories under this one root.
+    #[arg(long, global = true, env = "FSNODE_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// More log output on stderr (-v: debug, -vv: trace). Logs are quiet by default.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node in the foreground until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Print this node's device id, name and type (creates the identity if there is none).
+    Id(IdArgs),
+    /// Read the node's journal: every event it recorded, verification, state at any point.
+    Journal(JournalArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Human-readable device name announced to peers (default: the host name; ≤ 63 bytes).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Device type announced to peers.
+    #[arg(long, value_enum)]
+    pub device_type: Option<DeviceTypeArg>,
+
+    /// TCP signaling port (0 picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// Serve discovery and ICE only on this network interface (repeatable). Default: every
+    /// interface that is up, except loopback.
+    #[arg(long = "interface", value_name = "NAME")]
+    pub interfaces: Vec<String>,
+
+    /// Where received files land (default: the user's download directory).
+    #[arg(long, value_name = "DIR")]
+    pub receive_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Print JSON (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// Read this journal directory instead of the node's own (e.g. a copy from another machine).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: JournalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Print the journal's records, oldest first.
+    Show {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Start at this sequence number.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+    },
+    /// Check every record's checksum and sequence; exit non-zero if the journal is damaged.
+    Verify,
+    /// Rebuild the node's state (peers, trust, transfers and their progress) from the journal,
+    /// optionally only up to a sequence number: what the node believed at that point.
+    Replay {
+        /// Stop after the record with this sequence number.
+        #[arg(long, value_name = "SEQ")]
+        until: Option<u64>,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DeviceTypeArg {
+    Desktop,
+    Mobile,
+    Server,
+}

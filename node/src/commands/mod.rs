@@ -1,0 +1,16 @@
+//! The CLI's subcommands. Each parses nothing itself: it receives parsed args, does its work
+//! through the library, and returns an `anyhow` error with context for `main` to print.
+
+mod id;
+mod journal;
+
+use crate::cli::{Cli, Command};
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let home = cli.home.as_deref();
+    match cli.command {
+        Command::Run(args) => crate::shell::run::run(home, &args),
+        Command::Id(args) => id::id(home, &args),
+        Command::Journal(args) => journal::journal(home, &args),
+    }
+}

@@ -1,0 +1,200 @@
+//! A node's validated configuration: built-in defaults, overridden by the config file
+//! (`CONFIG/fsnode.toml`), overridden by flags.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::{DeviceTypeArg, RunArgs};
+use crate::core::DeviceType;
+use crate::dirs::Dirs;
+
+/// spec section 2: the `name` TXT value is at most 63 bytes.
+pub const MAX_NAME_BYTES: usize = 63;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub dirs: Dirs,
+    pub name: String,
+    pub device_type: DeviceType,
+    pub port: u16,
+    pub interfaces: Vec<String>,
+}
+
+/// The config file's contents; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    pub name: Option<String>,
+    pub device_type: Option<String>,
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    pub receive_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("the device name must not be empty")]
+    EmptyName,
+    #[error("device type {0:?} is not one of desktop, mobile, server")]
+    DeviceType(String),
+    #[error(transparent)]
+    Dirs(#[from] crate::dirs::DirsError),
+}
+
+impl ConfigFile {
+    /// Reads the file if it exists; a missing file is an empty config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })
+    }
+}
+
+/// The directories for `--home` / `FSNODE_HOME` or the platform's.
+pub fn resolve_dirs(home: Option<&Path>) -> Result<Dirs, ConfigError> {
+    Ok(match home {
+        Some(root) => Dirs::under(root),
+        None => Dirs::platform()?,
+    })
+}
+
+impl Config {
+    pub fn resolve(home: Option<&Path>, args: &RunArgs) -> Result<Self, ConfigError> {
+        let mut dirs = resolve_dirs(home)?;
+        let file = ConfigFile::load(&dirs.config_file())?;
+        if let Some(dir) = args.receive_dir.clone().or(file.receive_dir) {
+            dirs.receive = dir;
+        }
+        let name = match args.name.clone().or(file.name) {
+            Some(name) => name,
+            None => host_name(),
+        };
+        let name = clamp_name(name.trim())?;
+        let device_type = match (args.device_type, file.device_type) {
+            (Some(arg), _) => match arg {
+                DeviceTypeArg::Desktop => DeviceType::Desktop,
+                DeviceTypeArg::Mobile => DeviceType::Mobile,
+                DeviceTypeArg::Server => DeviceType::Server,
+            },
+            (None, Some(text)) => match DeviceType::from_wire(&text) {
+                DeviceType::Unknown => return Err(ConfigError::DeviceType(text)),
+                known => known,
+            },
+            (None, None) => DeviceType::Desktop,
+        };
+        let interfaces = if args.interfaces.is_empty() {
+            file.interfaces
+        } else {
+            args.interfaces.clone()
+        };
+        Ok(Self {
+            dirs,
+            name,
+            device_type,
+            port: args.port.or(file.port).unwrap_or(0),
+            interfaces,
+        })
+    }
+}
+
+fn host_name() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "fsnode".into()
+    } else {
+        name
+    }
+}
+
+/// Shortens a name to 63 bytes on a character boundary.
+fn clamp_name(name: &str) -> Result<String, ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::EmptyName);
+    }
+    let mut end = name.len().min(MAX_NAME_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(name[..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let home = tempfile::tempdir().unwrap();
+        let dirs = Dirs::under(home.path());
+        fs::create_dir_all(&dirs.config).unwrap();
+        fs::write(
+            dirs.config_file(),
+            "name = \"from-file\"\ndevice-type = \"server\"\nport = 7000\ninterfaces = [\"veth0\"]\n",
+        )
+        .unwrap();
+        let from_file = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(from_file.name, "from-file");
+        assert_eq!(from_file.device_type, DeviceType::Server);
+        assert_eq!(from_file.port, 7000);
+        assert_eq!(from_file.interfaces, vec!["veth0"]);
+        let args = RunArgs {
+            name: Some("flag".into()),
+            device_type: Some(DeviceTypeArg::Mobile),
+            port: Some(0),
+            interfaces: vec!["veth1".into()],
+            receive_dir: Some("/srv/in".into()),
+        };
+        let from_flags = Config::resolve(Some(home.path()), &args).unwrap();
+        assert_eq!(from_flags.name, "flag");
+        assert_eq!(from_flags.device_type, DeviceType::Mobile);
+        assert_eq!(from_flags.port, 0);
+        assert_eq!(from_flags.interfaces, vec!["veth1"]);
+        assert_eq!(from_flags.dirs.receive, Path::new("/srv/in"));
+    }
+
+    #[test]
+    fn a_bad_config_file_names_itself() {
+        let home = tempfile::tempdir().unwrap();
+        let dirs = Dirs::under(home.path());
+        fs::create_dir_all(&dirs.config).unwrap();
+        fs::write(dirs.config_file(), "colour = \"blue\"\n").unwrap();
+        let err = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("fsnode.toml"), "{err}");
+        fs::write(dirs.config_file(), "device-type = \"toaster\"\n").unwrap();
+        assert!(matches!(
+            Config::resolve(Some(home.path()), &RunArgs::default()),
+            Err(ConfigError::DeviceType(_))
+        ));
+    }
+
+    #[test]
+    fn names_are_clamped_to_63_bytes_on_a_character_boundary() {
+        let long = "é".repeat(40); // 80 bytes
+        let clamped = clamp_name(&long).unwrap();
+        assert!(clamped.len() <= MAX_NAME_BYTES);
+        assert_eq!(clamped, "é".repeat(31));
+        assert!(matches!(clamp_name(""), Err(ConfigError::EmptyName)));
+    }
+}

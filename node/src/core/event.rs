@@ -1,0 +1,235 @@
+//! The journal's vocabulary (design.md, "Events"). Every state change of the node is one of
+//! these, appended to the journal before its effects run; `State::apply` folds them.
+//!
+//! Compatibility: events are CBOR maps keyed by field name. New fields are added with
+//! `#[serde(default)]` so journals written by older builds still replay.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeviceId, DeviceType, TransferId};
+
+/// One journal record's payload: when it happened (wall clock, unix milliseconds) and what.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stamped {
+    pub time_ms: i64,
+    pub event: Event,
+}
+
+/// Who made a trust decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Authority {
+    /// The operator, through the CLI or the control socket.
+    Operator,
+    /// A policy plugin (or the built-in default), named.
+    Policy { plugin: String },
+}
+
+/// Which way a transfer goes, seen from this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Send,
+    Receive,
+}
+
+/// Which end did something (e.g. cancelled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Local,
+    Remote,
+}
+
+/// Stored externally tagged (`{"Kind": {fields}}`): internally tagged enums go through serde's
+/// buffered `Content`, which loses CBOR's binary forms of addresses and ids. `to_json` gives
+/// the flat `{"type": "Kind", fields}` form that operators and scripts read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    // --- the node itself ---
+    /// The node started. Connections and discoveries of an earlier run are void after this.
+    NodeStarted {
+        device_id: DeviceId,
+        name: String,
+        device_type: DeviceType,
+        version: String,
+    },
+    /// The node shut down cleanly (signal or operator request).
+    NodeStopped {
+        reason: String,
+    },
+
+    // --- discovery ---
+    PeerDiscovered {
+        peer: DeviceId,
+        name: String,
+        device_type: DeviceType,
+        addresses: Vec<IpAddr>,
+        port: u16,
+    },
+    PeerLost {
+        peer: DeviceId,
+    },
+    /// An mDNS announcement that breaks spec section 2 (ignored, recorded for the operator).
+    AnnouncementIgnored {
+        instance: String,
+        reason: String,
+    },
+
+    // --- trust ---
+    /// An untrusted device asked to connect; the operator may approve it later.
+    AuthorizationRequested {
+        peer: DeviceId,
+        name: String,
+        device_type: DeviceType,
+        address: Option<SocketAddr>,
+    },
+    PeerAuthorized {
+        peer: DeviceId,
+        #[serde(default)]
+        name: Option<String>,
+        by: Authority,
+    },
+    PeerRevoked {
+        peer: DeviceId,
+        by: Authority,
+    },
+
+    // --- negotiation ---
+    OfferSent {
+        peer: DeviceId,
+        seq: u64,
+    },
+    OfferRetried {
+        peer: DeviceId,
+        seq: u64,
+        attempt: u32,
+    },
+    AnswerReceived {
+        peer: DeviceId,
+        seq: u64,
+    },
+    NegotiationFailed {
+        peer: DeviceId,
+        reason: String,
+    },
+    Connected {
+        peer: DeviceId,
+    },
+    Disconnected {
+        peer: DeviceId,
+        reason: String,
+    },
+    /// An offer or answer whose SDP fingerprint is not the device id its sender claimed.
+    FingerprintMismatch {
+        claimed: DeviceId,
+        fingerprint: String,
+        address: Option<SocketAddr>,
+    },
+
+    // --- transfers ---
+    TransferQueued {
+        id: TransferId,
+        peer: DeviceId,
+        direction: Direction,
+        name: String,
+        size: u64,
+        /// The local file (sender: what is read; receiver: filled in on completion).
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    TransferStarted {
+        id: TransferId,
+        chunk_size: u32,
+        chunks: u64,
+        start_chunk: u64,
+    },
+    TransferAccepted {
+        id: TransferId,
+        start_chunk: u64,
+        window: u32,
+    },
+    TransferRejected {
+        id: TransferId,
+        reason: String,
+    },
+    /// Chunks `start..end` are verified and durably written (receiver) or acknowledged as such
+    /// by the receiver (sender). Written once per group commit, not per chunk.
+    ChunksDurable {
+        id: TransferId,
+        start: u64,
+        end: u64,
+    },
+    TransferCompleted {
+        id: TransferId,
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    TransferCancelled {
+        id: TransferId,
+        by: Side,
+        reason: String,
+    },
+    TransferFailed {
+        id: TransferId,
+        reason: String,
+    },
+
+    // --- policy ---
+    /// A policy question and the answer that decided it.
+    PolicyDecision {
+        plugin: String,
+        question: String,
+        answer: String,
+    },
+}
+
+impl Event {
+    /// The flat JSON form for `journal show --json` and `watch --json`:
+    /// `{"type": "Kind", "field": value, …}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut flat = serde_json::Map::new();
+        flat.insert("type".into(), self.kind().into());
+        if let Ok(serde_json::Value::Object(outer)) = serde_json::to_value(self) {
+            for (_, inner) in outer {
+                if let serde_json::Value::Object(fields) = inner {
+                    flat.extend(fields);
+                }
+            }
+        }
+        serde_json::Value::Object(flat)
+    }
+
+    /// The variant's name, as `journal show` prints it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::NodeStarted { .. } => "NodeStarted",
+            Event::NodeStopped { .. } => "NodeStopped",
+            Event::PeerDiscovered { .. } => "PeerDiscovered",
+            Event::PeerLost { .. } => "PeerLost",
+            Event::AnnouncementIgnored { .. } => "AnnouncementIgnored",
+            Event::AuthorizationRequested { .. } => "AuthorizationRequested",
+            Event::PeerAuthorized { .. } => "PeerAuthorized",
+            Event::PeerRevoked { .. } => "PeerRevoked",
+            Event::OfferSent { .. } => "OfferSent",
+            Event::OfferRetried { .. } => "OfferRetried",
+            Event::AnswerReceived { .. } => "AnswerReceived",
+            Event::NegotiationFailed { .. } => "NegotiationFailed",
+            Event::Connected { .. } => "Connected",
+            Event::Disconnected { .. } => "Disconnected",
+            Event::FingerprintMismatch { .. } => "FingerprintMismatch",
+            Event::TransferQueued { .. } => "TransferQueued",
+            Event::TransferStarted { .. } => "TransferStarted",
+            Event::TransferAccepted { .. } => "TransferAccepted",
+            Event::TransferRejected { .. } => "TransferRejected",
+            Event::ChunksDurable { .. } => "ChunksDurable",
+            Event::TransferCompleted { .. } => "TransferCompleted",
+            Event::TransferCancelled { .. } => "TransferCancelled",
+            Event::TransferFailed { .. } => "TransferFailed",
+            Event::PolicyDecision { .. } => "PolicyDecision",
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The sans-IO core: identifiers, the event vocabulary and the state they fold into.
+//!
+//! Nothing in this module opens a socket or a file or reads a clock (clippy's
+//! `disallowed-methods` enforces the clock and randomness rule; see `clippy.toml`). Time comes in
+//! as a parameter. The drive-loop rule, after str0m: the shell makes one mutation, then drains
+//! every output until the core asks for a timeout, then makes the next mutation.
+
+pub mod device;
+pub mod event;
+pub mod sdp;
+pub mod state;
+pub mod transfer_id;
+
+pub use device::{DeviceId, DeviceIdError, DeviceType};
+pub use event::{Authority, Direction, Event, Side, Stamped};
+pub use state::{ConnectionState, PeerState, State, TransferState, TransferStatus};
+pub use transfer_id::TransferId;

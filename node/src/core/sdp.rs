@@ -1,0 +1,141 @@
+//! What the core needs from an SDP: the DTLS fingerprints (spec 3.4) and the peer's
+//! `a=max-message-size` (spec 4). A line-level reader, not a full SDP parser: these two
+//! attributes are all fsnode decides anything on, and every byte here came from the network.
+
+use super::DeviceId;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FingerprintError {
+    #[error("the SDP has no a=fingerprint:sha-256 line")]
+    Missing,
+    #[error("an a=fingerprint:sha-256 value is not 32 colon-separated hex bytes: {0:?}")]
+    Malformed(String),
+}
+
+/// The device ids named by every `a=fingerprint:sha-256` line of `sdp` (session or media
+/// level). Lines for other hash functions are ignored (spec 3.4).
+pub fn sha256_fingerprints(sdp: &str) -> Result<Vec<DeviceId>, FingerprintError> {
+    let mut ids = Vec::new();
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        let Some(rest) = line.strip_prefix("a=fingerprint:") else {
+            continue;
+        };
+        let mut parts = rest.split_ascii_whitespace();
+        let (Some(algorithm), Some(value)) = (parts.next(), parts.next()) else {
+            return Err(FingerprintError::Malformed(truncate(rest)));
+        };
+        if !algorithm.eq_ignore_ascii_case("sha-256") {
+            continue;
+        }
+        ids.push(DeviceId::from_sha256(&parse_hex_fingerprint(value)?));
+    }
+    if ids.is_empty() {
+        return Err(FingerprintError::Missing);
+    }
+    Ok(ids)
+}
+
+/// Whether every sha-256 fingerprint of `sdp` is `claimed` (and there is at least one).
+pub fn fingerprints_match(sdp: &str, claimed: &DeviceId) -> Result<bool, FingerprintError> {
+    Ok(sha256_fingerprints(sdp)?.iter().all(|id| id == claimed))
+}
+
+fn parse_hex_fingerprint(value: &str) -> Result<[u8; 32], FingerprintError> {
+    let mut digest = [0u8; 32];
+    let mut count = 0;
+    for part in value.split(':') {
+        if count == 32 || part.len() != 2 {
+            return Err(FingerprintError::Malformed(truncate(value)));
+        }
+        digest[count] = u8::from_str_radix(part, 16)
+            .map_err(|_| FingerprintError::Malformed(truncate(value)))?;
+        count += 1;
+    }
+    if count != 32 {
+        return Err(FingerprintError::Malformed(truncate(value)));
+    }
+    Ok(digest)
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(120).collect()
+}
+
+/// The peer's `a=max-message-size` (RFC 8841): `None` when absent (the spec then assumes
+/// 64 KiB), `Some(0)` for "no limit". Values that do not parse count as absent.
+pub fn max_message_size(sdp: &str) -> Option<u64> {
+    sdp.lines()
+        .filter_map(|line| {
+            line.trim_end_matches('\r')
+                .strip_prefix("a=max-message-size:")
+        })
+        .find_map(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn colon_hex(bytes: &[u8; 32]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    #[test]
+    fn reads_session_and_media_level_fingerprints() {
+        let digest = [0x5a; 32];
+        let sdp = format!(
+            "v=0\r\na=fingerprint:sha-256 {fp}\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+             a=fingerprint:SHA-256 {fp}\r\na=fingerprint:sha-1 00:11\r\na=max-message-size:262144\r\n",
+            fp = colon_hex(&digest)
+        );
+        let ids = sha256_fingerprints(&sdp).unwrap();
+        assert_eq!(ids, vec![DeviceId::from_sha256(&digest); 2]);
+        assert!(fingerprints_match(&sdp, &DeviceId::from_sha256(&digest)).unwrap());
+        assert!(!fingerprints_match(&sdp, &DeviceId::from_sha256(&[1; 32])).unwrap());
+        assert_eq!(max_message_size(&sdp), Some(262144));
+    }
+
+    #[test]
+    fn one_foreign_fingerprint_among_good_ones_is_a_mismatch() {
+        let good = colon_hex(&[1; 32]);
+        let bad = colon_hex(&[2; 32]);
+        let sdp = format!("a=fingerprint:sha-256 {good}\na=fingerprint:sha-256 {bad}\n");
+        assert!(!fingerprints_match(&sdp, &DeviceId::from_sha256(&[1; 32])).unwrap());
+    }
+
+    #[test]
+    fn missing_or_malformed_fingerprints_are_errors() {
+        assert_eq!(
+            sha256_fingerprints("v=0\r\n"),
+            Err(FingerprintError::Missing)
+        );
+        assert_eq!(
+            sha256_fingerprints("a=fingerprint:sha-1 00:11\n"),
+            Err(FingerprintError::Missing)
+        );
+        for bad in [
+            "a=fingerprint:sha-256 00:11",
+            "a=fingerprint:sha-256",
+            "a=fingerprint:sha-256 zz:00",
+            &format!("a=fingerprint:sha-256 {}:00", colon_hex(&[0; 32])),
+            &format!(
+                "a=fingerprint:sha-256 {}",
+                colon_hex(&[0; 32]).replace(':', "")
+            ),
+        ] {
+            assert!(
+                matches!(
+                    sha256_fingerprints(bad),
+                    Err(FingerprintError::Malformed(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(max_message_size("a=max-message-size:lots\n"), None);
+    }
+}

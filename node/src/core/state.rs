@@ -1,0 +1,412 @@
+//! The node's state as a pure fold over journal events.
+//!
+//! `State::apply` is the only way state changes. It runs at startup (replaying the journal),
+//! in `fsnode journal replay`, and in tests; it never fails and never does IO, so replaying the
+//! same events always gives the same state. Snapshots in the journal are a serialized `State`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeviceId, DeviceType, Direction, Event, Side, Stamped, TransferId};
+
+/// What a node knows about one other device.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerState {
+    pub name: String,
+    pub device_type: DeviceType,
+    /// Addresses last announced or dialled (kept after the peer is lost, for unicast probing).
+    pub addresses: Vec<IpAddr>,
+    pub port: u16,
+    /// Currently announced on the LAN.
+    pub discovered: bool,
+    pub trusted: bool,
+    /// Time (unix ms) of the latest authorization request from this device, while untrusted.
+    pub requested_at_ms: Option<i64>,
+    pub requested_from: Option<SocketAddr>,
+    pub connection: ConnectionState,
+    pub last_seen_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    #[default]
+    NotConnected,
+    Negotiating,
+    Connected,
+    /// Negotiation gave up; the reason is what the operator sees in `fsnode peers`.
+    Failed(String),
+}
+
+impl ConnectionState {
+    pub fn label(&self) -> String {
+        match self {
+            Self::NotConnected => "not connected".into(),
+            Self::Negotiating => "negotiating".into(),
+            Self::Connected => "connected".into(),
+            Self::Failed(reason) => format!("failed: {reason}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferStatus {
+    /// Waiting for the peer to connect or for a slot.
+    Queued,
+    /// `start` sent or received, waiting for `accept`.
+    Starting,
+    Active,
+    Completed,
+    Rejected,
+    Cancelled,
+    Failed,
+}
+
+impl TransferStatus {
+    /// Whether the transfer has reached an end and will never move again.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Rejected | Self::Cancelled | Self::Failed
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransferState {
+    pub peer: DeviceId,
+    pub direction: Direction,
+    pub name: String,
+    pub size: u64,
+    pub path: Option<PathBuf>,
+    pub chunk_size: u32,
+    pub chunks: u64,
+    /// Leading chunks verified and durable at the receiver (`progress.next`).
+    pub next: u64,
+    /// Durable chunk ranges beyond `next` (receiver side, gaps from resends), merged.
+    pub durable_beyond: Vec<(u64, u64)>,
+    pub status: TransferStatus,
+    pub reason: Option<String>,
+    pub queued_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl TransferState {
+    /// Bytes verified and durable at the receiver, counted from the leading chunks.
+    pub fn durable_bytes(&self) -> u64 {
+        if self.chunks == 0 {
+            return 0;
+        }
+        (self.next * u64::from(self.chunk_size)).min(self.size)
+    }
+
+    fn mark_durable(&mut self, start: u64, end: u64) {
+        if end <= start {
+            return;
+        }
+        self.durable_beyond.push((start, end));
+        self.durable_beyond.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.durable_beyond.len());
+        for &(s, e) in &self.durable_beyond {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        // Fold the leading run into `next`.
+        while let Some(&(s, e)) = merged.first() {
+            if s <= self.next {
+                self.next = self.next.max(e);
+                merged.remove(0);
+            } else {
+                break;
+            }
+        }
+        self.durable_beyond = merged;
+    }
+}
+
+/// This node's own facts, from its latest `NodeStarted`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub device_id: DeviceId,
+    pub name: String,
+    pub device_type: DeviceType,
+    pub version: String,
+    pub started_at_ms: i64,
+    /// False after a clean `NodeStopped`; true while running or after a crash.
+    pub running: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub node: Option<NodeInfo>,
+    pub peers: BTreeMap<DeviceId, PeerState>,
+    pub transfers: BTreeMap<TransferId, TransferState>,
+    /// Starts of this node, counting restarts after crashes too.
+    pub starts: u64,
+    /// How many policy decisions were recorded.
+    pub policy_decisions: u64,
+}
+
+impl State {
+    /// Folds one event into the state. Pure: no IO, no clock, never fails. Events that name
+    /// things the state does not know (a transfer id never queued, say) change nothing.
+    pub fn apply(&mut self, stamped: &Stamped) {
+        let now = stamped.time_ms;
+        match &stamped.event {
+            Event::NodeStarted {
+                device_id,
+                name,
+                device_type,
+                version,
+            } => {
+                self.starts += 1;
+                self.node = Some(NodeInfo {
+                    device_id: device_id.clone(),
+                    name: name.clone(),
+                    device_type: *device_type,
+                    version: version.clone(),
+                    started_at_ms: now,
+                    running: true,
+                });
+                // Nothing of a previous run's network state survives a restart: discovery
+                // starts over and every connection is gone. Trust and transfers persist.
+                for peer in self.peers.values_mut() {
+                    peer.discovered = false;
+                    peer.connection = ConnectionState::NotConnected;
+                }
+                for transfer in self.transfers.values_mut() {
+                    if matches!(
+                        transfer.status,
+                        TransferStatus::Starting | TransferStatus::Active
+                    ) {
+                        transfer.status = TransferStatus::Queued;
+                    }
+                }
+            }
+            Event::NodeStopped { .. } => {
+                if let Some(node) = &mut self.node {
+                    node.running = false;
+                }
+                for peer in self.peers.values_mut() {
+                    peer.discovered = false;
+                    peer.connection = ConnectionState::NotConnected;
+                }
+            }
+            Event::PeerDiscovered {
+                peer,
+                name,
+                device_type,
+                addresses,
+                port,
+            } => {
+                let entry = self.peers.entry(peer.clone()).or_default();
+                entry.name = name.clone();
+                entry.device_type = *device_type;
+                entry.addresses = addresses.clone();
+                entry.port = *port;
+                entry.discovered = true;
+                entry.last_seen_ms = Some(now);
+            }
+            Event::PeerLost { peer } => {
+                if let Some(entry) = self.peers.get_mut(peer) {
+                    entry.discovered = false;
+                }
+            }
+            Event::AnnouncementIgnored { .. } => {}
+            Event::AuthorizationRequested {
+                peer,
+                name,
+                device_type,
+                address,
+            } => {
+                let entry = self.peers.entry(peer.clone()).or_default();
+                if entry.name.is_empty() {
+                    entry.name = name.clone();
+                    entry.device_type = *device_type;
+                }
+                if !entry.trusted {
+                    entry.requested_at_ms = Some(now);
+                    entry.requested_from = *address;
+                }
+                entry.last_seen_ms = Some(now);
+            }
+            Event::PeerAuthorized { peer, name, .. } => {
+                let entry = self.peers.entry(peer.clone()).or_default();
+                entry.trusted = true;
+                entry.requested_at_ms = None;
+                if let Some(name) = name
+                    && entry.name.is_empty()
+                {
+                    entry.name = name.clone();
+                }
+            }
+            Event::PeerRevoked { peer, .. } => {
+                if let Some(entry) = self.peers.get_mut(peer) {
+                    entry.trusted = false;
+                }
+            }
+            Event::OfferSent { peer, .. }
+            | Event::OfferRetried { peer, .. }
+            | Event::AnswerReceived { peer, .. } => {
+                let entry = self.peers.entry(peer.clone()).or_default();
+                if entry.connection != ConnectionState::Connected {
+                    entry.connection = ConnectionState::Negotiating;
+                }
+            }
+            Event::NegotiationFailed { peer, reason } => {
+                self.peers.entry(peer.clone()).or_default().connection =
+                    ConnectionState::Failed(reason.clone());
+            }
+            Event::Connected { peer } => {
+                let entry = self.peers.entry(peer.clone()).or_default();
+                entry.connection = ConnectionState::Connected;
+                entry.last_seen_ms = Some(now);
+            }
+            Event::Disconnected { peer, .. } => {
+                if let Some(entry) = self.peers.get_mut(peer) {
+                    entry.connection = ConnectionState::NotConnected;
+                }
+            }
+            Event::FingerprintMismatch { .. } => {}
+            Event::TransferQueued {
+                id,
+                peer,
+                direction,
+                name,
+                size,
+                path,
+            } => {
+                self.transfers.entry(*id).or_insert_with(|| TransferState {
+                    peer: peer.clone(),
+                    direction: *direction,
+                    name: name.clone(),
+                    size: *size,
+                    path: path.clone(),
+                    chunk_size: 0,
+                    chunks: 0,
+                    next: 0,
+                    durable_beyond: Vec::new(),
+                    status: TransferStatus::Queued,
+                    reason: None,
+                    queued_at_ms: now,
+                    updated_at_ms: now,
+                });
+            }
+            Event::TransferStarted {
+                id,
+                chunk_size,
+                chunks,
+                start_chunk,
+            } => {
+                if let Some(t) = self.live_transfer(id, now) {
+                    t.chunk_size = *chunk_size;
+                    t.chunks = *chunks;
+                    t.next = t.next.max(*start_chunk).min(*chunks);
+                    t.status = TransferStatus::Starting;
+                }
+            }
+            Event::TransferAccepted {
+                id, start_chunk, ..
+            } => {
+                if let Some(t) = self.live_transfer(id, now) {
+                    // The receiver is authoritative about what it holds (spec 4).
+                    t.next = (*start_chunk).min(t.chunks);
+                    t.durable_beyond.retain(|&(_, e)| e > t.next);
+                    t.status = TransferStatus::Active;
+                }
+            }
+            Event::ChunksDurable { id, start, end } => {
+                if let Some(t) = self.live_transfer(id, now) {
+                    let end = (*end).min(t.chunks);
+                    t.mark_durable(*start, end);
+                }
+            }
+            Event::TransferRejected { id, reason } => {
+                self.finish(id, TransferStatus::Rejected, Some(reason.clone()), now);
+            }
+            Event::TransferCompleted { id, path } => {
+                if let Some(t) = self.live_transfer(id, now) {
+                    t.next = t.chunks;
+                    t.durable_beyond.clear();
+                    if path.is_some() {
+                        t.path = path.clone();
+                    }
+                }
+                self.finish(id, TransferStatus::Completed, None, now);
+            }
+            Event::TransferCancelled { id, by, reason } => {
+                let who = match by {
+                    Side::Local => "cancelled here",
+                    Side::Remote => "cancelled by the peer",
+                };
+                self.finish(
+                    id,
+                    TransferStatus::Cancelled,
+                    Some(format!("{who}: {reason}")),
+                    now,
+                );
+            }
+            Event::TransferFailed { id, reason } => {
+                self.finish(id, TransferStatus::Failed, Some(reason.clone()), now);
+            }
+            Event::PolicyDecision { .. } => self.policy_decisions += 1,
+        }
+    }
+
+    fn live_transfer(&mut self, id: &TransferId, now: i64) -> Option<&mut TransferState> {
+        let t = self.transfers.get_mut(id)?;
+        if t.status.is_finished() {
+            return None;
+        }
+        t.updated_at_ms = now;
+        Some(t)
+    }
+
+    fn finish(
+        &mut self,
+        id: &TransferId,
+        status: TransferStatus,
+        reason: Option<String>,
+        now: i64,
+    ) {
+        if let Some(t) = self.live_transfer(id, now) {
+            t.status = status;
+            t.reason = reason;
+        }
+    }
+
+    /// Devices the operator trusts, in id order.
+    pub fn trusted(&self) -> impl Iterator<Item = (&DeviceId, &PeerState)> {
+        self.peers.iter().filter(|(_, p)| p.trusted)
+    }
+
+    /// Devices that asked to connect and are not trusted.
+    pub fn requests(&self) -> impl Iterator<Item = (&DeviceId, &PeerState)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.trusted && p.requested_at_ms.is_some())
+    }
+
+    /// Whether the operator (or a policy) currently trusts `peer`.
+    pub fn is_trusted(&self, peer: &DeviceId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.trusted)
+    }
+
+    /// Folds a sequence of events into a fresh state.
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Stamped>) -> Self {
+        let mut state = State::default();
+        for stamped in events {
+            state.apply(stamped);
+        }
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests;

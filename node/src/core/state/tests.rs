@@ -1,0 +1,389 @@
+use super::*;
+use crate::core::Authority;
+use proptest::prelude::*;
+
+fn peer(n: u8) -> DeviceId {
+    DeviceId::from_sha256(&[n; 32])
+}
+
+fn at(time_ms: i64, event: Event) -> Stamped {
+    Stamped { time_ms, event }
+}
+
+fn started(n: u8) -> Event {
+    Event::NodeStarted {
+        device_id: peer(n),
+        name: "me".into(),
+        device_type: DeviceType::Server,
+        version: "test".into(),
+    }
+}
+
+fn discovered(n: u8) -> Event {
+    Event::PeerDiscovered {
+        peer: peer(n),
+        name: format!("peer-{n}"),
+        device_type: DeviceType::Desktop,
+        addresses: vec!["10.77.0.2".parse().unwrap()],
+        port: 4000 + u16::from(n),
+    }
+}
+
+fn queued(id: u8, p: u8, size: u64) -> Event {
+    Event::TransferQueued {
+        id: TransferId([id; 16]),
+        peer: peer(p),
+        direction: Direction::Receive,
+        name: format!("file-{id}"),
+        size,
+        path: None,
+    }
+}
+
+#[test]
+fn a_lost_peer_keeps_its_trust_and_last_address() {
+    let state = State::replay(&[
+        at(1, started(0)),
+        at(2, discovered(1)),
+        at(
+            3,
+            Event::PeerAuthorized {
+                peer: peer(1),
+                name: None,
+                by: Authority::Operator,
+            },
+        ),
+        at(4, Event::PeerLost { peer: peer(1) }),
+    ]);
+    let p = &state.peers[&peer(1)];
+    assert!(p.trusted);
+    assert!(!p.discovered);
+    assert_eq!(p.addresses, vec!["10.77.0.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(p.port, 4001);
+}
+
+#[test]
+fn a_restart_voids_connections_and_discovery_but_not_trust_or_transfers() {
+    let mut state = State::replay(&[
+        at(1, started(0)),
+        at(2, discovered(1)),
+        at(
+            3,
+            Event::PeerAuthorized {
+                peer: peer(1),
+                name: None,
+                by: Authority::Operator,
+            },
+        ),
+        at(4, Event::Connected { peer: peer(1) }),
+        at(5, queued(9, 1, 10_000)),
+        at(
+            6,
+            Event::TransferStarted {
+                id: TransferId([9; 16]),
+                chunk_size: 1024,
+                chunks: 10,
+                start_chunk: 0,
+            },
+        ),
+        at(
+            7,
+            Event::TransferAccepted {
+                id: TransferId([9; 16]),
+                start_chunk: 0,
+                window: 8,
+            },
+        ),
+    ]);
+    assert_eq!(state.peers[&peer(1)].connection, ConnectionState::Connected);
+    assert_eq!(
+        state.transfers[&TransferId([9; 16])].status,
+        TransferStatus::Active
+    );
+    // kill -9: no NodeStopped, then the next start.
+    state.apply(&at(100, started(0)));
+    let p = &state.peers[&peer(1)];
+    assert_eq!(p.connection, ConnectionState::NotConnected);
+    assert!(!p.discovered);
+    assert!(p.trusted);
+    assert_eq!(
+        state.transfers[&TransferId([9; 16])].status,
+        TransferStatus::Queued
+    );
+    assert_eq!(state.starts, 2);
+}
+
+#[test]
+fn durable_ranges_with_gaps_advance_next_only_over_the_leading_run() {
+    let id = TransferId([3; 16]);
+    let mut state = State::replay(&[
+        at(1, queued(3, 1, 10 * 1024)),
+        at(
+            2,
+            Event::TransferStarted {
+                id,
+                chunk_size: 1024,
+                chunks: 10,
+                start_chunk: 0,
+            },
+        ),
+        at(
+            3,
+            Event::TransferAccepted {
+                id,
+                start_chunk: 0,
+                window: 8,
+            },
+        ),
+        at(
+            4,
+            Event::ChunksDurable {
+                id,
+                start: 0,
+                end: 3,
+            },
+        ),
+        at(
+            5,
+            Event::ChunksDurable {
+                id,
+                start: 4,
+                end: 6,
+            },
+        ),
+    ]);
+    assert_eq!(state.transfers[&id].next, 3);
+    assert_eq!(state.transfers[&id].durable_beyond, vec![(4, 6)]);
+    state.apply(&at(
+        6,
+        Event::ChunksDurable {
+            id,
+            start: 3,
+            end: 4,
+        },
+    ));
+    assert_eq!(state.transfers[&id].next, 6);
+    assert!(state.transfers[&id].durable_beyond.is_empty());
+    assert_eq!(state.transfers[&id].durable_bytes(), 6 * 1024);
+    // A range past the end is clamped to the chunk count.
+    state.apply(&at(
+        7,
+        Event::ChunksDurable {
+            id,
+            start: 6,
+            end: 99,
+        },
+    ));
+    assert_eq!(state.transfers[&id].next, 10);
+    assert_eq!(state.transfers[&id].durable_bytes(), 10 * 1024);
+}
+
+#[test]
+fn the_receiver_is_authoritative_on_accept() {
+    let id = TransferId([4; 16]);
+    let state = State::replay(&[
+        at(1, queued(4, 1, 100 * 1024)),
+        at(
+            2,
+            Event::TransferStarted {
+                id,
+                chunk_size: 1024,
+                chunks: 100,
+                start_chunk: 50,
+            },
+        ),
+        at(
+            3,
+            Event::TransferAccepted {
+                id,
+                start_chunk: 20,
+                window: 8,
+            },
+        ),
+    ]);
+    assert_eq!(state.transfers[&id].next, 20);
+}
+
+#[test]
+fn a_finished_transfer_ignores_later_events() {
+    let id = TransferId([5; 16]);
+    let state = State::replay(&[
+        at(1, queued(5, 1, 10)),
+        at(
+            2,
+            Event::TransferCancelled {
+                id,
+                by: Side::Remote,
+                reason: "operator".into(),
+            },
+        ),
+        at(3, Event::TransferCompleted { id, path: None }),
+        at(
+            4,
+            Event::ChunksDurable {
+                id,
+                start: 0,
+                end: 1,
+            },
+        ),
+    ]);
+    let t = &state.transfers[&id];
+    assert_eq!(t.status, TransferStatus::Cancelled);
+    assert_eq!(t.reason.as_deref(), Some("cancelled by the peer: operator"));
+    assert_eq!(t.next, 0);
+}
+
+#[test]
+fn events_about_unknown_things_change_nothing() {
+    let state = State::replay(&[
+        at(
+            1,
+            Event::ChunksDurable {
+                id: TransferId([1; 16]),
+                start: 0,
+                end: 5,
+            },
+        ),
+        at(2, Event::PeerLost { peer: peer(7) }),
+        at(
+            3,
+            Event::Disconnected {
+                peer: peer(7),
+                reason: "x".into(),
+            },
+        ),
+    ]);
+    assert_eq!(state, State::default());
+}
+
+#[test]
+fn a_request_is_listed_until_trusted() {
+    let mut state = State::replay(&[at(
+        1,
+        Event::AuthorizationRequested {
+            peer: peer(2),
+            name: "laptop".into(),
+            device_type: DeviceType::Mobile,
+            address: Some("10.77.0.3:4000".parse().unwrap()),
+        },
+    )]);
+    assert_eq!(state.requests().count(), 1);
+    state.apply(&at(
+        2,
+        Event::PeerAuthorized {
+            peer: peer(2),
+            name: None,
+            by: Authority::Operator,
+        },
+    ));
+    assert_eq!(state.requests().count(), 0);
+    assert_eq!(state.trusted().count(), 1);
+    assert_eq!(state.peers[&peer(2)].name, "laptop");
+}
+
+fn arb_event() -> impl Strategy<Value = Event> {
+    let p = (0u8..4).prop_map(peer);
+    let id = (0u8..4).prop_map(|n| TransferId([n; 16]));
+    prop_oneof![
+        (0u8..2).prop_map(started),
+        Just(Event::NodeStopped {
+            reason: "signal".into()
+        }),
+        (0u8..4).prop_map(discovered),
+        p.clone().prop_map(|peer| Event::PeerLost { peer }),
+        p.clone().prop_map(|peer| Event::PeerAuthorized {
+            peer,
+            name: Some("n".into()),
+            by: Authority::Operator
+        }),
+        p.clone().prop_map(|peer| Event::PeerRevoked {
+            peer,
+            by: Authority::Policy {
+                plugin: "allowlist".into()
+            }
+        }),
+        p.clone().prop_map(|peer| Event::AuthorizationRequested {
+            peer,
+            name: "asker".into(),
+            device_type: DeviceType::Unknown,
+            address: None
+        }),
+        (p.clone(), 1u64..5).prop_map(|(peer, seq)| Event::OfferSent { peer, seq }),
+        p.clone().prop_map(|peer| Event::Connected { peer }),
+        p.clone().prop_map(|peer| Event::NegotiationFailed {
+            peer,
+            reason: "no answer".into()
+        }),
+        p.clone().prop_map(|peer| Event::Disconnected {
+            peer,
+            reason: "ice failed".into()
+        }),
+        (0u8..4, 0u8..4, 0u64..100_000).prop_map(|(i, p, s)| queued(i, p, s)),
+        (id.clone(), 0u64..200).prop_map(|(id, s)| Event::TransferStarted {
+            id,
+            chunk_size: 1024,
+            chunks: 100,
+            start_chunk: s
+        }),
+        (id.clone(), 0u64..120).prop_map(|(id, s)| Event::TransferAccepted {
+            id,
+            start_chunk: s,
+            window: 16
+        }),
+        (id.clone(), 0u64..120, 0u64..40).prop_map(|(id, s, n)| Event::ChunksDurable {
+            id,
+            start: s,
+            end: s + n
+        }),
+        id.clone()
+            .prop_map(|id| Event::TransferCompleted { id, path: None }),
+        id.clone().prop_map(|id| Event::TransferFailed {
+            id,
+            reason: "hash".into()
+        }),
+        Just(Event::PolicyDecision {
+            plugin: "default".into(),
+            question: "on-offer".into(),
+            answer: "ask".into()
+        }),
+    ]
+}
+
+fn cbor_round_trip<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(value, &mut bytes).unwrap();
+    ciborium::from_reader(bytes.as_slice()).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A snapshot (the state, through CBOR) plus the events after it folds to the same state
+    /// as all the events: what compaction relies on.
+    #[test]
+    fn snapshot_then_suffix_equals_full_replay(
+        events in proptest::collection::vec(arb_event(), 0..60),
+        cut in 0usize..60,
+    ) {
+        let stamped: Vec<Stamped> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| at(i as i64, event))
+            .collect();
+        let cut = cut.min(stamped.len());
+        let full = State::replay(&stamped);
+        let mut resumed: State = cbor_round_trip(&State::replay(&stamped[..cut]));
+        for s in &stamped[cut..] {
+            resumed.apply(s);
+        }
+        prop_assert_eq!(&resumed, &full);
+        // Events survive the journal's encoding unchanged.
+        for s in &stamped {
+            prop_assert_eq!(&cbor_round_trip(s), s);
+        }
+        // Durable progress never exceeds the chunk count.
+        for t in full.transfers.values() {
+            prop_assert!(t.next <= t.chunks || t.chunks == 0 && t.next == 0);
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Exit codes, one per kind of failure, so scripts can tell them apart (documented in the
+//! README and in `fsnode --help`).
+
+use crate::config::ConfigError;
+use crate::identity::IdentityError;
+use fsnode_journal::JournalError;
+
+pub const OK: u8 = 0;
+/// Anything not listed below.
+pub const FAILURE: u8 = 1;
+/// Bad command-line usage (clap's own code).
+pub const USAGE: u8 = 2;
+/// The command needs a running node and none answered on the control socket.
+pub const NO_NODE: u8 = 3;
+/// The journal is damaged, locked by another node, or from a newer fsnode.
+pub const JOURNAL: u8 = 4;
+/// The identity file cannot be read or is damaged.
+pub const IDENTITY: u8 = 5;
+/// The configuration (file or flags) is invalid.
+pub const CONFIG: u8 = 6;
+
+/// The exit code for an error that reached `main`.
+pub fn code_for(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.is::<JournalError>() {
+            return JOURNAL;
+        }
+        if cause.is::<IdentityError>() {
+            return IDENTITY;
+        }
+        if cause.is::<ConfigError>() {
+            return CONFIG;
+        }
+    }
+    FAILURE
+}

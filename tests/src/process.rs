@@ -1,0 +1,146 @@
+//! Running `fsnode` commands and daemons against a temporary home.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A throwaway `FSNODE_HOME` and the binary to run in it. Dropping it kills any daemon it
+/// started and deletes the directory.
+pub struct NodeHome {
+    pub bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    daemon: Option<Child>,
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl NodeHome {
+    pub fn new(bin: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        Ok(Self {
+            bin: bin.into(),
+            dir: tempfile::tempdir().context("creating a temporary home")?,
+            daemon: None,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.path().join("data/journal")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
+            .args(args)
+            .env("FSNODE_HOME", self.path())
+            .env_remove("FSNODE_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs a command to completion (bounded by `timeout`).
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} {args:?}", self.bin.display()))?;
+        let output = child.wait_with_output()?;
+        Ok(Output {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    /// Starts `fsnode run ARGS…` in the background.
+    pub fn start(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        if self.daemon.is_some() {
+            bail!("a daemon is already running in this home");
+        }
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let child = self
+            .command(&all)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting fsnode run")?;
+        self.daemon = Some(child);
+        Ok(())
+    }
+
+    /// Sends `signal` to the daemon and waits (bounded) for it to exit; returns its output.
+    pub fn stop_with(
+        &mut self,
+        signal: rustix::process::Signal,
+        timeout: Duration,
+    ) -> anyhow::Result<Output> {
+        let mut child = self.daemon.take().context("no daemon running")?;
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, signal).context("signalling the daemon")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the daemon did not exit within {timeout:?} of {signal:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output()?;
+        Ok(Output {
+            code: output.status.code(),
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    /// Waits (bounded) until `check` holds, polling.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check(self)? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("condition not met within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for NodeHome {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
