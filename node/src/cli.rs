@@ -38,6 +38,54 @@ pub enum Command {
     Id(IdArgs),
     /// Read the node's journal: every event it recorded, verification, state at any point.
     Journal(JournalArgs),
+    /// List the devices this node knows, or dial one directly (needs a running node).
+    Peers(PeersArgs),
+    /// Trust or stop trusting devices; list trusted devices and those asking to connect.
+    Trust(TrustArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// Print JSON (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<PeersCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeersCommand {
+    /// Dial a node at HOST:PORT directly (when multicast is blocked); its identity comes from
+    /// its hello, and is proven by DTLS when it connects.
+    Add {
+        #[arg(value_name = "HOST:PORT")]
+        address: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Print JSON (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: TrustCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust a device: its full id or a unique prefix of at least 8 characters.
+    Add {
+        #[arg(value_name = "ID|PREFIX")]
+        device: String,
+    },
+    /// Stop trusting a device.
+    Remove {
+        #[arg(value_name = "ID|PREFIX")]
+        device: String,
+    },
+    /// Trusted devices, and the devices that asked to connect.
+    List,
 }
 
 #[derive(Debug, Args, Default)]

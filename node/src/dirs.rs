@@ -72,6 +72,11 @@ impl Dirs {
         self.runtime.join("fsnode.sock")
     }
 
+    /// The trusted-devices projection file.
+    pub fn trust_file(&self) -> PathBuf {
+        self.data.join("trusted-devices.toml")
+    }
+
     pub fn plugins(&self) -> PathBuf {
         self.config.join("plugins")
     }

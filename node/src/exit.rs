@@ -1,6 +1,7 @@
 //! Exit codes, one per kind of failure, so scripts can tell them apart (documented in the
 //! README and in `fsnode --help`).
 
+use crate::commands::client::NoNode;
 use crate::config::ConfigError;
 use crate::identity::IdentityError;
 use fsnode_journal::JournalError;
@@ -30,6 +31,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<ConfigError>() {
             return CONFIG;
+        }
+        if cause.is::<NoNode>() {
+            return NO_NODE;
         }
     }
     FAILURE

@@ -3,8 +3,6 @@
 //! WebRTC connection. The device id is the SHA-256 of the certificate's DER.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +10,7 @@ use webrtc::peer_connection::RTCCertificate;
 use webrtc::peer_connection::crypto::{self, SignatureScheme};
 
 use crate::core::DeviceId;
+use crate::shell::atomic_file::{self, Replace};
 
 /// How long a certificate is valid (spec section 1: 10 years).
 pub const VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600 + 3 * 24 * 3600);
@@ -124,34 +123,17 @@ impl Identity {
     }
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600: a temporary file in the same directory,
-/// fsynced, then linked into place without replacing an existing file (two nodes racing to
-/// create an identity in one home keep the first), then the directory fsynced.
 fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    let write_err = |source: std::io::Error| IdentityError::Write {
+    atomic_file::write(path, bytes, 0o600, Replace::Never).map_err(|source| IdentityError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(write_err)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".identity")
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(write_err)?;
-    tmp.write_all(bytes).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist_noclobber(path)
-        .map_err(|e| write_err(e.error))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err)?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)

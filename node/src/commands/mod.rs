@@ -1,8 +1,10 @@
 //! The CLI's subcommands. Each parses nothing itself: it receives parsed args, does its work
 //! through the library, and returns an `anyhow` error with context for `main` to print.
 
+pub mod client;
 mod id;
 mod journal;
+mod peers;
 
 use crate::cli::{Cli, Command};
 
@@ -12,5 +14,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => crate::shell::run::run(home, &args),
         Command::Id(args) => id::id(home, &args),
         Command::Journal(args) => journal::journal(home, &args),
+        Command::Peers(args) => peers::peers(home, &args),
+        Command::Trust(args) => peers::trust(home, &args),
     }
 }

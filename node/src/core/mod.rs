@@ -6,10 +6,14 @@
 //! every output until the core asks for a timeout, then makes the next mutation.
 
 pub mod device;
+pub mod discovery;
 pub mod event;
+pub mod node;
 pub mod sdp;
+pub mod signal;
 pub mod state;
 pub mod transfer_id;
+pub mod trust;
 
 pub use device::{DeviceId, DeviceIdError, DeviceType};
 pub use event::{Authority, Direction, Event, Side, Stamped};

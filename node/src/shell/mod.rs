@@ -1,6 +1,12 @@
 //! The IO shell: everything that touches the outside world (clock, signals, sockets, files,
 //! WebRTC) and turns it into inputs for the core and carries out its effects.
 
+pub mod atomic_file;
 pub mod clock;
+pub mod control;
+pub mod mdns;
+pub mod network;
 pub mod rtc;
 pub mod run;
+pub mod signaling;
+pub mod trust_file;

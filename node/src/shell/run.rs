@@ -10,12 +10,21 @@ use fsnode_journal::{Journal, Options};
 use futures_lite::StreamExt;
 use tracing::{info, warn};
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use crate::cli::RunArgs;
 use crate::config::Config;
+use crate::control::Reply;
+use crate::core::node::{Core, Effect, Input, Me, Now, Output, Token};
 use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
 use crate::record::{self, JournalEntry};
+use crate::shell::atomic_file::{self, Replace};
 use crate::shell::clock::{Clock, SystemClock};
+use crate::shell::control::{self, ControlRequest};
+use crate::shell::mdns::Mdns;
+use crate::shell::{network, signaling, trust_file};
 
 /// Once the journal holds more records than this at startup, the node writes a snapshot of its
 /// state, which lets the journal drop everything before it.
@@ -49,6 +58,9 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     if origin == Origin::Created {
         info!(path = %identity.path.display(), "created a new identity");
     }
+    // The control socket first: it refuses to start a second node on the same home before
+    // that node touches the journal.
+    let control_listener = control::bind(&dirs.control_socket())?;
 
     let journal_dir = dirs.journal();
     let (journal, report) = Journal::<JournalEntry>::open(&journal_dir, Options::default())
@@ -64,32 +76,200 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         compact(&journal, &state, clock.wall_ms())?;
     }
 
-    let started = Stamped {
-        time_ms: clock.wall_ms(),
-        event: Event::NodeStarted {
-            device_id: identity.device_id.clone(),
+    smol::block_on(async {
+        let addresses = network::listen_addresses(&config.interfaces)?;
+        let (listeners, port) = signaling::bind(&addresses, config.port).await?;
+        let me = Me {
+            id: identity.device_id.clone(),
             name: config.name.clone(),
             device_type: config.device_type,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        },
-    };
-    record_event(&journal, &mut state, started)?;
-    info!(
-        device_id = %identity.device_id,
-        name = %config.name,
-        device_type = %config.device_type,
-        "fsnode running; stop with Ctrl-C or SIGTERM"
-    );
+            signaling_port: port,
+        };
+        let started = Stamped {
+            time_ms: clock.wall_ms(),
+            event: Event::NodeStarted {
+                device_id: me.id.clone(),
+                name: me.name.clone(),
+                device_type: me.device_type,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        };
+        record_event(&journal, &mut state, started)?;
 
-    let reason = smol::block_on(wait_for_stop_signal())?;
-    info!(%reason, "stopping");
-    let stopped = Stamped {
-        time_ms: clock.wall_ms(),
-        event: Event::NodeStopped { reason },
-    };
-    record_event(&journal, &mut state, stopped)?;
+        let (inputs_tx, inputs) = async_channel::bounded::<Input>(1024);
+        let (requests_tx, requests) = async_channel::bounded::<ControlRequest>(64);
+        let hello = me.hello();
+        for listener in listeners {
+            smol::spawn(signaling::accept(
+                listener,
+                hello.clone(),
+                inputs_tx.clone(),
+            ))
+            .detach();
+        }
+        smol::spawn(control::serve(control_listener, requests_tx)).detach();
+        let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
+        info!(
+            device_id = %me.id,
+            name = %me.name,
+            device_type = %me.device_type,
+            port,
+            "fsnode running; stop with Ctrl-C or SIGTERM"
+        );
+
+        let mut node = NodeLoop {
+            core: Core::new(me, state, clock.now()),
+            journal: &journal,
+            clock: &clock,
+            trust_file: dirs.trust_file(),
+            inputs_tx,
+            pending: HashMap::new(),
+            next_token: 0,
+        };
+        node.write_trust_file();
+        let reason = node.serve(inputs, requests).await?;
+        info!(%reason, "stopping");
+        mdns.shutdown();
+        let stopped = Stamped {
+            time_ms: clock.wall_ms(),
+            event: Event::NodeStopped { reason },
+        };
+        let mut state = node.core.state().clone();
+        record_event(&journal, &mut state, stopped)?;
+        anyhow::Ok(())
+    })?;
+    let _ = std::fs::remove_file(dirs.control_socket());
     journal.close().context("closing the journal")?;
     Ok(())
+}
+
+/// What the node loop selects over.
+enum Wake {
+    Input(Input),
+    Request(ControlRequest),
+    Timer,
+    Stop(String),
+}
+
+/// The one task that owns the core: feeds it inputs, journals its events, then carries out
+/// its replies and effects (event first, then effect).
+struct NodeLoop<'a> {
+    core: Core,
+    journal: &'a Journal<JournalEntry>,
+    clock: &'a SystemClock,
+    trust_file: PathBuf,
+    inputs_tx: async_channel::Sender<Input>,
+    pending: HashMap<Token, async_channel::Sender<Reply>>,
+    next_token: Token,
+}
+
+impl NodeLoop<'_> {
+    async fn serve(
+        &mut self,
+        inputs: async_channel::Receiver<Input>,
+        requests: async_channel::Receiver<ControlRequest>,
+    ) -> anyhow::Result<String> {
+        let stop = smol::spawn(wait_for_stop_signal());
+        let mut stop = Some(stop);
+        loop {
+            let timer = match self.core.poll_timeout() {
+                Some(at) => smol::Timer::at(at),
+                None => smol::Timer::never(),
+            };
+            let stop_fut = stop.as_mut().expect("stop future present");
+            let wake = futures_lite::future::or(
+                async { inputs.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
+                futures_lite::future::or(
+                    async {
+                        requests
+                            .recv()
+                            .await
+                            .map(Wake::Request)
+                            .unwrap_or(Wake::Timer)
+                    },
+                    futures_lite::future::or(
+                        async {
+                            timer.await;
+                            Wake::Timer
+                        },
+                        async {
+                            match stop_fut.await {
+                                Ok(reason) => Wake::Stop(reason),
+                                Err(err) => Wake::Stop(format!("signal handling failed: {err:#}")),
+                            }
+                        },
+                    ),
+                ),
+            )
+            .await;
+            let now = Now {
+                instant: self.clock.now(),
+                wall_ms: self.clock.wall_ms(),
+            };
+            match wake {
+                Wake::Input(input) => self.core.handle(input, now),
+                Wake::Request(ControlRequest { request, reply }) => {
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    self.pending.insert(token, reply);
+                    self.core.handle(Input::Request { token, request }, now);
+                }
+                Wake::Timer => self.core.handle_timeout(now),
+                Wake::Stop(reason) => {
+                    stop.take();
+                    return Ok(reason);
+                }
+            }
+            self.drain().await?;
+        }
+    }
+
+    /// Journals every event the core produced, waits until they are durable (one group
+    /// commit), then runs the replies and effects in order.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        let mut last_pending = None;
+        let mut actions = Vec::new();
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Event(stamped) => {
+                    tracing::debug!(event = ?stamped.event, "event");
+                    last_pending = Some(self.journal.append(&JournalEntry::Event(stamped))?);
+                }
+                other => actions.push(other),
+            }
+        }
+        if let Some(pending) = last_pending {
+            // Records become durable in order, so the last one's ticket covers them all.
+            pending.await.context("writing to the journal")?;
+        }
+        for action in actions {
+            match action {
+                Output::Reply { token, reply } => {
+                    if let Some(tx) = self.pending.remove(&token) {
+                        let _ = tx.try_send(reply);
+                    }
+                }
+                Output::Effect(Effect::TrustChanged) => self.write_trust_file(),
+                Output::Effect(Effect::Dial { addr, token }) => {
+                    let hello = self.core.me().hello();
+                    smol::spawn(signaling::dial(addr, hello, token, self.inputs_tx.clone()))
+                        .detach();
+                }
+                Output::Event(_) => unreachable!("events were journaled above"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The human-readable projection of the trusted list (the journal is the source of truth).
+    fn write_trust_file(&self) {
+        let text = trust_file::render(self.core.trusted_rows().values());
+        if let Err(err) =
+            atomic_file::write(&self.trust_file, text.as_bytes(), 0o600, Replace::Allowed)
+        {
+            warn!(file = %self.trust_file.display(), "cannot write the trusted-devices file: {err}");
+        }
+    }
 }
 
 /// Appends an event, waits until it is durable, then folds it into state: event first,

@@ -1,0 +1,124 @@
+//! `fsnode peers` and `fsnode trust`: clients of the running node's control socket.
+
+use std::io::Write;
+use std::net::ToSocketAddrs;
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::cli::{PeersArgs, PeersCommand, TrustArgs, TrustCommand};
+use crate::commands::client;
+use crate::config::resolve_dirs;
+use crate::control::{ControlError, PeerRow, Reply, Request};
+
+pub fn peers(home: Option<&Path>, args: &PeersArgs) -> anyhow::Result<()> {
+    let request = match &args.command {
+        None => Request::Peers,
+        Some(PeersCommand::Add { address }) => Request::PeersAdd {
+            address: address
+                .to_socket_addrs()
+                .with_context(|| format!("{address:?} is not HOST:PORT"))?
+                .next()
+                .ok_or_else(|| anyhow!("{address:?} resolves to no address"))?,
+        },
+    };
+    let reply = ask(home, request)?;
+    print(&reply, args.json)
+}
+
+pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
+    let request = match &args.command {
+        TrustCommand::Add { device } => Request::TrustAdd {
+            device: device.clone(),
+        },
+        TrustCommand::Remove { device } => Request::TrustRemove {
+            device: device.clone(),
+        },
+        TrustCommand::List => Request::TrustList,
+    };
+    let reply = ask(home, request)?;
+    print(&reply, args.json)
+}
+
+fn ask(home: Option<&Path>, request: Request) -> anyhow::Result<Reply> {
+    let socket = resolve_dirs(home)?.control_socket();
+    let reply = client::request(&socket, request)?;
+    if let Reply::Error(error) = &reply {
+        return Err(refusal(error));
+    }
+    Ok(reply)
+}
+
+fn refusal(error: &ControlError) -> anyhow::Error {
+    let mut message = error.message.clone();
+    for candidate in &error.candidates {
+        message.push_str(&format!("\n  {}  {}", candidate.id, candidate.name));
+    }
+    anyhow!(message)
+}
+
+fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(reply)?)?;
+        return Ok(());
+    }
+    match reply {
+        Reply::Peers { peers } => table(&mut out, peers)?,
+        Reply::Trusted { peer } => writeln!(
+            out,
+            "trusted {} ({})\nverification code: {}  (the other device shows the same code for this pair)",
+            peer.id, peer.name, peer.verification_code
+        )?,
+        Reply::Revoked { peer } => writeln!(out, "no longer trusted: {} ({})", peer.id, peer.name)?,
+        Reply::TrustList { trusted, requests } => {
+            writeln!(out, "trusted ({}):", trusted.len())?;
+            table(&mut out, trusted)?;
+            writeln!(out, "\nasked to connect ({}):", requests.len())?;
+            table(&mut out, requests)?;
+        }
+        Reply::Status(status) => writeln!(out, "{status:?}")?,
+        Reply::Error(error) => bail!(refusal(error)),
+    }
+    Ok(())
+}
+
+fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
+    if peers.is_empty() {
+        writeln!(out, "  (none)")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<14} {:<20} {:<8} {:<22} {:<8} {:<16} {}",
+        "DEVICE", "NAME", "TYPE", "ADDRESS", "TRUSTED", "STATE", "CODE"
+    )?;
+    for peer in peers {
+        let address = match peer.addresses.first() {
+            Some(ip) if ip.contains(':') => format!("[{ip}]:{}", peer.port),
+            Some(ip) => format!("{ip}:{}", peer.port),
+            None => "-".into(),
+        };
+        let state = if peer.requested {
+            "asked to connect".to_owned()
+        } else if peer.connection == "not connected" && peer.discovered {
+            "seen".to_owned()
+        } else if peer.connection == "not connected" {
+            "offline".to_owned()
+        } else {
+            peer.connection.clone()
+        };
+        writeln!(
+            out,
+            "{:<14} {:<20} {:<8} {:<22} {:<8} {:<16} {}",
+            &peer.id.as_str()[..12],
+            peer.name.chars().take(20).collect::<String>(),
+            peer.device_type,
+            address,
+            if peer.trusted { "yes" } else { "no" },
+            state,
+            peer.verification_code
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! The node's core: discovery and trust (and, as the protocol grows, negotiation and
+//! transfers). A sans-IO state machine in str0m's shape: `handle(input, now)` mutates,
+//! `poll_output()` drains what happened (journal events, replies, effects) until it returns
+//! `None`, `poll_timeout()` says when to call `handle_timeout`.
+//!
+//! Every state change is an `Output::Event`, already folded into `state()`. The shell journals
+//! events before it carries out any reply or effect that follows them in the output order, so
+//! nothing is announced that is not durable.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::discovery::{self, Announcement};
+use super::signal::Hello;
+use super::trust::{self, ResolveError};
+use super::{Authority, DeviceId, DeviceType, Event, PeerState, Stamped, State};
+use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Request};
+
+/// How often trusted devices that mDNS does not show are probed by unicast at their last
+/// known addresses.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// Distinct ignored announcements remembered, so a flood is journaled once, not per packet.
+const IGNORED_MEMORY: usize = 256;
+
+/// The current time, as the shell read it: monotonic for timers, wall clock for the journal.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub instant: Instant,
+    pub wall_ms: i64,
+}
+
+/// This node's own facts.
+#[derive(Clone, Debug)]
+pub struct Me {
+    pub id: DeviceId,
+    pub name: String,
+    pub device_type: DeviceType,
+    pub signaling_port: u16,
+}
+
+impl Me {
+    /// The `hello` this node sends on every signaling connection.
+    pub fn hello(&self) -> Hello {
+        Hello {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            device_type: self.device_type,
+            port: self.signaling_port,
+        }
+    }
+}
+
+/// A request from the control socket, with the token its reply carries.
+pub type Token = u64;
+
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// mDNS resolved (or re-resolved) a service.
+    Announced(Announcement),
+    /// mDNS saw a goodbye, or the record expired.
+    Withdrawn { instance: String },
+    /// A control-socket request.
+    Request { token: Token, request: Request },
+    /// A signaling connection exchanged `hello`s with a node at `from`; `token` is set when
+    /// the operator asked for the dial.
+    Hello {
+        from: SocketAddr,
+        hello: Hello,
+        token: Option<Token>,
+    },
+    /// A dial the operator asked for failed.
+    DialFailed { token: Token, error: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Journal it (it is already in `state()`).
+    Event(Stamped),
+    /// Answer a control request.
+    Reply { token: Token, reply: Reply },
+    /// Do something in the world.
+    Effect(Effect),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// The trusted list changed: rewrite the human-readable projection file.
+    TrustChanged,
+    /// Open a signaling connection to `addr` and exchange `hello`.
+    Dial {
+        addr: SocketAddr,
+        token: Option<Token>,
+    },
+}
+
+pub struct Core {
+    me: Me,
+    state: State,
+    out: VecDeque<Output>,
+    ignored: VecDeque<String>,
+    next_probe: Option<Instant>,
+}
+
+impl Core {
+    /// A core over `state` (the journal's replay). The first probe of unseen trusted devices
+    /// happens one interval after `now`, leaving mDNS time to find them first.
+    pub fn new(me: Me, state: State, now: Instant) -> Self {
+        Self {
+            me,
+            state,
+            out: VecDeque::new(),
+            ignored: VecDeque::new(),
+            next_probe: Some(now + PROBE_INTERVAL / 6),
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn me(&self) -> &Me {
+        &self.me
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_probe
+    }
+
+    pub fn handle(&mut self, input: Input, now: Now) {
+        match input {
+            Input::Announced(announcement) => self.on_announced(&announcement, now),
+            Input::Withdrawn { instance } => self.on_withdrawn(&instance, now),
+            Input::Request { token, request } => {
+                let reply = self.on_request(request, token, now);
+                if let Some(reply) = reply {
+                    self.out.push_back(Output::Reply { token, reply });
+                }
+            }
+            Input::Hello { from, hello, token } => self.on_hello(from, hello, token, now),
+            Input::DialFailed { token, error } => self.out.push_back(Output::Reply {
+                token,
+                reply: Reply::error(ErrorKind::Unreachable, error),
+            }),
+        }
+    }
+
+    /// Timers: probe trusted devices that mDNS does not show, at their last addresses.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let Some(due) = self.next_probe else { return };
+        if now.instant < due {
+            return;
+        }
+        self.next_probe = Some(now.instant + PROBE_INTERVAL);
+        let probes: Vec<SocketAddr> = self
+            .state
+            .trusted()
+            .filter(|(_, peer)| !peer.discovered && peer.port != 0)
+            .flat_map(|(_, peer)| {
+                peer.addresses
+                    .iter()
+                    .map(move |ip| SocketAddr::new(*ip, peer.port))
+            })
+            .collect();
+        for addr in probes {
+            self.out
+                .push_back(Output::Effect(Effect::Dial { addr, token: None }));
+        }
+    }
+
+    fn emit(&mut self, event: Event, now: Now) {
+        let stamped = Stamped {
+            time_ms: now.wall_ms,
+            event,
+        };
+        self.state.apply(&stamped);
+        self.out.push_back(Output::Event(stamped));
+    }
+
+    fn on_announced(&mut self, announcement: &Announcement, now: Now) {
+        let peer = match discovery::check(announcement) {
+            Ok(peer) => peer,
+            Err(reason) => {
+                let key = format!("{}\n{reason}", announcement.instance);
+                if !self.ignored.contains(&key) {
+                    if self.ignored.len() == IGNORED_MEMORY {
+                        self.ignored.pop_front();
+                    }
+                    self.ignored.push_back(key);
+                    let instance: String = announcement.instance.chars().take(128).collect();
+                    self.emit(Event::AnnouncementIgnored { instance, reason }, now);
+                }
+                return;
+            }
+        };
+        if peer.id == self.me.id {
+            return;
+        }
+        self.discovered(
+            peer.id,
+            peer.name,
+            peer.device_type,
+            peer.addresses,
+            peer.port,
+            now,
+        );
+    }
+
+    /// Records a peer as seen, unless nothing changed (re-announcements are frequent).
+    fn discovered(
+        &mut self,
+        id: DeviceId,
+        name: String,
+        device_type: DeviceType,
+        addresses: Vec<std::net::IpAddr>,
+        port: u16,
+        now: Now,
+    ) {
+        if let Some(known) = self.state.peers.get(&id)
+            && known.discovered
+            && known.name == name
+            && known.device_type == device_type
+            && known.addresses == addresses
+            && known.port == port
+        {
+            return;
+        }
+        self.emit(
+            Event::PeerDiscovered {
+                peer: id,
+                name,
+                device_type,
+                addresses,
+                port,
+            },
+            now,
+        );
+    }
+
+    fn on_withdrawn(&mut self, instance: &str, now: Now) {
+        let Some(id) = discovery::instance_device_id(instance) else {
+            return;
+        };
+        if self.state.peers.get(&id).is_some_and(|p| p.discovered) {
+            self.emit(Event::PeerLost { peer: id }, now);
+        }
+    }
+
+    fn on_hello(&mut self, from: SocketAddr, hello: Hello, token: Option<Token>, now: Now) {
+        if hello.id == self.me.id {
+            if let Some(token) = token {
+                self.out.push_back(Output::Reply {
+                    token,
+                    reply: Reply::error(ErrorKind::BadRequest, "that address is this node"),
+                });
+            }
+            return;
+        }
+        // A direct hello: the address it came from and the port it announces.
+        let mut addresses = self
+            .state
+            .peers
+            .get(&hello.id)
+            .map(|p| p.addresses.clone())
+            .unwrap_or_default();
+        if !addresses.contains(&from.ip()) {
+            addresses.insert(0, from.ip());
+            addresses.truncate(discovery::MAX_ADDRESSES);
+        }
+        let id = hello.id.clone();
+        self.discovered(
+            hello.id,
+            hello.name,
+            hello.device_type,
+            addresses,
+            hello.port,
+            now,
+        );
+        if let Some(token) = token {
+            let row = self.row(&id);
+            self.out.push_back(Output::Reply {
+                token,
+                reply: Reply::Peers { peers: vec![row] },
+            });
+        }
+    }
+
+    fn on_request(&mut self, request: Request, token: Token, now: Now) -> Option<Reply> {
+        Some(match request {
+            Request::Status => Reply::Status(NodeStatus {
+                device_id: self.me.id.clone(),
+                name: self.me.name.clone(),
+                device_type: self.me.device_type,
+                signaling_port: self.me.signaling_port,
+                version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            Request::Peers => Reply::Peers {
+                peers: self
+                    .state
+                    .peers
+                    .keys()
+                    .filter(|id| **id != self.me.id)
+                    .map(|id| self.row(id))
+                    .collect(),
+            },
+            Request::TrustList => Reply::TrustList {
+                trusted: self.state.trusted().map(|(id, _)| self.row(id)).collect(),
+                requests: self.state.requests().map(|(id, _)| self.row(id)).collect(),
+            },
+            Request::TrustAdd { device } => {
+                let id = match self.resolve(&device, false) {
+                    Ok(id) => id,
+                    Err(reply) => return Some(reply),
+                };
+                if id == self.me.id {
+                    return Some(Reply::error(
+                        ErrorKind::BadRequest,
+                        "that is this node's own id",
+                    ));
+                }
+                if !self.state.is_trusted(&id) {
+                    self.emit(
+                        Event::PeerAuthorized {
+                            peer: id.clone(),
+                            name: None,
+                            by: Authority::Operator,
+                        },
+                        now,
+                    );
+                    self.out.push_back(Output::Effect(Effect::TrustChanged));
+                }
+                Reply::Trusted {
+                    peer: self.row(&id),
+                }
+            }
+            Request::TrustRemove { device } => {
+                let id = match self.resolve(&device, true) {
+                    Ok(id) => id,
+                    Err(reply) => return Some(reply),
+                };
+                if self.state.is_trusted(&id) {
+                    self.emit(
+                        Event::PeerRevoked {
+                            peer: id.clone(),
+                            by: Authority::Operator,
+                        },
+                        now,
+                    );
+                    self.out.push_back(Output::Effect(Effect::TrustChanged));
+                }
+                Reply::Revoked {
+                    peer: self.row(&id),
+                }
+            }
+            Request::PeersAdd { address } => {
+                self.out.push_back(Output::Effect(Effect::Dial {
+                    addr: address,
+                    token: Some(token),
+                }));
+                // Answered when the hello arrives or the dial fails.
+                return None;
+            }
+        })
+    }
+
+    /// Resolves an operator-typed device among known devices (only trusted ones if
+    /// `trusted_only`); the error is the reply.
+    fn resolve(&self, typed: &str, trusted_only: bool) -> Result<DeviceId, Reply> {
+        let known = self
+            .state
+            .peers
+            .iter()
+            .filter(|(_, p)| !trusted_only || p.trusted)
+            .map(|(id, _)| id);
+        trust::resolve(typed, known).map_err(|err| match &err {
+            ResolveError::Ambiguous { candidates, .. } => Reply::Error(ControlError {
+                kind: ErrorKind::Ambiguous,
+                message: err.to_string(),
+                candidates: candidates.iter().map(|id| self.row(id)).collect(),
+            }),
+            ResolveError::NoMatch(_) => Reply::error(ErrorKind::NotFound, err.to_string()),
+            ResolveError::Invalid(_) => Reply::error(ErrorKind::BadRequest, err.to_string()),
+        })
+    }
+
+    /// A device as `fsnode peers` shows it.
+    pub fn row(&self, id: &DeviceId) -> PeerRow {
+        let default = PeerState::default();
+        let peer = self.state.peers.get(id).unwrap_or(&default);
+        PeerRow {
+            id: id.clone(),
+            name: peer.name.clone(),
+            device_type: peer.device_type,
+            addresses: peer.addresses.iter().map(|a| a.to_string()).collect(),
+            port: peer.port,
+            discovered: peer.discovered,
+            trusted: peer.trusted,
+            requested: !peer.trusted && peer.requested_at_ms.is_some(),
+            connection: peer.connection.label(),
+            verification_code: trust::verification_code(&self.me.id, id),
+        }
+    }
+
+    /// The trusted devices with their verification codes, for the projection file.
+    pub fn trusted_rows(&self) -> BTreeMap<DeviceId, PeerRow> {
+        self.state
+            .trusted()
+            .map(|(id, _)| (id.clone(), self.row(id)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

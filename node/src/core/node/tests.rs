@@ -1,0 +1,343 @@
+use super::*;
+use crate::core::discovery::{instance_name, txt_records};
+
+fn id(n: u8) -> DeviceId {
+    DeviceId::from_sha256(&[n; 32])
+}
+
+fn me() -> Me {
+    Me {
+        id: id(0),
+        name: "me".into(),
+        device_type: DeviceType::Server,
+        signaling_port: 4000,
+    }
+}
+
+struct Harness {
+    core: Core,
+    start: Instant,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let start = Instant::now();
+        Self {
+            core: Core::new(me(), State::default(), start),
+            start,
+        }
+    }
+
+    fn at(&self, secs: u64) -> Now {
+        Now {
+            instant: self.start + Duration::from_secs(secs),
+            wall_ms: 1_000 * secs as i64,
+        }
+    }
+
+    fn handle(&mut self, input: Input) -> Vec<Output> {
+        let now = self.at(1);
+        self.core.handle(input, now);
+        std::iter::from_fn(|| self.core.poll_output()).collect()
+    }
+
+    fn events(outputs: &[Output]) -> Vec<&'static str> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(s) => Some(s.event.kind()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn announcement(n: u8, addr: &str) -> Announcement {
+    Announcement {
+        instance: instance_name(&id(n)),
+        port: 4000 + u16::from(n),
+        addresses: vec![addr.parse().unwrap()],
+        txt: txt_records(&id(n), &format!("peer-{n}"), DeviceType::Desktop)
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn request(token: Token, request: Request) -> Input {
+    Input::Request { token, request }
+}
+
+fn reply(outputs: &[Output]) -> &Reply {
+    outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Reply { reply, .. } => Some(reply),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+#[test]
+fn an_announcement_is_journaled_once_until_it_changes() {
+    let mut h = Harness::new();
+    let out = h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    assert_eq!(Harness::events(&out), ["PeerDiscovered"]);
+    assert!(
+        h.handle(Input::Announced(announcement(1, "10.77.0.2")))
+            .is_empty()
+    );
+    let moved = h.handle(Input::Announced(announcement(1, "10.77.0.9")));
+    assert_eq!(Harness::events(&moved), ["PeerDiscovered"]);
+    assert!(h.core.state().peers[&id(1)].discovered);
+}
+
+#[test]
+fn our_own_announcement_is_not_a_peer() {
+    let mut h = Harness::new();
+    assert!(
+        h.handle(Input::Announced(announcement(0, "10.77.0.1")))
+            .is_empty()
+    );
+    assert!(h.core.state().peers.is_empty());
+}
+
+#[test]
+fn a_burst_of_bad_announcements_is_journaled_once_each_and_bounded() {
+    let mut h = Harness::new();
+    let mut bad = announcement(1, "10.77.0.2");
+    bad.txt.insert("id".into(), id(2).to_string());
+    let first = h.handle(Input::Announced(bad.clone()));
+    assert_eq!(Harness::events(&first), ["AnnouncementIgnored"]);
+    for _ in 0..1000 {
+        assert!(h.handle(Input::Announced(bad.clone())).is_empty());
+    }
+    // 1,000 distinct bad instances: memory of them stays bounded.
+    for i in 0..1000 {
+        let mut other = bad.clone();
+        other.instance = format!("Peer-garbage-{i}");
+        h.handle(Input::Announced(other));
+    }
+    assert!(h.core.ignored.len() <= IGNORED_MEMORY);
+    assert!(h.core.state().peers.is_empty());
+}
+
+#[test]
+fn a_goodbye_loses_the_peer_but_keeps_trust() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: id(1).as_str()[..10].into(),
+        },
+    ));
+    let out = h.handle(Input::Withdrawn {
+        instance: instance_name(&id(1)),
+    });
+    assert_eq!(Harness::events(&out), ["PeerLost"]);
+    assert!(
+        h.handle(Input::Withdrawn {
+            instance: instance_name(&id(1))
+        })
+        .is_empty()
+    );
+    assert!(
+        h.handle(Input::Withdrawn {
+            instance: "Peer-nonsense".into()
+        })
+        .is_empty()
+    );
+    let peer = &h.core.state().peers[&id(1)];
+    assert!(peer.trusted && !peer.discovered);
+}
+
+#[test]
+fn trust_add_journals_before_it_replies_and_is_idempotent() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    let out = h.handle(request(
+        7,
+        Request::TrustAdd {
+            device: id(1).as_str()[..8].into(),
+        },
+    ));
+    assert!(matches!(&out[0], Output::Event(s) if s.event.kind() == "PeerAuthorized"));
+    assert_eq!(out[1], Output::Effect(Effect::TrustChanged));
+    let Output::Reply {
+        token: 7,
+        reply: Reply::Trusted { peer },
+    } = &out[2]
+    else {
+        panic!("{out:?}")
+    };
+    assert!(peer.trusted);
+    assert_eq!(
+        peer.verification_code,
+        trust::verification_code(&id(0), &id(1))
+    );
+    let again = h.handle(request(
+        8,
+        Request::TrustAdd {
+            device: id(1).to_string(),
+        },
+    ));
+    assert!(Harness::events(&again).is_empty());
+    assert!(matches!(reply(&again), Reply::Trusted { .. }));
+}
+
+#[test]
+fn ambiguous_unknown_and_self_trust_requests_are_refused() {
+    let mut h = Harness::new();
+    // Two devices whose ids share their first 20 characters.
+    let base = id(1).to_string();
+    let twin: DeviceId = format!(
+        "{}{}",
+        &base[..51],
+        if base.ends_with('a') { "b" } else { "a" }
+    )
+    .parse()
+    .unwrap();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    let mut twin_ann = announcement(1, "10.77.0.3");
+    twin_ann.instance = instance_name(&twin);
+    twin_ann.txt.insert("id".into(), twin.to_string());
+    h.handle(Input::Announced(twin_ann));
+    let out = h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: base[..20].into(),
+        },
+    ));
+    match reply(&out) {
+        Reply::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Ambiguous);
+            assert_eq!(e.candidates.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(Harness::events(&out).is_empty());
+    let unknown = h.handle(request(
+        2,
+        Request::TrustAdd {
+            device: "zzzzzzzzzz".into(),
+        },
+    ));
+    assert!(matches!(reply(&unknown), Reply::Error(e) if e.kind == ErrorKind::NotFound));
+    let short = h.handle(request(
+        3,
+        Request::TrustAdd {
+            device: "abc".into(),
+        },
+    ));
+    assert!(matches!(reply(&short), Reply::Error(e) if e.kind == ErrorKind::BadRequest));
+    let me = h.handle(request(
+        4,
+        Request::TrustAdd {
+            device: id(0).to_string(),
+        },
+    ));
+    assert!(matches!(reply(&me), Reply::Error(e) if e.kind == ErrorKind::BadRequest));
+}
+
+#[test]
+fn trust_remove_only_matches_trusted_devices() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    let out = h.handle(request(
+        1,
+        Request::TrustRemove {
+            device: id(1).as_str()[..9].into(),
+        },
+    ));
+    assert!(matches!(reply(&out), Reply::Error(e) if e.kind == ErrorKind::NotFound));
+    h.handle(request(
+        2,
+        Request::TrustAdd {
+            device: id(1).to_string(),
+        },
+    ));
+    let out = h.handle(request(
+        3,
+        Request::TrustRemove {
+            device: id(1).as_str()[..9].into(),
+        },
+    ));
+    assert_eq!(Harness::events(&out), ["PeerRevoked"]);
+    assert!(!h.core.state().is_trusted(&id(1)));
+}
+
+#[test]
+fn peers_add_dials_and_replies_when_the_hello_arrives() {
+    let mut h = Harness::new();
+    let addr: SocketAddr = "10.77.0.5:4005".parse().unwrap();
+    let out = h.handle(request(9, Request::PeersAdd { address: addr }));
+    assert_eq!(
+        out,
+        vec![Output::Effect(Effect::Dial {
+            addr,
+            token: Some(9)
+        })]
+    );
+    let hello = Hello {
+        id: id(5),
+        name: "nas".into(),
+        device_type: DeviceType::Server,
+        port: 4005,
+    };
+    let out = h.handle(Input::Hello {
+        from: "10.77.0.5:51000".parse().unwrap(),
+        hello,
+        token: Some(9),
+    });
+    assert_eq!(Harness::events(&out), ["PeerDiscovered"]);
+    let Reply::Peers { peers } = reply(&out) else {
+        panic!("{out:?}")
+    };
+    assert_eq!(peers[0].addresses, vec!["10.77.0.5"]);
+    assert_eq!(peers[0].port, 4005);
+    let failed = h.handle(Input::DialFailed {
+        token: 10,
+        error: "connection refused".into(),
+    });
+    assert!(matches!(reply(&failed), Reply::Error(e) if e.kind == ErrorKind::Unreachable));
+}
+
+#[test]
+fn unseen_trusted_devices_are_probed_at_their_last_address_on_a_timer() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: id(1).to_string(),
+        },
+    ));
+    h.handle(Input::Withdrawn {
+        instance: instance_name(&id(1)),
+    });
+    let due = h.core.poll_timeout().unwrap();
+    h.core.handle_timeout(Now {
+        instant: due - Duration::from_millis(1),
+        wall_ms: 0,
+    });
+    assert!(h.core.poll_output().is_none(), "not before the timer");
+    h.core.handle_timeout(Now {
+        instant: due,
+        wall_ms: 0,
+    });
+    assert_eq!(
+        h.core.poll_output(),
+        Some(Output::Effect(Effect::Dial {
+            addr: "10.77.0.2:4001".parse().unwrap(),
+            token: None
+        }))
+    );
+    assert_eq!(h.core.poll_timeout(), Some(due + PROBE_INTERVAL));
+    // A discovered device is not probed.
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    h.core.handle_timeout(Now {
+        instant: due + PROBE_INTERVAL,
+        wall_ms: 0,
+    });
+    assert!(h.core.poll_output().is_none());
+}

@@ -1,0 +1,114 @@
+//! The control socket adapter: a Unix socket (mode 0600) in the runtime directory. Each line
+//! is a versioned JSON request (`control.rs`); each gets one JSON reply line. Malformed or
+//! oversized requests get an error reply; the socket stays up.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use smol::Timer;
+use smol::net::unix::{UnixListener, UnixStream};
+use tracing::debug;
+
+use crate::control::{self, ErrorKind, MAX_REQUEST_BYTES, Reply, Request};
+use crate::core::signal::LineFramer;
+
+/// A client that sends nothing for this long is disconnected.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
+
+/// A parsed request and where its reply goes.
+pub struct ControlRequest {
+    pub request: Request,
+    pub reply: async_channel::Sender<Reply>,
+}
+
+/// Binds the socket. A leftover socket file from a crashed node is replaced; a live node
+/// answering on it is an error (two nodes must not share a home).
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another fsnode is already running with this home (its control socket {} answers); stop it or use another --home",
+                path.display()
+            );
+        }
+        fs::remove_file(path)
+            .with_context(|| format!("removing the stale control socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to this user", path.display()))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, requests: async_channel::Sender<ControlRequest>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                debug!("control accept failed: {err}");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        smol::spawn(async move {
+            if let Err(err) = serve_client(stream, requests).await {
+                debug!("control client: {err:#}");
+            }
+        })
+        .detach();
+    }
+}
+
+async fn serve_client(
+    mut stream: UnixStream,
+    requests: async_channel::Sender<ControlRequest>,
+) -> anyhow::Result<()> {
+    let mut framer = LineFramer::new(MAX_REQUEST_BYTES);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = futures_lite::future::or(
+            async { stream.read(&mut buf).await.map_err(anyhow::Error::from) },
+            async {
+                Timer::after(CLIENT_IDLE).await;
+                bail!("idle")
+            },
+        )
+        .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let lines = match framer.push(&buf[..n]) {
+            Ok(lines) => lines,
+            Err(_) => {
+                let reply = Reply::error(
+                    ErrorKind::BadRequest,
+                    format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+                );
+                stream.write_all(&control::encode_reply(reply)).await?;
+                bail!("oversized request");
+            }
+        };
+        for line in lines {
+            let reply = match control::parse_request(&line) {
+                Err(reply) => reply,
+                Ok(request) => {
+                    let (tx, rx) = async_channel::bounded(1);
+                    requests
+                        .send(ControlRequest { request, reply: tx })
+                        .await
+                        .context("the node is stopping")?;
+                    rx.recv().await.unwrap_or_else(|_| {
+                        Reply::error(ErrorKind::Internal, "the node stopped before answering")
+                    })
+                }
+            };
+            stream.write_all(&control::encode_reply(reply)).await?;
+        }
+    }
+}
