@@ -4,13 +4,20 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use fsnode_testkit::NodeHome;
+use fsnode_testkit::{Lan, NodeHome};
 use rustix::process::Signal;
 
 use crate::fsnode_bin;
 
 fn home() -> NodeHome {
     NodeHome::new(fsnode_bin()).expect("temporary home")
+}
+
+/// A one-host LAN and a home whose daemon runs on it (nothing leaves the namespace).
+fn lan_home() -> (Lan, NodeHome) {
+    let lan = Lan::new(1).expect("a test namespace");
+    let home = NodeHome::in_host(fsnode_bin(), lan.host(0)).expect("temporary home");
+    (lan, home)
 }
 
 fn journal_json(home: &NodeHome) -> Vec<serde_json::Value> {
@@ -41,7 +48,8 @@ fn starts(home: &NodeHome) -> usize {
 
 fn start_and_wait(home: &mut NodeHome) {
     let before = starts(home);
-    home.start(&["--name", "e2e-node"]).unwrap();
+    home.start(&["--name", "e2e-node", "--interface", "eth0"])
+        .unwrap();
     home.wait_until(Duration::from_secs(20), |h| Ok(starts(h) > before))
         .expect("the node journals NodeStarted");
 }
@@ -82,15 +90,15 @@ fn a_corrupt_identity_is_an_error_naming_the_file_and_nothing_is_replaced() {
     let out = home.run(&["id"]).unwrap();
     assert_eq!(out.code, Some(5), "{out:?}");
     assert!(out.stderr.contains("identity.pem"), "{}", out.stderr);
-    // `run` refuses too, and the file is untouched.
-    let run = home.run(&["run"]).unwrap();
+    // `run` refuses too (before it opens any socket), and the file is untouched.
+    let run = home.run(&["run", "--interface", "nonexistent0"]).unwrap();
     assert_eq!(run.code, Some(5), "{run:?}");
     assert_eq!(fs::read_to_string(&key).unwrap(), "garbage");
 }
 
 #[test]
 fn run_journals_start_and_a_clean_stop_on_sigterm_and_sigint() {
-    let mut home = home();
+    let (_lan, mut home) = lan_home();
     for signal in [Signal::TERM, Signal::INT] {
         start_and_wait(&mut home);
         let out = home.stop_with(signal, Duration::from_secs(10)).unwrap();
@@ -128,7 +136,7 @@ fn run_journals_start_and_a_clean_stop_on_sigterm_and_sigint() {
 
 #[test]
 fn kill_dash_nine_then_restart_replays_and_counts_both_starts() {
-    let mut home = home();
+    let (_lan, mut home) = lan_home();
     start_and_wait(&mut home);
     let killed = home
         .stop_with(Signal::KILL, Duration::from_secs(10))
@@ -145,7 +153,7 @@ fn kill_dash_nine_then_restart_replays_and_counts_both_starts() {
 
 #[test]
 fn journal_commands_read_a_copied_directory_and_show_is_human_readable() {
-    let mut home = home();
+    let (_lan, mut home) = lan_home();
     start_and_wait(&mut home);
     home.stop_with(Signal::TERM, Duration::from_secs(10))
         .unwrap();
@@ -184,7 +192,7 @@ fn journal_commands_read_a_copied_directory_and_show_is_human_readable() {
 
 #[test]
 fn a_torn_last_record_is_reported_then_dropped_and_the_node_starts() {
-    let mut home = home();
+    let (_lan, mut home) = lan_home();
     start_and_wait(&mut home);
     home.stop_with(Signal::TERM, Duration::from_secs(10))
         .unwrap();

@@ -1,5 +1,6 @@
 //! End-to-end tests: real `fsnode` processes in throwaway homes (see tests/README.md).
 
+mod discovery;
 mod foundation;
 
 use std::path::PathBuf;

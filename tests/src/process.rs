@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 pub struct NodeHome {
     pub bin: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The network namespace every command runs in (`None`: the caller's).
+    namespace: Option<String>,
     daemon: Option<Child>,
 }
 
@@ -29,12 +31,22 @@ impl Output {
 }
 
 impl NodeHome {
+    /// A home whose commands run in the caller's network namespace. Only for commands that
+    /// send nothing (`id`, `journal`): a daemon must run in a test namespace (`in_host`).
     pub fn new(bin: impl Into<PathBuf>) -> anyhow::Result<Self> {
         Ok(Self {
             bin: bin.into(),
             dir: tempfile::tempdir().context("creating a temporary home")?,
+            namespace: None,
             daemon: None,
         })
+    }
+
+    /// A home whose commands (the daemon included) run inside `host`'s network namespace.
+    pub fn in_host(bin: impl Into<PathBuf>, host: &crate::Host) -> anyhow::Result<Self> {
+        let mut home = Self::new(bin)?;
+        home.namespace = Some(host.name().to_owned());
+        Ok(home)
     }
 
     pub fn path(&self) -> &Path {
@@ -46,7 +58,15 @@ impl NodeHome {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.bin);
+        let mut command = match &self.namespace {
+            // `ip netns exec` execs the program, so the child's pid is fsnode's own.
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
         command
             .args(args)
             .env("FSNODE_HOME", self.path())
@@ -73,6 +93,9 @@ impl NodeHome {
 
     /// Starts `fsnode run ARGS…` in the background.
     pub fn start(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        if self.namespace.is_none() {
+            bail!("a daemon multicasts: start it in a test namespace (NodeHome::in_host)");
+        }
         if self.daemon.is_some() {
             bail!("a daemon is already running in this home");
         }

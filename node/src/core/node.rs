@@ -20,6 +20,9 @@ use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Reques
 /// How often trusted devices that mDNS does not show are probed by unicast at their last
 /// known addresses.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// Untrusted devices the node keeps track of; announcements of further unknown devices are
+/// ignored, so a flood of bogus announcements cannot grow state without bound.
+pub const MAX_UNTRUSTED_PEERS: usize = 1024;
 /// Distinct ignored announcements remembered, so a flood is journaled once, not per packet.
 const IGNORED_MEMORY: usize = 256;
 
@@ -185,19 +188,20 @@ impl Core {
         let peer = match discovery::check(announcement) {
             Ok(peer) => peer,
             Err(reason) => {
-                let key = format!("{}\n{reason}", announcement.instance);
-                if !self.ignored.contains(&key) {
-                    if self.ignored.len() == IGNORED_MEMORY {
-                        self.ignored.pop_front();
-                    }
-                    self.ignored.push_back(key);
-                    let instance: String = announcement.instance.chars().take(128).collect();
-                    self.emit(Event::AnnouncementIgnored { instance, reason }, now);
-                }
+                self.ignore(&announcement.instance, reason, now);
                 return;
             }
         };
         if peer.id == self.me.id {
+            return;
+        }
+        if !self.state.peers.contains_key(&peer.id) && self.untrusted_peers() >= MAX_UNTRUSTED_PEERS
+        {
+            self.ignore(
+                &announcement.instance,
+                format!("already tracking {MAX_UNTRUSTED_PEERS} untrusted devices"),
+                now,
+            );
             return;
         }
         self.discovered(
@@ -208,6 +212,24 @@ impl Core {
             peer.port,
             now,
         );
+    }
+
+    fn untrusted_peers(&self) -> usize {
+        self.state.peers.values().filter(|p| !p.trusted).count()
+    }
+
+    /// Journals an ignored announcement once per (instance, reason) within a bounded memory.
+    fn ignore(&mut self, instance: &str, reason: String, now: Now) {
+        let key = format!("{instance}\n{reason}");
+        if self.ignored.contains(&key) {
+            return;
+        }
+        if self.ignored.len() == IGNORED_MEMORY {
+            self.ignored.pop_front();
+        }
+        self.ignored.push_back(key);
+        let instance: String = instance.chars().take(128).collect();
+        self.emit(Event::AnnouncementIgnored { instance, reason }, now);
     }
 
     /// Records a peer as seen, unless nothing changed (re-announcements are frequent).

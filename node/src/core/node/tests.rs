@@ -341,3 +341,24 @@ fn unseen_trusted_devices_are_probed_at_their_last_address_on_a_timer() {
     });
     assert!(h.core.poll_output().is_none());
 }
+
+#[test]
+fn a_flood_of_valid_announcements_of_unknown_devices_is_capped() {
+    let mut h = Harness::new();
+    let mut discovered = 0;
+    for i in 0..(MAX_UNTRUSTED_PEERS + 50) {
+        let mut digest = [0u8; 32];
+        digest[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+        let fake = DeviceId::from_sha256(&digest);
+        let mut a = announcement(1, "10.77.0.2");
+        a.instance = instance_name(&fake);
+        a.txt.insert("id".into(), fake.to_string());
+        let out = h.handle(Input::Announced(a));
+        discovered += Harness::events(&out)
+            .iter()
+            .filter(|e| **e == "PeerDiscovered")
+            .count();
+    }
+    assert_eq!(discovered, MAX_UNTRUSTED_PEERS);
+    assert_eq!(h.core.state().peers.len(), MAX_UNTRUSTED_PEERS);
+}
