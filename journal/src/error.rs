@@ -107,8 +107,8 @@ pub enum JournalError {
     /// A write or fsync of a batch failed. The journal refuses every later append, because after
     /// a failed fsync the state of the file on disk is unknown and cannot be retried safely.
     #[error(
-        "journal {op} of {path} failed, so records from seq {first_seq} on are not durable and \
-         the journal accepts no more appends; fix the cause (disk full? device error?), then \
+        "journal {op} of {path} failed, so records from seq {first_seq} on may not be durable \
+         and the journal accepts no more appends; fix the cause (disk full? device error?), then \
          reopen the journal (restart the node), which recovers what reached the disk"
     )]
     Poisoned {
@@ -122,6 +122,10 @@ pub enum JournalError {
         #[source]
         source: Arc<io::Error>,
     },
+
+    /// Every sequence number up to `u64::MAX` has been used.
+    #[error("the journal has used every sequence number; start a new journal")]
+    SequenceExhausted,
 
     /// The [`Options`](crate::Options) passed to `open` are unusable.
     #[error("invalid journal options: {reason}")]
@@ -139,7 +143,11 @@ impl JournalError {
         }
     }
 
-    pub(crate) fn corrupt(segment: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        segment: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Self {
         JournalError::Corrupt {
             segment: segment.into(),
             offset,

@@ -52,7 +52,25 @@ impl FrameHeader {
         if b.iter().all(|&x| x == 0) {
             return None;
         }
-        let [l0, l1, l2, l3, c0, c1, c2, c3, s0, s1, s2, s3, s4, s5, s6, s7, kind] = *b;
+        let [
+            l0,
+            l1,
+            l2,
+            l3,
+            c0,
+            c1,
+            c2,
+            c3,
+            s0,
+            s1,
+            s2,
+            s3,
+            s4,
+            s5,
+            s6,
+            s7,
+            kind,
+        ] = *b;
         Some(FrameHeader {
             len: u32::from_le_bytes([l0, l1, l2, l3]),
             crc: u32::from_le_bytes([c0, c1, c2, c3]),
@@ -136,10 +154,21 @@ mod tests {
 
     #[test]
     fn combined_checksum_equals_direct_checksum() {
-        for len in [0usize, 1, 100, COMBINE_THRESHOLD - 1, COMBINE_THRESHOLD, 100_000] {
+        for len in [
+            0usize,
+            1,
+            100,
+            COMBINE_THRESHOLD - 1,
+            COMBINE_THRESHOLD,
+            100_000,
+        ] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let pre = PayloadChecksum::precompute(&payload);
-            assert_eq!(pre.finish(12345, 2, &payload), checksum(12345, 2, &payload), "len {len}");
+            assert_eq!(
+                pre.finish(12345, 2, &payload),
+                checksum(12345, 2, &payload),
+                "len {len}"
+            );
         }
     }
 

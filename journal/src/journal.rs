@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -68,12 +68,19 @@ impl Owner {
     /// Stops the writer after it has committed everything queued; releases the directory lock.
     fn shutdown(&self) -> Result<(), JournalError> {
         self.core.request_close();
-        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let result = match thread {
             Some(handle) => handle.join().unwrap_or(Err(JournalError::Closed)),
             None => Ok(()),
         };
-        self.lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         match self.core.poisoned() {
             Some(poison) => Err(poison),
             None => result,
@@ -90,11 +97,11 @@ impl Drop for Owner {
 impl<R: Serialize + DeserializeOwned + Send + 'static> Journal<R> {
     /// Opens (creating if needed) the journal in `dir` for writing.
     ///
-    /// Recovery happens here: segments older than the newest intact snapshot are deleted (a
-    /// compaction interrupted by a crash), every remaining segment is checked frame by frame,
-    /// and a torn tail of the last segment is truncated and described in
-    /// [`OpenReport::truncated_tail`]. Damage anywhere else is [`JournalError::Corrupt`] and
-    /// nothing is modified.
+    /// Recovery happens here. Every segment from the newest intact snapshot on is checked frame
+    /// by frame; damage anywhere but at the tail is [`JournalError::Corrupt`] (or another error)
+    /// and then nothing is modified. Otherwise segments older than the newest snapshot (a
+    /// compaction interrupted by a crash) and leftover temporary files are deleted, and a torn
+    /// tail of the last segment is truncated and described in [`OpenReport::truncated_tail`].
     pub fn open(dir: &Path, opts: Options) -> Result<(Self, OpenReport), JournalError> {
         opts.validate()?;
         fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
@@ -123,9 +130,21 @@ impl<R: Serialize + DeserializeOwned + Send + 'static> Journal<R> {
             truncated_tail: recovered.torn,
             removed_segments: recovered.removed,
         };
-        let core = Arc::new(Core::new(dir.to_path_buf(), opts, next_seq, recovered.last_seq, layout));
-        let writer = Writer::new(Arc::clone(&core), file, last.path.clone(), recovered.end, recovered.last_frames)
-            .map_err(|e| JournalError::io(&last.path, e))?;
+        let core = Arc::new(Core::new(
+            dir.to_path_buf(),
+            opts,
+            next_seq,
+            recovered.last_seq,
+            layout,
+        ));
+        let writer = Writer::new(
+            Arc::clone(&core),
+            file,
+            last.path.clone(),
+            recovered.end,
+            recovered.last_frames,
+        )
+        .map_err(|e| JournalError::io(&last.path, e))?;
         let handle = std::thread::Builder::new()
             .name("fsnode-journal-writer".into())
             .spawn(move || writer.run())
@@ -171,7 +190,10 @@ impl<R: Serialize + DeserializeOwned + Send + 'static> Journal<R> {
                 reason: e.to_string(),
             })?;
             if buf.len() > max as usize {
-                return Err(JournalError::RecordTooLarge { len: buf.len(), max });
+                return Err(JournalError::RecordTooLarge {
+                    len: buf.len(),
+                    max,
+                });
             }
             core.enqueue(buf, kind)
         };
@@ -301,29 +323,18 @@ struct Recovered {
 /// Brings a journal directory into a state the writer can append to (see [`Journal::open`]).
 fn recover(dir: &Path, opts: &Options) -> Result<Recovered, JournalError> {
     let listing = segment::list(dir)?;
-    for tmp in &listing.temporaries {
-        remove_file(tmp)?;
-    }
     let mut segments = listing.segments;
     if segments.is_empty() {
-        let (_, path) = segment::create(dir, 1, 0).map_err(|op| JournalError::io(op.path, op.source))?;
+        let (_, path) =
+            segment::create(dir, 1, 0).map_err(|op| JournalError::io(op.path, op.source))?;
         segments.push(SegmentFile { path, first_seq: 1 });
     }
 
-    // A crash between a snapshot becoming durable and the deletion of the segments before it
-    // leaves those segments behind: finish the compaction.
+    // Check everything from the newest snapshot on before modifying anything.
     let snapshot = scan::newest_snapshot(&segments, opts.max_record_bytes)?;
     let start = snapshot.unwrap_or(0);
-    let removed = start;
-    for old in segments.drain(..start) {
-        remove_file(&old.path)?;
-    }
-    if removed > 0 {
-        segment::sync_dir(dir).map_err(|e| JournalError::io(dir, e))?;
-    }
-
-    let mut sources = Vec::with_capacity(segments.len());
-    for seg in &segments {
+    let mut sources = Vec::with_capacity(segments.len() - start);
+    for seg in &segments[start..] {
         sources.push(Source::open(seg, None)?);
     }
     let rules = ScanRules {
@@ -337,6 +348,19 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered, JournalError> {
     while let Some(frame) = scan.next()? {
         records += 1;
         last_seq = Some(frame.seq);
+    }
+
+    // Leftovers of an interrupted segment creation, and segments that a crash between a
+    // snapshot becoming durable and the deletion of the segments before it left behind.
+    for tmp in &listing.temporaries {
+        remove_file(tmp)?;
+    }
+    let removed = start;
+    for old in segments.drain(..start) {
+        remove_file(&old.path)?;
+    }
+    if removed > 0 || !listing.temporaries.is_empty() {
+        segment::sync_dir(dir).map_err(|e| JournalError::io(dir, e))?;
     }
 
     let last = segments
@@ -362,7 +386,8 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered, JournalError> {
                     ),
                 ));
             }
-            segment::create(dir, last.first_seq, 0).map_err(|op| JournalError::io(op.path, op.source))?;
+            segment::create(dir, last.first_seq, 0)
+                .map_err(|op| JournalError::io(op.path, op.source))?;
             (HEADER_LEN, 0, last.first_seq)
         }
         Some(t) => {
@@ -397,7 +422,7 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered, JournalError> {
     })
 }
 
-fn remove_file(path: &PathBuf) -> Result<(), JournalError> {
+fn remove_file(path: &Path) -> Result<(), JournalError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

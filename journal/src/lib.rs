@@ -9,7 +9,7 @@
 //! - **Sequence numbers.** Every record gets the next [`Seq`]: the first record is 1 and there
 //!   are no gaps, across segments and across reopening.
 //! - **Durability.** [`Journal::append`] returns a [`Pending`] that resolves (blocking with
-//!   [`Pending::wait`], or as a [`Future`](std::future::Future) on any executor) once the record
+//!   [`Pending::wait`], or as a [`Future`] on any executor) once the record
 //!   has been written and `fdatasync`ed. Records become durable in sequence order.
 //! - **Group commit.** One writer thread writes everything queued with one write and one
 //!   `fdatasync`, so concurrent appenders share fsyncs ([`Journal::stats`] counts them).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use crate::error::JournalError;
-use crate::replay::Replay;
+use crate::replay::{DECODE_SCRATCH, Replay};
 use crate::scan::{self, FrameScan, REPLAY_BUFFER, ScanRules, Source};
 use crate::segment::{self, SegmentFile};
 use crate::{Options, RecordKind, Seq, VerifyReport};
@@ -33,7 +33,9 @@ pub struct Reader<R> {
 
 impl<R> std::fmt::Debug for Reader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Reader")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -63,7 +65,10 @@ impl<R: DeserializeOwned> Reader<R> {
     /// Replays from the newest snapshot (yielded first), then every record after it; from the
     /// first record if there is no snapshot. Same semantics as [`Journal::replay`](crate::Journal::replay).
     pub fn replay(&self) -> Result<Replay<R>, JournalError> {
-        self.open_replay(|segments| Ok(scan::newest_snapshot(segments, self.opts.max_record_bytes)?.unwrap_or(0)), 0)
+        let max = self.opts.max_record_bytes;
+        let start =
+            |segments: &[SegmentFile]| Ok(scan::newest_snapshot(segments, max)?.unwrap_or(0));
+        self.open_replay(start, 0)
     }
 
     /// Replays the records with sequence number `seq` or higher that still exist. If `seq` is
@@ -71,7 +76,12 @@ impl<R: DeserializeOwned> Reader<R> {
     /// semantics as [`Journal::replay_from`](crate::Journal::replay_from).
     pub fn replay_from(&self, seq: Seq) -> Result<Replay<R>, JournalError> {
         self.open_replay(
-            |segments| Ok(segments.iter().rposition(|s| s.first_seq <= seq).unwrap_or(0)),
+            |segments| {
+                Ok(segments
+                    .iter()
+                    .rposition(|s| s.first_seq <= seq)
+                    .unwrap_or(0))
+            },
             seq,
         )
     }
@@ -105,7 +115,12 @@ impl<R: DeserializeOwned> Reader<R> {
             let result = segment::list(&self.dir).and_then(|listing| {
                 let segments = listing.segments;
                 let first = start(&segments)?;
-                segments.get(first..).unwrap_or_default().iter().map(|s| Source::open(s, None)).collect()
+                segments
+                    .get(first..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| Source::open(s, None))
+                    .collect()
             });
             match result {
                 Err(JournalError::Io { source, .. })
@@ -133,8 +148,11 @@ impl<R: DeserializeOwned> Reader<R> {
             snapshots: 0,
             torn_tail: None,
         };
+        let mut scratch = vec![0; DECODE_SCRATCH];
         while let Some(frame) = scan.next()? {
-            if let Err(e) = ciborium::from_reader::<R, _>(frame.payload) {
+            if let Err(e) =
+                ciborium::de::from_reader_with_buffer::<R, _>(frame.payload, &mut scratch)
+            {
                 return Err(JournalError::Decode {
                     segment: frame.segment.to_path_buf(),
                     offset: frame.offset,

@@ -8,6 +8,10 @@ use crate::error::JournalError;
 use crate::scan::{FrameScan, ScanRules, Source};
 use crate::{Record, Seq, TornTail};
 
+/// Size of the CBOR decoder's scratch buffer (what `ciborium::from_reader` puts on the stack, and
+/// zeroes, for every call).
+pub(crate) const DECODE_SCRATCH: usize = 4096;
+
 /// Iterator over the records of a journal, read from disk one frame at a time.
 ///
 /// Yields `Ok(record)` for every intact record in sequence order. Damage ends the iteration with
@@ -21,6 +25,8 @@ pub struct Replay<R> {
     scan: FrameScan,
     from: Seq,
     done: bool,
+    /// The CBOR decoder's scratch space, reused for every record.
+    scratch: Box<[u8]>,
     _record: PhantomData<fn() -> R>,
 }
 
@@ -39,6 +45,7 @@ impl<R> Replay<R> {
             scan: FrameScan::new(sources, rules),
             from,
             done: false,
+            scratch: vec![0; DECODE_SCRATCH].into_boxed_slice(),
             _record: PhantomData,
         }
     }
@@ -73,7 +80,11 @@ impl<R: DeserializeOwned> Iterator for Replay<R> {
                     if frame.seq < self.from {
                         continue;
                     }
-                    let record = match ciborium::from_reader::<R, _>(frame.payload) {
+                    let decoded = ciborium::de::from_reader_with_buffer::<R, _>(
+                        frame.payload,
+                        &mut self.scratch,
+                    );
+                    let record = match decoded {
                         Ok(payload) => Ok(Record {
                             seq: frame.seq,
                             kind: frame.kind,

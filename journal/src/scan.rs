@@ -35,7 +35,10 @@ impl Source {
         let file = File::open(&seg.path).map_err(|e| JournalError::io(&seg.path, e))?;
         let limit = match limit {
             Some(l) => l,
-            None => file.metadata().map_err(|e| JournalError::io(&seg.path, e))?.len(),
+            None => file
+                .metadata()
+                .map_err(|e| JournalError::io(&seg.path, e))?
+                .len(),
         };
         Ok(Source {
             path: seg.path.clone(),
@@ -83,7 +86,9 @@ struct Current {
 
 impl Current {
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), JournalError> {
-        self.reader.read_exact(buf).map_err(|e| read_error(&self.path, self.pos, e))?;
+        self.reader
+            .read_exact(buf)
+            .map_err(|e| read_error(&self.path, self.pos, e))?;
         self.pos += buf.len() as u64;
         Ok(())
     }
@@ -92,7 +97,8 @@ impl Current {
     fn rest_is_zero(&mut self) -> Result<bool, JournalError> {
         let mut chunk = [0u8; 8192];
         while self.pos < self.limit {
-            let n = usize::try_from(self.limit - self.pos).map_or(chunk.len(), |r| r.min(chunk.len()));
+            let n =
+                usize::try_from(self.limit - self.pos).map_or(chunk.len(), |r| r.min(chunk.len()));
             let buf = &mut chunk[..n];
             self.read_exact(buf)?;
             if buf.iter().any(|&b| b != 0) {
@@ -233,7 +239,11 @@ impl FrameScan {
                     self.end_segment(offset)?;
                 } else {
                     let end = offset + FRAME_HEADER_LEN as u64;
-                    self.damaged(offset, end, "a frame header runs past the end of the segment".into())?;
+                    self.damaged(
+                        offset,
+                        end,
+                        "a frame header runs past the end of the segment".into(),
+                    )?;
                 }
                 continue;
             }
@@ -247,7 +257,11 @@ impl FrameScan {
             let body = cur.pos;
             let frame_end = body + u64::from(header.len);
             if header.len == 0 {
-                self.damaged(offset, body, "a frame header declares a payload length of 0".into())?;
+                self.damaged(
+                    offset,
+                    body,
+                    "a frame header declares a payload length of 0".into(),
+                )?;
                 continue;
             }
             if frame_end > cur.limit {
@@ -262,9 +276,13 @@ impl FrameScan {
             if header.len > self.rules.max_record_bytes {
                 // Never allocate for it, but find out whether it is intact: an intact frame that
                 // is merely larger than this reader's limit must not be mistaken for a torn tail.
-                let crc = cur.checksum_through(frame::checksum(header.seq, header.kind, &[]), u64::from(header.len))?;
-                let intact =
-                    crc == header.crc && RecordKind::from_byte(header.kind).is_some() && header.seq == expected;
+                let crc = cur.checksum_through(
+                    frame::checksum(header.seq, header.kind, &[]),
+                    u64::from(header.len),
+                )?;
+                let intact = crc == header.crc
+                    && RecordKind::from_byte(header.kind).is_some()
+                    && header.seq == expected;
                 if intact {
                     return Err(JournalError::corrupt(
                         &cur.path,
@@ -293,7 +311,11 @@ impl FrameScan {
                 continue;
             }
             let Some(kind) = RecordKind::from_byte(header.kind) else {
-                self.damaged(offset, frame_end, format!("unknown frame kind {}", header.kind))?;
+                self.damaged(
+                    offset,
+                    frame_end,
+                    format!("unknown frame kind {}", header.kind),
+                )?;
                 continue;
             };
             if header.seq != expected {
@@ -308,7 +330,10 @@ impl FrameScan {
                 return Err(JournalError::corrupt(
                     &cur.path,
                     offset,
-                    format!("snapshot seq {} is not the first frame of its segment", header.seq),
+                    format!(
+                        "snapshot seq {} is not the first frame of its segment",
+                        header.seq
+                    ),
                 ));
             }
             cur.frames += 1;
@@ -335,7 +360,9 @@ impl FrameScan {
             limit,
         } = src;
         if limit < HEADER_LEN {
-            let reason = format!("the segment is {limit} bytes long, shorter than its {HEADER_LEN}-byte header");
+            let reason = format!(
+                "the segment is {limit} bytes long, shorter than its {HEADER_LEN}-byte header"
+            );
             if is_final && self.rules.tail_may_be_torn {
                 self.finish_torn(path, 0, limit, reason);
                 return Ok(());
@@ -357,7 +384,9 @@ impl FrameScan {
             return Err(JournalError::corrupt(
                 &cur.path,
                 12,
-                format!("the header declares first seq {declared} but the file name says {first_seq}"),
+                format!(
+                    "the header declares first seq {declared} but the file name says {first_seq}"
+                ),
             ));
         }
         if let Some(expected) = self.expected
@@ -381,7 +410,9 @@ impl FrameScan {
     /// Whatever follows must be zero too (preallocated space); anything else is a torn tail in
     /// the final segment and corruption elsewhere.
     fn end_segment(&mut self, offset: u64) -> Result<(), JournalError> {
-        let Some(mut cur) = self.cur.take() else { return Ok(()) };
+        let Some(mut cur) = self.cur.take() else {
+            return Ok(());
+        };
         if !cur.rest_is_zero()? {
             let reason = "non-zero bytes follow the end-of-data marker (an all-zero frame header)";
             if cur.is_final && self.rules.tail_may_be_torn {
@@ -396,12 +427,14 @@ impl FrameScan {
 
     /// A damaged frame at `offset` that would end at `frame_end`.
     fn damaged(&mut self, offset: u64, frame_end: u64, reason: String) -> Result<(), JournalError> {
-        let Some(mut cur) = self.cur.take() else { return Ok(()) };
+        let Some(mut cur) = self.cur.take() else {
+            return Ok(());
+        };
         if !(cur.is_final && self.rules.tail_may_be_torn) {
             return Err(JournalError::corrupt(cur.path, offset, reason));
         }
         let torn = frame_end >= cur.limit || {
-            let skip = frame_end - cur.pos;
+            let skip = frame_end.saturating_sub(cur.pos);
             io::copy(&mut (&mut cur.reader).take(skip), &mut io::sink())
                 .map_err(|e| JournalError::io(&cur.path, e))?;
             cur.pos = frame_end;
@@ -437,7 +470,10 @@ impl FrameScan {
 /// Probes segments from the newest backwards, reading only their first frame. In the last
 /// segment a torn first frame is no snapshot (it never became durable); damage anywhere else is
 /// an error.
-pub(crate) fn newest_snapshot(segments: &[SegmentFile], max_record_bytes: u32) -> Result<Option<usize>, JournalError> {
+pub(crate) fn newest_snapshot(
+    segments: &[SegmentFile],
+    max_record_bytes: u32,
+) -> Result<Option<usize>, JournalError> {
     for (i, seg) in segments.iter().enumerate().rev() {
         let rules = ScanRules {
             max_record_bytes,

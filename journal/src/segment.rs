@@ -14,8 +14,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::JournalError;
 use crate::Seq;
+use crate::error::JournalError;
 use crate::error::OpFailure;
 
 /// The first eight bytes of every segment.
@@ -44,7 +44,10 @@ pub(crate) fn encode_header(first_seq: Seq) -> [u8; HEADER_LEN as usize] {
 }
 
 /// Decodes and checks a segment header; returns the first sequence number it declares.
-pub(crate) fn decode_header(segment: &Path, h: &[u8; HEADER_LEN as usize]) -> Result<Seq, JournalError> {
+pub(crate) fn decode_header(
+    segment: &Path,
+    h: &[u8; HEADER_LEN as usize],
+) -> Result<Seq, JournalError> {
     if h[0..8] != MAGIC {
         return Err(JournalError::corrupt(
             segment,
@@ -61,16 +64,28 @@ pub(crate) fn decode_header(segment: &Path, h: &[u8; HEADER_LEN as usize]) -> Re
         });
     }
     if version == 0 {
-        return Err(JournalError::corrupt(segment, 8, "segment format version 0 does not exist"));
+        return Err(JournalError::corrupt(
+            segment,
+            8,
+            "segment format version 0 does not exist",
+        ));
     }
     if h[20..].iter().any(|&b| b != 0) {
-        return Err(JournalError::corrupt(segment, 20, "reserved header bytes are not zero"));
+        return Err(JournalError::corrupt(
+            segment,
+            20,
+            "reserved header bytes are not zero",
+        ));
     }
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&h[12..20]);
     let first_seq = u64::from_le_bytes(seq);
     if first_seq == 0 {
-        return Err(JournalError::corrupt(segment, 12, "segment header declares first seq 0"));
+        return Err(JournalError::corrupt(
+            segment,
+            12,
+            "segment header declares first seq 0",
+        ));
     }
     Ok(first_seq)
 }
@@ -109,7 +124,9 @@ pub(crate) fn list(dir: &Path) -> Result<Listing, JournalError> {
             temporaries.push(entry.path());
             continue;
         }
-        let Some(stem) = name.strip_suffix(SUFFIX) else { continue };
+        let Some(stem) = name.strip_suffix(SUFFIX) else {
+            continue;
+        };
         let path = entry.path();
         let first_seq = parse_stem(stem).ok_or_else(|| {
             JournalError::corrupt(
@@ -139,13 +156,21 @@ fn parse_stem(stem: &str) -> Option<Seq> {
 /// A segment file therefore never exists without its complete header.
 ///
 /// Returns the open file (read + write) and its path.
-pub(crate) fn create(dir: &Path, first_seq: Seq, preallocate: u64) -> Result<(File, PathBuf), OpFailure> {
+pub(crate) fn create(
+    dir: &Path,
+    first_seq: Seq,
+    preallocate: u64,
+) -> Result<(File, PathBuf), OpFailure> {
     let name = file_name(first_seq);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
     let fail = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |e: io::Error| OpFailure { path: p, op, source: e }
+        move |e: io::Error| OpFailure {
+            path: p,
+            op,
+            source: e,
+        }
     };
     let mut file = OpenOptions::new()
         .read(true)
@@ -168,7 +193,8 @@ pub(crate) fn create(dir: &Path, first_seq: Seq, preallocate: u64) -> Result<(Fi
 
 /// Extends the file to cover `offset..offset + len` with allocated, zero-reading blocks.
 pub(crate) fn preallocate_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len).map_err(io::Error::from)
+    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len)
+        .map_err(io::Error::from)
 }
 
 /// Makes the directory's entries (created, renamed, removed files) durable.
@@ -198,17 +224,27 @@ mod tests {
 
         let mut bad = h;
         bad[0] ^= 1;
-        assert!(matches!(decode_header(p, &bad), Err(JournalError::Corrupt { offset: 0, .. })));
+        assert!(matches!(
+            decode_header(p, &bad),
+            Err(JournalError::Corrupt { offset: 0, .. })
+        ));
 
         let mut v2 = h;
         v2[8..12].copy_from_slice(&2u32.to_le_bytes());
         assert!(matches!(
             decode_header(p, &v2),
-            Err(JournalError::UnsupportedVersion { found: 2, supported: 1, .. })
+            Err(JournalError::UnsupportedVersion {
+                found: 2,
+                supported: 1,
+                ..
+            })
         ));
 
         let mut reserved = h;
         reserved[31] = 1;
-        assert!(matches!(decode_header(p, &reserved), Err(JournalError::Corrupt { offset: 20, .. })));
+        assert!(matches!(
+            decode_header(p, &reserved),
+            Err(JournalError::Corrupt { offset: 20, .. })
+        ));
     }
 }

@@ -1,12 +1,12 @@
 //! Durability tickets: [`Pending`] resolves when its record's batch has been fsynced.
 //!
 //! All records of one group-commit batch share one [`BatchSlot`]: the writer completes it once,
-//! which wakes every blocking waiter (a condition variable) and every async waiter (their
-//! wakers), so completing a batch costs one lock however many records it holds.
+//! which wakes every blocking waiter and every async waiter (their wakers), so completing a batch
+//! costs the same however many records it holds.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use crate::Seq;
@@ -23,35 +23,31 @@ pub(crate) enum Outcome {
     Closed,
 }
 
-#[derive(Default)]
-struct SlotState {
-    outcome: Option<Outcome>,
-    wakers: Vec<Waker>,
-}
-
 /// The completion shared by every record of one batch.
+///
+/// Blocking waiters park in [`OnceLock::wait`] (a futex on Linux): completing the batch wakes
+/// them all at once and none of them has to take a lock to see the outcome, so a batch of many
+/// waiting appenders does not turn into a convoy on a mutex.
 #[derive(Default)]
 pub(crate) struct BatchSlot {
-    state: Mutex<SlotState>,
-    done: Condvar,
+    outcome: OnceLock<Outcome>,
+    /// Wakers of async waiters, drained when the outcome is set.
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl BatchSlot {
-    fn lock(&self) -> MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn wakers(&self) -> MutexGuard<'_, Vec<Waker>> {
+        self.wakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Resolves every ticket of the batch (the first outcome wins).
     pub(crate) fn complete(&self, outcome: Outcome) {
-        let wakers = {
-            let mut state = self.lock();
-            if state.outcome.is_some() {
-                return;
-            }
-            state.outcome = Some(outcome);
-            std::mem::take(&mut state.wakers)
-        };
-        self.done.notify_all();
+        if self.outcome.set(outcome).is_err() {
+            return;
+        }
+        // A poller registers its waker under this lock and re-checks the outcome under it, so
+        // it either sees the outcome or its waker is drained here.
+        let wakers = std::mem::take(&mut *self.wakers());
         for waker in wakers {
             waker.wake();
         }
@@ -92,7 +88,9 @@ pub struct Pending {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("seq", &self.seq).finish_non_exhaustive()
+        f.debug_struct("Pending")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,18 +105,12 @@ impl Pending {
 
     /// Blocks until the record is durable; returns its sequence number.
     pub fn wait(self) -> Result<Seq, JournalError> {
-        let mut state = self.slot.lock();
-        loop {
-            if let Some(outcome) = &state.outcome {
-                return resolve(self.seq, outcome);
-            }
-            state = self.slot.done.wait(state).unwrap_or_else(PoisonError::into_inner);
-        }
+        resolve(self.seq, self.slot.outcome.wait())
     }
 
     /// Whether the record's batch has completed (durably or not), without blocking.
     pub fn is_resolved(&self) -> bool {
-        self.slot.lock().outcome.is_some()
+        self.slot.outcome.get().is_some()
     }
 }
 
@@ -127,13 +119,19 @@ impl Future for Pending {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let mut state = this.slot.lock();
-        if let Some(outcome) = &state.outcome {
+        if let Some(outcome) = this.slot.outcome.get() {
             return Poll::Ready(resolve(this.seq, outcome));
         }
-        let already = this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        let mut wakers = this.slot.wakers();
+        if let Some(outcome) = this.slot.outcome.get() {
+            return Poll::Ready(resolve(this.seq, outcome));
+        }
+        let already = this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
         if !already {
-            state.wakers.push(cx.waker().clone());
+            wakers.push(cx.waker().clone());
             this.registered = Some(cx.waker().clone());
         }
         Poll::Pending

@@ -105,7 +105,13 @@ enum State {
 }
 
 impl Core {
-    pub(crate) fn new(dir: PathBuf, opts: Options, next_seq: Seq, last_seq: Option<Seq>, layout: Layout) -> Self {
+    pub(crate) fn new(
+        dir: PathBuf,
+        opts: Options,
+        next_seq: Seq,
+        last_seq: Option<Seq>,
+        layout: Layout,
+    ) -> Self {
         Core {
             dir,
             opts,
@@ -139,7 +145,11 @@ impl Core {
     }
 
     /// Queues an encoded record; assigns its sequence number.
-    pub(crate) fn enqueue(&self, payload: &[u8], kind: RecordKind) -> Result<Pending, JournalError> {
+    pub(crate) fn enqueue(
+        &self,
+        payload: &[u8],
+        kind: RecordKind,
+    ) -> Result<Pending, JournalError> {
         let crc = PayloadChecksum::precompute(payload);
         let frame_len = frame::FRAME_HEADER_LEN + payload.len();
         let mut q = self.lock_queue();
@@ -158,9 +168,7 @@ impl Core {
         }
         let seq = q.next_seq;
         let Some(next) = seq.checked_add(1) else {
-            return Err(JournalError::InvalidOptions {
-                reason: "the sequence number space is exhausted".into(),
-            });
+            return Err(JournalError::SequenceExhausted);
         };
         q.next_seq = next;
         q.last_seq = Some(seq);
@@ -263,7 +271,13 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// A writer appending to `file` (the last segment, at `path`) from byte `len` on.
-    pub(crate) fn new(core: Arc<Core>, file: File, path: PathBuf, len: u64, frames: u64) -> io::Result<Self> {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        file: File,
+        path: PathBuf,
+        len: u64,
+        frames: u64,
+    ) -> io::Result<Self> {
         let alloc = file.metadata()?.len().max(len);
         let preallocate = core.opts.preallocate_bytes > 0;
         Ok(Writer {
@@ -349,7 +363,8 @@ impl Writer {
         let mut had_snapshot = false;
         for mark in marks {
             let has_frames = self.frames + chunk_frames > 0;
-            let full = self.len + (frame_start - chunk_start) as u64 >= self.core.opts.segment_bytes;
+            let full =
+                self.len + (frame_start - chunk_start) as u64 >= self.core.opts.segment_bytes;
             let is_snapshot = mark.kind == RecordKind::Snapshot;
             if has_frames && (is_snapshot || full) {
                 self.write(&buf[chunk_start..frame_start])?;
@@ -446,7 +461,10 @@ impl Writer {
             .map_err(|e| OpFailure::new(&path, "stat", e))?
             .len();
         self.core.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
-        self.core.counters.segments_created.fetch_add(1, Ordering::Relaxed);
+        self.core
+            .counters
+            .segments_created
+            .fetch_add(1, Ordering::Relaxed);
         self.file = file;
         self.path = path.clone();
         self.len = HEADER_LEN;
@@ -467,7 +485,9 @@ impl Writer {
     fn compact(&mut self) {
         let core = &self.core;
         let mut layout = core.lock_layout();
-        let Some(newest) = layout.newest_snapshot() else { return };
+        let Some(newest) = layout.newest_snapshot() else {
+            return;
+        };
         if newest == 0 {
             return;
         }
@@ -476,11 +496,15 @@ impl Writer {
         for meta in old {
             match fs::remove_file(&meta.file.path) {
                 Ok(()) => {
-                    core.counters.segments_removed.fetch_add(1, Ordering::Relaxed);
+                    core.counters
+                        .segments_removed
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(_) => {
-                    core.counters.compaction_errors.fetch_add(1, Ordering::Relaxed);
+                    core.counters
+                        .compaction_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     kept.push(meta);
                 }
             }
@@ -492,7 +516,9 @@ impl Writer {
                 core.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
-                core.counters.compaction_errors.fetch_add(1, Ordering::Relaxed);
+                core.counters
+                    .compaction_errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }

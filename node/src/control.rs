@@ -108,29 +108,36 @@ pub enum ErrorKind {
     Internal,
 }
 
-impl Reply {
-    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Reply::Error(ControlError {
+impl ControlError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ControlError {
             kind,
             message: message.into(),
             candidates: Vec::new(),
-        })
+        }
     }
 }
 
-/// Parses a request line; the error is the reply to send back.
-pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
+impl Reply {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Reply::Error(ControlError::new(kind, message))
+    }
+}
+
+/// Parses a request line; the error goes back as the reply.
+pub fn parse_request(line: &[u8]) -> Result<Request, ControlError> {
     if line.len() > MAX_REQUEST_BYTES {
-        return Err(Reply::error(
+        return Err(ControlError::new(
             ErrorKind::BadRequest,
             format!("request longer than {MAX_REQUEST_BYTES} bytes"),
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(line)
-        .map_err(|e| Reply::error(ErrorKind::BadRequest, format!("request is not JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+        ControlError::new(ErrorKind::BadRequest, format!("request is not JSON: {e}"))
+    })?;
     let version = value.get("v").and_then(serde_json::Value::as_u64);
     if version != Some(u64::from(CONTROL_VERSION)) {
-        return Err(Reply::error(
+        return Err(ControlError::new(
             ErrorKind::Version,
             format!(
                 "request has control protocol version {}, this node speaks {CONTROL_VERSION}; use the fsnode binary that matches the running node",
@@ -139,7 +146,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
         ));
     }
     let envelope: RequestEnvelope = serde_json::from_value(value)
-        .map_err(|e| Reply::error(ErrorKind::BadRequest, format!("bad request: {e}")))?;
+        .map_err(|e| ControlError::new(ErrorKind::BadRequest, format!("bad request: {e}")))?;
     Ok(envelope.request)
 }
 
@@ -189,7 +196,7 @@ mod tests {
     #[test]
     fn malformed_oversized_and_foreign_version_requests_get_error_replies() {
         let kind = |line: &[u8]| match parse_request(line) {
-            Err(Reply::Error(e)) => e.kind,
+            Err(e) => e.kind,
             other => panic!("{other:?}"),
         };
         assert_eq!(kind(b"not json"), ErrorKind::BadRequest);

@@ -1,4 +1,6 @@
 //! End-to-end tests: real `fsnode` processes in throwaway homes (see tests/README.md).
+// These tests bound real processes in real time; the clock rule is for the node's core.
+#![allow(clippy::disallowed_methods)]
 
 mod discovery;
 mod foundation;

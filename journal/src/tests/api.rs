@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::{LOCK_FILE, Stats};
+use crate::{LOCK_FILE, Pending, Stats};
 
 #[test]
 fn round_trip() {
@@ -15,7 +15,14 @@ fn round_trip() {
     assert_eq!(report.truncated_tail, None);
     assert_eq!(journal.last_seq(), None);
 
-    let written = vec![note("a"), Ev::State { upto: 1, text: "b".into() }, note("")];
+    let written = vec![
+        note("a"),
+        Ev::State {
+            upto: 1,
+            text: "b".into(),
+        },
+        note(""),
+    ];
     assert_eq!(append_all(&journal, written.clone()), vec![1, 2, 3]);
     assert_eq!(journal.last_seq(), Some(3));
 
@@ -26,7 +33,10 @@ fn round_trip() {
     assert_eq!(payloads, written);
     journal.close().unwrap();
 
-    let read: Vec<Ev> = records(reader(dir.path()).replay()).into_iter().map(|r| r.payload).collect();
+    let read: Vec<Ev> = records(reader(dir.path()).replay())
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
     assert_eq!(read, written);
 }
 
@@ -38,10 +48,16 @@ fn seq_continues_across_reopen() {
     journal.close().unwrap();
 
     let (journal, report) = Journal::<Ev>::open(dir.path(), Options::default()).unwrap();
-    assert_eq!((report.records, report.last_seq, report.segments), (5, Some(5), 1));
+    assert_eq!(
+        (report.records, report.last_seq, report.segments),
+        (5, Some(5), 1)
+    );
     assert_eq!(journal.last_seq(), Some(5));
     assert_eq!(append_all(&journal, [note("x"), note("y")]), vec![6, 7]);
-    assert_eq!(seqs(&records(journal.replay())), (1..=7).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&records(journal.replay())),
+        (1..=7).collect::<Vec<_>>()
+    );
     drop(journal); // dropping the last handle also commits and releases the lock
 
     let (_journal, report) = Journal::<Ev>::open(dir.path(), Options::default()).unwrap();
@@ -58,27 +74,42 @@ fn segments_roll_at_the_target_size() {
     journal.close().unwrap();
 
     let paths = segment_paths(dir.path());
-    assert!(paths.len() >= 5, "20 records of ~120 bytes in 256-byte segments: {paths:?}");
+    assert!(
+        paths.len() >= 5,
+        "20 records of ~120 bytes in 256-byte segments: {paths:?}"
+    );
     assert_eq!(stats.segments_created as usize, paths.len() - 1);
     let mut next = 1;
     for (i, path) in paths.iter().enumerate() {
         let frames = frames_of(path);
         assert!(!frames.is_empty(), "segment {i} is empty");
-        assert_eq!(frames[0].seq, next, "segment {i} continues the previous one");
-        let name_seq: Seq = path.file_name().unwrap().to_str().unwrap()[..20].parse().unwrap();
+        assert_eq!(
+            frames[0].seq, next,
+            "segment {i} continues the previous one"
+        );
+        let name_seq: Seq = path.file_name().unwrap().to_str().unwrap()[..20]
+            .parse()
+            .unwrap();
         assert_eq!(name_seq, next, "segment named by its first seq");
         next += frames.len() as u64;
         let size = fs::metadata(path).unwrap().len();
         // A segment is rolled once it reaches the target, so it exceeds it by at most one frame;
         // sealed segments are trimmed to their data (no preallocated tail left).
-        assert_eq!(size, frames.last().unwrap().end, "segment {i} trimmed to its data");
+        assert_eq!(
+            size,
+            frames.last().unwrap().end,
+            "segment {i} trimmed to its data"
+        );
         if i + 1 < paths.len() {
             let before_last = frames[frames.len() - 1].start;
             assert!(before_last < 256, "segment {i} rolled too late");
         }
     }
     assert_eq!(next, 21);
-    assert_eq!(seqs(&records(reader(dir.path()).replay())), (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&records(reader(dir.path()).replay())),
+        (1..=20).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -90,14 +121,22 @@ fn snapshot_compacts_and_replay_starts_at_it() {
     let before = segment_paths(dir.path());
     assert!(before.len() > 2);
 
-    let snap = Ev::State { upto: 10, text: "state".into() };
+    let snap = Ev::State {
+        upto: 10,
+        text: "state".into(),
+    };
     let pending = journal.snapshot(&snap).unwrap();
     assert_eq!(pending.seq, 11);
     assert_eq!(futures_lite::future::block_on(pending).unwrap(), 11);
     // Compaction finishes before the snapshot's ticket resolves.
     let after = segment_paths(dir.path());
-    assert_eq!(after.len(), 1, "only the snapshot's segment is left: {after:?}");
+    assert_eq!(
+        after.len(),
+        1,
+        "only the snapshot's segment is left: {after:?}"
+    );
     assert!(after[0].ends_with("00000000000000000011.seg"));
+    assert_eq!(frames_of(&after[0])[0].kind, RecordKind::Snapshot);
     assert!(journal.stats().segments_removed >= before.len() as u64);
 
     append_all(&journal, [note("after-1"), note("after-2")]);
@@ -113,7 +152,10 @@ fn snapshot_compacts_and_replay_starts_at_it() {
     assert_eq!(seqs(&records(journal.replay())), vec![11, 12, 13]);
     assert_eq!(records(journal.replay())[0].kind, RecordKind::Snapshot);
     let r = records(reader(dir.path()).replay());
-    assert_eq!((seqs(&r), r[0].kind), (vec![11, 12, 13], RecordKind::Snapshot));
+    assert_eq!(
+        (seqs(&r), r[0].kind),
+        (vec![11, 12, 13], RecordKind::Snapshot)
+    );
 }
 
 #[test]
@@ -132,7 +174,10 @@ fn a_second_snapshot_replaces_the_first_and_snapshots_can_come_first() {
     assert_eq!(segment_paths(dir.path()).len(), 1);
     journal.close().unwrap();
     let v = reader(dir.path()).verify().unwrap();
-    assert_eq!((v.records, v.snapshots, v.first_seq, v.last_seq), (2, 1, Some(3), Some(4)));
+    assert_eq!(
+        (v.records, v.snapshots, v.first_seq, v.last_seq),
+        (2, 1, Some(3), Some(4))
+    );
 }
 
 #[test]
@@ -143,8 +188,15 @@ fn replay_from_a_sequence_number() {
     append_all(&journal, (0..30).map(|_| note(text.clone())));
     assert!(segment_paths(dir.path()).len() > 3);
     for from in [1, 2, 7, 15, 29, 30] {
-        assert_eq!(seqs(&records(journal.replay_from(from))), (from..=30).collect::<Vec<_>>(), "from {from}");
-        assert_eq!(seqs(&records(reader(dir.path()).replay_from(from))), (from..=30).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(&records(journal.replay_from(from))),
+            (from..=30).collect::<Vec<_>>(),
+            "from {from}"
+        );
+        assert_eq!(
+            seqs(&records(reader(dir.path()).replay_from(from))),
+            (from..=30).collect::<Vec<_>>()
+        );
     }
     assert!(records(journal.replay_from(31)).is_empty());
     assert!(records(journal.replay_from(u64::MAX)).is_empty());
@@ -155,7 +207,10 @@ fn replay_from_a_sequence_number() {
     assert_eq!(seqs(&records(journal.replay_from(1))), vec![31, 32]);
     assert_eq!(seqs(&records(journal.replay_from(32))), vec![32]);
     journal.close().unwrap();
-    assert_eq!(seqs(&records(reader(dir.path()).replay_from(5))), vec![31, 32]);
+    assert_eq!(
+        seqs(&records(reader(dir.path()).replay_from(5))),
+        vec![31, 32]
+    );
 }
 
 #[test]
@@ -180,9 +235,18 @@ fn record_too_large_is_rejected_before_taking_a_seq() {
     let mut encoded = Vec::new();
     ciborium::into_writer(&fits, &mut encoded).unwrap();
     assert_eq!(encoded.len(), 64);
-    assert_eq!(append_all(&journal, [fits, note("next")]), vec![2, 3], "no seq was consumed");
+    assert_eq!(
+        append_all(&journal, [fits, note("next")]),
+        vec![2, 3],
+        "no seq was consumed"
+    );
     journal.close().unwrap();
-    assert_eq!(seqs(&records(Reader::<Ev>::open(dir.path(), opts).unwrap().replay())), vec![1, 2, 3]);
+    assert_eq!(
+        seqs(&records(
+            Reader::<Ev>::open(dir.path(), opts).unwrap().replay()
+        )),
+        vec![1, 2, 3]
+    );
 }
 
 #[test]
@@ -199,7 +263,10 @@ fn a_second_writer_is_locked_out() {
     assert_eq!(seqs(&records(reader(dir.path()).replay())), vec![1]);
     let clone = journal.clone();
     journal.close().unwrap();
-    assert!(matches!(clone.append(&note("late")), Err(JournalError::Closed)));
+    assert!(matches!(
+        clone.append(&note("late")),
+        Err(JournalError::Closed)
+    ));
     // Closing released the lock although a clone is still alive.
     let (reopened, _) = Journal::<Ev>::open(dir.path(), Options::default()).unwrap();
     drop(clone);
@@ -217,7 +284,9 @@ fn pending_resolves_blocking_and_async() {
     assert_eq!(futures_lite::future::block_on(b).unwrap(), 2);
 
     // Many futures awaited together by one executor task.
-    let pendings: Vec<_> = (0..50).map(|i| journal.append(&note(format!("{i}"))).unwrap()).collect();
+    let pendings: Vec<_> = (0..50)
+        .map(|i| journal.append(&note(format!("{i}"))).unwrap())
+        .collect();
     let got = futures_lite::future::block_on(async {
         let mut out = Vec::new();
         for p in pendings {
@@ -262,10 +331,16 @@ fn concurrent_appenders_get_gapless_seqs_and_share_fsyncs() {
             })
         })
         .collect();
-    let mut all: Vec<(Seq, String)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut all: Vec<(Seq, String)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     all.sort();
     let total = (threads * per_thread) as u64;
-    assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
 
     let stats: Stats = journal.stats();
     assert_eq!(stats.records, total);
@@ -293,16 +368,30 @@ fn a_failed_fsync_poisons_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path(), Options::default());
     append_all(&journal, [note("ok")]);
-    journal.core().faults.fail_sync_of_batch.store(1, Ordering::Relaxed);
+    journal
+        .core()
+        .faults
+        .fail_sync_of_batch
+        .store(1, Ordering::Relaxed);
     let failed = journal.append(&note("lost")).unwrap();
     match failed.wait() {
-        Err(JournalError::Poisoned { op: "fsync", first_seq: 2, .. }) => {}
+        Err(JournalError::Poisoned {
+            op: "fsync",
+            first_seq: 2,
+            ..
+        }) => {}
         other => panic!("expected Poisoned, got {other:?}"),
     }
     // Every later append fails the same way, and so does close.
-    assert!(matches!(journal.append(&note("later")), Err(JournalError::Poisoned { .. })));
+    assert!(matches!(
+        journal.append(&note("later")),
+        Err(JournalError::Poisoned { .. })
+    ));
     let message = format!("{}", journal.close().unwrap_err());
-    assert!(message.contains("not durable") && message.contains("reopen"), "{message}");
+    assert!(
+        message.contains("may not be durable") && message.contains("reopen"),
+        "{message}"
+    );
 
     // Reopening recovers what reached the disk (here the record did reach the page cache).
     let (journal, report) = Journal::<Ev>::open(dir.path(), Options::default()).unwrap();
@@ -315,20 +404,29 @@ fn a_failed_fsync_poisons_the_journal() {
 fn closing_commits_everything_queued_and_trims_the_preallocation() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path(), Options::default());
-    let pendings: Vec<_> = (0..1000).map(|i| journal.append(&note(format!("{i}"))).unwrap()).collect();
+    append_all(&journal, [note("first")]);
     let live_len = fs::metadata(&segment_paths(dir.path())[0]).unwrap().len();
+    let pendings: Vec<_> = (0..1000)
+        .map(|i| journal.append(&note(format!("{i}"))).unwrap())
+        .collect();
     journal.close().unwrap();
     for (i, p) in pendings.into_iter().enumerate() {
-        assert_eq!(p.wait().unwrap(), i as u64 + 1);
+        assert_eq!(p.wait().unwrap(), i as u64 + 2);
     }
     let path = &segment_paths(dir.path())[0];
     let frames = frames_of(path);
-    assert_eq!(frames.len(), 1000);
+    assert_eq!(frames.len(), 1001);
     let size = fs::metadata(path).unwrap().len();
-    assert_eq!(size, frames[999].end, "preallocated tail given back on close");
-    assert!(live_len >= Options::default().preallocate_bytes, "segment was preallocated while open");
+    assert_eq!(
+        size, frames[1000].end,
+        "preallocated tail given back on close"
+    );
+    assert!(
+        live_len >= Options::default().preallocate_bytes,
+        "segment was preallocated while open"
+    );
     let v = reader(dir.path()).verify().unwrap();
-    assert_eq!((v.records, v.torn_tail), (1000, None));
+    assert_eq!((v.records, v.torn_tail), (1001, None));
 }
 
 #[test]
@@ -363,14 +461,24 @@ fn a_crash_between_snapshot_and_compaction_is_finished_on_open() {
     assert_eq!(segment_paths(dir.path()).len(), old + 1);
 
     let r = reader(dir.path());
-    assert_eq!(seqs(&records(r.replay())), vec![9, 10], "replay starts at the snapshot");
-    assert_eq!(seqs(&records(r.replay_from(1))), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&records(r.replay())),
+        vec![9, 10],
+        "replay starts at the snapshot"
+    );
+    assert_eq!(
+        seqs(&records(r.replay_from(1))),
+        (1..=10).collect::<Vec<_>>()
+    );
     let v = r.verify().unwrap();
     assert_eq!((v.records, v.snapshots, v.segments), (10, 1, old + 1));
 
     let (journal, report) = Journal::<Ev>::open(dir.path(), small()).unwrap();
     assert_eq!(report.removed_segments, old);
-    assert_eq!((report.segments, report.records, report.last_seq), (1, 2, Some(10)));
+    assert_eq!(
+        (report.segments, report.records, report.last_seq),
+        (1, 2, Some(10))
+    );
     assert_eq!(segment_paths(dir.path()).len(), 1);
     assert_eq!(seqs(&records(journal.replay_from(1))), vec![9, 10]);
 }
@@ -385,7 +493,10 @@ fn interrupted_segment_creation_leaves_nothing_behind() {
     fs::write(&tmp, b"FSNJ").unwrap();
     let (journal, report) = Journal::<Ev>::open(dir.path(), Options::default()).unwrap();
     assert!(!tmp.exists());
-    assert_eq!((report.segments, report.last_seq, report.truncated_tail), (1, Some(1), None));
+    assert_eq!(
+        (report.segments, report.last_seq, report.truncated_tail),
+        (1, Some(1), None)
+    );
     assert_eq!(append_all(&journal, [note("b")]), vec![2]);
 }
 
@@ -394,10 +505,18 @@ fn stats_count_what_was_committed() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path(), Options::default());
     for i in 0..5 {
-        journal.append(&note(format!("{i}"))).unwrap().wait().unwrap();
+        journal
+            .append(&note(format!("{i}")))
+            .unwrap()
+            .wait()
+            .unwrap();
     }
     let s = journal.stats();
-    assert_eq!((s.records, s.batches), (5, 5), "each waited-for append is its own batch");
+    assert_eq!(
+        (s.records, s.batches),
+        (5, 5),
+        "each waited-for append is its own batch"
+    );
     assert!(s.fsyncs >= 5);
     let frames = frames_of(&segment_paths(dir.path())[0]);
     assert_eq!(s.bytes, frames[4].end - crate::SEGMENT_HEADER_LEN);
@@ -411,8 +530,14 @@ fn errors_explain_themselves() {
         reason: "CRC mismatch".into(),
     };
     let text = corrupt.to_string();
-    assert!(text.contains("00000000000000000001.seg") && text.contains("123"), "{text}");
-    assert!(text.contains("intact") && text.contains("fsnode journal verify"), "{text}");
+    assert!(
+        text.contains("00000000000000000001.seg") && text.contains("123"),
+        "{text}"
+    );
+    assert!(
+        text.contains("intact") && text.contains("fsnode journal verify"),
+        "{text}"
+    );
     let newer = JournalError::UnsupportedVersion {
         segment: "s".into(),
         found: 2,
@@ -420,7 +545,10 @@ fn errors_explain_themselves() {
     };
     assert!(newer.to_string().contains("newer fsnode") && newer.to_string().contains("upgrade"));
     let locked = JournalError::Locked { dir: "/d".into() }.to_string();
-    assert!(locked.contains("/d") && locked.contains("locked"), "{locked}");
+    assert!(
+        locked.contains("/d") && locked.contains("locked"),
+        "{locked}"
+    );
 }
 
 #[test]
@@ -431,8 +559,61 @@ fn distinct_payloads_survive_reopen_in_order() {
     append_all(&journal, written.clone());
     journal.close().unwrap();
     let (journal, _) = Journal::<Ev>::open(dir.path(), small()).unwrap();
-    let back: Vec<Ev> = records(journal.replay()).into_iter().map(|r| r.payload).collect();
+    let back: Vec<Ev> = records(journal.replay())
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
     assert_eq!(back, written);
     let distinct: BTreeSet<_> = segment_paths(dir.path()).into_iter().collect();
     assert!(distinct.len() > 5);
+}
+
+#[test]
+fn replay_while_appending_sees_a_gapless_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path(), small());
+    let writer = journal.clone();
+    let handle = std::thread::spawn(move || {
+        let mut last = None;
+        for i in 0..2000 {
+            if i == 1000 {
+                writer.snapshot(&note("snap")).unwrap().wait().unwrap();
+            }
+            last = Some(writer.append(&note(format!("{i}"))).unwrap());
+        }
+        last.unwrap().wait().unwrap()
+    });
+    let mut longest = 0;
+    while !handle.is_finished() {
+        for replay in [journal.replay().unwrap(), journal.replay_from(1).unwrap()] {
+            let got = seqs(
+                &replay
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("no error while appending"),
+            );
+            if let (Some(&first), Some(&last)) = (got.first(), got.last()) {
+                assert_eq!(got, (first..=last).collect::<Vec<_>>(), "gapless");
+                longest = longest.max(got.len());
+            }
+        }
+    }
+    assert_eq!(handle.join().unwrap(), 2001);
+    let r = records(journal.replay());
+    assert_eq!(
+        (r[0].seq, r[0].kind, r.len()),
+        (1001, RecordKind::Snapshot, 1001)
+    );
+    assert!(longest > 0);
+    journal.close().unwrap();
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Journal<Ev>>();
+    send_sync::<Pending>();
+    send_sync::<Reader<Ev>>();
+    send_sync::<JournalError>();
+    send::<crate::Replay<Ev>>();
 }

@@ -44,7 +44,10 @@ fn append_all(journal: &Journal<Ev>, records: impl IntoIterator<Item = Ev>) -> V
         .into_iter()
         .map(|r| journal.append(&r).expect("append"))
         .collect();
-    pending.into_iter().map(|p| p.wait().expect("durable")).collect()
+    pending
+        .into_iter()
+        .map(|p| p.wait().expect("durable"))
+        .collect()
 }
 
 /// Collects a replay, panicking on any error.

@@ -90,8 +90,8 @@ fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<14} {:<20} {:<8} {:<22} {:<8} {:<16} {}",
-        "DEVICE", "NAME", "TYPE", "ADDRESS", "TRUSTED", "STATE", "CODE"
+        "{:<14} {:<20} {:<8} {:<22} {:<8} {:<16} CODE",
+        "DEVICE", "NAME", "TYPE", "ADDRESS", "TRUSTED", "STATE"
     )?;
     for peer in peers {
         let address = match peer.addresses.first() {

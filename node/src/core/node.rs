@@ -336,7 +336,7 @@ impl Core {
             Request::TrustAdd { device } => {
                 let id = match self.resolve(&device, false) {
                     Ok(id) => id,
-                    Err(reply) => return Some(reply),
+                    Err(error) => return Some(Reply::Error(error)),
                 };
                 if id == self.me.id {
                     return Some(Reply::error(
@@ -362,7 +362,7 @@ impl Core {
             Request::TrustRemove { device } => {
                 let id = match self.resolve(&device, true) {
                     Ok(id) => id,
-                    Err(reply) => return Some(reply),
+                    Err(error) => return Some(Reply::Error(error)),
                 };
                 if self.state.is_trusted(&id) {
                     self.emit(
@@ -391,7 +391,7 @@ impl Core {
 
     /// Resolves an operator-typed device among known devices (only trusted ones if
     /// `trusted_only`); the error is the reply.
-    fn resolve(&self, typed: &str, trusted_only: bool) -> Result<DeviceId, Reply> {
+    fn resolve(&self, typed: &str, trusted_only: bool) -> Result<DeviceId, ControlError> {
         let known = self
             .state
             .peers
@@ -399,13 +399,13 @@ impl Core {
             .filter(|(_, p)| !trusted_only || p.trusted)
             .map(|(id, _)| id);
         trust::resolve(typed, known).map_err(|err| match &err {
-            ResolveError::Ambiguous { candidates, .. } => Reply::Error(ControlError {
+            ResolveError::Ambiguous { candidates, .. } => ControlError {
                 kind: ErrorKind::Ambiguous,
                 message: err.to_string(),
                 candidates: candidates.iter().map(|id| self.row(id)).collect(),
-            }),
-            ResolveError::NoMatch(_) => Reply::error(ErrorKind::NotFound, err.to_string()),
-            ResolveError::Invalid(_) => Reply::error(ErrorKind::BadRequest, err.to_string()),
+            },
+            ResolveError::NoMatch(_) => ControlError::new(ErrorKind::NotFound, err.to_string()),
+            ResolveError::Invalid(_) => ControlError::new(ErrorKind::BadRequest, err.to_string()),
         })
     }
 

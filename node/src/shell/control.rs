@@ -96,7 +96,7 @@ async fn serve_client(
         };
         for line in lines {
             let reply = match control::parse_request(&line) {
-                Err(reply) => reply,
+                Err(error) => Reply::Error(error),
                 Ok(request) => {
                     let (tx, rx) = async_channel::bounded(1);
                     requests

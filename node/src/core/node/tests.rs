@@ -1,3 +1,6 @@
+// Tests pick an arbitrary epoch for virtual time; the core itself never reads the clock.
+#![allow(clippy::disallowed_methods)]
+
 use super::*;
 use crate::core::discovery::{instance_name, txt_records};
 
