@@ -8,6 +8,7 @@
 pub mod device;
 pub mod discovery;
 pub mod event;
+pub mod negotiation;
 pub mod node;
 pub mod sdp;
 pub mod signal;
