@@ -5,99 +5,15 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fsnode_testkit::{Lan, NodeHome};
-use rustix::process::Signal;
 use serde_json::Value;
 
 use crate::fsnode_bin;
+use crate::support::{Node, wait_for};
 
 const SERVICE: &str = "_fileshare._tcp.local.";
-
-struct Node {
-    home: NodeHome,
-    name: String,
-}
-
-impl Node {
-    fn start(lan: &Lan, i: usize, name: &str, extra: &[&str]) -> Node {
-        let mut home = NodeHome::in_host(fsnode_bin(), lan.host(i)).unwrap();
-        let mut args = vec!["--name", name, "--interface", "eth0"];
-        args.extend_from_slice(extra);
-        home.start(&args).unwrap();
-        let node = Node {
-            home,
-            name: name.into(),
-        };
-        node.wait_ready();
-        node
-    }
-
-    fn restart(&mut self, extra: &[&str]) {
-        let mut args = vec!["--name", &self.name, "--interface", "eth0"];
-        args.extend_from_slice(extra);
-        self.home.start(&args).unwrap();
-        self.wait_ready();
-    }
-
-    fn wait_ready(&self) {
-        self.home
-            .wait_until(Duration::from_secs(20), |h| {
-                Ok(h.run(&["peers", "--json"])?.success())
-            })
-            .expect("the node answers on its control socket");
-    }
-
-    fn stop(&mut self) {
-        let out = self
-            .home
-            .stop_with(Signal::TERM, Duration::from_secs(10))
-            .unwrap();
-        assert_eq!(out.code, Some(0), "{}", out.stderr);
-    }
-
-    fn id(&self) -> String {
-        let out = self.home.run(&["id", "--json"]).unwrap();
-        let json: Value = serde_json::from_str(&out.stdout).unwrap();
-        json["device_id"].as_str().unwrap().to_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.home.run(args).unwrap();
-        assert!(out.success(), "{args:?}: {out:?}");
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-    }
-
-    fn peers(&self) -> Vec<Value> {
-        self.json(&["peers", "--json"])["peers"]
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    fn peer(&self, id: &str) -> Option<Value> {
-        self.peers().into_iter().find(|p| p["id"] == id)
-    }
-
-    fn journal_types(&self) -> Vec<String> {
-        let out = self.home.run(&["journal", "show", "--json"]).unwrap();
-        out.stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|r| r["event"]["type"].as_str().map(str::to_owned))
-            .collect()
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
 
 #[test]
 fn two_nodes_see_each_other_within_3s_and_a_stopped_node_disappears_within_3s() {

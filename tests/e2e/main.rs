@@ -2,8 +2,10 @@
 // These tests bound real processes in real time; the clock rule is for the node's core.
 #![allow(clippy::disallowed_methods)]
 
+mod connection;
 mod discovery;
 mod foundation;
+mod support;
 
 use std::path::PathBuf;
 

@@ -292,6 +292,10 @@ impl Negotiation {
                 }
             }
             Input::Lost { reason } => {
+                if !self.has_connection {
+                    // A report from a connection already closed on purpose.
+                    return;
+                }
                 let was = self.status.clone();
                 self.reset();
                 if was == Status::Connected || was == Status::Negotiating {

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::discovery::{self, Announcement};
-use super::signal::Hello;
+use super::negotiation::{self, Action, Negotiation};
+use super::sdp;
+use super::signal::{Hello, Message};
 use super::trust::{self, ResolveError};
 use super::{Authority, DeviceId, DeviceType, Event, PeerState, Stamped, State};
 use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Request};
@@ -74,7 +76,25 @@ pub enum Input {
     },
     /// A dial the operator asked for failed.
     DialFailed { token: Token, error: String },
+    /// A negotiation message on signaling connection `conn`, whose `hello` named `peer`.
+    Signal {
+        conn: ConnId,
+        peer: DeviceId,
+        message: Message,
+    },
+    /// What the WebRTC adapter reports for `peer` (local descriptions and candidates,
+    /// remote description applied, channel open, connection lost).
+    Rtc {
+        peer: DeviceId,
+        event: negotiation::Input,
+    },
 }
+
+/// A signaling connection, as the shell numbers them.
+pub type ConnId = u64;
+
+/// How often an untrusted device's repeated offers are journaled as requests.
+pub const REQUEST_JOURNAL_INTERVAL_MS: i64 = 60_000;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
@@ -95,6 +115,12 @@ pub enum Effect {
         addr: SocketAddr,
         token: Option<Token>,
     },
+    /// Send a signaling message to `peer` (on an open connection, or dial its last address).
+    Signal { peer: DeviceId, message: Message },
+    /// Close a signaling connection (e.g. after a fingerprint mismatch).
+    CloseSignaling { conn: ConnId },
+    /// Ask the WebRTC adapter to act for `peer`.
+    Rtc { peer: DeviceId, action: Action },
 }
 
 pub struct Core {
@@ -103,6 +129,7 @@ pub struct Core {
     out: VecDeque<Output>,
     ignored: VecDeque<String>,
     next_probe: Option<Instant>,
+    negotiations: BTreeMap<DeviceId, Negotiation>,
 }
 
 impl Core {
@@ -115,6 +142,7 @@ impl Core {
             out: VecDeque::new(),
             ignored: VecDeque::new(),
             next_probe: Some(now + PROBE_INTERVAL / 6),
+            negotiations: BTreeMap::new(),
         }
     }
 
@@ -131,7 +159,11 @@ impl Core {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_probe
+        self.negotiations
+            .values()
+            .filter_map(Negotiation::poll_timeout)
+            .chain(self.next_probe)
+            .min()
     }
 
     pub fn handle(&mut self, input: Input, now: Now) {
@@ -149,11 +181,34 @@ impl Core {
                 token,
                 reply: Reply::error(ErrorKind::Unreachable, error),
             }),
+            Input::Signal {
+                conn,
+                peer,
+                message,
+            } => self.on_signal(conn, peer, message, now),
+            Input::Rtc { peer, event } => {
+                if let Some(negotiation) = self.negotiations.get_mut(&peer) {
+                    negotiation.handle(event, now.instant);
+                    self.pump(&peer, now);
+                }
+            }
         }
     }
 
-    /// Timers: probe trusted devices that mDNS does not show, at their last addresses.
+    /// Timers: negotiation deadlines, and probing trusted devices that mDNS does not show.
     pub fn handle_timeout(&mut self, now: Now) {
+        let due: Vec<DeviceId> = self
+            .negotiations
+            .iter()
+            .filter(|(_, n)| n.poll_timeout().is_some_and(|at| at <= now.instant))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for peer in due {
+            if let Some(negotiation) = self.negotiations.get_mut(&peer) {
+                negotiation.handle_timeout(now.instant);
+            }
+            self.pump(&peer, now);
+        }
         let Some(due) = self.next_probe else { return };
         if now.instant < due {
             return;
@@ -242,25 +297,162 @@ impl Core {
         port: u16,
         now: Now,
     ) {
-        if let Some(known) = self.state.peers.get(&id)
-            && known.discovered
-            && known.name == name
-            && known.device_type == device_type
-            && known.addresses == addresses
-            && known.port == port
-        {
+        let unchanged = self.state.peers.get(&id).is_some_and(|known| {
+            known.discovered
+                && known.name == name
+                && known.device_type == device_type
+                && known.addresses == addresses
+                && known.port == port
+        });
+        if !unchanged {
+            self.emit(
+                Event::PeerDiscovered {
+                    peer: id.clone(),
+                    name,
+                    device_type,
+                    addresses,
+                    port,
+                },
+                now,
+            );
+        }
+        self.maybe_start(&id, now);
+    }
+
+    /// Connects to a trusted, reachable peer unless already connected or negotiating.
+    fn maybe_start(&mut self, peer: &DeviceId, now: Now) {
+        let reachable = self
+            .state
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.trusted && p.port != 0 && !p.addresses.is_empty());
+        if !reachable {
             return;
         }
-        self.emit(
-            Event::PeerDiscovered {
-                peer: id,
-                name,
-                device_type,
-                addresses,
-                port,
+        self.negotiations
+            .entry(peer.clone())
+            .or_insert_with(|| Negotiation::new(&self.me.id, peer.clone()))
+            .handle(negotiation::Input::Start, now.instant);
+        self.pump(peer, now);
+    }
+
+    /// Moves a negotiation's outputs into the core's: events journaled, messages and actions
+    /// as effects.
+    fn pump(&mut self, peer: &DeviceId, now: Now) {
+        while let Some(output) = self
+            .negotiations
+            .get_mut(peer)
+            .and_then(Negotiation::poll_output)
+        {
+            match output {
+                negotiation::Output::Record(event) => self.emit(event, now),
+                negotiation::Output::Send(message) => {
+                    self.out.push_back(Output::Effect(Effect::Signal {
+                        peer: peer.clone(),
+                        message,
+                    }))
+                }
+                negotiation::Output::Act(action) => {
+                    self.out.push_back(Output::Effect(Effect::Rtc {
+                        peer: peer.clone(),
+                        action,
+                    }))
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, conn: ConnId, peer: DeviceId, message: Message, now: Now) {
+        if peer == self.me.id {
+            return;
+        }
+        let (sdp, is_offer) = match &message {
+            Message::Offer { sdp, .. } => (Some(sdp), true),
+            Message::Answer { sdp, .. } => (Some(sdp), false),
+            _ => (None, false),
+        };
+        // Spec 3.4: every offer and answer must carry the fingerprint of the id its sender
+        // announced; DTLS then proves the key. Checked before anything else looks at it.
+        if let Some(sdp) = sdp
+            && !sdp::fingerprints_match(sdp, &peer).unwrap_or(false)
+        {
+            let fingerprint = sdp::sha256_fingerprints(sdp)
+                .ok()
+                .and_then(|ids| ids.into_iter().find(|id| *id != peer))
+                .map_or_else(|| "missing or malformed".to_owned(), |id| id.to_string());
+            let address = self
+                .state
+                .peers
+                .get(&peer)
+                .and_then(|p| p.addresses.first())
+                .map(|ip| SocketAddr::new(*ip, 0));
+            self.emit(
+                Event::FingerprintMismatch {
+                    claimed: peer,
+                    fingerprint,
+                    address,
+                },
+                now,
+            );
+            self.out
+                .push_back(Output::Effect(Effect::CloseSignaling { conn }));
+            return;
+        }
+        if !self.state.is_trusted(&peer) {
+            if is_offer {
+                self.on_untrusted_offer(peer, now);
+            }
+            // Answers and candidates from an untrusted device concern nothing we started.
+            return;
+        }
+        let input = match message {
+            Message::Offer { sdp, seq } => negotiation::Input::RemoteOffer { sdp, seq },
+            Message::Answer { sdp, seq } => negotiation::Input::RemoteAnswer { sdp, seq },
+            Message::Candidate(candidate) => negotiation::Input::RemoteCandidate(candidate),
+            Message::Bye { reason } => negotiation::Input::Bye { reason },
+            Message::Hello(_) | Message::HelloWrongVersion | Message::Unknown => return,
+        };
+        self.negotiations
+            .entry(peer.clone())
+            .or_insert_with(|| Negotiation::new(&self.me.id, peer.clone()))
+            .handle(input, now.instant);
+        self.pump(&peer, now);
+    }
+
+    /// The built-in policy for an offer from a device the operator has not trusted (spec
+    /// 3.4): record the request, answer `bye unauthorized`, connect nothing.
+    fn on_untrusted_offer(&mut self, peer: DeviceId, now: Now) {
+        let known = self.state.peers.get(&peer);
+        let recently = known
+            .and_then(|p| p.requested_at_ms)
+            .is_some_and(|at| now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
+        if !recently {
+            let (name, device_type, address) = known.map_or_else(
+                || (String::new(), DeviceType::Unknown, None),
+                |p| {
+                    (
+                        p.name.clone(),
+                        p.device_type,
+                        p.addresses.first().map(|ip| SocketAddr::new(*ip, p.port)),
+                    )
+                },
+            );
+            self.emit(
+                Event::AuthorizationRequested {
+                    peer: peer.clone(),
+                    name,
+                    device_type,
+                    address,
+                },
+                now,
+            );
+        }
+        self.out.push_back(Output::Effect(Effect::Signal {
+            peer,
+            message: Message::Bye {
+                reason: "unauthorized".into(),
             },
-            now,
-        );
+        }));
     }
 
     fn on_withdrawn(&mut self, instance: &str, now: Now) {
@@ -355,6 +547,8 @@ impl Core {
                     );
                     self.out.push_back(Output::Effect(Effect::TrustChanged));
                 }
+                // Authorizing a device makes this node the initiator towards it (spec 3.4).
+                self.maybe_start(&id, now);
                 Reply::Trusted {
                     peer: self.row(&id),
                 }
@@ -373,6 +567,26 @@ impl Core {
                         now,
                     );
                     self.out.push_back(Output::Effect(Effect::TrustChanged));
+                }
+                if self.negotiations.remove(&id).is_some() {
+                    self.out.push_back(Output::Effect(Effect::Rtc {
+                        peer: id.clone(),
+                        action: Action::Close,
+                    }));
+                    let connected = self
+                        .state
+                        .peers
+                        .get(&id)
+                        .is_some_and(|p| p.connection != super::ConnectionState::NotConnected);
+                    if connected {
+                        self.emit(
+                            Event::Disconnected {
+                                peer: id.clone(),
+                                reason: "no longer trusted".into(),
+                            },
+                            now,
+                        );
+                    }
                 }
                 Reply::Revoked {
                     peer: self.row(&id),

@@ -3,17 +3,27 @@
 //! and webrtc-rs's own mDNS candidate mode off (fsnode's discovery already knows addresses, and
 //! that mode would bind port 5353 and multicast on every interface).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tracing::{debug, warn};
+use webrtc::peer_connection::{
+    RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+};
+
 use rtc::ice::mdns::MulticastDnsMode;
-use webrtc::data_channel::{DataChannel, RTCDataChannelInit};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     SettingEngineBuilder,
 };
 use webrtc::runtime::{Runtime, SmolRuntime};
 
+use crate::core::DeviceId;
+use crate::core::negotiation::{Action, Input as NegotiationInput};
+use crate::core::node::Input;
+use crate::core::signal::Candidate;
 use crate::identity::Identity;
 
 /// The pre-negotiated data channel of spec 3.3: label `fileshare`, negotiated, id 0, ordered,
@@ -57,6 +67,264 @@ pub async fn build_peer_connection(
         .create_data_channel(CHANNEL_LABEL, Some(channel_init()))
         .await?;
     Ok((pc, channel))
+}
+
+/// Carries out the negotiation machines' actions: one task per peer owns its peer connection
+/// and performs that peer's actions strictly in order, reporting back as core inputs.
+pub struct RtcAdapter {
+    identity: Arc<Identity>,
+    udp_addrs: Vec<SocketAddr>,
+    inputs: async_channel::Sender<Input>,
+    peers: HashMap<DeviceId, async_channel::Sender<Action>>,
+}
+
+impl RtcAdapter {
+    pub fn new(
+        identity: Arc<Identity>,
+        udp_addrs: Vec<SocketAddr>,
+        inputs: async_channel::Sender<Input>,
+    ) -> Self {
+        Self {
+            identity,
+            udp_addrs,
+            inputs,
+            peers: HashMap::new(),
+        }
+    }
+
+    pub fn act(&mut self, peer: &DeviceId, action: Action) {
+        let closing = action == Action::Close;
+        if closing && !self.peers.contains_key(peer) {
+            return;
+        }
+        let tx = self.peers.entry(peer.clone()).or_insert_with(|| {
+            let (tx, rx) = async_channel::unbounded();
+            let task = PeerTask {
+                peer: peer.clone(),
+                identity: self.identity.clone(),
+                udp_addrs: self.udp_addrs.clone(),
+                inputs: self.inputs.clone(),
+                connection: None,
+            };
+            smol::spawn(task.run(rx)).detach();
+            tx
+        });
+        // The channel is unbounded and the task only stops after `Close`, which removes it.
+        let _ = tx.try_send(action);
+        if closing {
+            self.peers.remove(peer);
+        }
+    }
+}
+
+struct PeerTask {
+    peer: DeviceId,
+    identity: Arc<Identity>,
+    udp_addrs: Vec<SocketAddr>,
+    inputs: async_channel::Sender<Input>,
+    connection: Option<(Arc<dyn PeerConnection>, Arc<dyn DataChannel>)>,
+}
+
+impl PeerTask {
+    async fn run(mut self, actions: async_channel::Receiver<Action>) {
+        while let Ok(action) = actions.recv().await {
+            let closing = action == Action::Close;
+            if let Err(err) = self.perform(action).await {
+                warn!(peer = %self.peer, "WebRTC: {err}");
+                self.close().await;
+                self.report(NegotiationInput::Lost {
+                    reason: format!("WebRTC error: {err}"),
+                })
+                .await;
+            }
+            if closing {
+                self.close().await;
+                return;
+            }
+        }
+        self.close().await;
+    }
+
+    async fn perform(&mut self, action: Action) -> webrtc::error::Result<()> {
+        match action {
+            Action::CreateOffer => {
+                let pc = self.connection().await?;
+                let offer = pc.create_offer(None).await?;
+                pc.set_local_description(offer.clone()).await?;
+                self.report(NegotiationInput::LocalOffer { sdp: offer.sdp })
+                    .await;
+            }
+            Action::Rollback => {
+                if let Some((pc, _)) = &self.connection {
+                    pc.set_local_description(RTCSessionDescription::rollback(None)?)
+                        .await?;
+                }
+            }
+            Action::AnswerOffer { sdp } => {
+                let pc = self.connection().await?;
+                pc.set_remote_description(RTCSessionDescription::offer(sdp)?)
+                    .await?;
+                self.report(NegotiationInput::RemoteApplied).await;
+                let answer = pc.create_answer(None).await?;
+                pc.set_local_description(answer.clone()).await?;
+                self.report(NegotiationInput::LocalAnswer { sdp: answer.sdp })
+                    .await;
+            }
+            Action::ApplyAnswer { sdp } => {
+                if let Some((pc, _)) = &self.connection {
+                    pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
+                        .await?;
+                    self.report(NegotiationInput::RemoteApplied).await;
+                }
+            }
+            Action::AddCandidate(candidate) => {
+                // End-of-candidates needs no action: ICE works with what it has.
+                if let Some((pc, _)) = &self.connection
+                    && !candidate.candidate.is_empty()
+                {
+                    let init = webrtc::peer_connection::RTCIceCandidateInit {
+                        candidate: candidate.candidate,
+                        sdp_mid: candidate.sdp_mid,
+                        sdp_mline_index: candidate.sdp_mline_index,
+                        username_fragment: None,
+                        url: None,
+                    };
+                    if let Err(err) = pc.add_ice_candidate(init).await {
+                        // A bad candidate from the peer is not fatal to the connection.
+                        debug!(peer = %self.peer, "ignored a remote candidate: {err}");
+                    }
+                }
+            }
+            Action::Close => {}
+        }
+        Ok(())
+    }
+
+    /// The peer connection, built on first use with its `fileshare` channel.
+    async fn connection(&mut self) -> webrtc::error::Result<Arc<dyn PeerConnection>> {
+        if let Some((pc, _)) = &self.connection {
+            return Ok(pc.clone());
+        }
+        let handler = Arc::new(Events {
+            peer: self.peer.clone(),
+            inputs: self.inputs.clone(),
+        });
+        let (pc, channel) =
+            build_peer_connection(&self.identity, self.udp_addrs.clone(), handler).await?;
+        smol::spawn(watch_channel(
+            self.peer.clone(),
+            channel.clone(),
+            self.inputs.clone(),
+        ))
+        .detach();
+        self.connection = Some((pc.clone(), channel));
+        Ok(pc)
+    }
+
+    async fn close(&mut self) {
+        if let Some((pc, channel)) = self.connection.take() {
+            let _ = channel.close().await;
+            if let Err(err) = pc.close().await {
+                debug!(peer = %self.peer, "closing the peer connection: {err}");
+            }
+        }
+    }
+
+    async fn report(&self, event: NegotiationInput) {
+        let _ = self
+            .inputs
+            .send(Input::Rtc {
+                peer: self.peer.clone(),
+                event,
+            })
+            .await;
+    }
+}
+
+/// Forwards the channel's open and close (and, with transfers, its messages).
+async fn watch_channel(
+    peer: DeviceId,
+    channel: Arc<dyn DataChannel>,
+    inputs: async_channel::Sender<Input>,
+) {
+    while let Some(event) = channel.poll().await {
+        let report = match event {
+            DataChannelEvent::OnOpen => NegotiationInput::ChannelOpen,
+            DataChannelEvent::OnClose => NegotiationInput::Lost {
+                reason: "data channel closed".into(),
+            },
+            _ => continue,
+        };
+        let closed = matches!(report, NegotiationInput::Lost { .. });
+        let _ = inputs
+            .send(Input::Rtc {
+                peer: peer.clone(),
+                event: report,
+            })
+            .await;
+        if closed {
+            return;
+        }
+    }
+}
+
+/// webrtc-rs's callbacks for one peer connection, turned into core inputs.
+struct Events {
+    peer: DeviceId,
+    inputs: async_channel::Sender<Input>,
+}
+
+impl Events {
+    async fn report(&self, event: NegotiationInput) {
+        let _ = self
+            .inputs
+            .send(Input::Rtc {
+                peer: self.peer.clone(),
+                event,
+            })
+            .await;
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                self.report(NegotiationInput::LocalCandidate(Candidate {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_mline_index: init.sdp_mline_index,
+                }))
+                .await
+            }
+            Err(err) => debug!(peer = %self.peer, "local candidate not serialisable: {err}"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.report(NegotiationInput::LocalCandidate(Candidate {
+                candidate: String::new(),
+                sdp_mid: None,
+                sdp_mline_index: None,
+            }))
+            .await;
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        debug!(peer = %self.peer, ?state, "connection state");
+        if matches!(
+            state,
+            RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed
+        ) {
+            self.report(NegotiationInput::Lost {
+                reason: format!("connection {state}"),
+            })
+            .await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,13 +10,16 @@ use fsnode_journal::{Journal, Options};
 use futures_lite::StreamExt;
 use tracing::{info, warn};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::control::Reply;
-use crate::core::node::{Core, Effect, Input, Me, Now, Output, Token};
+use crate::core::DeviceId;
+use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, Token};
+use crate::core::signal::Message;
 use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
 use crate::record::{self, JournalEntry};
@@ -24,6 +27,8 @@ use crate::shell::atomic_file::{self, Replace};
 use crate::shell::clock::{Clock, SystemClock};
 use crate::shell::control::{self, ControlRequest};
 use crate::shell::mdns::Mdns;
+use crate::shell::rtc::RtcAdapter;
+use crate::shell::signaling::{ConnEvent, Reporter};
 use crate::shell::{network, signaling, trust_file};
 
 /// Once the journal holds more records than this at startup, the node writes a snapshot of its
@@ -97,16 +102,17 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         record_event(&journal, &mut state, started)?;
 
         let (inputs_tx, inputs) = async_channel::bounded::<Input>(1024);
+        let (conns_tx, conns) = async_channel::bounded::<ConnEvent>(1024);
         let (requests_tx, requests) = async_channel::bounded::<ControlRequest>(64);
-        let hello = me.hello();
+        let reporter = Reporter::new(me.hello(), inputs_tx.clone(), conns_tx);
         for listener in listeners {
-            smol::spawn(signaling::accept(
-                listener,
-                hello.clone(),
-                inputs_tx.clone(),
-            ))
-            .detach();
+            smol::spawn(signaling::accept(listener, reporter.clone())).detach();
         }
+        let ice_addresses = addresses
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, 0))
+            .collect();
+        let rtc = RtcAdapter::new(Arc::new(identity), ice_addresses, inputs_tx.clone());
         smol::spawn(control::serve(control_listener, requests_tx)).detach();
         let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
         info!(
@@ -122,12 +128,16 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             journal: &journal,
             clock: &clock,
             trust_file: dirs.trust_file(),
-            inputs_tx,
+            reporter,
+            rtc,
             pending: HashMap::new(),
             next_token: 0,
+            links: HashMap::new(),
+            outbox: HashMap::new(),
+            dialing: HashSet::new(),
         };
         node.write_trust_file();
-        let reason = node.serve(inputs, requests).await?;
+        let reason = node.serve(inputs, conns, requests).await?;
         info!(%reason, "stopping");
         mdns.shutdown();
         let stopped = Stamped {
@@ -146,10 +156,14 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
 /// What the node loop selects over.
 enum Wake {
     Input(Input),
+    Conn(ConnEvent),
     Request(ControlRequest),
     Timer,
     Stop(String),
 }
+
+/// Messages queued for a peer while a signaling connection to it is being dialled.
+const MAX_OUTBOX: usize = 64;
 
 /// The one task that owns the core: feeds it inputs, journals its events, then carries out
 /// its replies and effects (event first, then effect).
@@ -158,15 +172,21 @@ struct NodeLoop<'a> {
     journal: &'a Journal<JournalEntry>,
     clock: &'a SystemClock,
     trust_file: PathBuf,
-    inputs_tx: async_channel::Sender<Input>,
+    reporter: Reporter,
+    rtc: RtcAdapter,
     pending: HashMap<Token, async_channel::Sender<Reply>>,
     next_token: Token,
+    /// The open signaling connection used to reach each peer.
+    links: HashMap<DeviceId, (ConnId, async_channel::Sender<Vec<u8>>)>,
+    outbox: HashMap<DeviceId, Vec<Vec<u8>>>,
+    dialing: HashSet<DeviceId>,
 }
 
 impl NodeLoop<'_> {
     async fn serve(
         &mut self,
         inputs: async_channel::Receiver<Input>,
+        conns: async_channel::Receiver<ConnEvent>,
         requests: async_channel::Receiver<ControlRequest>,
     ) -> anyhow::Result<String> {
         let stop = smol::spawn(wait_for_stop_signal());
@@ -180,24 +200,29 @@ impl NodeLoop<'_> {
             let wake = futures_lite::future::or(
                 async { inputs.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
                 futures_lite::future::or(
-                    async {
-                        requests
-                            .recv()
-                            .await
-                            .map(Wake::Request)
-                            .unwrap_or(Wake::Timer)
-                    },
+                    async { conns.recv().await.map(Wake::Conn).unwrap_or(Wake::Timer) },
                     futures_lite::future::or(
                         async {
-                            timer.await;
-                            Wake::Timer
+                            requests
+                                .recv()
+                                .await
+                                .map(Wake::Request)
+                                .unwrap_or(Wake::Timer)
                         },
-                        async {
-                            match stop_fut.await {
-                                Ok(reason) => Wake::Stop(reason),
-                                Err(err) => Wake::Stop(format!("signal handling failed: {err:#}")),
-                            }
-                        },
+                        futures_lite::future::or(
+                            async {
+                                timer.await;
+                                Wake::Timer
+                            },
+                            async {
+                                match stop_fut.await {
+                                    Ok(reason) => Wake::Stop(reason),
+                                    Err(err) => {
+                                        Wake::Stop(format!("signal handling failed: {err:#}"))
+                                    }
+                                }
+                            },
+                        ),
                     ),
                 ),
             )
@@ -208,6 +233,7 @@ impl NodeLoop<'_> {
             };
             match wake {
                 Wake::Input(input) => self.core.handle(input, now),
+                Wake::Conn(event) => self.on_conn(event),
                 Wake::Request(ControlRequest { request, reply }) => {
                     let token = self.next_token;
                     self.next_token += 1;
@@ -251,14 +277,86 @@ impl NodeLoop<'_> {
                 }
                 Output::Effect(Effect::TrustChanged) => self.write_trust_file(),
                 Output::Effect(Effect::Dial { addr, token }) => {
-                    let hello = self.core.me().hello();
-                    smol::spawn(signaling::dial(addr, hello, token, self.inputs_tx.clone()))
-                        .detach();
+                    smol::spawn(signaling::dial(addr, None, token, self.reporter.clone())).detach();
                 }
+                Output::Effect(Effect::Signal { peer, message }) => self.send(peer, message),
+                Output::Effect(Effect::CloseSignaling { conn }) => {
+                    // Dropping the writer closes the connection.
+                    self.links.retain(|_, (id, _)| *id != conn);
+                }
+                Output::Effect(Effect::Rtc { peer, action }) => self.rtc.act(&peer, action),
                 Output::Event(_) => unreachable!("events were journaled above"),
             }
         }
         Ok(())
+    }
+
+    /// Sends a signaling message to `peer` on its open connection, or queues it and dials the
+    /// peer's last known address.
+    fn send(&mut self, peer: DeviceId, message: Message) {
+        let line = message.encode();
+        let line = match self.links.get(&peer) {
+            Some((_, tx)) => match tx.try_send(line) {
+                Ok(()) => return,
+                Err(async_channel::TrySendError::Full(_)) => {
+                    warn!(%peer, "signaling connection not draining; message dropped");
+                    return;
+                }
+                Err(async_channel::TrySendError::Closed(line)) => {
+                    self.links.remove(&peer);
+                    line
+                }
+            },
+            None => line,
+        };
+        let queue = self.outbox.entry(peer.clone()).or_default();
+        if queue.len() < MAX_OUTBOX {
+            queue.push(line);
+        }
+        if self.dialing.contains(&peer) {
+            return;
+        }
+        let address = self.core.state().peers.get(&peer).and_then(|p| {
+            p.addresses
+                .first()
+                .map(|ip| std::net::SocketAddr::new(*ip, p.port))
+        });
+        match address {
+            Some(addr) => {
+                self.dialing.insert(peer.clone());
+                smol::spawn(signaling::dial(
+                    addr,
+                    Some(peer),
+                    None,
+                    self.reporter.clone(),
+                ))
+                .detach();
+            }
+            None => {
+                self.outbox.remove(&peer);
+            }
+        }
+    }
+
+    fn on_conn(&mut self, event: ConnEvent) {
+        match event {
+            ConnEvent::Up { conn, peer, tx } => {
+                self.dialing.remove(&peer);
+                for line in self.outbox.remove(&peer).unwrap_or_default() {
+                    let _ = tx.try_send(line);
+                }
+                self.links.insert(peer, (conn, tx));
+            }
+            ConnEvent::Down { conn, peer } => {
+                if self.links.get(&peer).is_some_and(|(id, _)| *id == conn) {
+                    self.links.remove(&peer);
+                }
+            }
+            ConnEvent::DialFailed { peer } => {
+                self.dialing.remove(&peer);
+                self.outbox.remove(&peer);
+            }
+        }
     }
 
     /// The human-readable projection of the trusted list (the journal is the source of truth).

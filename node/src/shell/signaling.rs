@@ -1,6 +1,8 @@
-//! The TCP signaling adapter (spec section 3.1): listens on the node's signaling port, exchanges
-//! `hello`s, dials other nodes, and hands what it learns to the core. Framing and decoding are
-//! the core's (`core::signal`); this module only moves bytes and enforces time and count limits.
+//! The TCP signaling adapter (spec section 3.1): listens on the node's signaling port, dials
+//! other nodes, exchanges `hello`s, and moves negotiation messages between the core and the
+//! wire. Framing and decoding are the core's (`core::signal`); this module only moves bytes and
+//! enforces time and count limits. Messages are routed by the device id of a connection's
+//! `hello`, not by connection (spec 3.2).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +15,8 @@ use smol::Timer;
 use smol::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-use crate::core::node::{Input, Token};
+use crate::core::DeviceId;
+use crate::core::node::{ConnId, Input, Token};
 use crate::core::signal::{Hello, LineFramer, Message};
 
 /// A connection whose `hello` has not arrived by then is closed (spec 3.1).
@@ -24,6 +27,54 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent inbound connections; more are closed at once.
 pub const MAX_INBOUND: usize = 64;
+/// Lines queued for one connection's writer; a peer that does not read loses messages.
+pub const WRITE_QUEUE: usize = 256;
+
+/// What connections tell the node loop besides core inputs.
+pub enum ConnEvent {
+    /// A connection finished its `hello` exchange; lines for `peer` can go to `tx`.
+    Up {
+        conn: ConnId,
+        peer: DeviceId,
+        tx: async_channel::Sender<Vec<u8>>,
+    },
+    Down {
+        conn: ConnId,
+        peer: DeviceId,
+    },
+    /// A dial made to deliver messages to `peer` failed.
+    DialFailed {
+        peer: DeviceId,
+    },
+}
+
+/// Everything a connection task needs to report.
+#[derive(Clone)]
+pub struct Reporter {
+    pub me: Hello,
+    pub inputs: async_channel::Sender<Input>,
+    pub conns: async_channel::Sender<ConnEvent>,
+    next_conn: Arc<AtomicUsize>,
+}
+
+impl Reporter {
+    pub fn new(
+        me: Hello,
+        inputs: async_channel::Sender<Input>,
+        conns: async_channel::Sender<ConnEvent>,
+    ) -> Self {
+        Self {
+            me,
+            inputs,
+            conns,
+            next_conn: Arc::new(AtomicUsize::new(1)),
+        }
+    }
+
+    fn conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) as ConnId
+    }
+}
 
 /// Binds the signaling port on each address (all on the same port; `port` 0 picks one).
 pub async fn bind(addresses: &[IpAddr], port: u16) -> anyhow::Result<(Vec<TcpListener>, u16)> {
@@ -44,7 +95,7 @@ pub async fn bind(addresses: &[IpAddr], port: u16) -> anyhow::Result<(Vec<TcpLis
 }
 
 /// Accepts connections until the listener fails; each is served on its own task.
-pub async fn accept(listener: TcpListener, me: Hello, inputs: async_channel::Sender<Input>) {
+pub async fn accept(listener: TcpListener, reporter: Reporter) {
     let inbound = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, from) = match listener.accept().await {
@@ -60,9 +111,10 @@ pub async fn accept(listener: TcpListener, me: Hello, inputs: async_channel::Sen
             debug!(%from, "too many signaling connections; closing");
             continue;
         }
-        let (me, inputs, inbound) = (me.clone(), inputs.clone(), inbound.clone());
+        let (reporter, inbound) = (reporter.clone(), inbound.clone());
         smol::spawn(async move {
-            if let Err(err) = serve_inbound(stream, from, me, inputs).await {
+            let side = Side::Accepted;
+            if let Err(err) = serve(stream, from, side, &reporter).await {
                 debug!(%from, "signaling connection closed: {err:#}");
             }
             inbound.fetch_sub(1, Ordering::AcqRel);
@@ -71,109 +123,176 @@ pub async fn accept(listener: TcpListener, me: Hello, inputs: async_channel::Sen
     }
 }
 
-async fn serve_inbound(
-    mut stream: TcpStream,
-    from: SocketAddr,
-    me: Hello,
-    inputs: async_channel::Sender<Input>,
-) -> anyhow::Result<()> {
-    let mut conn = Connection::default();
-    let hello = match conn.next(&mut stream, HELLO_TIMEOUT).await? {
-        Message::Hello(hello) => hello,
-        Message::HelloWrongVersion => {
-            stream.write_all(&Message::Hello(me).encode()).await?;
-            stream
-                .write_all(
-                    &Message::Bye {
-                        reason: "version".into(),
-                    }
-                    .encode(),
-                )
-                .await?;
-            bail!("peer speaks another protocol version");
+/// Dials `addr` and serves the connection. `expected` is the device the dial is meant to
+/// reach (a different `hello` closes it); `token` is set when the operator asked for it.
+pub async fn dial(
+    addr: SocketAddr,
+    expected: Option<DeviceId>,
+    token: Option<Token>,
+    reporter: Reporter,
+) {
+    let connected = with_timeout(CONNECT_TIMEOUT, async {
+        TcpStream::connect(addr).await.map_err(anyhow::Error::from)
+    })
+    .await
+    .with_context(|| format!("connecting to {addr}"));
+    let result = match connected {
+        Ok(stream) => {
+            let side = Side::Dialed {
+                expected: expected.clone(),
+                token,
+            };
+            serve(stream, addr, side, &reporter).await
         }
-        other => bail!("first message is not hello: {other:?}"),
+        Err(err) => Err(err),
     };
-    stream.write_all(&Message::Hello(me).encode()).await?;
-    inputs
-        .send(Input::Hello {
-            from,
-            hello,
-            token: None,
-        })
-        .await?;
-    loop {
-        // Negotiation messages are routed by the connection layer added with WebRTC; until
-        // then they are read (so the peer is not blocked) and dropped.
-        let message = conn.next(&mut stream, IDLE_TIMEOUT).await?;
-        debug!(%from, ?message, "signaling message");
+    let Err(err) = result else { return };
+    debug!(%addr, "signaling dial: {err:#}");
+    if let Some(token) = token {
+        let _ = reporter
+            .inputs
+            .send(Input::DialFailed {
+                token,
+                error: format!("{err:#}"),
+            })
+            .await;
+    }
+    if let Some(peer) = expected {
+        let _ = reporter.conns.send(ConnEvent::DialFailed { peer }).await;
     }
 }
 
-/// Dials `addr`, exchanges `hello`s, and reports the peer (or the failure, when the operator
-/// asked for the dial).
-pub async fn dial(
-    addr: SocketAddr,
-    me: Hello,
-    token: Option<Token>,
-    inputs: async_channel::Sender<Input>,
-) {
-    let result = async {
-        let mut stream = with_timeout(CONNECT_TIMEOUT, async {
-            TcpStream::connect(addr).await.map_err(anyhow::Error::from)
+enum Side {
+    Accepted,
+    Dialed {
+        expected: Option<DeviceId>,
+        token: Option<Token>,
+    },
+}
+
+/// One connection: `hello` exchange, then messages in both directions until either side
+/// closes, a limit is hit, or the node drops the connection's writer.
+async fn serve(
+    stream: TcpStream,
+    from: SocketAddr,
+    side: Side,
+    reporter: &Reporter,
+) -> anyhow::Result<()> {
+    let mut reader = Reader::new(stream.clone());
+    let mut writer = stream.clone();
+    let hello_line = Message::Hello(reporter.me.clone()).encode();
+    let (hello, token) = match side {
+        Side::Accepted => {
+            let hello = match reader.next(HELLO_TIMEOUT).await? {
+                Message::Hello(hello) => hello,
+                Message::HelloWrongVersion => {
+                    writer.write_all(&hello_line).await?;
+                    let bye = Message::Bye {
+                        reason: "version".into(),
+                    };
+                    writer.write_all(&bye.encode()).await?;
+                    bail!("the peer speaks another protocol version");
+                }
+                other => bail!("first message is not hello: {other:?}"),
+            };
+            writer.write_all(&hello_line).await?;
+            (hello, None)
+        }
+        Side::Dialed { expected, token } => {
+            writer.write_all(&hello_line).await?;
+            let hello = match reader.next(HELLO_TIMEOUT).await? {
+                Message::Hello(hello) => hello,
+                Message::HelloWrongVersion => bail!("{from} speaks another protocol version"),
+                other => bail!("{from} answered {other:?} instead of hello"),
+            };
+            if let Some(expected) = expected
+                && expected != hello.id
+            {
+                bail!("{from} is {}, not the expected {expected}", hello.id);
+            }
+            (hello, token)
+        }
+    };
+    let peer = hello.id.clone();
+    let conn = reporter.conn_id();
+    reporter
+        .inputs
+        .send(Input::Hello { from, hello, token })
+        .await?;
+    let (tx, rx) = async_channel::bounded::<Vec<u8>>(WRITE_QUEUE);
+    reporter
+        .conns
+        .send(ConnEvent::Up {
+            conn,
+            peer: peer.clone(),
+            tx,
         })
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-        stream.write_all(&Message::Hello(me).encode()).await?;
-        let mut conn = Connection::default();
-        match conn.next(&mut stream, HELLO_TIMEOUT).await? {
-            Message::Hello(hello) => Ok(hello),
-            Message::HelloWrongVersion => bail!("{addr} speaks another protocol version"),
-            other => bail!("{addr} answered {other:?} instead of hello"),
+        .await?;
+    // The writer ends when the node drops the sender (connection closed on purpose) and then
+    // shuts the socket down, which ends the reader below.
+    let write_half = stream.clone();
+    let writer_task = smol::spawn(async move {
+        let mut write_half = write_half;
+        while let Ok(line) = rx.recv().await {
+            if write_half.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+        let _ = write_half.close().await;
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    });
+    let result = async {
+        loop {
+            let message = reader.next(IDLE_TIMEOUT).await?;
+            reporter
+                .inputs
+                .send(Input::Signal {
+                    conn,
+                    peer: peer.clone(),
+                    message,
+                })
+                .await?;
         }
     }
     .await;
-    let input = match (result, token) {
-        (Ok(hello), token) => Input::Hello {
-            from: addr,
-            hello,
-            token,
-        },
-        (Err(err), Some(token)) => Input::DialFailed {
-            token,
-            error: format!("{err:#}"),
-        },
-        (Err(err), None) => {
-            debug!(%addr, "probe failed: {err:#}");
-            return;
-        }
-    };
-    let _ = inputs.send(input).await;
+    let _ = reporter.conns.send(ConnEvent::Down { conn, peer }).await;
+    writer_task.cancel().await;
+    result
 }
 
-/// One connection's read side: bytes in, decoded messages out.
-#[derive(Default)]
-struct Connection {
+/// A connection's read side: bytes in, decoded messages out.
+struct Reader {
+    stream: TcpStream,
     framer: LineFramer,
     lines: std::collections::VecDeque<Vec<u8>>,
+    buf: Box<[u8]>,
 }
 
-impl Connection {
+impl Reader {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            framer: LineFramer::default(),
+            lines: Default::default(),
+            buf: vec![0; 16 * 1024].into_boxed_slice(),
+        }
+    }
+
     /// The next message, waiting at most `timeout` for bytes. Errors close the connection.
-    async fn next(&mut self, stream: &mut TcpStream, timeout: Duration) -> anyhow::Result<Message> {
+    async fn next(&mut self, timeout: Duration) -> anyhow::Result<Message> {
         loop {
             if let Some(line) = self.lines.pop_front() {
                 return Ok(Message::decode(&line)?);
             }
-            let mut buf = [0u8; 16 * 1024];
+            let (stream, buf) = (&mut self.stream, &mut self.buf);
             let n = with_timeout(timeout, async {
-                stream.read(&mut buf).await.map_err(anyhow::Error::from)
+                stream.read(buf).await.map_err(anyhow::Error::from)
             })
             .await?;
             if n == 0 {
                 bail!("connection closed by the peer");
             }
-            self.lines.extend(self.framer.push(&buf[..n])?);
+            self.lines.extend(self.framer.push(&self.buf[..n])?);
         }
     }
 }

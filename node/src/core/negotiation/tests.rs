@@ -425,6 +425,7 @@ fn simulated_pairs_always_converge_on_one_negotiation() {
             polite.handle_timeout(t0 + secs(t));
             impolite.handle_timeout(t0 + secs(t));
             // Deliver each side's outputs to the other (instant network, instant adapter).
+            #[allow(clippy::needless_range_loop)] // `side` names the machine, not just the slot
             for side in 0..2 {
                 let (me, other) = if side == 0 {
                     (&mut polite, &mut impolite)
