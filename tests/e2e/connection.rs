@@ -111,3 +111,170 @@ fn a_killed_peer_shows_not_connected_and_reconnects_by_itself_after_restarting()
     });
     eprintln!("reconnected {back:?} after B restarted");
 }
+
+/// Hostile signaling traffic against A while A and B connect: each bad input gets its
+/// documented treatment and the real peers connect anyway.
+#[test]
+fn hostile_signaling_is_contained_and_real_peers_keep_connecting() {
+    let lan = Lan::new(3).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &["--port", "7500"]);
+    let b = Node::start(&lan, 1, "beta", &[]);
+    let (a_id, b_id) = (a.id(), b.id());
+    wait_for("A sees B", Duration::from_secs(5), || {
+        a.peer(&b_id).is_some()
+    });
+    a.json(&["trust", "add", &b_id, "--json"]);
+    let rss_before = a.rss_kib();
+
+    let target = format!("{}:7500", lan.host(0).addr());
+    let attack = lan
+        .host(2)
+        .command("python3")
+        .args(["-c", ATTACK, &target, &b_id])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&attack.stdout).into_owned();
+    assert!(
+        attack.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&attack.stderr)
+    );
+    eprintln!("{report}");
+    let result: serde_json::Value = serde_json::from_str(report.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        result["garbage"], "closed",
+        "garbage bytes close the connection"
+    );
+    assert_eq!(
+        result["huge_line"], "closed",
+        "a 10 MiB line closes the connection"
+    );
+    assert_eq!(
+        result["half_line"], "closed",
+        "a stalled half line is closed by the hello timeout"
+    );
+    assert!(result["half_line_secs"].as_f64().unwrap() < 15.0);
+    assert!(
+        result["idle_accepted"].as_u64().unwrap() <= 64,
+        "at most 64 concurrent inbound connections: {}",
+        result["idle_accepted"]
+    );
+    assert_eq!(result["wrong_fingerprint"], "closed");
+    assert_eq!(result["unsolicited_answer"], "ignored");
+    assert_eq!(result["stray_candidates"], "ignored");
+
+    // The impostor's offer is journaled as a fingerprint mismatch; nothing connected to it.
+    let mismatches: Vec<_> = a
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "FingerprintMismatch")
+        .collect();
+    assert!(!mismatches.is_empty());
+    assert!(mismatches.iter().all(|e| e["claimed"] == b_id.as_str()));
+
+    // Real peers still connect.
+    b.json(&["trust", "add", &a_id, "--json"]);
+    wait_for("A and B connect", Duration::from_secs(20), || {
+        a.connection(&b_id) == "connected" && b.connection(&a_id) == "connected"
+    });
+    let rss_after = a.rss_kib();
+    eprintln!("A's RSS: {rss_before} KiB before, {rss_after} KiB after the attack");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "memory stays bounded: {rss_before} -> {rss_after} KiB"
+    );
+}
+
+/// The attacker: every case bounded in count and time; prints one JSON line of outcomes.
+const ATTACK: &str = r#"
+import base64, hashlib, json, socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+port = int(port)
+victim_trusted = sys.argv[2]
+out = {}
+
+def conn(timeout=15):
+    s = socket.create_connection((host, port), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+def closed(s, timeout=15):
+    s.settimeout(timeout)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+def hello(id_):
+    return (json.dumps({"type": "hello", "v": 1, "id": id_, "name": "x", "device_type": "desktop", "port": 1}) + "\n").encode()
+
+def sdp_for(digest):
+    fp = ":".join("%02X" % b for b in digest)
+    return "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 %s\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n" % fp
+
+def device_id(digest):
+    return base64.b32encode(digest).decode().lower().rstrip("=")
+
+s = conn(); s.sendall(b"\x00\xff\xfegarbage\n"); out["garbage"] = "closed" if closed(s) else "open"
+
+s = conn()
+try:
+    chunk = b"x" * 65536
+    for _ in range(160):
+        s.sendall(chunk)
+    out["huge_line"] = "closed" if closed(s) else "open"
+except (ConnectionResetError, BrokenPipeError):
+    out["huge_line"] = "closed"
+
+s = conn(); s.sendall(b'{"type":"hel'); t = time.time()
+out["half_line"] = "closed" if closed(s, 20) else "open"; out["half_line_secs"] = time.time() - t
+
+idle = []
+for _ in range(200):
+    try:
+        idle.append(conn(2))
+    except OSError:
+        pass
+time.sleep(0.5)
+accepted = 0
+for s in idle:
+    s.settimeout(0.2)
+    try:
+        data = s.recv(1)
+        if data != b"":
+            accepted += 1
+    except socket.timeout:
+        accepted += 1
+    except OSError:
+        pass
+out["idle_accepted"] = accepted
+for s in idle:
+    s.close()
+
+# An impostor claims the trusted device's id but its SDP carries another fingerprint.
+s = conn(); s.sendall(hello(victim_trusted)); s.recv(65536)
+s.sendall((json.dumps({"type": "offer", "seq": 1, "sdp": sdp_for(hashlib.sha256(b"impostor").digest())}) + "\n").encode())
+out["wrong_fingerprint"] = "closed" if closed(s) else "open"
+
+# A stranger (consistent id and fingerprint) answers an offer nobody made, and trickles
+# candidates: ignored, the connection stays up.
+digest = hashlib.sha256(b"stranger").digest()
+s = conn(); s.sendall(hello(device_id(digest))); s.recv(65536)
+s.sendall((json.dumps({"type": "answer", "seq": 9, "sdp": sdp_for(digest)}) + "\n").encode())
+for i in range(100):
+    s.sendall((json.dumps({"type": "candidate", "candidate": "candidate:%d 1 udp 1 10.77.0.9 9 typ host" % i, "sdpMid": "0", "sdpMLineIndex": 0}) + "\n").encode())
+s.settimeout(1.0)
+try:
+    data = s.recv(65536)
+    out["unsolicited_answer"] = "closed" if data == b"" else "replied"
+except socket.timeout:
+    out["unsolicited_answer"] = "ignored"
+out["stray_candidates"] = out["unsolicited_answer"]
+s.close()
+print(json.dumps(out))
+"#;

@@ -97,6 +97,17 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Resident memory of the running daemon, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.home.daemon_pid().expect("a running daemon");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     /// `kill -9`: no clean stop, nothing journaled, no goodbyes.
     pub fn kill(&mut self) {
         let _ = self.home.stop_with(Signal::KILL, Duration::from_secs(10));

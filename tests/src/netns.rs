@@ -61,6 +61,8 @@ static NETNS_LOCK: Mutex<()> = Mutex::new(());
 
 /// A LAN of host namespaces joined by a bridge in a switch namespace. See the module docs.
 pub struct Lan {
+    /// Held for the Lan's life: bounds how many LANs (and their nodes) run at once.
+    _slot: LanSlot,
     id: String,
     octet: u8,
     switch: String,
@@ -100,11 +102,13 @@ impl Lan {
         if let Err(e) = Lan::cleanup_stale() {
             eprintln!("fsnode-testkit: cleaning stale namespaces failed: {e:#}");
         }
+        let slot = LanSlot::acquire();
         let pid = std::process::id();
         let counter = LAN_COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!("{NS_PREFIX}{pid}-{counter}");
         let octet = (((u64::from(pid) * 7 + u64::from(counter)) % 250) + 1) as u8;
         let mut lan = Lan {
+            _slot: slot,
             switch: format!("{id}-sw"),
             id,
             octet,
@@ -318,6 +322,37 @@ impl Lan {
         ip(format!("-n {} link set {HOST_INTERFACE} mtu {mtu}", h.ns))?;
         ip(format!("-n {} link set {} mtu {mtu}", h.switch, h.port))?;
         Ok(())
+    }
+}
+
+/// LANs allowed to exist at once in this process. The end-to-end tests time real processes
+/// (discovery within 3 s, connections within seconds); on a 2-core machine, a dozen LANs of
+/// live nodes at once would measure the scheduler, not fsnode.
+pub const MAX_CONCURRENT_LANS: usize = 3;
+
+static LAN_SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+struct LanSlot;
+
+impl LanSlot {
+    fn acquire() -> LanSlot {
+        let (lock, freed) = &LAN_SLOTS;
+        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *used >= MAX_CONCURRENT_LANS {
+            used = freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += 1;
+        LanSlot
+    }
+}
+
+impl Drop for LanSlot {
+    fn drop(&mut self) {
+        let (lock, freed) = &LAN_SLOTS;
+        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= 1;
+        freed.notify_one();
     }
 }
 

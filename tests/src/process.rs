@@ -111,6 +111,11 @@ impl NodeHome {
         Ok(())
     }
 
+    /// The daemon's process id, while one runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// Sends `signal` to the daemon and waits (bounded) for it to exit; returns its output.
     pub fn stop_with(
         &mut self,

@@ -5,7 +5,7 @@ use anyhow::Context;
 use crate::cli::{IdArgs, RunArgs};
 use crate::config::Config;
 use crate::identity::Identity;
-use crate::shell::clock::{Clock, SystemClock};
+use crate::shell::runtime::{Clock, SystemClock};
 
 /// `fsnode id`: the device id, name and type this node announces.
 pub fn id(home: Option<&std::path::Path>, args: &IdArgs) -> anyhow::Result<()> {

@@ -27,6 +27,9 @@ pub const RETRY_BACKOFF: [Duration; 3] = [
 ];
 pub const POLITE_DELAY: Duration = Duration::from_millis(1500);
 pub const CANDIDATE_TTL: Duration = Duration::from_secs(30);
+/// After both descriptions are set, the channel must open within this long; otherwise the
+/// attempt counts as lost (webrtc-rs reports no failure when, say, DTLS never completes).
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Candidates buffered per peer before the remote description; the oldest go first.
 pub const MAX_BUFFERED_CANDIDATES: usize = 64;
 
@@ -138,6 +141,7 @@ pub struct Negotiation {
     ignoring_offer: bool,
     buffered: VecDeque<(Candidate, Instant)>,
     initiate_at: Option<Instant>,
+    open_deadline: Option<Instant>,
     has_connection: bool,
     status: Status,
     /// Consecutive losses, for the reconnect backoff.
@@ -160,6 +164,7 @@ impl Negotiation {
             ignoring_offer: false,
             buffered: VecDeque::new(),
             initiate_at: None,
+            open_deadline: None,
             has_connection: false,
             status: Status::Idle,
             losses: 0,
@@ -183,6 +188,7 @@ impl Negotiation {
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.initiate_at,
+            self.open_deadline,
             self.offer.as_ref().map(|o| o.deadline),
             self.buffered.front().map(|(_, at)| *at + CANDIDATE_TTL),
         ]
@@ -278,11 +284,15 @@ impl Negotiation {
             }
             Input::RemoteApplied => {
                 self.remote_applied = true;
+                if self.status != Status::Connected {
+                    self.open_deadline = Some(now + OPEN_TIMEOUT);
+                }
                 while let Some((candidate, _)) = self.buffered.pop_front() {
                     self.act(Action::AddCandidate(candidate));
                 }
             }
             Input::ChannelOpen => {
+                self.open_deadline = None;
                 if self.status != Status::Connected {
                     self.status = Status::Connected;
                     self.losses = 0;
@@ -321,6 +331,16 @@ impl Negotiation {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.open_deadline.is_some_and(|at| at <= now) {
+            self.open_deadline = None;
+            self.handle(
+                Input::Lost {
+                    reason: format!("the data channel did not open within {OPEN_TIMEOUT:?}"),
+                },
+                now,
+            );
+            return;
+        }
         while self
             .buffered
             .front()
@@ -431,6 +451,7 @@ impl Negotiation {
         self.ignoring_offer = false;
         self.buffered.clear();
         self.initiate_at = None;
+        self.open_deadline = None;
     }
 
     fn act(&mut self, action: Action) {

@@ -7,14 +7,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::shell::runtime::net::{UnixListener, UnixStream};
 use anyhow::{Context, bail};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use smol::Timer;
-use smol::net::unix::{UnixListener, UnixStream};
 use tracing::debug;
 
 use crate::control::{self, ErrorKind, MAX_REQUEST_BYTES, Reply, Request};
 use crate::core::signal::LineFramer;
+use crate::shell::runtime;
 
 /// A client that sends nothing for this long is disconnected.
 pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
@@ -51,12 +51,12 @@ pub async fn serve(listener: UnixListener, requests: async_channel::Sender<Contr
             Ok((stream, _)) => stream,
             Err(err) => {
                 debug!("control accept failed: {err}");
-                Timer::after(Duration::from_millis(100)).await;
+                runtime::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let requests = requests.clone();
-        smol::spawn(async move {
+        runtime::spawn(async move {
             if let Err(err) = serve_client(stream, requests).await {
                 debug!("control client: {err:#}");
             }
@@ -72,13 +72,9 @@ async fn serve_client(
     let mut framer = LineFramer::new(MAX_REQUEST_BYTES);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = futures_lite::future::or(
-            async { stream.read(&mut buf).await.map_err(anyhow::Error::from) },
-            async {
-                Timer::after(CLIENT_IDLE).await;
-                bail!("idle")
-            },
-        )
+        let n = runtime::timeout(CLIENT_IDLE, async {
+            stream.read(&mut buf).await.map_err(anyhow::Error::from)
+        })
         .await?;
         if n == 0 {
             return Ok(());

@@ -2,11 +2,11 @@
 //! WebRTC) and turns it into inputs for the core and carries out its effects.
 
 pub mod atomic_file;
-pub mod clock;
 pub mod control;
 pub mod mdns;
 pub mod network;
 pub mod rtc;
 pub mod run;
+pub mod runtime;
 pub mod signaling;
 pub mod trust_file;

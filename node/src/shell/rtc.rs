@@ -18,13 +18,13 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     SettingEngineBuilder,
 };
-use webrtc::runtime::{Runtime, SmolRuntime};
 
 use crate::core::DeviceId;
 use crate::core::negotiation::{Action, Input as NegotiationInput};
 use crate::core::node::Input;
 use crate::core::signal::Candidate;
 use crate::identity::Identity;
+use crate::shell::runtime;
 
 /// The pre-negotiated data channel of spec 3.3: label `fileshare`, negotiated, id 0, ordered,
 /// reliable.
@@ -55,7 +55,7 @@ pub async fn build_peer_connection(
         .build();
     let pc: Arc<dyn PeerConnection> = Arc::new(
         PeerConnectionBuilder::new()
-            .with_runtime(Arc::new(SmolRuntime) as Arc<dyn Runtime>)
+            .with_runtime(runtime::webrtc())
             .with_configuration(configuration)
             .with_setting_engine(settings)
             .with_handler(handler)
@@ -106,7 +106,7 @@ impl RtcAdapter {
                 inputs: self.inputs.clone(),
                 connection: None,
             };
-            smol::spawn(task.run(rx)).detach();
+            runtime::spawn(task.run(rx)).detach();
             tx
         });
         // The channel is unbounded and the task only stops after `Close`, which removes it.
@@ -211,7 +211,7 @@ impl PeerTask {
         });
         let (pc, channel) =
             build_peer_connection(&self.identity, self.udp_addrs.clone(), handler).await?;
-        smol::spawn(watch_channel(
+        runtime::spawn(watch_channel(
             self.peer.clone(),
             channel.clone(),
             self.inputs.clone(),
@@ -291,9 +291,14 @@ impl PeerConnectionEventHandler for Events {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
             Ok(init) => {
+                // webrtc-rs leaves sdpMid empty; browsers need the data m-line's mid, "0".
+                let sdp_mid = init
+                    .sdp_mid
+                    .filter(|mid| !mid.is_empty())
+                    .or(Some("0".into()));
                 self.report(NegotiationInput::LocalCandidate(Candidate {
                     candidate: init.candidate,
-                    sdp_mid: init.sdp_mid,
+                    sdp_mid,
                     sdp_mline_index: init.sdp_mline_index,
                 }))
                 .await
@@ -347,7 +352,7 @@ mod tests {
             SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000),
         )
         .unwrap();
-        smol::block_on(async {
+        runtime::block_on(async {
             let (pc, _channel) = build_peer_connection(
                 &identity,
                 vec!["127.0.0.1:0".parse().unwrap()],
@@ -363,6 +368,66 @@ mod tests {
                 "{ids:?} vs {}",
                 identity.device_id
             );
+            pc.close().await.unwrap();
+        });
+    }
+
+    struct Gathered(async_channel::Sender<String>);
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Gathered {
+        async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+            if let Ok(init) = event.candidate.to_json() {
+                let _ = self.0.send(init.candidate).await;
+            }
+        }
+        async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+            if state == RTCIceGatheringState::Complete {
+                self.0.close();
+            }
+        }
+    }
+
+    /// ICE gathers only on the addresses fsnode hands it, with no mDNS (`.local`) candidates.
+    #[test]
+    fn ice_candidates_come_only_from_the_allowed_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, _) = Identity::load_or_create(
+            &dir.path().join("id.pem"),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000),
+        )
+        .unwrap();
+        runtime::block_on(async {
+            let (tx, rx) = async_channel::unbounded();
+            let (pc, _channel) = build_peer_connection(
+                &identity,
+                vec!["127.0.0.1:0".parse().unwrap()],
+                Arc::new(Gathered(tx)),
+            )
+            .await
+            .unwrap();
+            let offer = pc.create_offer(None).await.unwrap();
+            pc.set_local_description(offer).await.unwrap();
+            let mut candidates = Vec::new();
+            let deadline = runtime::sleep(std::time::Duration::from_secs(10));
+            futures_lite::future::or(
+                async {
+                    while let Ok(c) = rx.recv().await {
+                        candidates.push(c);
+                    }
+                },
+                async {
+                    deadline.await;
+                },
+            )
+            .await;
+            assert!(!candidates.is_empty(), "no candidate gathered");
+            for candidate in &candidates {
+                assert!(
+                    candidate.contains(" 127.0.0.1 ") && candidate.contains("typ host"),
+                    "{candidate}"
+                );
+                assert!(!candidate.contains(".local"), "{candidate}");
+            }
             pc.close().await.unwrap();
         });
     }

@@ -24,10 +24,10 @@ use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
 use crate::record::{self, JournalEntry};
 use crate::shell::atomic_file::{self, Replace};
-use crate::shell::clock::{Clock, SystemClock};
 use crate::shell::control::{self, ControlRequest};
 use crate::shell::mdns::Mdns;
 use crate::shell::rtc::RtcAdapter;
+use crate::shell::runtime::{self, Clock, SystemClock};
 use crate::shell::signaling::{ConnEvent, Reporter};
 use crate::shell::{network, signaling, trust_file};
 
@@ -81,7 +81,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         compact(&journal, &state, clock.wall_ms())?;
     }
 
-    smol::block_on(async {
+    runtime::block_on(async {
         let addresses = network::listen_addresses(&config.interfaces)?;
         let (listeners, port) = signaling::bind(&addresses, config.port).await?;
         let me = Me {
@@ -106,14 +106,14 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         let (requests_tx, requests) = async_channel::bounded::<ControlRequest>(64);
         let reporter = Reporter::new(me.hello(), inputs_tx.clone(), conns_tx);
         for listener in listeners {
-            smol::spawn(signaling::accept(listener, reporter.clone())).detach();
+            runtime::spawn(signaling::accept(listener, reporter.clone())).detach();
         }
         let ice_addresses = addresses
             .iter()
             .map(|ip| std::net::SocketAddr::new(*ip, 0))
             .collect();
         let rtc = RtcAdapter::new(Arc::new(identity), ice_addresses, inputs_tx.clone());
-        smol::spawn(control::serve(control_listener, requests_tx)).detach();
+        runtime::spawn(control::serve(control_listener, requests_tx)).detach();
         let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
         info!(
             device_id = %me.id,
@@ -189,18 +189,18 @@ impl NodeLoop<'_> {
         conns: async_channel::Receiver<ConnEvent>,
         requests: async_channel::Receiver<ControlRequest>,
     ) -> anyhow::Result<String> {
-        let stop = smol::spawn(wait_for_stop_signal());
+        let stop = runtime::spawn(wait_for_stop_signal());
         let mut stop = Some(stop);
         loop {
-            let timer = match self.core.poll_timeout() {
-                Some(at) => smol::Timer::at(at),
-                None => smol::Timer::never(),
-            };
+            let timer = runtime::sleep_until(self.core.poll_timeout());
             let stop_fut = stop.as_mut().expect("stop future present");
+            // `or` polls its first future first: connection events go before inputs, so a
+            // connection is registered before any message that arrived on it is handled (its
+            // task sends `Up` before it forwards a single message).
             let wake = futures_lite::future::or(
-                async { inputs.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
+                async { conns.recv().await.map(Wake::Conn).unwrap_or(Wake::Timer) },
                 futures_lite::future::or(
-                    async { conns.recv().await.map(Wake::Conn).unwrap_or(Wake::Timer) },
+                    async { inputs.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
                     futures_lite::future::or(
                         async {
                             requests
@@ -277,7 +277,8 @@ impl NodeLoop<'_> {
                 }
                 Output::Effect(Effect::TrustChanged) => self.write_trust_file(),
                 Output::Effect(Effect::Dial { addr, token }) => {
-                    smol::spawn(signaling::dial(addr, None, token, self.reporter.clone())).detach();
+                    runtime::spawn(signaling::dial(addr, None, token, self.reporter.clone()))
+                        .detach();
                 }
                 Output::Effect(Effect::Signal { peer, message }) => self.send(peer, message),
                 Output::Effect(Effect::CloseSignaling { conn }) => {
@@ -324,7 +325,7 @@ impl NodeLoop<'_> {
         match address {
             Some(addr) => {
                 self.dialing.insert(peer.clone());
-                smol::spawn(signaling::dial(
+                runtime::spawn(signaling::dial(
                     addr,
                     Some(peer),
                     None,

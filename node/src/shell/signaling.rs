@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::shell::runtime::net::{TcpListener, TcpStream};
 use anyhow::{Context, bail};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use smol::Timer;
-use smol::net::{TcpListener, TcpStream};
 use tracing::debug;
 
 use crate::core::DeviceId;
 use crate::core::node::{ConnId, Input, Token};
 use crate::core::signal::{Hello, LineFramer, Message};
+use crate::shell::runtime;
 
 /// A connection whose `hello` has not arrived by then is closed (spec 3.1).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,7 +102,7 @@ pub async fn accept(listener: TcpListener, reporter: Reporter) {
             Ok(accepted) => accepted,
             Err(err) => {
                 debug!("signaling accept failed: {err}");
-                Timer::after(Duration::from_millis(100)).await;
+                runtime::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -112,7 +112,7 @@ pub async fn accept(listener: TcpListener, reporter: Reporter) {
             continue;
         }
         let (reporter, inbound) = (reporter.clone(), inbound.clone());
-        smol::spawn(async move {
+        runtime::spawn(async move {
             let side = Side::Accepted;
             if let Err(err) = serve(stream, from, side, &reporter).await {
                 debug!(%from, "signaling connection closed: {err:#}");
@@ -131,7 +131,7 @@ pub async fn dial(
     token: Option<Token>,
     reporter: Reporter,
 ) {
-    let connected = with_timeout(CONNECT_TIMEOUT, async {
+    let connected = runtime::timeout(CONNECT_TIMEOUT, async {
         TcpStream::connect(addr).await.map_err(anyhow::Error::from)
     })
     .await
@@ -231,7 +231,7 @@ async fn serve(
     // The writer ends when the node drops the sender (connection closed on purpose) and then
     // shuts the socket down, which ends the reader below.
     let write_half = stream.clone();
-    let writer_task = smol::spawn(async move {
+    let writer_task = runtime::spawn(async move {
         let mut write_half = write_half;
         while let Ok(line) = rx.recv().await {
             if write_half.write_all(&line).await.is_err() {
@@ -285,7 +285,7 @@ impl Reader {
                 return Ok(Message::decode(&line)?);
             }
             let (stream, buf) = (&mut self.stream, &mut self.buf);
-            let n = with_timeout(timeout, async {
+            let n = runtime::timeout(timeout, async {
                 stream.read(buf).await.map_err(anyhow::Error::from)
             })
             .await?;
@@ -295,15 +295,4 @@ impl Reader {
             self.lines.extend(self.framer.push(&self.buf[..n])?);
         }
     }
-}
-
-async fn with_timeout<T>(
-    timeout: Duration,
-    fut: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    futures_lite::future::or(fut, async {
-        Timer::after(timeout).await;
-        bail!("timed out after {timeout:?}")
-    })
-    .await
 }

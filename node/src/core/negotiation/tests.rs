@@ -477,3 +477,31 @@ fn simulated_pairs_always_converge_on_one_negotiation() {
         assert_eq!(impolite.status(), &Status::Connected);
     }
 }
+
+#[test]
+fn a_channel_that_never_opens_counts_as_lost_and_is_retried() {
+    let (_, mut n, t0) = pair();
+    n.handle(Input::Start, t0);
+    n.handle(Input::LocalOffer { sdp: "o".into() }, t0);
+    n.handle(
+        Input::RemoteAnswer {
+            sdp: "a".into(),
+            seq: 1,
+        },
+        t0 + secs(0.1),
+    );
+    n.handle(Input::RemoteApplied, t0 + secs(0.2));
+    drain(&mut n);
+    assert_eq!(n.poll_timeout(), Some(t0 + secs(0.2) + OPEN_TIMEOUT));
+    n.handle_timeout(t0 + secs(15.2));
+    let out = drain(&mut n);
+    assert_eq!(out[0], Output::Act(Action::Close));
+    assert!(
+        matches!(&out[1], Output::Record(Event::Disconnected { reason, .. }) if reason.contains("did not open"))
+    );
+    assert_eq!(
+        n.poll_timeout(),
+        Some(t0 + secs(16.2)),
+        "retried after the backoff"
+    );
+}

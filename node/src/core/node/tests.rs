@@ -318,31 +318,33 @@ fn unseen_trusted_devices_are_probed_at_their_last_address_on_a_timer() {
     h.handle(Input::Withdrawn {
         instance: instance_name(&id(1)),
     });
-    let due = h.core.poll_timeout().unwrap();
-    h.core.handle_timeout(Now {
-        instant: due - Duration::from_millis(1),
-        wall_ms: 0,
-    });
-    assert!(h.core.poll_output().is_none(), "not before the timer");
-    h.core.handle_timeout(Now {
-        instant: due,
-        wall_ms: 0,
-    });
+    let dials = |h: &mut Harness, at: Instant| -> Vec<Effect> {
+        h.core.handle_timeout(Now {
+            instant: at,
+            wall_ms: 0,
+        });
+        std::iter::from_fn(|| h.core.poll_output())
+            .filter_map(|o| match o {
+                Output::Effect(e @ Effect::Dial { .. }) => Some(e),
+                _ => None,
+            })
+            .collect()
+    };
+    let due = h.start + PROBE_INTERVAL / 6;
+    assert!(
+        dials(&mut h, due - Duration::from_millis(1)).is_empty(),
+        "not before the timer"
+    );
     assert_eq!(
-        h.core.poll_output(),
-        Some(Output::Effect(Effect::Dial {
+        dials(&mut h, due),
+        vec![Effect::Dial {
             addr: "10.77.0.2:4001".parse().unwrap(),
             token: None
-        }))
+        }]
     );
-    assert_eq!(h.core.poll_timeout(), Some(due + PROBE_INTERVAL));
     // A discovered device is not probed.
     h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.core.handle_timeout(Now {
-        instant: due + PROBE_INTERVAL,
-        wall_ms: 0,
-    });
-    assert!(h.core.poll_output().is_none());
+    assert!(dials(&mut h, due + PROBE_INTERVAL).is_empty());
 }
 
 #[test]
@@ -364,4 +366,124 @@ fn a_flood_of_valid_announcements_of_unknown_devices_is_capped() {
     }
     assert_eq!(discovered, MAX_UNTRUSTED_PEERS);
     assert_eq!(h.core.state().peers.len(), MAX_UNTRUSTED_PEERS);
+}
+
+fn sdp_with_fingerprint(id_bytes: u8) -> String {
+    let fp: Vec<String> = [id_bytes; 32].iter().map(|b| format!("{b:02X}")).collect();
+    format!("v=0\r\na=fingerprint:sha-256 {}\r\n", fp.join(":"))
+}
+
+fn effects(outputs: &[Output]) -> Vec<&Effect> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Effect(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_offer_whose_fingerprint_is_not_its_senders_id_is_journaled_and_closed() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: id(1).to_string(),
+        },
+    ));
+    let out = h.handle(Input::Signal {
+        conn: 42,
+        peer: id(1),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(9),
+            seq: 1,
+        },
+    });
+    assert_eq!(Harness::events(&out), ["FingerprintMismatch"]);
+    assert_eq!(effects(&out), vec![&Effect::CloseSignaling { conn: 42 }]);
+    // No fingerprint at all is a mismatch too.
+    let out = h.handle(Input::Signal {
+        conn: 43,
+        peer: id(1),
+        message: Message::Answer {
+            sdp: "v=0\r\n".into(),
+            seq: 1,
+        },
+    });
+    assert_eq!(Harness::events(&out), ["FingerprintMismatch"]);
+}
+
+#[test]
+fn an_untrusted_offer_is_recorded_once_a_minute_and_refused() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
+    let offer = |seq| Input::Signal {
+        conn: 1,
+        peer: id(2),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(2),
+            seq,
+        },
+    };
+    let out = h.handle(offer(1));
+    assert_eq!(Harness::events(&out), ["AuthorizationRequested"]);
+    let bye = Effect::Signal {
+        peer: id(2),
+        message: Message::Bye {
+            reason: "unauthorized".into(),
+        },
+    };
+    assert_eq!(effects(&out), vec![&bye]);
+    let again = h.handle(offer(2));
+    assert!(
+        Harness::events(&again).is_empty(),
+        "not journaled twice within a minute"
+    );
+    assert_eq!(effects(&again), vec![&bye]);
+    assert!(h.core.state().peers[&id(2)].requested_at_ms.is_some());
+    assert!(
+        !h.core.negotiations.contains_key(&id(2)),
+        "nothing connects"
+    );
+}
+
+#[test]
+fn trusting_a_discovered_device_starts_a_negotiation_towards_it() {
+    let mut h = Harness::new();
+    // id(0) is this node; pick a peer this node is impolite towards, so it offers at once.
+    let peer = (1..=255u8)
+        .map(id)
+        .find(|p| !h.core.me().id.is_polite_towards(p))
+        .unwrap();
+    let n = peer.as_str().as_bytes()[0];
+    let mut a = announcement(1, "10.77.0.2");
+    a.instance = instance_name(&peer);
+    a.txt.insert("id".into(), peer.to_string());
+    h.handle(Input::Announced(a));
+    let out = h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: peer.to_string(),
+        },
+    ));
+    assert!(
+        effects(&out).contains(&&Effect::Rtc {
+            peer: peer.clone(),
+            action: Action::CreateOffer
+        }),
+        "{out:?} ({n})"
+    );
+    // Revoking closes it.
+    let out = h.handle(request(
+        2,
+        Request::TrustRemove {
+            device: peer.to_string(),
+        },
+    ));
+    assert!(effects(&out).contains(&&Effect::Rtc {
+        peer: peer.clone(),
+        action: Action::Close
+    }));
 }
