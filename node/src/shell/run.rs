@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use fsnode_journal::{Journal, Options};
 use futures_lite::StreamExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -258,7 +258,7 @@ impl NodeLoop<'_> {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Event(stamped) => {
-                    tracing::debug!(event = ?stamped.event, "event");
+                    log_event(&stamped.event);
                     last_pending = Some(self.journal.append(&JournalEntry::Event(stamped))?);
                 }
                 other => actions.push(other),
@@ -368,6 +368,31 @@ impl NodeLoop<'_> {
         {
             warn!(file = %self.trust_file.display(), "cannot write the trusted-devices file: {err}");
         }
+    }
+}
+
+/// What operators see on stderr without `-v`: failures as warnings, connection changes as
+/// info; everything else at debug (the journal has it all).
+fn log_event(event: &Event) {
+    match event {
+        Event::NegotiationFailed { peer, reason } => {
+            warn!(%peer, %reason, "could not connect")
+        }
+        Event::FingerprintMismatch {
+            claimed, address, ..
+        } => warn!(
+            %claimed,
+            ?address,
+            "refused a peer whose certificate is not the device it claims to be"
+        ),
+        Event::Connected { peer } => info!(%peer, "connected"),
+        Event::Disconnected { peer, reason } => info!(%peer, %reason, "disconnected"),
+        Event::AuthorizationRequested { peer, name, .. } => info!(
+            %peer,
+            %name,
+            "an untrusted device asked to connect; `fsnode trust add` to allow it"
+        ),
+        other => debug!(event = ?other, "event"),
     }
 }
 
