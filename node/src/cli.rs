@@ -42,6 +42,17 @@ pub enum Command {
     Peers(PeersArgs),
     /// Trust or stop trusting devices; list trusted devices and those asking to connect.
     Trust(TrustArgs),
+    /// Every transfer, past ones too: state, progress, rate and peer.
+    Transfers(JsonArg),
+    /// Follow the node's events live (discovery, trust, connections, transfers) until Ctrl-C.
+    Watch(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON (for scripts): one object, or one per line for streams.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

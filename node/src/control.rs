@@ -26,6 +26,11 @@ pub enum Request {
     TrustList,
     /// Dial a node directly (when multicast is blocked) and learn its identity from `hello`.
     PeersAdd { address: std::net::SocketAddr },
+    /// Every transfer the journal knows, past ones too.
+    Transfers,
+    /// Follow the node's events live: the node answers with one `event` reply per journaled
+    /// event until the client disconnects.
+    Watch,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +64,15 @@ pub enum Reply {
         trusted: Vec<PeerRow>,
         requests: Vec<PeerRow>,
     },
+    Transfers {
+        transfers: Vec<TransferRow>,
+    },
+    /// One journaled event (for `watch`), in its flat JSON form.
+    Event {
+        seq: u64,
+        time_ms: i64,
+        event: serde_json::Value,
+    },
     Error(ControlError),
 }
 
@@ -86,6 +100,24 @@ pub struct PeerRow {
     pub connection: String,
     /// The code both operators see for this pair of devices.
     pub verification_code: String,
+}
+
+/// One transfer, as `fsnode transfers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRow {
+    pub id: String,
+    pub peer: DeviceId,
+    pub peer_name: String,
+    pub direction: String,
+    pub name: String,
+    pub size: u64,
+    /// Bytes verified and durable at the receiver.
+    pub done_bytes: u64,
+    pub status: String,
+    pub reason: Option<String>,
+    /// Average rate since the transfer was accepted, bytes per second.
+    pub rate: Option<u64>,
+    pub path: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

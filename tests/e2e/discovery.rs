@@ -295,3 +295,35 @@ fn with_multicast_blocked_peers_add_dials_directly_and_trusted_peers_are_probed(
         a.peer(&b_id).is_some_and(|p| p["discovered"] == true)
     });
 }
+
+#[test]
+fn watch_streams_journaled_events_and_transfers_lists_none_yet() {
+    let lan = Lan::new(2).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &[]);
+    let mut watch =
+        fsnode_testkit::Background::spawn(&mut a.home.command(&["watch", "--json"])).unwrap();
+    let b = Node::start(&lan, 1, "beta", &[]);
+    let b_id = b.id();
+    let line = watch
+        .wait_line(
+            |l| l.contains("PeerDiscovered") && l.contains(&b_id),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["event"]["name"], "beta");
+    assert!(event["seq"].as_u64().unwrap() > 1);
+    a.json(&["trust", "add", &b_id, "--json"]);
+    watch
+        .wait_line(|l| l.contains("PeerAuthorized"), Duration::from_secs(5))
+        .unwrap();
+    let transfers = a.json(&["transfers", "--json"]);
+    assert_eq!(transfers["transfers"], serde_json::json!([]));
+    assert!(
+        a.home
+            .run(&["transfers"])
+            .unwrap()
+            .stdout
+            .contains("no transfers")
+    );
+}

@@ -57,7 +57,9 @@ impl NodeHome {
         self.path().join("data/journal")
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The command line for `fsnode ARGS…` in this home (and its namespace), for tests that
+    /// run a client in the background (`fsnode watch`).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = match &self.namespace {
             // `ip netns exec` execs the program, so the child's pid is fsnode's own.
             Some(namespace) => {

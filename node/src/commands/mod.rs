@@ -5,6 +5,7 @@ pub mod client;
 mod id;
 mod journal;
 mod peers;
+mod transfers;
 
 use crate::cli::{Cli, Command};
 
@@ -16,5 +17,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Journal(args) => journal::journal(home, &args),
         Command::Peers(args) => peers::peers(home, &args),
         Command::Trust(args) => peers::trust(home, &args),
+        Command::Transfers(args) => transfers::transfers(home, &args),
+        Command::Watch(args) => transfers::watch(home, &args),
     }
 }

@@ -40,7 +40,7 @@ pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
     print(&reply, args.json)
 }
 
-fn ask(home: Option<&Path>, request: Request) -> anyhow::Result<Reply> {
+pub(super) fn ask(home: Option<&Path>, request: Request) -> anyhow::Result<Reply> {
     let socket = resolve_dirs(home)?.control_socket();
     let reply = client::request(&socket, request)?;
     if let Reply::Error(error) = &reply {
@@ -78,6 +78,8 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
             table(&mut out, requests)?;
         }
         Reply::Status(status) => writeln!(out, "{status:?}")?,
+        Reply::Transfers { transfers } => super::transfers::table(&mut out, transfers)?,
+        Reply::Event { .. } => writeln!(out, "{}", serde_json::to_string(reply)?)?,
         Reply::Error(error) => bail!(refusal(error)),
     }
     Ok(())

@@ -16,8 +16,11 @@ use super::negotiation::{self, Action, Negotiation};
 use super::sdp;
 use super::signal::{Hello, Message};
 use super::trust::{self, ResolveError};
-use super::{Authority, DeviceId, DeviceType, Event, PeerState, Stamped, State};
-use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Request};
+use super::{
+    Authority, DeviceId, DeviceType, Direction, Event, PeerState, Stamped, State, TransferId,
+    TransferState, TransferStatus,
+};
+use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Request, TransferRow};
 
 /// How often trusted devices that mDNS does not show are probed by unicast at their last
 /// known addresses.
@@ -592,6 +595,16 @@ impl Core {
                     peer: self.row(&id),
                 }
             }
+            Request::Transfers => Reply::Transfers {
+                transfers: self
+                    .state
+                    .transfers
+                    .iter()
+                    .map(|(id, t)| self.transfer_row(id, t))
+                    .collect(),
+            },
+            // Served by the shell, which streams journaled events to the client.
+            Request::Watch => Reply::error(ErrorKind::BadRequest, "watch is a stream"),
             Request::PeersAdd { address } => {
                 self.out.push_back(Output::Effect(Effect::Dial {
                     addr: address,
@@ -638,6 +651,35 @@ impl Core {
             requested: !peer.trusted && peer.requested_at_ms.is_some(),
             connection: peer.connection.label(),
             verification_code: trust::verification_code(&self.me.id, id),
+        }
+    }
+
+    /// A transfer as `fsnode transfers` shows it.
+    pub fn transfer_row(&self, id: &TransferId, t: &TransferState) -> TransferRow {
+        TransferRow {
+            id: id.to_string(),
+            peer: t.peer.clone(),
+            peer_name: self
+                .state
+                .peers
+                .get(&t.peer)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            direction: match t.direction {
+                Direction::Send => "send".into(),
+                Direction::Receive => "receive".into(),
+            },
+            name: t.name.clone(),
+            size: t.size,
+            done_bytes: if t.status == TransferStatus::Completed {
+                t.size
+            } else {
+                t.durable_bytes()
+            },
+            status: format!("{:?}", t.status).to_lowercase(),
+            reason: t.reason.clone(),
+            rate: t.rate(),
+            path: t.path.as_ref().map(|p| p.display().to_string()),
         }
     }
 

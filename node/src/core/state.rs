@@ -92,10 +92,27 @@ pub struct TransferState {
     pub status: TransferStatus,
     pub reason: Option<String>,
     pub queued_at_ms: i64,
+    /// When the receiver first accepted (the start of the rate measurement).
+    #[serde(default)]
+    pub accepted_at_ms: Option<i64>,
+    /// Leading chunks at that first accept (a resumed transfer's rate counts only new bytes).
+    #[serde(default)]
+    pub accepted_next: u64,
     pub updated_at_ms: i64,
 }
 
 impl TransferState {
+    /// Average bytes per second since the first accept, once there is something to average.
+    pub fn rate(&self) -> Option<u64> {
+        let since = self.accepted_at_ms?;
+        let elapsed_ms = u64::try_from(self.updated_at_ms - since)
+            .ok()
+            .filter(|ms| *ms > 0)?;
+        let at_accept = (self.accepted_next * u64::from(self.chunk_size)).min(self.size);
+        let moved = self.durable_bytes().saturating_sub(at_accept);
+        Some(moved.saturating_mul(1000) / elapsed_ms)
+    }
+
     /// Bytes verified and durable at the receiver, counted from the leading chunks.
     pub fn durable_bytes(&self) -> u64 {
         if self.chunks == 0 {
@@ -295,6 +312,8 @@ impl State {
                     status: TransferStatus::Queued,
                     reason: None,
                     queued_at_ms: now,
+                    accepted_at_ms: None,
+                    accepted_next: 0,
                     updated_at_ms: now,
                 });
             }
@@ -319,6 +338,10 @@ impl State {
                     t.next = (*start_chunk).min(t.chunks);
                     t.durable_beyond.retain(|&(_, e)| e > t.next);
                     t.status = TransferStatus::Active;
+                    if t.accepted_at_ms.is_none() {
+                        t.accepted_at_ms = Some(now);
+                        t.accepted_next = t.next;
+                    }
                 }
             }
             Event::ChunksDurable { id, start, end } => {

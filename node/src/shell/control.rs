@@ -16,8 +16,10 @@ use crate::control::{self, ErrorKind, MAX_REQUEST_BYTES, Reply, Request};
 use crate::core::signal::LineFramer;
 use crate::shell::runtime;
 
-/// A client that sends nothing for this long is disconnected.
+/// A client that sends nothing for this long is disconnected (watchers excepted).
 pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// Events queued for one watcher; one that does not keep up is disconnected.
+pub const WATCH_QUEUE: usize = 1024;
 
 /// A parsed request and where its reply goes.
 pub struct ControlRequest {
@@ -93,6 +95,21 @@ async fn serve_client(
         for line in lines {
             let reply = match control::parse_request(&line) {
                 Err(error) => Reply::Error(error),
+                Ok(Request::Watch) => {
+                    // A stream: every journaled event until the client or the node goes.
+                    let (tx, rx) = async_channel::bounded(WATCH_QUEUE);
+                    requests
+                        .send(ControlRequest {
+                            request: Request::Watch,
+                            reply: tx,
+                        })
+                        .await
+                        .context("the node is stopping")?;
+                    while let Ok(reply) = rx.recv().await {
+                        stream.write_all(&control::encode_reply(reply)).await?;
+                    }
+                    return Ok(());
+                }
                 Ok(request) => {
                     let (tx, rx) = async_channel::bounded(1);
                     requests

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::control::Reply;
+use crate::control::{Reply, Request};
 use crate::core::DeviceId;
 use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, Token};
 use crate::core::signal::Message;
@@ -135,6 +135,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             links: HashMap::new(),
             outbox: HashMap::new(),
             dialing: HashSet::new(),
+            watchers: Vec::new(),
         };
         node.write_trust_file();
         let reason = node.serve(inputs, conns, requests).await?;
@@ -180,6 +181,8 @@ struct NodeLoop<'a> {
     links: HashMap<DeviceId, (ConnId, async_channel::Sender<Vec<u8>>)>,
     outbox: HashMap<DeviceId, Vec<Vec<u8>>>,
     dialing: HashSet<DeviceId>,
+    /// `fsnode watch` clients: every journaled event goes to each.
+    watchers: Vec<async_channel::Sender<Reply>>,
 }
 
 impl NodeLoop<'_> {
@@ -234,6 +237,13 @@ impl NodeLoop<'_> {
             match wake {
                 Wake::Input(input) => self.core.handle(input, now),
                 Wake::Conn(event) => self.on_conn(event),
+                Wake::Request(ControlRequest {
+                    request: Request::Watch,
+                    reply,
+                }) => {
+                    self.watchers.push(reply);
+                    continue;
+                }
                 Wake::Request(ControlRequest { request, reply }) => {
                     let token = self.next_token;
                     self.next_token += 1;
@@ -255,11 +265,14 @@ impl NodeLoop<'_> {
     async fn drain(&mut self) -> anyhow::Result<()> {
         let mut last_pending = None;
         let mut actions = Vec::new();
+        let mut journaled = Vec::new();
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Event(stamped) => {
                     log_event(&stamped.event);
-                    last_pending = Some(self.journal.append(&JournalEntry::Event(stamped))?);
+                    let pending = self.journal.append(&JournalEntry::Event(stamped.clone()))?;
+                    journaled.push((pending.seq, stamped));
+                    last_pending = Some(pending);
                 }
                 other => actions.push(other),
             }
@@ -267,6 +280,17 @@ impl NodeLoop<'_> {
         if let Some(pending) = last_pending {
             // Records become durable in order, so the last one's ticket covers them all.
             pending.await.context("writing to the journal")?;
+        }
+        if !self.watchers.is_empty() {
+            for (seq, stamped) in journaled {
+                let reply = Reply::Event {
+                    seq,
+                    time_ms: stamped.time_ms,
+                    event: stamped.event.to_json(),
+                };
+                // A watcher that does not keep up (or went away) is dropped.
+                self.watchers.retain(|w| w.try_send(reply.clone()).is_ok());
+            }
         }
         for action in actions {
             match action {

@@ -1,0 +1,145 @@
+//! `fsnode transfers` and `fsnode watch`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use crate::cli::JsonArg;
+use crate::commands::client;
+use crate::config::resolve_dirs;
+use crate::control::{self, Reply, Request, TransferRow};
+
+pub fn transfers(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
+    let reply = super::peers::ask(home, Request::Transfers)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&reply)?)?;
+        return Ok(());
+    }
+    let Reply::Transfers { transfers } = reply else {
+        bail!("unexpected reply from the node: {reply:?}");
+    };
+    table(&mut out, &transfers)
+}
+
+pub fn table(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Result<()> {
+    if transfers.is_empty() {
+        writeln!(out, "no transfers")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<10} {:<8} {:<14} {:<28} {:>10} {:>6} {:>11} STATUS",
+        "ID", "WAY", "PEER", "NAME", "SIZE", "DONE", "RATE"
+    )?;
+    for t in transfers {
+        let percent = if t.size == 0 {
+            if t.status == "completed" { 100.0 } else { 0.0 }
+        } else {
+            t.done_bytes as f64 * 100.0 / t.size as f64
+        };
+        let peer = if t.peer_name.is_empty() {
+            t.peer.as_str()[..12].to_owned()
+        } else {
+            t.peer_name.chars().take(14).collect()
+        };
+        writeln!(
+            out,
+            "{:<10} {:<8} {:<14} {:<28} {:>10} {:>5.1}% {:>11} {}{}",
+            &t.id[..8],
+            t.direction,
+            peer,
+            t.name.chars().take(28).collect::<String>(),
+            bytes(t.size),
+            percent,
+            t.rate.map_or("-".into(), |r| format!("{}/s", bytes(r))),
+            t.status,
+            t.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+/// Bytes for humans: 1.5 MB, 820 kB (decimal units, like the MB/s figures in BENCHMARKS.md).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Streams the node's journaled events until the node stops or the pipe closes.
+pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
+    let socket = resolve_dirs(home)?.control_socket();
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&socket).map_err(|_| client::NoNode {
+            socket: socket.clone(),
+        })?;
+    stream
+        .write_all(&control::encode_request(Request::Watch))
+        .context("sending the watch request")?;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(&stream).lines() {
+        let line = line.context("reading events from the node")?;
+        let envelope: control::ReplyEnvelope = serde_json::from_str(&line)
+            .with_context(|| format!("the node's event is not understood: {line}"))?;
+        match envelope.reply {
+            Reply::Event {
+                seq,
+                time_ms,
+                event,
+            } => {
+                if args.json {
+                    let line = serde_json::json!({"seq": seq, "time_ms": time_ms, "event": event});
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "{seq:>8} {}", human(&event))?;
+                }
+                out.flush()?;
+            }
+            Reply::Error(error) => bail!("{}", error.message),
+            other => bail!("unexpected reply from the node: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+fn human(event: &serde_json::Value) -> String {
+    let mut text = event["type"].as_str().unwrap_or("?").to_owned();
+    if let serde_json::Value::Object(fields) = event {
+        for (key, value) in fields {
+            if key == "type" {
+                continue;
+            }
+            match value {
+                serde_json::Value::String(s) => text.push_str(&format!(" {key}={s}")),
+                other => text.push_str(&format!(" {key}={other}")),
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_shown_in_decimal_units() {
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1500), "1.5 kB");
+        assert_eq!(bytes(67_108_864), "67.1 MB");
+    }
+}
