@@ -42,10 +42,38 @@ pub enum Command {
     Peers(PeersArgs),
     /// Trust or stop trusting devices; list trusted devices and those asking to connect.
     Trust(TrustArgs),
+    /// Send files or directories to one or more trusted devices (queued while they are offline).
+    Send(SendArgs),
+    /// Cancel a transfer (its id, or a unique prefix of it), from either side.
+    Cancel(CancelArgs),
     /// Every transfer, past ones too: state, progress, rate and peer.
     Transfers(JsonArg),
     /// Follow the node's events live (discovery, trust, connections, transfers) until Ctrl-C.
     Watch(JsonArg),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Files or directories to send (a directory sends its files with relative names).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// The receiving device: its id or a unique prefix (repeatable: one to many).
+    #[arg(long = "to", required = true, value_name = "ID|PREFIX")]
+    pub to: Vec<String>,
+    /// Stay and show progress until every transfer has finished (exit code 7 if any failed).
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON (with --wait: one progress object per line).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[arg(value_name = "TRANSFER")]
+    pub transfer: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,13 @@ pub enum Request {
     TrustList,
     /// Dial a node directly (when multicast is blocked) and learn its identity from `hello`.
     PeersAdd { address: std::net::SocketAddr },
+    /// Queue files (absolute paths; directories send their files) for trusted devices.
+    Send {
+        paths: Vec<std::path::PathBuf>,
+        to: Vec<String>,
+    },
+    /// Cancel a transfer (its id or a unique prefix of it), either direction.
+    Cancel { transfer: String },
     /// Every transfer the journal knows, past ones too.
     Transfers,
     /// Follow the node's events live: the node answers with one `event` reply per journaled
@@ -66,6 +73,13 @@ pub enum Reply {
     },
     Transfers {
         transfers: Vec<TransferRow>,
+    },
+    /// What `send` queued: one transfer per file and device.
+    Queued {
+        transfers: Vec<TransferRow>,
+    },
+    Cancelled {
+        transfer: TransferRow,
     },
     /// One journaled event (for `watch`), in its flat JSON form.
     Event {

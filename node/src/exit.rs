@@ -19,6 +19,8 @@ pub const JOURNAL: u8 = 4;
 pub const IDENTITY: u8 = 5;
 /// The configuration (file or flags) is invalid.
 pub const CONFIG: u8 = 6;
+/// `send --wait`: at least one transfer failed, was rejected or was cancelled.
+pub const TRANSFER_FAILED: u8 = 7;
 
 /// The exit code for an error that reached `main`.
 pub fn code_for(error: &anyhow::Error) -> u8 {
@@ -34,6 +36,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<NoNode>() {
             return NO_NODE;
+        }
+        if cause.is::<crate::commands::TransfersFailed>() {
+            return TRANSFER_FAILED;
         }
     }
     FAILURE

@@ -6,6 +6,7 @@ mod connection;
 mod discovery;
 mod foundation;
 mod support;
+mod transfer;
 
 use std::path::PathBuf;
 

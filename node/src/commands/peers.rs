@@ -78,7 +78,12 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
             table(&mut out, requests)?;
         }
         Reply::Status(status) => writeln!(out, "{status:?}")?,
-        Reply::Transfers { transfers } => super::transfers::table(&mut out, transfers)?,
+        Reply::Transfers { transfers } | Reply::Queued { transfers } => {
+            super::transfers::table(&mut out, transfers)?
+        }
+        Reply::Cancelled { transfer } => {
+            super::transfers::table(&mut out, std::slice::from_ref(transfer))?
+        }
         Reply::Event { .. } => writeln!(out, "{}", serde_json::to_string(reply)?)?,
         Reply::Error(error) => bail!(refusal(error)),
     }

@@ -5,7 +5,12 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use crate::cli::JsonArg;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::cli::{CancelArgs, JsonArg, SendArgs};
 use crate::commands::client;
 use crate::config::resolve_dirs;
 use crate::control::{self, Reply, Request, TransferRow};
@@ -21,6 +26,122 @@ pub fn transfers(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
         bail!("unexpected reply from the node: {reply:?}");
     };
     table(&mut out, &transfers)
+}
+
+pub fn send(home: Option<&Path>, args: &SendArgs) -> anyhow::Result<()> {
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| std::path::absolute(p).with_context(|| format!("resolving {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reply = super::peers::ask(
+        home,
+        Request::Send {
+            paths,
+            to: args.to.clone(),
+        },
+    )?;
+    let Reply::Queued { transfers } = reply else {
+        bail!("unexpected reply from the node: {reply:?}");
+    };
+    let mut out = std::io::stdout().lock();
+    if !args.wait {
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&transfers)?)?;
+        } else {
+            writeln!(out, "queued {} transfer(s):", transfers.len())?;
+            table(&mut out, &transfers)?;
+        }
+        return Ok(());
+    }
+    drop(out);
+    follow(
+        home,
+        transfers.iter().map(|t| t.id.clone()).collect(),
+        args.json,
+    )
+}
+
+/// Shows progress until every transfer in `ids` has finished.
+fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<()> {
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let mut out = std::io::stdout().lock();
+    loop {
+        let Reply::Transfers { transfers } = super::peers::ask(home, Request::Transfers)? else {
+            bail!("unexpected reply from the node");
+        };
+        let mine: Vec<&TransferRow> = transfers.iter().filter(|t| ids.contains(&t.id)).collect();
+        let mut finished = 0;
+        let mut failed = 0;
+        for t in &mine {
+            let done = !matches!(t.status.as_str(), "queued" | "starting" | "active");
+            finished += usize::from(done);
+            failed += usize::from(done && t.status != "completed");
+            if json {
+                let line = serde_json::json!({
+                    "id": t.id, "peer": t.peer, "name": t.name, "size": t.size,
+                    "done_bytes": t.done_bytes, "rate": t.rate, "status": t.status,
+                    "reason": t.reason,
+                });
+                writeln!(out, "{line}")?;
+                continue;
+            }
+            let bar = shown.entry(t.id.clone()).or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new(t.size));
+                bar.set_style(style.clone());
+                let peer = if t.peer_name.is_empty() {
+                    t.peer.as_str()[..12].to_owned()
+                } else {
+                    t.peer_name.clone()
+                };
+                bar.set_prefix(format!("{} → {peer}", t.name));
+                bar
+            });
+            bar.set_position(t.done_bytes);
+            if done && !bar.is_finished() {
+                bar.finish_with_message(match &t.reason {
+                    Some(reason) => format!("{}: {reason}", t.status),
+                    None => t.status.clone(),
+                });
+            } else if !done {
+                bar.set_message(t.status.clone());
+            }
+        }
+        if finished == mine.len() {
+            if failed > 0 {
+                return Err(super::TransfersFailed {
+                    failed,
+                    total: mine.len(),
+                }
+                .into());
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(if json { 1000 } else { 200 }));
+    }
+}
+
+pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
+    let reply = super::peers::ask(
+        home,
+        Request::Cancel {
+            transfer: args.transfer.clone(),
+        },
+    )?;
+    let mut out = std::io::stdout().lock();
+    match reply {
+        _ if args.json => writeln!(out, "{}", serde_json::to_string(&reply)?)?,
+        Reply::Cancelled { transfer } => {
+            writeln!(out, "cancelled {} ({})", transfer.id, transfer.name)?
+        }
+        other => bail!("unexpected reply from the node: {other:?}"),
+    }
+    Ok(())
 }
 
 pub fn table(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Result<()> {

@@ -140,6 +140,16 @@ pub enum Event {
         /// The local file (sender: what is read; receiver: filled in on completion).
         #[serde(default)]
         path: Option<PathBuf>,
+        /// What the `start` message carries besides name and size (sender side).
+        #[serde(default)]
+        mime: Option<String>,
+        #[serde(default)]
+        mode: Option<u32>,
+        #[serde(default)]
+        mtime: Option<i64>,
+        /// The whole file's SHA-256, taken when it was queued (sender side).
+        #[serde(default)]
+        sha256: Option<[u8; 32]>,
     },
     TransferStarted {
         id: TransferId,

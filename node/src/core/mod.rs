@@ -8,12 +8,15 @@
 pub mod device;
 pub mod discovery;
 pub mod event;
+pub mod names;
 pub mod negotiation;
 pub mod node;
 pub mod sdp;
 pub mod signal;
 pub mod state;
+pub mod transfer;
 pub mod transfer_id;
+pub mod transfers;
 pub mod trust;
 
 pub use device::{DeviceId, DeviceIdError, DeviceType};

@@ -15,6 +15,8 @@ use super::discovery::{self, Announcement};
 use super::negotiation::{self, Action, Negotiation};
 use super::sdp;
 use super::signal::{Hello, Message};
+use super::transfer;
+use super::transfers::{StoreOp, StoreResult, Transfers, Work};
 use super::trust::{self, ResolveError};
 use super::{
     Authority, DeviceId, DeviceType, Direction, Event, PeerState, Stamped, State, TransferId,
@@ -85,12 +87,35 @@ pub enum Input {
         peer: DeviceId,
         message: Message,
     },
+    /// A binary message on `peer`'s `fileshare` data channel.
+    Channel { peer: DeviceId, data: Vec<u8> },
+    /// The shell finished a file operation for a transfer.
+    Store { id: TransferId, result: StoreResult },
+    /// The shell collected and hashed the files of a `send` request (`Err`: why not).
+    SendPrepared {
+        token: Token,
+        result: Result<Vec<QueuedFile>, String>,
+    },
     /// What the WebRTC adapter reports for `peer` (local descriptions and candidates,
     /// remote description applied, channel open, connection lost).
     Rtc {
         peer: DeviceId,
         event: negotiation::Input,
     },
+}
+
+/// One file of a `send` request, for one peer, as the shell found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedFile {
+    pub id: TransferId,
+    pub peer: DeviceId,
+    pub path: std::path::PathBuf,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub mode: u32,
+    pub mtime: Option<i64>,
+    pub sha256: [u8; 32],
 }
 
 /// A signaling connection, as the shell numbers them.
@@ -124,6 +149,16 @@ pub enum Effect {
     CloseSignaling { conn: ConnId },
     /// Ask the WebRTC adapter to act for `peer`.
     Rtc { peer: DeviceId, action: Action },
+    /// Send a binary message on `peer`'s data channel.
+    ChannelSend { peer: DeviceId, data: Vec<u8> },
+    /// File IO for a transfer (in order per transfer, off the node's loop).
+    Store { id: TransferId, op: StoreOp },
+    /// Collect and hash the files of a `send` request for `peers`; answer `SendPrepared`.
+    PrepareSend {
+        token: Token,
+        paths: Vec<std::path::PathBuf>,
+        peers: Vec<DeviceId>,
+    },
 }
 
 pub struct Core {
@@ -133,6 +168,7 @@ pub struct Core {
     ignored: VecDeque<String>,
     next_probe: Option<Instant>,
     negotiations: BTreeMap<DeviceId, Negotiation>,
+    transfers: Transfers,
 }
 
 impl Core {
@@ -146,6 +182,7 @@ impl Core {
             ignored: VecDeque::new(),
             next_probe: Some(now + PROBE_INTERVAL / 6),
             negotiations: BTreeMap::new(),
+            transfers: Transfers::default(),
         }
     }
 
@@ -166,6 +203,7 @@ impl Core {
             .values()
             .filter_map(Negotiation::poll_timeout)
             .chain(self.next_probe)
+            .chain(self.transfers.poll_timeout())
             .min()
     }
 
@@ -189,6 +227,14 @@ impl Core {
                 peer,
                 message,
             } => self.on_signal(conn, peer, message, now),
+            Input::Channel { peer, data } => self.on_channel(peer, &data, now),
+            Input::Store { id, result } => {
+                let mut work = Vec::new();
+                self.transfers
+                    .on_store(id, result, &self.state, now.instant, &mut work);
+                self.run(work, now);
+            }
+            Input::SendPrepared { token, result } => self.on_send_prepared(token, result, now),
             Input::Rtc { peer, event } => {
                 if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                     negotiation.handle(event, now.instant);
@@ -198,8 +244,12 @@ impl Core {
         }
     }
 
-    /// Timers: negotiation deadlines, and probing trusted devices that mDNS does not show.
+    /// Timers: negotiation deadlines, transfer deadlines, and probing trusted devices that
+    /// mDNS does not show.
     pub fn handle_timeout(&mut self, now: Now) {
+        let mut work = Vec::new();
+        self.transfers.handle_timeout(now.instant, &mut work);
+        self.run(work, now);
         let due: Vec<DeviceId> = self
             .negotiations
             .iter()
@@ -348,7 +398,22 @@ impl Core {
             .and_then(Negotiation::poll_output)
         {
             match output {
-                negotiation::Output::Record(event) => self.emit(event, now),
+                negotiation::Output::Record(event) => {
+                    let connected = matches!(event, Event::Connected { .. });
+                    let disconnected = matches!(
+                        event,
+                        Event::Disconnected { .. } | Event::NegotiationFailed { .. }
+                    );
+                    self.emit(event, now);
+                    let mut work = Vec::new();
+                    if connected {
+                        self.transfers
+                            .connected(peer, &self.state, now.instant, &mut work);
+                    } else if disconnected {
+                        self.transfers.disconnected(peer, &mut work);
+                    }
+                    self.run(work, now);
+                }
                 negotiation::Output::Send(message) => {
                     self.out.push_back(Output::Effect(Effect::Signal {
                         peer: peer.clone(),
@@ -400,6 +465,10 @@ impl Core {
             self.out
                 .push_back(Output::Effect(Effect::CloseSignaling { conn }));
             return;
+        }
+        if let Some(sdp) = sdp {
+            self.transfers
+                .set_max_message_size(&peer, sdp::max_message_size(sdp));
         }
         if !self.state.is_trusted(&peer) {
             if is_offer {
@@ -595,6 +664,35 @@ impl Core {
                     peer: self.row(&id),
                 }
             }
+            Request::Send { paths, to } => {
+                let mut peers = Vec::new();
+                for typed in &to {
+                    match self.resolve(typed, true) {
+                        Ok(peer) => peers.push(peer),
+                        Err(mut error) => {
+                            if error.kind == ErrorKind::NotFound {
+                                error.message = format!(
+                                    "{} (send goes to trusted devices only: `fsnode trust add` first)",
+                                    error.message
+                                );
+                            }
+                            return Some(Reply::Error(error));
+                        }
+                    }
+                }
+                if paths.is_empty() || peers.is_empty() {
+                    return Some(Reply::error(ErrorKind::BadRequest, "nothing to send"));
+                }
+                peers.dedup();
+                self.out.push_back(Output::Effect(Effect::PrepareSend {
+                    token,
+                    paths,
+                    peers,
+                }));
+                // Answered once the files are hashed and queued.
+                return None;
+            }
+            Request::Cancel { transfer } => return Some(self.on_cancel(&transfer, now)),
             Request::Transfers => Reply::Transfers {
                 transfers: self
                     .state
@@ -651,6 +749,162 @@ impl Core {
             requested: !peer.trusted && peer.requested_at_ms.is_some(),
             connection: peer.connection.label(),
             verification_code: trust::verification_code(&self.me.id, id),
+        }
+    }
+
+    /// Does the work the transfer manager asked for, in order.
+    fn run(&mut self, work: Vec<Work>, now: Now) {
+        for item in work {
+            match item {
+                Work::Record(event) => self.emit(event, now),
+                Work::Channel { peer, message } => {
+                    self.out.push_back(Output::Effect(Effect::ChannelSend {
+                        peer,
+                        data: transfer::encode(&message),
+                    }))
+                }
+                Work::Store { id, op } => {
+                    self.out.push_back(Output::Effect(Effect::Store { id, op }))
+                }
+            }
+        }
+    }
+
+    fn on_channel(&mut self, peer: DeviceId, data: &[u8], now: Now) {
+        if !self.state.is_trusted(&peer) {
+            return; // never accept data from a device that is not trusted (spec 3.4)
+        }
+        match transfer::wire::decode_within(data, super::transfers::MAX_MESSAGE_BYTES) {
+            Ok(Some(message)) => {
+                let mut work = Vec::new();
+                self.transfers
+                    .on_message(&peer, message, &self.state, now.instant, &mut work);
+                self.run(work, now);
+            }
+            Ok(None) => {} // an unknown kind: ignored (spec 4)
+            Err(error) => {
+                // Spec 4: a message that is not valid CBOR closes the data channel.
+                if let Some(negotiation) = self.negotiations.get_mut(&peer) {
+                    negotiation.handle(
+                        negotiation::Input::Lost {
+                            reason: format!("invalid transfer message: {error}"),
+                        },
+                        now.instant,
+                    );
+                    self.pump(&peer, now);
+                }
+            }
+        }
+    }
+
+    fn on_send_prepared(
+        &mut self,
+        token: Token,
+        result: Result<Vec<QueuedFile>, String>,
+        now: Now,
+    ) {
+        let files = match result {
+            Ok(files) => files,
+            Err(message) => {
+                self.out.push_back(Output::Reply {
+                    token,
+                    reply: Reply::error(ErrorKind::BadRequest, message),
+                });
+                return;
+            }
+        };
+        let mut peers = Vec::new();
+        for file in &files {
+            self.emit(
+                Event::TransferQueued {
+                    id: file.id,
+                    peer: file.peer.clone(),
+                    direction: Direction::Send,
+                    name: file.name.clone(),
+                    size: file.size,
+                    path: Some(file.path.clone()),
+                    mime: Some(file.mime.clone()),
+                    mode: Some(file.mode),
+                    mtime: file.mtime,
+                    sha256: Some(file.sha256),
+                },
+                now,
+            );
+            if !peers.contains(&file.peer) {
+                peers.push(file.peer.clone());
+            }
+        }
+        let rows = files
+            .iter()
+            .filter_map(|f| {
+                self.state
+                    .transfers
+                    .get(&f.id)
+                    .map(|t| self.transfer_row(&f.id, t))
+            })
+            .collect();
+        self.out.push_back(Output::Reply {
+            token,
+            reply: Reply::Queued { transfers: rows },
+        });
+        // Peers already connected start at once; the others when they connect.
+        for peer in peers {
+            if self.transfers.is_connected(&peer) {
+                let mut work = Vec::new();
+                self.transfers
+                    .connected(&peer, &self.state, now.instant, &mut work);
+                self.run(work, now);
+            }
+        }
+    }
+
+    fn on_cancel(&mut self, typed: &str, now: Now) -> Reply {
+        let typed = typed.trim().to_ascii_lowercase();
+        let matches: Vec<TransferId> = self
+            .state
+            .transfers
+            .keys()
+            .filter(|id| id.to_string().starts_with(&typed))
+            .copied()
+            .collect();
+        let id = match (typed.len() >= 4, matches.as_slice()) {
+            (false, _) => {
+                return Reply::error(
+                    ErrorKind::BadRequest,
+                    "type at least 4 hex digits of the transfer id (`fsnode transfers`)",
+                );
+            }
+            (true, [id]) => *id,
+            (true, []) => {
+                return Reply::error(ErrorKind::NotFound, format!("no transfer {typed}"));
+            }
+            (true, _) => {
+                return Reply::error(
+                    ErrorKind::Ambiguous,
+                    format!("{typed} matches {} transfers; type more", matches.len()),
+                );
+            }
+        };
+        let finished = self.state.transfers[&id].status.is_finished();
+        if !finished {
+            let mut work = Vec::new();
+            let live = self.transfers.cancel_local(&id, now.instant, &mut work);
+            self.run(work, now);
+            if !live {
+                // Not running now: record it; a sender re-sends the cancel on reconnecting.
+                self.emit(
+                    Event::TransferCancelled {
+                        id,
+                        by: super::Side::Local,
+                        reason: "cancelled by the operator".into(),
+                    },
+                    now,
+                );
+            }
+        }
+        let t = &self.state.transfers[&id];
+        Reply::Cancelled {
+            transfer: self.transfer_row(&id, t),
         }
     }
 

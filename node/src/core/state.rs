@@ -83,6 +83,14 @@ pub struct TransferState {
     pub name: String,
     pub size: u64,
     pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub mime: Option<String>,
+    #[serde(default)]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub mtime: Option<i64>,
+    #[serde(default)]
+    pub sha256: Option<[u8; 32]>,
     pub chunk_size: u32,
     pub chunks: u64,
     /// Leading chunks verified and durable at the receiver (`progress.next`).
@@ -298,6 +306,10 @@ impl State {
                 name,
                 size,
                 path,
+                mime,
+                mode,
+                mtime,
+                sha256,
             } => {
                 self.transfers.entry(*id).or_insert_with(|| TransferState {
                     peer: peer.clone(),
@@ -305,6 +317,10 @@ impl State {
                     name: name.clone(),
                     size: *size,
                     path: path.clone(),
+                    mime: mime.clone(),
+                    mode: *mode,
+                    mtime: *mtime,
+                    sha256: *sha256,
                     chunk_size: 0,
                     chunks: 0,
                     next: 0,

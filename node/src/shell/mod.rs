@@ -9,4 +9,7 @@ pub mod rtc;
 pub mod run;
 pub mod runtime;
 pub mod signaling;
+pub mod sources;
+pub mod store;
+pub mod transfer_io;
 pub mod trust_file;

@@ -30,6 +30,12 @@ use crate::shell::runtime;
 /// reliable.
 pub const CHANNEL_LABEL: &str = "fileshare";
 
+/// Bytes a channel may have queued in SCTP before sends wait.
+pub const SEND_BUFFER_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The writers of open channels, by peer: where the node's transfer messages go.
+type Outgoing = Arc<std::sync::Mutex<HashMap<DeviceId, async_channel::Sender<Vec<u8>>>>>;
+
 pub fn channel_init() -> RTCDataChannelInit {
     RTCDataChannelInit {
         ordered: true,
@@ -60,6 +66,8 @@ pub async fn build_peer_connection(
             .with_setting_engine(settings)
             .with_handler(handler)
             .with_udp_addrs(udp_addrs)
+            // Back-pressure: a send waits while this much is queued in SCTP for the channel.
+            .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
             .build()
             .await?,
     );
@@ -76,6 +84,7 @@ pub struct RtcAdapter {
     udp_addrs: Vec<SocketAddr>,
     inputs: async_channel::Sender<Input>,
     peers: HashMap<DeviceId, async_channel::Sender<Action>>,
+    outgoing: Outgoing,
 }
 
 impl RtcAdapter {
@@ -89,7 +98,17 @@ impl RtcAdapter {
             udp_addrs,
             inputs,
             peers: HashMap::new(),
+            outgoing: Outgoing::default(),
         }
+    }
+
+    /// Queues one binary message on `peer`'s `fileshare` channel; false if no channel is open.
+    /// (Bounded by the transfer windows: the core never has more than a window in flight.)
+    pub fn send(&self, peer: &DeviceId, data: Vec<u8>) -> bool {
+        let outgoing = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
+        outgoing
+            .get(peer)
+            .is_some_and(|tx| tx.try_send(data).is_ok())
     }
 
     pub fn act(&mut self, peer: &DeviceId, action: Action) {
@@ -104,6 +123,7 @@ impl RtcAdapter {
                 identity: self.identity.clone(),
                 udp_addrs: self.udp_addrs.clone(),
                 inputs: self.inputs.clone(),
+                outgoing: self.outgoing.clone(),
                 connection: None,
             };
             runtime::spawn(task.run(rx)).detach();
@@ -122,6 +142,7 @@ struct PeerTask {
     identity: Arc<Identity>,
     udp_addrs: Vec<SocketAddr>,
     inputs: async_channel::Sender<Input>,
+    outgoing: Outgoing,
     connection: Option<(Arc<dyn PeerConnection>, Arc<dyn DataChannel>)>,
 }
 
@@ -217,11 +238,22 @@ impl PeerTask {
             self.inputs.clone(),
         ))
         .detach();
+        let (tx, rx) = async_channel::unbounded::<Vec<u8>>();
+        runtime::spawn(write_channel(self.peer.clone(), channel.clone(), rx)).detach();
+        self.outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.peer.clone(), tx);
         self.connection = Some((pc.clone(), channel));
         Ok(pc)
     }
 
     async fn close(&mut self) {
+        // Dropping the writer's sender ends the writer task.
+        self.outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.peer);
         if let Some((pc, channel)) = self.connection.take() {
             let _ = channel.close().await;
             if let Err(err) = pc.close().await {
@@ -241,7 +273,21 @@ impl PeerTask {
     }
 }
 
-/// Forwards the channel's open and close (and, with transfers, its messages).
+/// Sends queued messages on the channel, waiting for SCTP buffer space (back-pressure).
+async fn write_channel(
+    peer: DeviceId,
+    channel: Arc<dyn DataChannel>,
+    messages: async_channel::Receiver<Vec<u8>>,
+) {
+    while let Ok(data) = messages.recv().await {
+        if let Err(err) = channel.send(bytes::BytesMut::from(&data[..])).await {
+            debug!(%peer, "data channel send failed: {err}");
+            return;
+        }
+    }
+}
+
+/// Forwards the channel's open, close and binary messages.
 async fn watch_channel(
     peer: DeviceId,
     channel: Arc<dyn DataChannel>,
@@ -253,6 +299,16 @@ async fn watch_channel(
             DataChannelEvent::OnClose => NegotiationInput::Lost {
                 reason: "data channel closed".into(),
             },
+            // Text messages are ignored (spec 4); binary ones are transfer messages.
+            DataChannelEvent::OnMessage(message) if !message.is_string => {
+                let _ = inputs
+                    .send(Input::Channel {
+                        peer: peer.clone(),
+                        data: message.data.to_vec(),
+                    })
+                    .await;
+                continue;
+            }
             _ => continue,
         };
         let closed = matches!(report, NegotiationInput::Lost { .. });

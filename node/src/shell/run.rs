@@ -18,7 +18,8 @@ use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::control::{Reply, Request};
 use crate::core::DeviceId;
-use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, Token};
+use crate::core::TransferId;
+use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, QueuedFile, Token};
 use crate::core::signal::Message;
 use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
@@ -29,6 +30,9 @@ use crate::shell::mdns::Mdns;
 use crate::shell::rtc::RtcAdapter;
 use crate::shell::runtime::{self, Clock, SystemClock};
 use crate::shell::signaling::{ConnEvent, Reporter};
+use crate::shell::sources;
+use crate::shell::store::Store;
+use crate::shell::transfer_io::TransferIo;
 use crate::shell::{network, signaling, trust_file};
 
 /// Once the journal holds more records than this at startup, the node writes a snapshot of its
@@ -113,6 +117,10 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .map(|ip| std::net::SocketAddr::new(*ip, 0))
             .collect();
         let rtc = RtcAdapter::new(Arc::new(identity), ice_addresses, inputs_tx.clone());
+        let store = Store::new(dirs.receive.clone()).with_context(|| {
+            format!("creating the receive directory {}", dirs.receive.display())
+        })?;
+        let io = TransferIo::new(store, inputs_tx.clone());
         runtime::spawn(control::serve(control_listener, requests_tx)).detach();
         let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
         info!(
@@ -130,6 +138,8 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             trust_file: dirs.trust_file(),
             reporter,
             rtc,
+            io,
+            inputs: inputs_tx.clone(),
             pending: HashMap::new(),
             next_token: 0,
             links: HashMap::new(),
@@ -175,6 +185,8 @@ struct NodeLoop<'a> {
     trust_file: PathBuf,
     reporter: Reporter,
     rtc: RtcAdapter,
+    io: TransferIo,
+    inputs: async_channel::Sender<Input>,
     pending: HashMap<Token, async_channel::Sender<Reply>>,
     next_token: Token,
     /// The open signaling connection used to reach each peer.
@@ -310,6 +322,24 @@ impl NodeLoop<'_> {
                     self.links.retain(|_, (id, _)| *id != conn);
                 }
                 Output::Effect(Effect::Rtc { peer, action }) => self.rtc.act(&peer, action),
+                Output::Effect(Effect::ChannelSend { peer, data }) => {
+                    if !self.rtc.send(&peer, data) {
+                        debug!(%peer, "no open channel; transfer message dropped");
+                    }
+                }
+                Output::Effect(Effect::Store { id, op }) => self.io.act(id, op),
+                Output::Effect(Effect::PrepareSend {
+                    token,
+                    paths,
+                    peers,
+                }) => {
+                    let inputs = self.inputs.clone();
+                    runtime::spawn(async move {
+                        let result = runtime::unblock(move || prepare_send(&paths, &peers)).await;
+                        let _ = inputs.send(Input::SendPrepared { token, result }).await;
+                    })
+                    .detach();
+                }
                 Output::Event(_) => unreachable!("events were journaled above"),
             }
         }
@@ -393,6 +423,29 @@ impl NodeLoop<'_> {
             warn!(file = %self.trust_file.display(), "cannot write the trusted-devices file: {err}");
         }
     }
+}
+
+/// Collects and hashes the files of a `send` (blocking; on the worker pool), one queued
+/// transfer per file and peer, each with a fresh random id.
+fn prepare_send(paths: &[PathBuf], peers: &[DeviceId]) -> Result<Vec<QueuedFile>, String> {
+    let files = sources::collect(paths).map_err(|e| format!("{e:#}"))?;
+    let mut queued = Vec::with_capacity(files.len() * peers.len());
+    for file in &files {
+        for peer in peers {
+            queued.push(QueuedFile {
+                id: TransferId(rand::random()),
+                peer: peer.clone(),
+                path: file.path.clone(),
+                name: file.name.clone(),
+                size: file.size,
+                mime: file.mime.clone(),
+                mode: file.mode,
+                mtime: file.mtime,
+                sha256: file.sha256,
+            });
+        }
+    }
+    Ok(queued)
 }
 
 /// What operators see on stderr without `-v`: failures as warnings, connection changes as

@@ -27,6 +27,11 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     smol::block_on(future)
 }
 
+/// Runs blocking work (file IO, hashing) on the runtime's thread pool, off the node's loop.
+pub async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    smol::unblock(work).await
+}
+
 pub async fn sleep(duration: Duration) {
     smol::Timer::after(duration).await;
 }

@@ -37,6 +37,10 @@ fn queued(id: u8, p: u8, size: u64) -> Event {
         name: format!("file-{id}"),
         size,
         path: None,
+        mime: None,
+        mode: None,
+        mtime: None,
+        sha256: None,
     }
 }
 

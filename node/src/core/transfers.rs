@@ -1,0 +1,547 @@
+//! The node's transfers: routes data-channel messages to the sender and receiver machines of
+//! `core::transfer`, asks the shell for the file IO they need (`StoreOp`), and turns their
+//! outputs into journal events, channel messages and store operations.
+//!
+//! Machines live only while their peer is connected; everything a resume needs (durable
+//! progress, chunk size, the sender's file facts) is in the journal's state, so a machine is
+//! rebuilt from it on the next connection or the next `start`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::transfer::{
+    self, Message, Receiver, RecvInput, RecvOutput, SendInfo, SendInput, SendOutput, Sender,
+    StartInfo,
+};
+use super::{DeviceId, Direction, Event, State, TransferId, TransferStatus};
+
+/// Chunks a receiver lets the sender have in flight (spec 4 `window`).
+pub const WINDOW: u32 = 64;
+/// Largest data-channel message decoded (a chunk of 4 MiB plus its envelope).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 64 * 1024;
+
+/// File IO the shell does for a transfer, off the node's loop, in order per transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Receiver: resolve the name under the receive directory (no symlink escapes), check free
+    /// space for `size`, open the `.part`; report `Prepared { part_len }` or `PrepareFailed`.
+    Prepare { name: String, size: u64 },
+    /// Receiver: verify `sha256` of `data`, write it at `offset`; report `Verified`.
+    Write {
+        index: u64,
+        offset: u64,
+        data: Vec<u8>,
+        sha256: [u8; 32],
+    },
+    /// Receiver: fdatasync the `.part`; report `Synced`.
+    Sync,
+    /// Receiver: whole-file hash, sync, rename without overwriting, mode and mtime.
+    Finalize {
+        sha256: [u8; 32],
+        mode: Option<u32>,
+        mtime: Option<i64>,
+    },
+    /// Receiver: delete the `.part`.
+    DeletePart,
+    /// Sender: read and hash `len` bytes at `offset` of `path`; report `ChunkRead`.
+    Read {
+        path: PathBuf,
+        index: u64,
+        offset: u64,
+        len: u64,
+    },
+    /// The transfer is over here: drop its open files.
+    Close,
+}
+
+/// What the shell reports back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreResult {
+    Prepared {
+        part_len: u64,
+    },
+    PrepareFailed {
+        reason: String,
+    },
+    Verified {
+        index: u64,
+        ok: bool,
+    },
+    WriteFailed {
+        reason: String,
+    },
+    Synced,
+    Finalized {
+        path: PathBuf,
+    },
+    FinalizeFailed {
+        reason: String,
+    },
+    ChunkRead {
+        index: u64,
+        data: Vec<u8>,
+        sha256: [u8; 32],
+    },
+    ReadFailed {
+        reason: String,
+    },
+}
+
+/// What the manager asks of the node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Work {
+    Record(Event),
+    /// Send on `peer`'s data channel.
+    Channel {
+        peer: DeviceId,
+        message: Message,
+    },
+    Store {
+        id: TransferId,
+        op: StoreOp,
+    },
+}
+
+struct Outgoing {
+    peer: DeviceId,
+    path: PathBuf,
+    sender: Sender,
+}
+
+struct Incoming {
+    peer: DeviceId,
+    receiver: Receiver,
+}
+
+#[derive(Default)]
+pub struct Transfers {
+    sending: BTreeMap<TransferId, Outgoing>,
+    receiving: BTreeMap<TransferId, Incoming>,
+    /// `start`s waiting for the store to prepare their `.part`.
+    preparing: BTreeMap<TransferId, (DeviceId, StartInfo)>,
+    /// Peers whose data channel is open.
+    connected: BTreeSet<DeviceId>,
+    /// The peers' advertised `a=max-message-size` (spec 4 chunk-size rule).
+    max_message_size: BTreeMap<DeviceId, Option<u64>>,
+}
+
+impl Transfers {
+    pub fn set_max_message_size(&mut self, peer: &DeviceId, size: Option<u64>) {
+        self.max_message_size.insert(peer.clone(), size);
+    }
+
+    pub fn is_connected(&self, peer: &DeviceId) -> bool {
+        self.connected.contains(peer)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.receiving
+            .values()
+            .filter_map(|i| i.receiver.poll_timeout())
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, work: &mut Vec<Work>) {
+        let due: Vec<TransferId> = self
+            .receiving
+            .iter()
+            .filter(|(_, i)| i.receiver.poll_timeout().is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(incoming) = self.receiving.get_mut(&id) {
+                incoming.receiver.handle_timeout(now);
+            }
+            self.pump_receiver(&id, work);
+        }
+    }
+
+    /// The peer's channel opened: start (or resume) every queued send to it, oldest first.
+    pub fn connected(
+        &mut self,
+        peer: &DeviceId,
+        state: &State,
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) {
+        self.connected.insert(peer.clone());
+        let mut queued: Vec<(&TransferId, &super::TransferState)> = state
+            .transfers
+            .iter()
+            .filter(|(_, t)| &t.peer == peer && t.direction == Direction::Send)
+            .collect();
+        queued.sort_by_key(|(_, t)| t.queued_at_ms);
+        let mut starts = Vec::new();
+        for (id, t) in queued {
+            if t.status == TransferStatus::Cancelled && t.chunk_size > 0 {
+                // Cancelled while the peer was away after it had started: tell it now, so
+                // it deletes its `.part` (spec 4: a cancel is re-sent after reconnecting).
+                work.push(Work::Channel {
+                    peer: peer.clone(),
+                    message: Message::Cancel {
+                        id: *id,
+                        reason: "cancelled by the sender".into(),
+                    },
+                });
+                continue;
+            }
+            if t.status.is_finished() || self.sending.contains_key(id) {
+                continue;
+            }
+            let (Some(path), Some(sha256)) = (t.path.clone(), t.sha256) else {
+                continue;
+            };
+            let chunk_size = if t.chunk_size > 0 {
+                // A resume keeps the chunk size of the first start (spec 4).
+                t.chunk_size
+            } else {
+                transfer::chunk_size_for(self.max_message_size.get(peer).copied().flatten())
+            };
+            let info = SendInfo {
+                id: *id,
+                name: t.name.clone(),
+                size: t.size,
+                mime: t
+                    .mime
+                    .clone()
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                mode: t.mode,
+                mtime: t.mtime,
+                sha256,
+            };
+            let sender = Sender::new(info, chunk_size, t.next);
+            self.sending.insert(
+                *id,
+                Outgoing {
+                    peer: peer.clone(),
+                    path,
+                    sender,
+                },
+            );
+            starts.push(*id);
+        }
+        for id in starts {
+            self.feed_sender(&id, SendInput::Connected, now, work);
+        }
+    }
+
+    /// The peer's channel closed: its machines go; the journal keeps what resumes them.
+    pub fn disconnected(&mut self, peer: &DeviceId, work: &mut Vec<Work>) {
+        self.connected.remove(peer);
+        let gone: Vec<TransferId> = self
+            .sending
+            .iter()
+            .filter(|(_, o)| &o.peer == peer)
+            .map(|(id, _)| *id)
+            .chain(
+                self.receiving
+                    .iter()
+                    .filter(|(_, i)| &i.peer == peer)
+                    .map(|(id, _)| *id),
+            )
+            .collect();
+        for id in gone {
+            self.sending.remove(&id);
+            self.receiving.remove(&id);
+            work.push(Work::Store {
+                id,
+                op: StoreOp::Close,
+            });
+        }
+        self.preparing.retain(|_, (p, _)| p != peer);
+    }
+
+    /// A decoded message from `peer`'s channel (the caller checked the peer is trusted).
+    pub fn on_message(
+        &mut self,
+        peer: &DeviceId,
+        message: Message,
+        state: &State,
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) {
+        let id = message.id();
+        match message {
+            Message::Start { .. } => {
+                if let Ok(start) = StartInfo::from_message(message) {
+                    self.on_start(peer, start, state, work);
+                }
+            }
+            Message::Cancel { .. } if self.sending.get(&id).is_some_and(|o| &o.peer == peer) => {
+                if let Some(input) = SendInput::from_message(message) {
+                    self.feed_sender(&id, input, now, work);
+                }
+            }
+            Message::Chunk { .. } | Message::End { .. } | Message::Cancel { .. } => {
+                if self.receiving.get(&id).is_none_or(|i| &i.peer != peer) {
+                    return; // an unknown id is ignored (spec 4)
+                }
+                if let Some(input) = RecvInput::from_message(message) {
+                    self.feed_receiver(&id, input, now, work);
+                }
+            }
+            other => {
+                if self.sending.get(&id).is_none_or(|o| &o.peer != peer) {
+                    return;
+                }
+                if let Some(input) = SendInput::from_message(other) {
+                    self.feed_sender(&id, input, now, work);
+                }
+            }
+        }
+    }
+
+    fn on_start(&mut self, peer: &DeviceId, start: StartInfo, state: &State, work: &mut Vec<Work>) {
+        let id = start.id;
+        let reject = |reason: String, work: &mut Vec<Work>| {
+            work.push(Work::Channel {
+                peer: peer.clone(),
+                message: Message::Reject { id, reason },
+            })
+        };
+        if let Some(known) = state.transfers.get(&id) {
+            if &known.peer != peer || known.direction != Direction::Receive {
+                return reject("mismatch".into(), work);
+            }
+            match known.status {
+                TransferStatus::Cancelled => return reject("cancelled".into(), work),
+                TransferStatus::Completed => {
+                    // Our `done` was lost: say it again.
+                    work.push(Work::Channel {
+                        peer: peer.clone(),
+                        message: Message::Done {
+                            id,
+                            ok: true,
+                            reason: None,
+                        },
+                    });
+                    return;
+                }
+                TransferStatus::Failed | TransferStatus::Rejected => {
+                    let reason = known.reason.clone().unwrap_or_else(|| "failed".into());
+                    return reject(reason, work);
+                }
+                _ => {}
+            }
+            if known.name != start.name
+                || known.size != start.size
+                || (known.chunk_size != 0 && known.chunk_size != start.chunk_size)
+            {
+                return reject("mismatch".into(), work);
+            }
+        }
+        // A start for a live receiver: the sender reconnected before we noticed; rebuild.
+        if self.receiving.remove(&id).is_some() {
+            work.push(Work::Store {
+                id,
+                op: StoreOp::Close,
+            });
+        }
+        let start = match transfer::check_start(start) {
+            Ok(start) => start,
+            Err(reason) => return reject(reason.to_string(), work),
+        };
+        if let Err(reason) = super::names::check_name(&start.name) {
+            return reject(reason.to_string(), work);
+        }
+        let (name, size) = (start.name.clone(), start.size);
+        self.preparing.insert(id, (peer.clone(), start));
+        work.push(Work::Store {
+            id,
+            op: StoreOp::Prepare { name, size },
+        });
+    }
+
+    /// A store result for transfer `id`.
+    pub fn on_store(
+        &mut self,
+        id: TransferId,
+        result: StoreResult,
+        state: &State,
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) {
+        if let Some((peer, start)) = self.preparing.remove(&id) {
+            match result {
+                StoreResult::Prepared { part_len } => {
+                    if !state.transfers.contains_key(&id) {
+                        work.push(Work::Record(Event::TransferQueued {
+                            id,
+                            peer: peer.clone(),
+                            direction: Direction::Receive,
+                            name: start.name.clone(),
+                            size: start.size,
+                            path: None,
+                            mime: Some(start.mime.clone()),
+                            mode: start.mode,
+                            mtime: start.mtime,
+                            sha256: None,
+                        }));
+                    }
+                    // Never more than the journal says is durable, nor than the `.part` holds.
+                    let journaled = state.transfers.get(&id).map_or(0, |t| t.next);
+                    let held = part_len / u64::from(start.chunk_size.max(1));
+                    let durable_next = journaled.min(held);
+                    let receiver = Receiver::new(start, durable_next, WINDOW);
+                    self.receiving.insert(id, Incoming { peer, receiver });
+                    self.pump_receiver(&id, work);
+                }
+                StoreResult::PrepareFailed { reason } => {
+                    work.push(Work::Channel {
+                        peer,
+                        message: Message::Reject { id, reason },
+                    });
+                    work.push(Work::Store {
+                        id,
+                        op: StoreOp::Close,
+                    });
+                }
+                _ => {}
+            }
+            return;
+        }
+        let input = match result {
+            StoreResult::Verified { index, ok } => RecvInput::Verified { index, ok },
+            StoreResult::WriteFailed { reason } => RecvInput::WriteFailed { reason },
+            StoreResult::Synced => RecvInput::Synced,
+            StoreResult::Finalized { path } => RecvInput::Finalized { path },
+            StoreResult::FinalizeFailed { reason } => RecvInput::FinalizeFailed { reason },
+            StoreResult::ChunkRead {
+                index,
+                data,
+                sha256,
+            } => {
+                return self.feed_sender(
+                    &id,
+                    SendInput::ChunkRead {
+                        index,
+                        data,
+                        sha256,
+                    },
+                    now,
+                    work,
+                );
+            }
+            StoreResult::ReadFailed { reason } => {
+                return self.feed_sender(&id, SendInput::ReadFailed { reason }, now, work);
+            }
+            StoreResult::Prepared { .. } | StoreResult::PrepareFailed { .. } => return,
+        };
+        self.feed_receiver(&id, input, now, work);
+    }
+
+    /// The operator cancels `id`; false if no live machine has it (the caller then records
+    /// the cancellation itself).
+    pub fn cancel_local(&mut self, id: &TransferId, now: Instant, work: &mut Vec<Work>) -> bool {
+        let reason = "cancelled by the operator".to_owned();
+        if self.sending.contains_key(id) {
+            self.feed_sender(id, SendInput::CancelLocal { reason }, now, work);
+            return true;
+        }
+        if self.receiving.contains_key(id) {
+            self.feed_receiver(id, RecvInput::CancelLocal { reason }, now, work);
+            return true;
+        }
+        false
+    }
+
+    fn feed_sender(
+        &mut self,
+        id: &TransferId,
+        input: SendInput,
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) {
+        let Some(outgoing) = self.sending.get_mut(id) else {
+            return;
+        };
+        outgoing.sender.handle(input, now);
+        while let Some(output) = outgoing.sender.poll_output() {
+            match output {
+                SendOutput::Send(message) => work.push(Work::Channel {
+                    peer: outgoing.peer.clone(),
+                    message,
+                }),
+                SendOutput::Read { index, offset, len } => work.push(Work::Store {
+                    id: *id,
+                    op: StoreOp::Read {
+                        path: outgoing.path.clone(),
+                        index,
+                        offset,
+                        len,
+                    },
+                }),
+                SendOutput::Record(event) => work.push(Work::Record(event)),
+            }
+        }
+        if outgoing.sender.is_finished() {
+            self.sending.remove(id);
+            work.push(Work::Store {
+                id: *id,
+                op: StoreOp::Close,
+            });
+        }
+    }
+
+    fn feed_receiver(
+        &mut self,
+        id: &TransferId,
+        input: RecvInput,
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) {
+        let Some(incoming) = self.receiving.get_mut(id) else {
+            return;
+        };
+        incoming.receiver.handle(input, now);
+        self.pump_receiver(id, work);
+    }
+
+    fn pump_receiver(&mut self, id: &TransferId, work: &mut Vec<Work>) {
+        let Some(incoming) = self.receiving.get_mut(id) else {
+            return;
+        };
+        while let Some(output) = incoming.receiver.poll_output() {
+            let op = match output {
+                RecvOutput::Send(message) => {
+                    work.push(Work::Channel {
+                        peer: incoming.peer.clone(),
+                        message,
+                    });
+                    continue;
+                }
+                RecvOutput::Record(event) => {
+                    work.push(Work::Record(event));
+                    continue;
+                }
+                RecvOutput::Write {
+                    index,
+                    offset,
+                    data,
+                    sha256,
+                } => StoreOp::Write {
+                    index,
+                    offset,
+                    data,
+                    sha256,
+                },
+                RecvOutput::Sync => StoreOp::Sync,
+                RecvOutput::Finalize { sha256 } => StoreOp::Finalize {
+                    sha256,
+                    mode: incoming.receiver.info().mode,
+                    mtime: incoming.receiver.info().mtime,
+                },
+                RecvOutput::DeletePart => StoreOp::DeletePart,
+            };
+            work.push(Work::Store { id: *id, op });
+        }
+        if incoming.receiver.is_finished() {
+            self.receiving.remove(id);
+            work.push(Work::Store {
+                id: *id,
+                op: StoreOp::Close,
+            });
+        }
+    }
+}

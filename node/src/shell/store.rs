@@ -1,0 +1,685 @@
+//! The file store (spec section 4, "Receiver storage" and "Completion"): where received files
+//! go, their `.part` files, verified positioned writes, the whole-file check and the
+//! non-overwriting rename into place; and, for senders, reading and hashing chunks.
+//!
+//! Every function here blocks; the node calls them from worker threads (`smol::unblock`).
+//! Names are checked by [`crate::core::names`]; this module adds what needs the file system:
+//! no component under the receive directory may be a symbolic link.
+
+use std::fs::{self, DirBuilder, File, FileTimes, Permissions};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+
+use crate::core::TransferId;
+use crate::core::names::{self, NameError};
+
+/// Mode of the directories the store creates (less the umask).
+const DIR_MODE: u32 = 0o755;
+/// Mode of a `.part` file while it is incomplete.
+const PART_MODE: u32 = 0o600;
+/// Read buffer for whole-file hashing.
+const HASH_BUFFER: usize = 1 << 20;
+/// How many `name (n).ext` variants [`PartFile::finalize`] tries before giving up.
+const MAX_VARIANTS: u32 = 10_000;
+
+/// Why a file could not be stored. Paths are relative to the receive directory (they are the
+/// sender's own name, or a prefix of it), so the messages can go back as `reject` or `done`
+/// reasons without revealing where the receiver keeps its files.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("{} is a symbolic link in the receive directory; refusing to store through it", path.display())]
+    Symlink { path: PathBuf },
+    #[error("{} exists and is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the whole-file SHA-256 does not match")]
+    HashMismatch,
+    #[error("no free name for {} after {MAX_VARIANTS} numbered variants", path.display())]
+    NoFreeName { path: PathBuf },
+}
+
+/// The receive directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens the receive directory, creating it (mode 0o755, and any missing parents) if needed.
+    pub fn new(root: PathBuf) -> io::Result<Self> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&root)?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Checks `name` (spec section 4, "Names") and resolves it to its final directory and `.part`
+    /// path, creating missing directories (mode 0o755). Refuses a name that would leave the
+    /// receive directory through a symbolic link: any existing component under the root that is
+    /// a symbolic link — a directory, the final name or the `.part` file — is refused, wherever
+    /// it points. (The root itself may be a symbolic link.)
+    pub fn prepare(&self, name: &str, id: &TransferId) -> Result<PartFile, StoreError> {
+        let components = names::check_name(name)?;
+        let (final_name, directories) = components.split_last().expect("never empty");
+        let mut dir = self.root.clone();
+        let mut shown = PathBuf::new();
+        for component in directories {
+            dir.push(component);
+            shown.push(component);
+            ensure_directory(&dir, &shown)?;
+        }
+        let part_name = names::part_name(final_name, id);
+        for leaf in [final_name.as_str(), &part_name] {
+            refuse_symlink(&dir.join(leaf), &shown.join(leaf))?;
+        }
+        Ok(PartFile {
+            part_path: dir.join(&part_name),
+            dir,
+            final_name: final_name.clone(),
+            shown: shown.join(final_name),
+        })
+    }
+
+    /// Free bytes for an unprivileged user on the receive directory's file system.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.root)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+}
+
+/// Makes sure `dir` is a real directory (not a symbolic link), creating it if missing.
+fn ensure_directory(dir: &Path, shown: &Path) -> Result<(), StoreError> {
+    let io_error = |source| StoreError::Io {
+        path: shown.to_path_buf(),
+        source,
+    };
+    let metadata = match fs::symlink_metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match DirBuilder::new().mode(DIR_MODE).create(dir) {
+                Ok(()) => return Ok(()),
+                // Created concurrently (another transfer into the same directory): check it.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    fs::symlink_metadata(dir).map_err(io_error)?
+                }
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+        Err(e) => return Err(io_error(e)),
+    };
+    if metadata.file_type().is_symlink() {
+        Err(StoreError::Symlink {
+            path: shown.to_path_buf(),
+        })
+    } else if !metadata.is_dir() {
+        Err(StoreError::NotADirectory {
+            path: shown.to_path_buf(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn refuse_symlink(path: &Path, shown: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_symlink() => Err(StoreError::Symlink {
+            path: shown.to_path_buf(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: shown.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A file being received: its final directory and name, and its `.part` file.
+#[derive(Clone, Debug)]
+pub struct PartFile {
+    /// The file's final directory (under the receive directory).
+    pub dir: PathBuf,
+    /// The sender's file name (the last component of its name); the file gets this name or a
+    /// numbered variant of it.
+    pub final_name: String,
+    /// `<dir>/<final_name>.<first 8 hex digits of id>.part`
+    pub part_path: PathBuf,
+    /// The sender's name, relative to the receive directory, for error messages.
+    shown: PathBuf,
+}
+
+impl PartFile {
+    /// Opens the `.part` file for writing, creating it (mode 0o600) if needed. Never truncates:
+    /// a resumed transfer keeps what it holds. Does not follow a symbolic link.
+    pub fn open(&self) -> io::Result<PartWriter> {
+        let fd = rustix::fs::open(
+            &self.part_path,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(PART_MODE),
+        )?;
+        Ok(PartWriter {
+            file: File::from(fd),
+        })
+    }
+
+    /// The `.part` file's current size; 0 if there is none.
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "a size read from the file system, not a collection"
+    )]
+    pub fn len(&self) -> io::Result<u64> {
+        match fs::symlink_metadata(&self.part_path) {
+            Ok(metadata) => Ok(metadata.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the `.part` file; a missing one is fine.
+    pub fn delete(&self) -> io::Result<()> {
+        match fs::remove_file(&self.part_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Completes the file (spec section 4, "Completion"): checks the `.part` file's SHA-256
+    /// against `expected`, applies `mode` and `mtime` (unix seconds), syncs it, renames it to
+    /// its final name without ever replacing an existing file (`name`, then `name (1).ext`,
+    /// `name (2).ext`, …) and syncs the directory. Returns the final path.
+    ///
+    /// The mode and mtime are set on the open file before the rename, so the file appears under
+    /// its final name already complete. On [`StoreError::HashMismatch`] nothing is renamed and
+    /// the `.part` file is left for the caller to delete.
+    pub fn finalize(
+        &self,
+        expected: &[u8; 32],
+        mode: u32,
+        mtime: Option<i64>,
+    ) -> Result<PathBuf, StoreError> {
+        let io_error = |source| StoreError::Io {
+            path: self.shown.clone(),
+            source,
+        };
+        let fd = rustix::fs::open(
+            &self.part_path,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_error(e.into()))?;
+        let file = File::from(fd);
+        if hash_reader(&file).map_err(io_error)? != *expected {
+            return Err(StoreError::HashMismatch);
+        }
+        file.set_permissions(Permissions::from_mode(mode & 0o7777))
+            .map_err(io_error)?;
+        if let Some(seconds) = mtime {
+            file.set_times(FileTimes::new().set_modified(unix_time(seconds)))
+                .map_err(io_error)?;
+        }
+        file.sync_all().map_err(io_error)?;
+        drop(file);
+
+        let Some(final_path) = self.rename_into_place(false).map_err(io_error)? else {
+            return Err(StoreError::NoFreeName {
+                path: self.shown.clone(),
+            });
+        };
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_error)?;
+        Ok(final_path)
+    }
+
+    /// Renames the `.part` file to the first free name of `final_name`, `numbered(final_name, 1)`,
+    /// …; `None` if none of the first [`MAX_VARIANTS`] is free. Atomic no-replace rename
+    /// (`renameat2(RENAME_NOREPLACE)`); on file systems without it, link then unlink, which
+    /// cannot replace either (`use_link` starts there).
+    fn rename_into_place(&self, mut use_link: bool) -> io::Result<Option<PathBuf>> {
+        for n in 0..=MAX_VARIANTS {
+            let name = match n {
+                0 => self.final_name.clone(),
+                n => names::numbered(&self.final_name, n),
+            };
+            let target = self.dir.join(&name);
+            if !use_link {
+                match rustix::fs::renameat_with(
+                    CWD,
+                    &self.part_path,
+                    CWD,
+                    &target,
+                    RenameFlags::NOREPLACE,
+                ) {
+                    Ok(()) => return Ok(Some(target)),
+                    Err(Errno::EXIST) => continue,
+                    Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => use_link = true,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match fs::hard_link(&self.part_path, &target) {
+                Ok(()) => {
+                    fs::remove_file(&self.part_path)?;
+                    return Ok(Some(target));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn unix_time(seconds: i64) -> SystemTime {
+    let offset = Duration::from_secs(seconds.unsigned_abs());
+    if seconds >= 0 {
+        UNIX_EPOCH + offset
+    } else {
+        UNIX_EPOCH - offset
+    }
+}
+
+/// An open `.part` file taking verified chunks.
+#[derive(Debug)]
+pub struct PartWriter {
+    file: File,
+}
+
+impl PartWriter {
+    /// Writes `data` at `offset` if its SHA-256 is `expected`; returns `false` (having written
+    /// nothing) if not.
+    pub fn write_chunk(&self, offset: u64, data: &[u8], expected: &[u8; 32]) -> io::Result<bool> {
+        if <[u8; 32]>::from(Sha256::digest(data)) != *expected {
+            return Ok(false);
+        }
+        self.file.write_all_at(data, offset)?;
+        Ok(true)
+    }
+
+    /// Makes every write so far durable (`fdatasync`).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// Sender side: chunk `index` of a file of `size` bytes cut into `chunk_size` chunks (the last
+/// one shorter), and its SHA-256. An index past the last chunk is `InvalidInput` (an empty file
+/// has no chunks); a file shorter than `size` is `UnexpectedEof`.
+pub fn read_chunk(
+    file: &File,
+    index: u64,
+    chunk_size: u32,
+    size: u64,
+) -> io::Result<(Vec<u8>, [u8; 32])> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+    if chunk_size == 0 {
+        return Err(invalid("chunk size 0"));
+    }
+    let offset = index
+        .checked_mul(u64::from(chunk_size))
+        .filter(|&offset| offset < size)
+        .ok_or_else(|| invalid("chunk index past the end of the file"))?;
+    let len = (size - offset).min(u64::from(chunk_size));
+    let mut data = vec![0; usize::try_from(len).expect("at most a u32")];
+    file.read_exact_at(&mut data, offset)?;
+    let digest = Sha256::digest(&data).into();
+    Ok((data, digest))
+}
+
+/// Sender side: the SHA-256 of a whole file.
+pub fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
+    hash_reader(&File::open(path)?)
+}
+
+fn hash_reader(mut file: &File) -> io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; HASH_BUFFER];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => return Ok(hasher.finalize().into()),
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, symlink};
+
+    use super::*;
+
+    const ID: TransferId = TransferId([
+        0xc0, 0xff, 0xee, 0x01, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+    ]);
+
+    fn sha(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("receive")).unwrap();
+        (dir, store)
+    }
+
+    /// Writes `data` into a fresh `.part` file for `name` as one chunk.
+    fn receive(store: &Store, name: &str, data: &[u8]) -> PartFile {
+        let part = store.prepare(name, &ID).unwrap();
+        let writer = part.open().unwrap();
+        assert!(writer.write_chunk(0, data, &sha(data)).unwrap());
+        writer.sync().unwrap();
+        part
+    }
+
+    #[test]
+    fn new_creates_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a/b");
+        let store = Store::new(root.clone()).unwrap();
+        assert!(root.is_dir());
+        assert_eq!(store.root(), root);
+        Store::new(root).unwrap(); // existing is fine
+        fs::write(dir.path().join("file"), "").unwrap();
+        assert!(Store::new(dir.path().join("file")).is_err());
+    }
+
+    #[test]
+    fn prepare_checks_the_name() {
+        let (_dir, store) = store();
+        let err = store.prepare("../x", &ID).unwrap_err();
+        assert!(matches!(err, StoreError::Name(NameError::DotDot)));
+        assert_eq!(err.to_string(), "the name has a \"..\" component");
+        assert!(matches!(
+            store.prepare("/etc/passwd", &ID),
+            Err(StoreError::Name(NameError::Absolute))
+        ));
+    }
+
+    #[test]
+    fn prepare_refuses_a_symlink_pointing_outside() {
+        let (dir, store) = store();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        symlink(&elsewhere, store.root().join("evil")).unwrap();
+        let err = store.prepare("evil/x", &ID).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Symlink { path } if path == Path::new("evil")),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "evil is a symbolic link in the receive directory; refusing to store through it"
+        );
+        assert!(store.prepare("evil/deeper/x", &ID).is_err());
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn prepare_refuses_a_symlink_anywhere() {
+        let (_dir, store) = store();
+        let root = store.root();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        // A link that stays inside the root is refused as well.
+        symlink(root.join("a"), root.join("a/b/loop")).unwrap();
+        let err = store.prepare("a/b/loop/x", &ID).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Symlink { path } if path == Path::new("a/b/loop")),
+            "{err:?}"
+        );
+        // The final name itself, even a dangling link.
+        symlink("/nonexistent", root.join("a/target.txt")).unwrap();
+        let err = store.prepare("a/target.txt", &ID).unwrap_err();
+        assert!(matches!(&err, StoreError::Symlink { path } if path == Path::new("a/target.txt")));
+        // The .part file: writing through it would follow the link.
+        let part = names::part_name("f", &ID);
+        symlink("/tmp/whatever", root.join(&part)).unwrap();
+        assert!(matches!(
+            store.prepare("f", &ID),
+            Err(StoreError::Symlink { .. })
+        ));
+        // A regular file where a directory is needed.
+        fs::write(root.join("plain"), "").unwrap();
+        assert!(matches!(
+            store.prepare("plain/x", &ID),
+            Err(StoreError::NotADirectory { .. })
+        ));
+    }
+
+    #[test]
+    fn prepare_creates_nested_directories_and_names_the_part_file() {
+        let (_dir, store) = store();
+        let part = store.prepare("photos/2024/beach.jpg", &ID).unwrap();
+        let dir = store.root().join("photos/2024");
+        assert!(dir.is_dir());
+        let mode = fs::metadata(&dir).unwrap().mode() & 0o777;
+        assert_eq!(mode & 0o700, 0o700);
+        assert_eq!(mode & !0o755, 0, "0o755 less the umask: {mode:o}");
+        assert_eq!(part.dir, dir);
+        assert_eq!(part.final_name, "beach.jpg");
+        assert_eq!(part.part_path, dir.join("beach.jpg.c0ffee01.part"));
+        assert!(!part.part_path.exists(), "prepare creates no file");
+        // Again, with the directories existing.
+        store.prepare("photos/2024/sunset.jpg", &ID).unwrap();
+    }
+
+    #[test]
+    fn open_creates_a_private_part_file_and_writes_verified_chunks() {
+        let (_dir, store) = store();
+        let part = store.prepare("data.bin", &ID).unwrap();
+        assert_eq!(part.len().unwrap(), 0);
+        let writer = part.open().unwrap();
+        let meta = fs::metadata(&part.part_path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        // Out of order: the second chunk first.
+        assert!(writer.write_chunk(4, b"5678", &sha(b"5678")).unwrap());
+        assert!(writer.write_chunk(0, b"1234", &sha(b"1234")).unwrap());
+        writer.sync().unwrap();
+        assert_eq!(fs::read(&part.part_path).unwrap(), b"12345678");
+        assert_eq!(part.len().unwrap(), 8);
+    }
+
+    #[test]
+    fn a_chunk_with_the_wrong_hash_writes_nothing() {
+        let (_dir, store) = store();
+        let part = store.prepare("data.bin", &ID).unwrap();
+        let writer = part.open().unwrap();
+        assert!(!writer.write_chunk(0, b"evil", &sha(b"good")).unwrap());
+        assert!(!writer.write_chunk(100, b"evil", &[0; 32]).unwrap());
+        assert_eq!(part.len().unwrap(), 0);
+    }
+
+    #[test]
+    fn reopening_keeps_what_the_part_file_holds() {
+        let (_dir, store) = store();
+        let part = receive(&store, "resume.bin", b"first");
+        let again = store.prepare("resume.bin", &ID).unwrap();
+        let writer = again.open().unwrap();
+        assert_eq!(again.len().unwrap(), 5);
+        assert!(writer.write_chunk(5, b"second", &sha(b"second")).unwrap());
+        assert_eq!(fs::read(&part.part_path).unwrap(), b"firstsecond");
+    }
+
+    #[test]
+    fn finalize_renames_and_applies_mode_and_mtime() {
+        let (_dir, store) = store();
+        let part = receive(&store, "docs/report.pdf", b"contents");
+        let path = part
+            .finalize(&sha(b"contents"), 0o640, Some(1_600_000_000))
+            .unwrap();
+        assert_eq!(path, store.root().join("docs/report.pdf"));
+        assert_eq!(fs::read(&path).unwrap(), b"contents");
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        assert_eq!(meta.mtime(), 1_600_000_000);
+        assert!(!part.part_path.exists());
+        assert_eq!(part.len().unwrap(), 0);
+    }
+
+    #[test]
+    fn finalize_handles_an_empty_file_and_an_old_mtime() {
+        let (_dir, store) = store();
+        let part = store.prepare("empty", &ID).unwrap();
+        part.open().unwrap();
+        let path = part.finalize(&sha(b""), 0o600, Some(-86_400)).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(fs::metadata(&path).unwrap().mtime(), -86_400);
+        let untouched = store.prepare("no-mtime", &ID).unwrap();
+        untouched.open().unwrap();
+        untouched.finalize(&sha(b""), 0o644, None).unwrap();
+    }
+
+    #[test]
+    fn finalize_never_overwrites() {
+        let (_dir, store) = store();
+        let root = store.root().to_path_buf();
+        fs::write(root.join("name.ext"), "original").unwrap();
+        let first = receive(&store, "name.ext", b"one")
+            .finalize(&sha(b"one"), 0o644, None)
+            .unwrap();
+        assert_eq!(first, root.join("name (1).ext"));
+        let second = receive(&store, "name.ext", b"two")
+            .finalize(&sha(b"two"), 0o644, None)
+            .unwrap();
+        assert_eq!(second, root.join("name (2).ext"));
+        assert_eq!(fs::read(root.join("name.ext")).unwrap(), b"original");
+        assert_eq!(fs::read(&first).unwrap(), b"one");
+        assert_eq!(fs::read(&second).unwrap(), b"two");
+        // A directory or a dangling link in the way is skipped too, never followed.
+        fs::create_dir(root.join("README")).unwrap();
+        symlink("/nonexistent/target", root.join("README (1)")).unwrap();
+        let third = receive(&store, "README", b"three")
+            .finalize(&sha(b"three"), 0o644, None)
+            .unwrap();
+        assert_eq!(third, root.join("README (2)"));
+        assert!(!Path::new("/nonexistent/target").exists());
+    }
+
+    #[test]
+    fn the_link_fallback_never_overwrites_either() {
+        let (_dir, store) = store();
+        let root = store.root().to_path_buf();
+        fs::write(root.join("a.txt"), "original").unwrap();
+        let part = receive(&store, "a.txt", b"new");
+        let path = part.rename_into_place(true).unwrap().unwrap();
+        assert_eq!(path, root.join("a (1).txt"));
+        assert_eq!(fs::read(root.join("a.txt")).unwrap(), b"original");
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert!(!part.part_path.exists());
+    }
+
+    #[test]
+    fn finalize_with_the_wrong_hash_fails_and_renames_nothing() {
+        let (_dir, store) = store();
+        let part = receive(&store, "bad.bin", b"received");
+        let err = part.finalize(&sha(b"sent"), 0o644, None).unwrap_err();
+        assert!(matches!(err, StoreError::HashMismatch), "{err:?}");
+        assert_eq!(err.to_string(), "the whole-file SHA-256 does not match");
+        assert!(!store.root().join("bad.bin").exists());
+        assert!(part.part_path.exists(), "the caller deletes the .part");
+        part.delete().unwrap();
+        assert!(!part.part_path.exists());
+    }
+
+    #[test]
+    fn finalize_without_a_part_file_is_an_io_error_naming_the_file() {
+        let (_dir, store) = store();
+        let part = store.prepare("dir/gone.txt", &ID).unwrap();
+        let err = part.finalize(&sha(b""), 0o644, None).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Io { path, source }
+                if path == Path::new("dir/gone.txt") && source.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("dir/gone.txt: "), "{err}");
+    }
+
+    #[test]
+    fn delete_removes_the_part_file_and_tolerates_none() {
+        let (_dir, store) = store();
+        let part = receive(&store, "x", b"data");
+        part.delete().unwrap();
+        assert!(!part.part_path.exists());
+        part.delete().unwrap();
+        assert_eq!(part.len().unwrap(), 0);
+    }
+
+    #[test]
+    fn read_chunk_cuts_the_file_and_hashes_each_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("source");
+        let content: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &content).unwrap();
+        let file = File::open(&path).unwrap();
+        let size = content.len() as u64;
+        let (first, first_hash) = read_chunk(&file, 0, 1024, size).unwrap();
+        assert_eq!(first, content[..1024]);
+        assert_eq!(first_hash, sha(&content[..1024]));
+        let (middle, middle_hash) = read_chunk(&file, 1, 1024, size).unwrap();
+        assert_eq!(middle, content[1024..2048]);
+        assert_eq!(middle_hash, sha(&content[1024..2048]));
+        let (last, last_hash) = read_chunk(&file, 2, 1024, size).unwrap();
+        assert_eq!(last, content[2048..]);
+        assert_eq!(last.len(), 452);
+        assert_eq!(last_hash, sha(&content[2048..]));
+        let past = read_chunk(&file, 3, 1024, size).unwrap_err();
+        assert_eq!(past.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            read_chunk(&file, u64::MAX, 1024, size).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        // The file shrank since its size was taken.
+        let shrunk = read_chunk(&file, 2, 1024, size + 10).unwrap_err();
+        assert_eq!(shrunk.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(hash_file(&path).unwrap(), sha(&content));
+    }
+
+    #[test]
+    fn read_chunk_of_an_empty_file_and_an_exact_multiple() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        fs::write(&empty, "").unwrap();
+        let file = File::open(&empty).unwrap();
+        assert_eq!(
+            read_chunk(&file, 0, 1024, 0).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput,
+            "an empty file has no chunks"
+        );
+        assert_eq!(hash_file(&empty).unwrap(), sha(b""));
+        let exact = dir.path().join("exact");
+        fs::write(&exact, [7u8; 2048]).unwrap();
+        let file = File::open(&exact).unwrap();
+        let (last, _) = read_chunk(&file, 1, 1024, 2048).unwrap();
+        assert_eq!(last.len(), 1024);
+        assert!(read_chunk(&file, 2, 1024, 2048).is_err());
+    }
+
+    #[test]
+    fn hash_file_streams_large_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("large");
+        let content = vec![0x5a; HASH_BUFFER * 2 + 17];
+        fs::write(&path, &content).unwrap();
+        assert_eq!(hash_file(&path).unwrap(), sha(&content));
+    }
+
+    #[test]
+    fn free_bytes_is_positive() {
+        let (_dir, store) = store();
+        assert!(store.free_bytes().unwrap() > 0);
+    }
+}

@@ -1,0 +1,222 @@
+//! The transfers' file IO (receive store and sender reads), off the node's loop: one worker per
+//! transfer runs its operations in order on the runtime's blocking pool and reports each result
+//! as a core input.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tracing::debug;
+
+use crate::core::TransferId;
+use crate::core::names;
+use crate::core::node::Input;
+use crate::core::transfers::{StoreOp, StoreResult};
+use crate::shell::runtime;
+use crate::shell::store::{PartFile, PartWriter, Store, StoreError};
+
+pub struct TransferIo {
+    store: Arc<Store>,
+    umask: u32,
+    inputs: async_channel::Sender<Input>,
+    workers: HashMap<TransferId, async_channel::Sender<StoreOp>>,
+}
+
+impl TransferIo {
+    pub fn new(store: Store, inputs: async_channel::Sender<Input>) -> Self {
+        Self {
+            store: Arc::new(store),
+            umask: current_umask(),
+            inputs,
+            workers: HashMap::new(),
+        }
+    }
+
+    pub fn act(&mut self, id: TransferId, op: StoreOp) {
+        let closing = op == StoreOp::Close;
+        if closing && !self.workers.contains_key(&id) {
+            return;
+        }
+        let tx = self.workers.entry(id).or_insert_with(|| {
+            let (tx, rx) = async_channel::unbounded();
+            let files = Files {
+                id,
+                store: self.store.clone(),
+                umask: self.umask,
+                part: None,
+                writer: None,
+                source: None,
+            };
+            runtime::spawn(work(files, rx, self.inputs.clone())).detach();
+            tx
+        });
+        let _ = tx.try_send(op);
+        if closing {
+            self.workers.remove(&id);
+        }
+    }
+}
+
+async fn work(
+    mut files: Files,
+    ops: async_channel::Receiver<StoreOp>,
+    inputs: async_channel::Sender<Input>,
+) {
+    while let Ok(op) = ops.recv().await {
+        if op == StoreOp::Close {
+            return;
+        }
+        let id = files.id;
+        let (back, result) = runtime::unblock(move || {
+            let result = files.perform(op);
+            (files, result)
+        })
+        .await;
+        files = back;
+        if let Some(result) = result
+            && inputs.send(Input::Store { id, result }).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One transfer's open files.
+struct Files {
+    id: TransferId,
+    store: Arc<Store>,
+    umask: u32,
+    part: Option<PartFile>,
+    writer: Option<PartWriter>,
+    source: Option<(PathBuf, File)>,
+}
+
+impl Files {
+    fn perform(&mut self, op: StoreOp) -> Option<StoreResult> {
+        Some(match op {
+            StoreOp::Prepare { name, size } => match self.prepare(&name, size) {
+                Ok(part_len) => StoreResult::Prepared { part_len },
+                Err(reason) => StoreResult::PrepareFailed { reason },
+            },
+            StoreOp::Write {
+                index,
+                offset,
+                data,
+                sha256,
+            } => match &self.writer {
+                Some(writer) => match writer.write_chunk(offset, &data, &sha256) {
+                    Ok(ok) => StoreResult::Verified { index, ok },
+                    Err(err) => StoreResult::WriteFailed {
+                        reason: err.to_string(),
+                    },
+                },
+                None => StoreResult::WriteFailed {
+                    reason: "the .part file is not open".into(),
+                },
+            },
+            StoreOp::Sync => match self.writer.as_ref().map(PartWriter::sync) {
+                Some(Ok(())) => StoreResult::Synced,
+                Some(Err(err)) => StoreResult::WriteFailed {
+                    reason: err.to_string(),
+                },
+                None => StoreResult::WriteFailed {
+                    reason: "the .part file is not open".into(),
+                },
+            },
+            StoreOp::Finalize {
+                sha256,
+                mode,
+                mtime,
+            } => {
+                self.writer = None;
+                let Some(part) = &self.part else {
+                    return Some(StoreResult::FinalizeFailed {
+                        reason: "the .part file is not open".into(),
+                    });
+                };
+                match part.finalize(&sha256, names::mode_for(mode, self.umask), mtime) {
+                    Ok(path) => StoreResult::Finalized { path },
+                    Err(StoreError::HashMismatch) => StoreResult::FinalizeFailed {
+                        reason: "the whole file's SHA-256 differs from the sender's".into(),
+                    },
+                    Err(err) => StoreResult::FinalizeFailed {
+                        reason: err.to_string(),
+                    },
+                }
+            }
+            StoreOp::DeletePart => {
+                self.writer = None;
+                if let Some(part) = &self.part
+                    && let Err(err) = part.delete()
+                {
+                    debug!(id = %self.id, "deleting the .part: {err}");
+                }
+                return None;
+            }
+            StoreOp::Read {
+                path,
+                index,
+                offset,
+                len,
+            } => match self.read(&path, offset, len) {
+                Ok(data) => {
+                    let sha256 = Sha256::digest(&data).into();
+                    StoreResult::ChunkRead {
+                        index,
+                        data,
+                        sha256,
+                    }
+                }
+                Err(err) => StoreResult::ReadFailed {
+                    reason: format!("cannot read {}: {err}", path.display()),
+                },
+            },
+            StoreOp::Close => return None,
+        })
+    }
+
+    fn prepare(&mut self, name: &str, size: u64) -> Result<u64, String> {
+        let part = self
+            .store
+            .prepare(name, &self.id)
+            .map_err(|e| e.to_string())?;
+        let held = part.len().map_err(|e| e.to_string())?;
+        let free = self.store.free_bytes().map_err(|e| e.to_string())?;
+        let needed = size.saturating_sub(held);
+        if needed > free {
+            return Err(format!(
+                "not enough free space on the receiver: {needed} bytes needed, {free} free"
+            ));
+        }
+        let writer = part.open().map_err(|e| e.to_string())?;
+        self.part = Some(part);
+        self.writer = Some(writer);
+        Ok(held)
+    }
+
+    fn read(&mut self, path: &PathBuf, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        if self.source.as_ref().is_none_or(|(p, _)| p != path) {
+            self.source = Some((path.clone(), File::open(path)?));
+        }
+        let (_, file) = self.source.as_ref().expect("opened above");
+        let mut data = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        file.read_exact_at(&mut data, offset)?;
+        Ok(data)
+    }
+}
+
+/// The process umask, read without changing it (`/proc/self/status`); 0o022 if unknown.
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
