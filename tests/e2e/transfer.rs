@@ -95,3 +95,158 @@ fn a_64_mib_file_arrives_byte_identical_with_mode_and_mtime() {
     let verify = b.home.run(&["journal", "verify"]).unwrap();
     assert!(verify.success(), "{verify:?}");
 }
+
+#[test]
+fn one_file_to_three_peers_and_a_directory() {
+    let lan = Lan::new(4).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &[]);
+    let a_id = a.id();
+    let others: Vec<Node> = (1..4)
+        .map(|i| Node::start(&lan, i, &format!("peer{i}"), &[]))
+        .collect();
+    let ids: Vec<String> = others.iter().map(Node::id).collect();
+    for (node, id) in others.iter().zip(&ids) {
+        wait_for("A sees the peer", Duration::from_secs(5), || {
+            a.peer(id).is_some()
+        });
+        a.json(&["trust", "add", id, "--json"]);
+        node.json(&["trust", "add", &a_id, "--json"]);
+    }
+    for id in &ids {
+        wait_for("connected", Duration::from_secs(10), || {
+            a.connection(id) == "connected"
+        });
+    }
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "shared.bin", 3 * 1024 * 1024 + 7, 2);
+    let dir = src.path().join("album");
+    fs::create_dir_all(dir.join("2026")).unwrap();
+    random_file(&dir, "a.jpg", 100_000, 3);
+    random_file(&dir.join("2026"), "b.txt", 0, 4);
+    let mut args = vec!["send", file.to_str().unwrap(), dir.to_str().unwrap()];
+    for id in &ids {
+        args.extend(["--to", id.as_str()]);
+    }
+    args.extend(["--wait", "--json"]);
+    let out = a.home.run(&args).unwrap();
+    assert!(out.success(), "{out:?}");
+    for node in &others {
+        assert_eq!(digest(&received(node, "shared.bin")), digest(&file));
+        assert_eq!(
+            digest(&received(node, "album/a.jpg")),
+            digest(&dir.join("a.jpg"))
+        );
+        assert_eq!(fs::read(received(node, "album/2026/b.txt")).unwrap(), b"");
+    }
+    let done: Vec<_> = transfers(&a)
+        .into_iter()
+        .filter(|t| t["status"] == "completed")
+        .collect();
+    assert_eq!(done.len(), 9, "3 files × 3 peers");
+}
+
+#[test]
+fn a_second_file_with_the_same_name_never_overwrites() {
+    let lan = Lan::new(2).unwrap();
+    let (a, b, _, b_id) = connected_pair(&lan);
+    let src = tempfile::tempdir().unwrap();
+    let first = random_file(src.path(), "notes.txt", 5000, 5);
+    let out = a
+        .home
+        .run(&["send", first.to_str().unwrap(), "--to", &b_id, "--wait"])
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    let second = random_file(src.path(), "notes.txt", 6000, 6);
+    let out = a
+        .home
+        .run(&["send", second.to_str().unwrap(), "--to", &b_id, "--wait"])
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(fs::read(received(&b, "notes.txt")).unwrap().len(), 5000);
+    assert_eq!(digest(&received(&b, "notes (1).txt")), digest(&second));
+}
+
+#[test]
+fn a_file_queued_while_the_peer_is_offline_arrives_after_it_starts() {
+    let lan = Lan::new(2).unwrap();
+    let (a, mut b, _a_id, b_id) = connected_pair(&lan);
+    b.stop();
+    wait_for("A sees B gone", Duration::from_secs(10), || {
+        a.connection(&b_id) != "connected"
+    });
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "later.bin", 2 * 1024 * 1024, 7);
+    let queued = a.json(&["send", file.to_str().unwrap(), "--to", &b_id, "--json"]);
+    assert_eq!(queued[0]["status"], "queued");
+    // Restart A too: the queue is in the journal.
+    let mut a = a;
+    a.stop();
+    a.restart(&[]);
+    b.restart(&[]);
+    let target = received(&b, "later.bin");
+    wait_for("the queued file arrives", Duration::from_secs(30), || {
+        target.exists()
+    });
+    assert_eq!(digest(&target), digest(&file));
+}
+
+#[test]
+fn cancel_from_the_sender_deletes_the_part_on_the_receiver() {
+    let lan = Lan::new(2).unwrap();
+    let (a, b, _a_id, b_id) = connected_pair(&lan);
+    lan.shape_rate(0, "20mbit").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "slow.bin", 32 * 1024 * 1024, 8);
+    let queued = a.json(&["send", file.to_str().unwrap(), "--to", &b_id, "--json"]);
+    let id = queued[0]["id"].as_str().unwrap().to_owned();
+    let part_exists = || {
+        fs::read_dir(b.home.path().join("received"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            })
+            .unwrap_or(false)
+    };
+    wait_for(
+        "the .part appears on B",
+        Duration::from_secs(10),
+        part_exists,
+    );
+    let out = a.home.run(&["cancel", &id[..8]]).unwrap();
+    assert!(out.success(), "{out:?}");
+    wait_for("B deleted its .part", Duration::from_secs(10), || {
+        !part_exists()
+    });
+    wait_for("both journals record it", Duration::from_secs(10), || {
+        transfers(&b).iter().any(|t| t["status"] == "cancelled")
+            && transfers(&a).iter().any(|t| t["status"] == "cancelled")
+    });
+    assert!(!received(&b, "slow.bin").exists());
+}
+
+#[test]
+fn kill_dash_nine_of_the_receiver_mid_transfer_then_restart_resumes() {
+    let lan = Lan::new(2).unwrap();
+    let (a, mut b, _a_id, b_id) = connected_pair(&lan);
+    lan.shape_rate(0, "40mbit").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "resume.bin", 24 * 1024 * 1024, 9);
+    a.json(&["send", file.to_str().unwrap(), "--to", &b_id, "--json"]);
+    wait_for("B has durable progress", Duration::from_secs(20), || {
+        transfers(&b)
+            .iter()
+            .any(|t| t["done_bytes"].as_u64().unwrap_or(0) > 4 * 1024 * 1024)
+    });
+    b.kill();
+    lan.clear_shape(0).unwrap();
+    b.restart(&[]);
+    let target = received(&b, "resume.bin");
+    wait_for(
+        "the file completes after the restart",
+        Duration::from_secs(60),
+        || target.exists(),
+    );
+    assert_eq!(digest(&target), digest(&file));
+    let verify = b.home.run(&["journal", "verify"]).unwrap();
+    assert!(verify.success(), "{verify:?}");
+}
