@@ -250,3 +250,83 @@ fn kill_dash_nine_of_the_receiver_mid_transfer_then_restart_resumes() {
     let verify = b.home.run(&["journal", "verify"]).unwrap();
     assert!(verify.success(), "{verify:?}");
 }
+
+#[test]
+fn a_cut_link_then_restored_resumes_by_itself() {
+    let lan = Lan::new(2).unwrap();
+    let (a, b, a_id, b_id) = connected_pair(&lan);
+    lan.shape_rate(0, "40mbit").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "cut.bin", 16 * 1024 * 1024, 10);
+    a.json(&["send", file.to_str().unwrap(), "--to", &b_id, "--json"]);
+    wait_for("progress before the cut", Duration::from_secs(20), || {
+        transfers(&b)
+            .iter()
+            .any(|t| t["done_bytes"].as_u64().unwrap_or(0) > 2 * 1024 * 1024)
+    });
+    lan.link_down(1).unwrap();
+    wait_for("A notices the cut", Duration::from_secs(40), || {
+        a.connection(&b_id) != "connected"
+    });
+    lan.clear_shape(0).unwrap();
+    lan.link_up(1).unwrap();
+    let target = received(&b, "cut.bin");
+    wait_for(
+        "the transfer resumes and completes",
+        Duration::from_secs(90),
+        || target.exists(),
+    );
+    assert_eq!(digest(&target), digest(&file));
+    assert_eq!(b.connection(&a_id), "connected");
+}
+
+#[test]
+fn kill_dash_nine_of_the_sender_then_restart_resumes_and_cancel_from_the_receiver() {
+    let lan = Lan::new(2).unwrap();
+    let (mut a, b, _a_id, b_id) = connected_pair(&lan);
+    lan.shape_rate(0, "40mbit").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "sender-crash.bin", 16 * 1024 * 1024, 11);
+    a.json(&["send", file.to_str().unwrap(), "--to", &b_id, "--json"]);
+    wait_for("progress before the crash", Duration::from_secs(20), || {
+        transfers(&b)
+            .iter()
+            .any(|t| t["done_bytes"].as_u64().unwrap_or(0) > 2 * 1024 * 1024)
+    });
+    a.kill();
+    lan.clear_shape(0).unwrap();
+    a.restart(&[]);
+    let target = received(&b, "sender-crash.bin");
+    wait_for(
+        "completes after the sender restarts",
+        Duration::from_secs(60),
+        || target.exists(),
+    );
+    assert_eq!(digest(&target), digest(&file));
+
+    // Now a receiver-side cancel of a second, slow transfer.
+    lan.shape_rate(0, "10mbit").unwrap();
+    let slow = random_file(src.path(), "second.bin", 16 * 1024 * 1024, 12);
+    a.json(&["send", slow.to_str().unwrap(), "--to", &b_id, "--json"]);
+    let id = loop {
+        if let Some(t) = transfers(&b)
+            .into_iter()
+            .find(|t| t["name"] == "second.bin")
+        {
+            break t["id"].as_str().unwrap().to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = b.home.run(&["cancel", &id[..8]]).unwrap();
+    assert!(out.success(), "{out:?}");
+    wait_for(
+        "the sender records the cancel",
+        Duration::from_secs(10),
+        || {
+            transfers(&a)
+                .iter()
+                .any(|t| t["name"] == "second.bin" && t["status"] == "cancelled")
+        },
+    );
+    assert!(!received(&b, "second.bin").exists());
+}
