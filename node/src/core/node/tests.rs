@@ -487,3 +487,83 @@ fn trusting_a_discovered_device_starts_a_negotiation_towards_it() {
         action: Action::Close
     }));
 }
+
+fn channel_replies(outputs: &[Output]) -> Vec<transfer::Message> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Effect(Effect::ChannelSend { data, .. }) => {
+                transfer::decode(data).ok().flatten()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn start(name: &str, size: u64, chunk_size: u32, chunks: u64) -> Vec<u8> {
+    transfer::encode(&transfer::Message::Start {
+        id: TransferId([7; 16]),
+        name: name.into(),
+        size,
+        chunk_size,
+        chunks,
+        mime: "application/octet-stream".into(),
+        mode: None,
+        mtime: None,
+        start_chunk: 0,
+    })
+}
+
+/// Hostile `start`s from a trusted, connected peer are refused with a reason, and nothing
+/// reaches the store; an untrusted peer's data is not even looked at.
+#[test]
+fn hostile_starts_are_rejected_with_a_reason_before_any_file_io() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: id(1).to_string(),
+        },
+    ));
+    for (data, why) in [
+        (start("../escape", 10, 1024, 1), ".."),
+        (start("/etc/passwd", 10, 1024, 1), "absolute"),
+        (start("a\\b", 10, 1024, 1), "backslash"),
+        (start("ok.bin", 10_000, 1024, 3), "disagree"),
+        (start("ok.bin", 10, 100, 1), "chunk_size"),
+    ] {
+        let out = h.handle(Input::Channel { peer: id(1), data });
+        let replies = channel_replies(&out);
+        assert!(
+            matches!(&replies[..], [transfer::Message::Reject { reason, .. }] if reason.contains(why)),
+            "{why}: {replies:?}"
+        );
+        assert!(
+            !effects(&out)
+                .iter()
+                .any(|e| matches!(e, Effect::Store { .. })),
+            "no file IO for a refused start"
+        );
+    }
+    // A chunk for an unknown transfer is ignored.
+    let chunk = transfer::encode(&transfer::Message::Chunk {
+        id: TransferId([9; 16]),
+        index: 0,
+        sha256: [0; 32],
+        data: vec![1, 2, 3],
+    });
+    assert!(
+        h.handle(Input::Channel {
+            peer: id(1),
+            data: chunk
+        })
+        .is_empty()
+    );
+    // From an untrusted device: nothing at all.
+    let out = h.handle(Input::Channel {
+        peer: id(5),
+        data: start("fine.bin", 10, 1024, 1),
+    });
+    assert!(out.is_empty());
+}
