@@ -394,6 +394,17 @@ mod tests {
     use crate::core::sdp;
     use std::time::SystemTime;
 
+    /// A fresh identity in a temporary directory (kept alive by the returned guard).
+    fn test_identity() -> (tempfile::TempDir, Identity) {
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, _) = Identity::load_or_create(
+            &dir.path().join("id.pem"),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000),
+        )
+        .unwrap();
+        (dir, identity)
+    }
+
     struct Quiet;
     #[async_trait::async_trait]
     impl PeerConnectionEventHandler for Quiet {}
@@ -402,12 +413,7 @@ mod tests {
     /// certificate is the node's device id.
     #[test]
     fn sdp_fingerprint_of_a_peer_connection_is_the_device_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let (identity, _) = Identity::load_or_create(
-            &dir.path().join("id.pem"),
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000),
-        )
-        .unwrap();
+        let (_dir, identity) = test_identity();
         runtime::block_on(async {
             let (pc, _channel) = build_peer_connection(
                 &identity,
@@ -446,12 +452,7 @@ mod tests {
     /// ICE gathers only on the addresses fsnode hands it, with no mDNS (`.local`) candidates.
     #[test]
     fn ice_candidates_come_only_from_the_allowed_addresses() {
-        let dir = tempfile::tempdir().unwrap();
-        let (identity, _) = Identity::load_or_create(
-            &dir.path().join("id.pem"),
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000),
-        )
-        .unwrap();
+        let (_dir, identity) = test_identity();
         runtime::block_on(async {
             let (tx, rx) = async_channel::unbounded();
             let (pc, _channel) = build_peer_connection(
