@@ -71,8 +71,13 @@ fn show(
 /// `Kind key=value …`, from the event's JSON form so every field shows without a hand-written
 /// formatter per event.
 fn human_event(event: &crate::core::Event) -> String {
-    let mut text = event.kind().to_owned();
-    if let serde_json::Value::Object(fields) = event.to_json() {
+    human_event_json(&event.to_json())
+}
+
+/// `Kind key=value …` from an event's flat JSON form (also what `fsnode watch` prints).
+pub(super) fn human_event_json(event: &serde_json::Value) -> String {
+    let mut text = event["type"].as_str().unwrap_or("?").to_owned();
+    if let serde_json::Value::Object(fields) = event {
         for (key, value) in fields {
             if key == "type" {
                 continue;
@@ -81,7 +86,7 @@ fn human_event(event: &crate::core::Event) -> String {
                 serde_json::Value::String(s)
                     if !s.is_empty() && !s.contains(char::is_whitespace) =>
                 {
-                    s
+                    s.clone()
                 }
                 other => other.to_string(),
             };

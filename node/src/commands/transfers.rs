@@ -226,7 +226,7 @@ pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
                     let line = serde_json::json!({"seq": seq, "time_ms": time_ms, "event": event});
                     writeln!(out, "{line}")?;
                 } else {
-                    writeln!(out, "{seq:>8} {}", human(&event))?;
+                    writeln!(out, "{seq:>8} {}", super::journal::human_event_json(&event))?;
                 }
                 out.flush()?;
             }
@@ -235,22 +235,6 @@ pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn human(event: &serde_json::Value) -> String {
-    let mut text = event["type"].as_str().unwrap_or("?").to_owned();
-    if let serde_json::Value::Object(fields) = event {
-        for (key, value) in fields {
-            if key == "type" {
-                continue;
-            }
-            match value {
-                serde_json::Value::String(s) => text.push_str(&format!(" {key}={s}")),
-                other => text.push_str(&format!(" {key}={other}")),
-            }
-        }
-    }
-    text
 }
 
 #[cfg(test)]
