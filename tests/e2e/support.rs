@@ -27,6 +27,19 @@ impl Node {
         node
     }
 
+    /// A node whose receive directory is a private tmpfs of `disk` bytes.
+    pub fn start_with_small_disk(lan: &Lan, i: usize, name: &str, disk: u64) -> Node {
+        let mut home = NodeHome::in_host(fsnode_bin(), lan.host(i)).unwrap();
+        home.start_with_small_disk(&["--name", name, "--interface", "eth0"], disk)
+            .unwrap();
+        let node = Node {
+            home,
+            name: name.into(),
+        };
+        node.wait_ready();
+        node
+    }
+
     pub fn restart(&mut self, extra: &[&str]) {
         let mut args = vec!["--name", &self.name, "--interface", "eth0"];
         args.extend_from_slice(extra);

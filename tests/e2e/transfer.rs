@@ -330,3 +330,107 @@ fn kill_dash_nine_of_the_sender_then_restart_resumes_and_cancel_from_the_receive
     );
     assert!(!received(&b, "second.bin").exists());
 }
+
+/// Fills the file system holding `dir` until a write fails, in 1 MiB blocks; returns the
+/// filler's path.
+fn fill_up(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = fs::File::create(&path).unwrap();
+    let block = vec![0xa5u8; 1024 * 1024];
+    for _ in 0..1024 {
+        if file
+            .write_all(&block)
+            .and_then(|()| file.sync_all())
+            .is_err()
+        {
+            break;
+        }
+    }
+    path
+}
+
+#[test]
+fn a_full_disk_pauses_with_a_reason_on_both_sides_and_resumes_once_space_is_freed() {
+    let lan = Lan::new(3).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &[]);
+    let b = Node::start_with_small_disk(&lan, 1, "beta", 24 * 1024 * 1024);
+    let c = Node::start(&lan, 2, "gamma", &[]);
+    let a_id = a.id();
+    let (b_id, c_id) = (b.id(), c.id());
+    for (node, id) in [(&b, &b_id), (&c, &c_id)] {
+        wait_for("A sees the peer", Duration::from_secs(5), || {
+            a.peer(id).is_some()
+        });
+        a.json(&["trust", "add", id, "--json"]);
+        node.json(&["trust", "add", &a_id, "--json"]);
+        wait_for("connected", Duration::from_secs(10), || {
+            a.connection(id) == "connected"
+        });
+    }
+    lan.shape_rate(0, "40mbit").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let big = random_file(src.path(), "big.bin", 16 * 1024 * 1024, 21);
+    let other = random_file(src.path(), "other.bin", 6 * 1024 * 1024, 22);
+    a.json(&["send", big.to_str().unwrap(), "--to", &b_id, "--json"]);
+    a.json(&["send", other.to_str().unwrap(), "--to", &c_id, "--json"]);
+    wait_for("B has durable progress", Duration::from_secs(20), || {
+        transfers(&b)
+            .iter()
+            .any(|t| t["done_bytes"].as_u64().unwrap_or(0) > 2 * 1024 * 1024)
+    });
+    let b_received = b.home.daemon_root(&b.home.path().join("received")).unwrap();
+    let filler = fill_up(&b_received);
+    let paused = |node: &Node| {
+        transfers(node).into_iter().find(|t| {
+            t["name"] == "big.bin"
+                && t["status"] == "paused"
+                && t["reason"].as_str().unwrap_or("").contains("no space")
+        })
+    };
+    let took = wait_for(
+        "both sides say paused, no space",
+        Duration::from_secs(20),
+        || paused(&a).is_some() && paused(&b).is_some(),
+    );
+    eprintln!("paused on both sides {took:?} after the disk filled up");
+    let b_part = fs::read_dir(&b_received)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().ends_with(".part"));
+    assert!(b_part, "the .part stays for the resume");
+    // The transfer to C is not held up by B's disk.
+    wait_for(
+        "the other transfer completes",
+        Duration::from_secs(30),
+        || received(&c, "other.bin").exists(),
+    );
+    assert_eq!(digest(&received(&c, "other.bin")), digest(&other));
+    let verify = b.home.run(&["journal", "verify"]).unwrap();
+    assert!(verify.success(), "{verify:?}");
+
+    fs::remove_file(&filler).unwrap();
+    lan.clear_shape(0).unwrap();
+    let target = b_received.join("big.bin");
+    let took = wait_for(
+        "the transfer resumes once space is freed",
+        Duration::from_secs(60),
+        || target.exists(),
+    );
+    eprintln!("completed {took:?} after the space was freed");
+    assert_eq!(digest(&target), digest(&big));
+    let leftovers: Vec<_> = fs::read_dir(&b_received)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(leftovers, ["big.bin"]);
+    wait_for("the sender says completed", Duration::from_secs(10), || {
+        transfers(&a)
+            .iter()
+            .any(|t| t["name"] == "big.bin" && t["status"] == "completed")
+    });
+    for node in [&a, &b] {
+        let verify = node.home.run(&["journal", "verify"]).unwrap();
+        assert!(verify.success(), "{verify:?}");
+    }
+}

@@ -113,6 +113,47 @@ impl NodeHome {
         Ok(())
     }
 
+    /// Starts `fsnode run ARGS…` with its receive directory on a tmpfs of `size` bytes that
+    /// exists only in the daemon's own mount namespace (`unshare --mount`, private
+    /// propagation): nothing else on the machine sees it, and it vanishes with the daemon.
+    /// Reach its files through [`NodeHome::daemon_root`].
+    pub fn start_with_small_disk(&mut self, args: &[&str], size: u64) -> anyhow::Result<()> {
+        let Some(namespace) = self.namespace.clone() else {
+            bail!("a daemon multicasts: start it in a test namespace (NodeHome::in_host)");
+        };
+        if self.daemon.is_some() {
+            bail!("a daemon is already running in this home");
+        }
+        let receive = self.path().join("received");
+        std::fs::create_dir_all(&receive)?;
+        // Each step execs the next, so the child's pid ends up being fsnode's own.
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &namespace])
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount -t tmpfs -o "size=$1" fsnode-test "$2" && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(size.to_string())
+            .arg(&receive)
+            .arg(&self.bin)
+            .arg("run")
+            .args(args)
+            .env("FSNODE_HOME", self.path())
+            .env_remove("FSNODE_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        self.daemon = Some(command.spawn().context("starting fsnode run on a tmpfs")?);
+        Ok(())
+    }
+
+    /// The daemon's view of `path` (through `/proc/PID/root`, so inside its mount namespace).
+    pub fn daemon_root(&self, path: &Path) -> Option<PathBuf> {
+        let pid = self.daemon_pid()?;
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        Some(PathBuf::from(format!("/proc/{pid}/root")).join(relative))
+    }
+
     /// The daemon's process id, while one runs.
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Child::id)

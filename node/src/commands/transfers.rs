@@ -79,7 +79,11 @@ fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<(
         let mut finished = 0;
         let mut failed = 0;
         for t in &mine {
-            let done = !matches!(t.status.as_str(), "queued" | "starting" | "active");
+            // A paused transfer (the receiver's disk is full) resumes by itself: keep waiting.
+            let done = !matches!(
+                t.status.as_str(),
+                "queued" | "starting" | "active" | "paused"
+            );
             finished += usize::from(done);
             failed += usize::from(done && t.status != "completed");
             if json {
@@ -109,7 +113,10 @@ fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<(
                     None => t.status.clone(),
                 });
             } else if !done {
-                bar.set_message(t.status.clone());
+                bar.set_message(match &t.reason {
+                    Some(reason) => format!("{}: {reason}", t.status),
+                    None => t.status.clone(),
+                });
             }
         }
         if finished == mine.len() {

@@ -187,6 +187,12 @@ pub enum Event {
         id: TransferId,
         reason: String,
     },
+    /// The transfer stopped for a reason that can pass (the receiver's disk is full); the
+    /// `.part` and its durable progress stay, and the sender tries `start` again later.
+    TransferPaused {
+        id: TransferId,
+        reason: String,
+    },
 
     // --- policy ---
     /// A policy question and the answer that decided it.
@@ -239,6 +245,7 @@ impl Event {
             Event::TransferCompleted { .. } => "TransferCompleted",
             Event::TransferCancelled { .. } => "TransferCancelled",
             Event::TransferFailed { .. } => "TransferFailed",
+            Event::TransferPaused { .. } => "TransferPaused",
             Event::PolicyDecision { .. } => "PolicyDecision",
         }
     }

@@ -248,7 +248,8 @@ impl Core {
     /// mDNS does not show.
     pub fn handle_timeout(&mut self, now: Now) {
         let mut work = Vec::new();
-        self.transfers.handle_timeout(now.instant, &mut work);
+        self.transfers
+            .handle_timeout(now.instant, &self.state, &mut work);
         self.run(work, now);
         let due: Vec<DeviceId> = self
             .negotiations

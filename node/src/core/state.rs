@@ -64,6 +64,8 @@ pub enum TransferStatus {
     Rejected,
     Cancelled,
     Failed,
+    /// Stopped until the receiver has space again (`TransferPaused`); resumes by itself.
+    Paused,
 }
 
 impl TransferStatus {
@@ -354,6 +356,7 @@ impl State {
                     t.next = (*start_chunk).min(t.chunks);
                     t.durable_beyond.retain(|&(_, e)| e > t.next);
                     t.status = TransferStatus::Active;
+                    t.reason = None; // a pause is over
                     if t.accepted_at_ms.is_none() {
                         t.accepted_at_ms = Some(now);
                         t.accepted_next = t.next;
@@ -393,6 +396,12 @@ impl State {
             }
             Event::TransferFailed { id, reason } => {
                 self.finish(id, TransferStatus::Failed, Some(reason.clone()), now);
+            }
+            Event::TransferPaused { id, reason } => {
+                if let Some(t) = self.live_transfer(id, now) {
+                    t.status = TransferStatus::Paused;
+                    t.reason = Some(reason.clone());
+                }
             }
             Event::PolicyDecision { .. } => self.policy_decisions += 1,
         }

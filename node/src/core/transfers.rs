@@ -71,6 +71,10 @@ pub enum StoreResult {
     WriteFailed {
         reason: String,
     },
+    /// A write failed because the receive directory's file system is full.
+    NoSpace {
+        reason: String,
+    },
     Synced,
     Finalized {
         path: PathBuf,
@@ -124,7 +128,12 @@ pub struct Transfers {
     connected: BTreeSet<DeviceId>,
     /// The peers' advertised `a=max-message-size` (spec 4 chunk-size rule).
     max_message_size: BTreeMap<DeviceId, Option<u64>>,
+    /// Sends paused because the receiver's disk was full, and when to `start` them again.
+    paused: BTreeMap<TransferId, Instant>,
 }
+
+/// How long a sender waits before asking a receiver whose disk was full again.
+pub const PAUSE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Transfers {
     pub fn set_max_message_size(&mut self, peer: &DeviceId, size: Option<u64>) {
@@ -139,10 +148,30 @@ impl Transfers {
         self.receiving
             .values()
             .filter_map(|i| i.receiver.poll_timeout())
+            .chain(self.paused.values().copied())
             .min()
     }
 
-    pub fn handle_timeout(&mut self, now: Instant, work: &mut Vec<Work>) {
+    pub fn handle_timeout(&mut self, now: Instant, state: &State, work: &mut Vec<Work>) {
+        let retry: Vec<TransferId> = self
+            .paused
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retry {
+            self.paused.remove(&id);
+            let Some(t) = state.transfers.get(&id) else {
+                continue;
+            };
+            let resumable = t.status == TransferStatus::Paused
+                && t.direction == Direction::Send
+                && self.connected.contains(&t.peer)
+                && !self.sending.contains_key(&id);
+            if resumable && self.spawn_sender(&id, t, &t.peer.clone()) {
+                self.feed_sender(&id, SendInput::Connected, now, work);
+            }
+        }
         let due: Vec<TransferId> = self
             .receiving
             .iter()
@@ -189,41 +218,50 @@ impl Transfers {
             if t.status.is_finished() || self.sending.contains_key(id) {
                 continue;
             }
-            let (Some(path), Some(sha256)) = (t.path.clone(), t.sha256) else {
-                continue;
-            };
-            let chunk_size = if t.chunk_size > 0 {
-                // A resume keeps the chunk size of the first start (spec 4).
-                t.chunk_size
-            } else {
-                transfer::chunk_size_for(self.max_message_size.get(peer).copied().flatten())
-            };
-            let info = SendInfo {
-                id: *id,
-                name: t.name.clone(),
-                size: t.size,
-                mime: t
-                    .mime
-                    .clone()
-                    .unwrap_or_else(|| "application/octet-stream".into()),
-                mode: t.mode,
-                mtime: t.mtime,
-                sha256,
-            };
-            let sender = Sender::new(info, chunk_size, t.next);
-            self.sending.insert(
-                *id,
-                Outgoing {
-                    peer: peer.clone(),
-                    path,
-                    sender,
-                },
-            );
-            starts.push(*id);
+            if self.spawn_sender(id, t, peer) {
+                starts.push(*id);
+            }
         }
         for id in starts {
             self.feed_sender(&id, SendInput::Connected, now, work);
         }
+    }
+
+    /// Builds the sender machine of queued transfer `id` from what the journal holds; false
+    /// when the journal lacks the file's facts.
+    fn spawn_sender(&mut self, id: &TransferId, t: &super::TransferState, peer: &DeviceId) -> bool {
+        self.paused.remove(id);
+        let (Some(path), Some(sha256)) = (t.path.clone(), t.sha256) else {
+            return false;
+        };
+        let chunk_size = if t.chunk_size > 0 {
+            // A resume keeps the chunk size of the first start (spec 4).
+            t.chunk_size
+        } else {
+            transfer::chunk_size_for(self.max_message_size.get(peer).copied().flatten())
+        };
+        let info = SendInfo {
+            id: *id,
+            name: t.name.clone(),
+            size: t.size,
+            mime: t
+                .mime
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            mode: t.mode,
+            mtime: t.mtime,
+            sha256,
+        };
+        let sender = Sender::new(info, chunk_size, t.next);
+        self.sending.insert(
+            *id,
+            Outgoing {
+                peer: peer.clone(),
+                path,
+                sender,
+            },
+        );
+        true
     }
 
     /// The peer's channel closed: its machines go; the journal keeps what resumes them.
@@ -404,6 +442,7 @@ impl Transfers {
         let input = match result {
             StoreResult::Verified { index, ok } => RecvInput::Verified { index, ok },
             StoreResult::WriteFailed { reason } => RecvInput::WriteFailed { reason },
+            StoreResult::NoSpace { reason } => RecvInput::NoSpace { reason },
             StoreResult::Synced => RecvInput::Synced,
             StoreResult::Finalized { path } => RecvInput::Finalized { path },
             StoreResult::FinalizeFailed { reason } => RecvInput::FinalizeFailed { reason },
@@ -472,7 +511,12 @@ impl Transfers {
                         len,
                     },
                 }),
-                SendOutput::Record(event) => work.push(Work::Record(event)),
+                SendOutput::Record(event) => {
+                    if matches!(event, Event::TransferPaused { .. }) {
+                        self.paused.insert(*id, now + PAUSE_RETRY);
+                    }
+                    work.push(Work::Record(event));
+                }
             }
         }
         if outgoing.sender.is_finished() {
@@ -543,5 +587,91 @@ impl Transfers {
                 op: StoreOp::Close,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)]
+    use super::*;
+    use crate::core::Stamped;
+
+    fn apply(state: &mut State, work: &[Work]) {
+        for w in work {
+            if let Work::Record(event) = w {
+                state.apply(&Stamped {
+                    time_ms: 0,
+                    event: event.clone(),
+                });
+            }
+        }
+    }
+
+    fn starts(work: &[Work]) -> usize {
+        work.iter()
+            .filter(|w| {
+                matches!(
+                    w,
+                    Work::Channel {
+                        message: Message::Start { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    /// A receiver out of space pauses the send; the sender asks again after `PAUSE_RETRY`
+    /// (and at once on a reconnect), resuming the same transfer id.
+    #[test]
+    fn a_paused_send_is_started_again_after_the_retry_delay() {
+        let peer = DeviceId::from_sha256(&[1; 32]);
+        let id = TransferId([3; 16]);
+        let mut state = State::default();
+        apply(
+            &mut state,
+            &[Work::Record(Event::TransferQueued {
+                id,
+                peer: peer.clone(),
+                direction: Direction::Send,
+                name: "big.bin".into(),
+                size: 10_000,
+                path: Some("/tmp/big.bin".into()),
+                mime: None,
+                mode: None,
+                mtime: None,
+                sha256: Some([0; 32]),
+            })],
+        );
+        let mut transfers = Transfers::default();
+        let now = Instant::now();
+        let mut work = Vec::new();
+        transfers.connected(&peer, &state, now, &mut work);
+        assert_eq!(starts(&work), 1);
+        apply(&mut state, &work);
+
+        let mut work = Vec::new();
+        let reason = "no space: 10000 bytes needed, 0 free on the receiver".to_string();
+        transfers.on_message(
+            &peer,
+            Message::Reject {
+                id,
+                reason: reason.clone(),
+            },
+            &state,
+            now,
+            &mut work,
+        );
+        assert!(work.contains(&Work::Record(Event::TransferPaused { id, reason })));
+        apply(&mut state, &work);
+        assert_eq!(state.transfers[&id].status, TransferStatus::Paused);
+        assert_eq!(transfers.poll_timeout(), Some(now + PAUSE_RETRY));
+
+        let mut work = Vec::new();
+        transfers.handle_timeout(now + PAUSE_RETRY / 2, &state, &mut work);
+        assert_eq!(starts(&work), 0, "not before the delay");
+        transfers.handle_timeout(now + PAUSE_RETRY, &state, &mut work);
+        assert_eq!(starts(&work), 1, "the same id, started again");
+        assert_eq!(transfers.poll_timeout(), None);
     }
 }

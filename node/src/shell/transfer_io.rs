@@ -109,6 +109,14 @@ impl Files {
             } => match &self.writer {
                 Some(writer) => match writer.write_chunk(offset, &data, &sha256) {
                     Ok(ok) => StoreResult::Verified { index, ok },
+                    Err(err) if err.kind() == std::io::ErrorKind::StorageFull => {
+                        let free = self.store.free_bytes().unwrap_or(0);
+                        StoreResult::NoSpace {
+                            reason: format!(
+                                "the receive directory's disk is full ({free} bytes free)"
+                            ),
+                        }
+                    }
                     Err(err) => StoreResult::WriteFailed {
                         reason: err.to_string(),
                     },
@@ -188,7 +196,8 @@ impl Files {
         let needed = size.saturating_sub(held);
         if needed > free {
             return Err(format!(
-                "not enough free space on the receiver: {needed} bytes needed, {free} free"
+                "{}: {needed} bytes needed, {free} free on the receiver",
+                crate::core::transfer::NO_SPACE
             ));
         }
         let writer = part.open().map_err(|e| e.to_string())?;

@@ -28,6 +28,16 @@ pub use wire::{
     decode_within, encode,
 };
 
+/// How a receiver's `reject` reason starts when its disk is full. The transfer then pauses
+/// rather than ends: the `.part` and its durable progress stay, and the sender sends `start`
+/// again later (the resume of spec 4), which the receiver accepts once it has the space.
+pub const NO_SPACE: &str = "no space";
+
+/// Whether a `reject` reason says the receiver ran out of space (see [`NO_SPACE`]).
+pub fn is_no_space(reason: &str) -> bool {
+    reason.starts_with(NO_SPACE)
+}
+
 /// What a `start` message says about a file (spec 4), as the receiver keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartInfo {

@@ -90,8 +90,10 @@ pub enum RecvInput {
     /// The shell handled a `Write`: `ok` when the data's SHA-256 matched and it is written at its
     /// offset; `!ok` when the hash did not match (nothing was written).
     Verified { index: u64, ok: bool },
-    /// Writing the `.part` failed (e.g. ENOSPC).
+    /// Writing the `.part` failed (an IO error other than a full disk).
     WriteFailed { reason: String },
+    /// Writing the `.part` failed because its file system is full: the transfer pauses.
+    NoSpace { reason: String },
     /// The shell finished the `Sync` it was asked for: every chunk reported `Verified { ok }`
     /// before the `Sync` was emitted is durable.
     Synced,
@@ -310,6 +312,11 @@ impl Receiver {
             RecvInput::WriteFailed { reason } => {
                 if self.phase == Phase::Receiving {
                     self.abort(format!("receiver: {reason}"));
+                }
+            }
+            RecvInput::NoSpace { reason } => {
+                if self.phase == Phase::Receiving {
+                    self.pause(format!("{}: {reason}", super::NO_SPACE));
                 }
             }
             RecvInput::Synced => self.on_synced(),
@@ -602,6 +609,20 @@ impl Receiver {
         self.out.push_back(RecvOutput::DeletePart);
     }
 
+    /// Out of space: keep the `.part` (its durable progress is journaled) and tell the sender
+    /// with a `reject` it reads as "try again later" (see `NO_SPACE`).
+    fn pause(&mut self, reason: String) {
+        self.phase = Phase::Finished;
+        self.record(Event::TransferPaused {
+            id: self.info.id,
+            reason: reason.clone(),
+        });
+        self.send(Message::Reject {
+            id: self.info.id,
+            reason,
+        });
+    }
+
     /// The transfer failed after `end` (resends late, whole file wrong): the sender hears `done`.
     fn fail(&mut self, reason: String) {
         self.phase = Phase::Finished;
@@ -649,6 +670,7 @@ impl fmt::Debug for RecvInput {
                 .debug_struct("WriteFailed")
                 .field("reason", reason)
                 .finish(),
+            Self::NoSpace { reason } => f.debug_struct("NoSpace").field("reason", reason).finish(),
             Self::Synced => f.write_str("Synced"),
             Self::End { sha256 } => f
                 .debug_struct("End")

@@ -259,6 +259,15 @@ impl Sender {
                 window,
             } => self.on_accept(start_chunk, window),
             SendInput::Reject { reason } => match self.phase {
+                // The receiver's disk is full, at `start` or mid-transfer: pause; the node
+                // sends `start` again later and the receiver resumes from what it holds.
+                Phase::Starting | Phase::Sending if super::is_no_space(&reason) => {
+                    self.phase = Phase::Finished;
+                    self.record(Event::TransferPaused {
+                        id: self.info.id,
+                        reason,
+                    });
+                }
                 Phase::Starting => {
                     self.phase = Phase::Finished;
                     self.record(Event::TransferRejected {

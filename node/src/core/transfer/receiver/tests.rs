@@ -1088,3 +1088,32 @@ fn a_window_with_a_gap_is_not_full() {
     assert!(r8.window_full());
     assert!(drain(&mut r8).contains(&RecvOutput::Sync));
 }
+
+#[test]
+fn a_full_disk_pauses_and_keeps_the_part() {
+    let size = 8 * 1024;
+    let (mut r, now) = receiver(size, 0, 16);
+    r.handle(chunk(size, 0), now);
+    drain(&mut r);
+    r.handle(
+        RecvInput::NoSpace {
+            reason: "the receive directory's disk is full (0 bytes free)".into(),
+        },
+        now,
+    );
+    let reason = "no space: the receive directory's disk is full (0 bytes free)".to_string();
+    assert!(crate::core::transfer::is_no_space(&reason));
+    assert_eq!(
+        drain(&mut r),
+        vec![
+            record(Event::TransferPaused {
+                id: ID,
+                reason: reason.clone()
+            }),
+            send(Message::Reject { id: ID, reason }),
+        ],
+        "no DeletePart: the durable prefix is what the resume starts from"
+    );
+    assert!(r.is_finished());
+    assert_ignores_everything(&mut r, size, now);
+}

@@ -830,3 +830,44 @@ fn messages_map_to_inputs() {
         })
     );
 }
+
+#[test]
+fn a_no_space_reject_pauses_at_start_and_mid_transfer() {
+    let full = "no space: 5000 bytes needed, 10 free on the receiver".to_string();
+    let mut s = Sender::new(info(5000), CHUNK, 0);
+    s.handle(SendInput::Connected, now());
+    drain(&mut s);
+    s.handle(
+        SendInput::Reject {
+            reason: full.clone(),
+        },
+        now(),
+    );
+    assert_eq!(
+        drain(&mut s),
+        vec![record(Event::TransferPaused {
+            id: ID,
+            reason: full.clone()
+        })]
+    );
+    assert!(
+        s.is_finished(),
+        "the machine goes; the journal keeps the pause"
+    );
+
+    let (mut s, _) = accepted(5000, 0, 0, 4);
+    s.handle(
+        SendInput::Reject {
+            reason: full.clone(),
+        },
+        now(),
+    );
+    assert_eq!(
+        drain(&mut s),
+        vec![record(Event::TransferPaused {
+            id: ID,
+            reason: full
+        })]
+    );
+    assert!(s.is_finished());
+}
