@@ -434,3 +434,67 @@ fn a_full_disk_pauses_with_a_reason_on_both_sides_and_resumes_once_space_is_free
         assert!(verify.success(), "{verify:?}");
     }
 }
+
+/// Several files to several peers at once: a receiver behind a slow link gets its share and
+/// no more; the fast receiver's files finish as if the slow one were not there.
+#[test]
+fn a_slow_receiver_does_not_stall_the_others() {
+    let lan = Lan::new(3).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &[]);
+    let slow = Node::start(&lan, 1, "slow", &[]);
+    let fast = Node::start(&lan, 2, "fast", &[]);
+    let a_id = a.id();
+    let (slow_id, fast_id) = (slow.id(), fast.id());
+    for (node, id) in [(&slow, &slow_id), (&fast, &fast_id)] {
+        wait_for("A sees the peer", Duration::from_secs(5), || {
+            a.peer(id).is_some()
+        });
+        a.json(&["trust", "add", id, "--json"]);
+        node.json(&["trust", "add", &a_id, "--json"]);
+        wait_for("connected", Duration::from_secs(10), || {
+            a.connection(id) == "connected"
+        });
+    }
+    lan.shape_rate(1, "8mbit").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let first = random_file(src.path(), "first.bin", 24 * 1024 * 1024, 31);
+    let second = random_file(src.path(), "second.bin", 8 * 1024 * 1024, 32);
+    let to_slow = a.json(&["send", first.to_str().unwrap(), "--to", &slow_id, "--json"]);
+    a.json(&[
+        "send",
+        first.to_str().unwrap(),
+        second.to_str().unwrap(),
+        "--to",
+        &fast_id,
+        "--json",
+    ]);
+    let took = wait_for(
+        "both files reach the fast receiver",
+        Duration::from_secs(30),
+        || received(&fast, "first.bin").exists() && received(&fast, "second.bin").exists(),
+    );
+    assert_eq!(digest(&received(&fast, "first.bin")), digest(&first));
+    assert_eq!(digest(&received(&fast, "second.bin")), digest(&second));
+    let slow_done = transfers(&slow)
+        .first()
+        .and_then(|t| t["done_bytes"].as_u64())
+        .unwrap_or(0);
+    eprintln!(
+        "fast receiver done in {took:?}; the slow one had {:.1} MiB of 24 by then",
+        slow_done as f64 / 1048576.0
+    );
+    assert!(
+        slow_done < 20 * 1024 * 1024,
+        "the slow link really is slower ({slow_done} bytes)"
+    );
+    // The slow one keeps going: more durable progress a moment later.
+    wait_for("the slow transfer still moves", Duration::from_secs(15), || {
+        transfers(&slow)
+            .first()
+            .and_then(|t| t["done_bytes"].as_u64())
+            .unwrap_or(0)
+            > slow_done
+    });
+    let id = to_slow[0]["id"].as_str().unwrap();
+    assert!(a.home.run(&["cancel", &id[..8]]).unwrap().success());
+}
