@@ -488,13 +488,164 @@ fn a_slow_receiver_does_not_stall_the_others() {
         "the slow link really is slower ({slow_done} bytes)"
     );
     // The slow one keeps going: more durable progress a moment later.
-    wait_for("the slow transfer still moves", Duration::from_secs(15), || {
-        transfers(&slow)
-            .first()
-            .and_then(|t| t["done_bytes"].as_u64())
-            .unwrap_or(0)
-            > slow_done
-    });
+    wait_for(
+        "the slow transfer still moves",
+        Duration::from_secs(15),
+        || {
+            transfers(&slow)
+                .first()
+                .and_then(|t| t["done_bytes"].as_u64())
+                .unwrap_or(0)
+                > slow_done
+        },
+    );
     let id = to_slow[0]["id"].as_str().unwrap();
     assert!(a.home.run(&["cancel", &id[..8]]).unwrap().success());
+}
+
+/// Appends `events` to a stopped node's journal, as a hostile or broken sender's own journal
+/// would hold them: the node then sends what they say, through the real wire.
+fn forge_journal(node: &Node, events: Vec<fsnode::core::Event>) {
+    use fsnode::record::JournalEntry;
+    use fsnode_journal::{Journal, Options};
+    let (journal, _) =
+        Journal::<JournalEntry>::open(&node.home.journal_dir(), Options::default()).unwrap();
+    for event in events {
+        let entry = JournalEntry::Event(fsnode::core::Stamped { time_ms: 0, event });
+        journal.append(&entry).unwrap().wait().unwrap();
+    }
+    journal.close().unwrap();
+}
+
+/// A trusted peer that sends hostile transfers: names that would escape the receive directory,
+/// a directory through a symbolic link pointing out, a wrong whole-file hash, a size its file
+/// does not have. Each is refused or failed with a reason on both sides, nothing lands outside
+/// the receive directory, and a good file still arrives afterwards.
+#[test]
+fn hostile_transfers_are_refused_with_reasons_on_both_sides() {
+    use fsnode::core::{Direction, Event, TransferId};
+    let lan = Lan::new(2).unwrap();
+    let (mut a, b, _a_id, b_id) = connected_pair(&lan);
+    let src = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+
+    // A symbolic link inside B's receive directory pointing out of it.
+    let b_received = b.home.path().join("received");
+    fs::create_dir_all(&b_received).unwrap();
+    std::os::unix::fs::symlink(outside.path(), b_received.join("evil")).unwrap();
+    let evil = src.path().join("evil");
+    fs::create_dir_all(&evil).unwrap();
+    random_file(&evil, "x.txt", 1000, 40);
+    a.json(&["send", evil.to_str().unwrap(), "--to", &b_id, "--json"]);
+
+    let file = random_file(src.path(), "payload.bin", 100_000, 41);
+    let sha: [u8; 32] = Sha256::digest(fs::read(&file).unwrap()).into();
+    let peer: fsnode::core::DeviceId = b_id.parse().unwrap();
+    let cases: Vec<(&str, u64, [u8; 32], &str)> = vec![
+        ("../escape.bin", 100_000, sha, "\"..\" component"),
+        ("/tmp/absolute.bin", 100_000, sha, "absolute"),
+        ("back\\slash.bin", 100_000, sha, "backslash"),
+        ("nul\0.bin", 100_000, sha, "NUL"),
+        ("ok/./dot.bin", 100_000, sha, "\".\" component"),
+        ("wrong-hash.bin", 100_000, [0xee; 32], "SHA-256"),
+        ("too-big.bin", 300_000, sha, "sender"),
+    ];
+    let long = "x".repeat(300);
+    let mut cases = cases;
+    cases.push((&long, 100_000, sha, "more than 255"));
+    a.stop();
+    let ids: Vec<TransferId> = (0..cases.len())
+        .map(|i| TransferId([0x40 + i as u8; 16]))
+        .collect();
+    forge_journal(
+        &a,
+        cases
+            .iter()
+            .zip(&ids)
+            .map(|((name, size, sha256, _), id)| Event::TransferQueued {
+                id: *id,
+                peer: peer.clone(),
+                direction: Direction::Send,
+                name: (*name).to_owned(),
+                size: *size,
+                path: Some(file.clone()),
+                mime: None,
+                mode: None,
+                mtime: None,
+                sha256: Some(*sha256),
+            })
+            .collect(),
+    );
+    a.restart(&[]);
+    let took = wait_for(
+        "A reconnects after its restart",
+        Duration::from_secs(30),
+        || a.connection(&b_id) == "connected",
+    );
+    eprintln!("reconnected {took:?} after A's restart");
+
+    let row = |node: &Node, id: &TransferId| {
+        let hex = hex::encode(id.0);
+        transfers(node)
+            .into_iter()
+            .find(|t| t["id"].as_str() == Some(hex.as_str()))
+    };
+    for ((name, _, _, why), id) in cases.iter().zip(&ids) {
+        let ended = |node: &Node| {
+            row(node, id).filter(|t| {
+                !["queued", "starting", "active"].contains(&t["status"].as_str().unwrap_or(""))
+            })
+        };
+        let start = std::time::Instant::now();
+        while ended(&a).is_none() || ended(&b).is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{name:?} does not end on both sides: A {:?}, B {:?}, A's peers {:?}",
+                row(&a, id),
+                row(&b, id),
+                a.peers()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for node in [&a, &b] {
+            let t = ended(node).unwrap();
+            assert_ne!(t["status"], "completed", "{name:?}: {t}");
+            let reason = t["reason"].as_str().unwrap_or("");
+            assert!(reason.contains(why), "{name:?} on {}: {t}", node.name);
+        }
+    }
+    let symlinked = transfers(&a)
+        .into_iter()
+        .find(|t| t["name"] == "evil/x.txt")
+        .unwrap();
+    assert_eq!(symlinked["status"], "rejected", "{symlinked}");
+    assert!(
+        symlinked["reason"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link")
+    );
+
+    // Nothing escaped, nothing half-written stayed.
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    let mut left: Vec<String> = fs::read_dir(&b_received)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["evil"], "only the operator's own symlink");
+    assert!(!Path::new("/tmp/absolute.bin").exists());
+
+    // B still serves A.
+    let good = random_file(src.path(), "good.bin", 50_000, 42);
+    let out = a
+        .home
+        .run(&["send", good.to_str().unwrap(), "--to", &b_id, "--wait"])
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(digest(&received(&b, "good.bin")), digest(&good));
+    for node in [&a, &b] {
+        let verify = node.home.run(&["journal", "verify"]).unwrap();
+        assert!(verify.success(), "{verify:?}");
+    }
 }

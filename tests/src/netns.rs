@@ -1073,7 +1073,21 @@ s.sendto(payload.encode(), (group, port))
         assert_eq!(names.len(), 3);
         let before = listed();
         assert!(names.iter().all(|n| before.contains(n)), "{before:?}");
-        let mut sleeper = lan.host(1).command("sleep").arg("30").spawn().unwrap();
+        let mut sleeper = lan
+            .host(1)
+            .command("sh")
+            .args(["-c", "echo ready; exec sleep 30"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Only once it printed is it surely inside the namespace (`ip netns exec` has run).
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sleeper.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "ready\n");
         drop(lan);
         let after = listed();
         assert!(names.iter().all(|n| !after.contains(n)), "{after:?}");

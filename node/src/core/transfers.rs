@@ -132,6 +132,27 @@ pub struct Transfers {
     paused: BTreeMap<TransferId, Instant>,
 }
 
+/// Journals an incoming file refused at `start` (a hostile name, sizes that disagree, a
+/// symbolic link on the way), so the operator sees what was offered and why it was refused.
+fn refused(peer: &DeviceId, start: &StartInfo, reason: &str, work: &mut Vec<Work>) {
+    work.push(Work::Record(Event::TransferQueued {
+        id: start.id,
+        peer: peer.clone(),
+        direction: Direction::Receive,
+        name: start.name.clone(),
+        size: start.size,
+        path: None,
+        mime: Some(start.mime.clone()),
+        mode: start.mode,
+        mtime: start.mtime,
+        sha256: None,
+    }));
+    work.push(Work::Record(Event::TransferRejected {
+        id: start.id,
+        reason: reason.to_owned(),
+    }));
+}
+
 /// How long a sender waits before asking a receiver whose disk was full again.
 pub const PAUSE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -332,7 +353,11 @@ impl Transfers {
 
     fn on_start(&mut self, peer: &DeviceId, start: StartInfo, state: &State, work: &mut Vec<Work>) {
         let id = start.id;
+        let offered = start.clone();
         let reject = |reason: String, work: &mut Vec<Work>| {
+            if !state.transfers.contains_key(&id) {
+                refused(peer, &offered, &reason, work);
+            }
             work.push(Work::Channel {
                 peer: peer.clone(),
                 message: Message::Reject { id, reason },
@@ -426,6 +451,11 @@ impl Transfers {
                     self.pump_receiver(&id, work);
                 }
                 StoreResult::PrepareFailed { reason } => {
+                    // Out of space is not a verdict on the file: the sender asks again
+                    // later, so nothing is recorded that would answer that retry.
+                    if !state.transfers.contains_key(&id) && !transfer::is_no_space(&reason) {
+                        refused(&peer, &start, &reason, work);
+                    }
                     work.push(Work::Channel {
                         peer,
                         message: Message::Reject { id, reason },

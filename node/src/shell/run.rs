@@ -10,7 +10,7 @@ use fsnode_journal::{Journal, Options};
 use futures_lite::StreamExt;
 use tracing::{debug, info, warn};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -144,7 +144,8 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             next_token: 0,
             links: HashMap::new(),
             outbox: HashMap::new(),
-            dialing: HashSet::new(),
+            dialing: HashMap::new(),
+            undelivered: HashMap::new(),
             watchers: Vec::new(),
         };
         node.write_trust_file();
@@ -192,7 +193,11 @@ struct NodeLoop<'a> {
     /// The open signaling connection used to reach each peer.
     links: HashMap<DeviceId, (ConnId, async_channel::Sender<Vec<u8>>)>,
     outbox: HashMap<DeviceId, Vec<Vec<u8>>>,
-    dialing: HashSet<DeviceId>,
+    /// Peers being dialed, and the address tried.
+    dialing: HashMap<DeviceId, std::net::SocketAddr>,
+    /// Lines whose dial failed (the peer restarted on a new port, say): delivered when the
+    /// peer is discovered again, so an offer does not wait for the core's next retry.
+    undelivered: HashMap<DeviceId, Vec<Vec<u8>>>,
     /// `fsnode watch` clients: every journaled event goes to each.
     watchers: Vec<async_channel::Sender<Reply>>,
 }
@@ -293,6 +298,15 @@ impl NodeLoop<'_> {
             // Records become durable in order, so the last one's ticket covers them all.
             pending.await.context("writing to the journal")?;
         }
+        for (_, stamped) in &journaled {
+            if let Event::PeerDiscovered { peer, .. } = &stamped.event
+                && let Some(lines) = self.undelivered.remove(peer)
+            {
+                debug!(%peer, lines = lines.len(), "peer seen again: redelivering signaling");
+                self.outbox.entry(peer.clone()).or_default().extend(lines);
+                self.dial_queued(peer.clone());
+            }
+        }
         if !self.watchers.is_empty() {
             for (seq, stamped) in journaled {
                 let reply = Reply::Event {
@@ -365,20 +379,31 @@ impl NodeLoop<'_> {
             None => line,
         };
         let queue = self.outbox.entry(peer.clone()).or_default();
-        if queue.len() < MAX_OUTBOX {
-            queue.push(line);
+        // What an earlier dial failed to deliver goes first; the core's retry of the same
+        // offer is the same line, sent once.
+        let earlier = self.undelivered.remove(&peer).unwrap_or_default();
+        for line in earlier.into_iter().chain([line]) {
+            if queue.len() < MAX_OUTBOX && !queue.contains(&line) {
+                queue.push(line);
+            }
         }
-        if self.dialing.contains(&peer) {
+        self.dial_queued(peer);
+    }
+
+    fn address_of(&self, peer: &DeviceId) -> Option<std::net::SocketAddr> {
+        let p = self.core.state().peers.get(peer)?;
+        let ip = p.addresses.first()?;
+        Some(std::net::SocketAddr::new(*ip, p.port))
+    }
+
+    /// Dials `peer`'s last known address to deliver its outbox, unless a dial is under way.
+    fn dial_queued(&mut self, peer: DeviceId) {
+        if self.dialing.contains_key(&peer) {
             return;
         }
-        let address = self.core.state().peers.get(&peer).and_then(|p| {
-            p.addresses
-                .first()
-                .map(|ip| std::net::SocketAddr::new(*ip, p.port))
-        });
-        match address {
+        match self.address_of(&peer) {
             Some(addr) => {
-                self.dialing.insert(peer.clone());
+                self.dialing.insert(peer.clone(), addr);
                 runtime::spawn(signaling::dial(
                     addr,
                     Some(peer),
@@ -397,7 +422,10 @@ impl NodeLoop<'_> {
         match event {
             ConnEvent::Up { conn, peer, tx } => {
                 self.dialing.remove(&peer);
-                for line in self.outbox.remove(&peer).unwrap_or_default() {
+                // Whoever dialed, the link carries what could not be delivered before.
+                let earlier = self.undelivered.remove(&peer).unwrap_or_default();
+                let queued = self.outbox.remove(&peer).unwrap_or_default();
+                for line in earlier.into_iter().chain(queued) {
                     let _ = tx.try_send(line);
                 }
                 self.links.insert(peer, (conn, tx));
@@ -408,8 +436,13 @@ impl NodeLoop<'_> {
                 }
             }
             ConnEvent::DialFailed { peer } => {
-                self.dialing.remove(&peer);
-                self.outbox.remove(&peer);
+                let tried = self.dialing.remove(&peer);
+                if tried.is_some() && tried != self.address_of(&peer) {
+                    // The peer moved while we dialed its old address: try the new one.
+                    self.dial_queued(peer);
+                } else if let Some(lines) = self.outbox.remove(&peer) {
+                    self.undelivered.insert(peer, lines);
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::core::discovery::{instance_name, txt_records};
+use sha2::{Digest, Sha256};
 
 fn id(n: u8) -> DeviceId {
     DeviceId::from_sha256(&[n; 32])
@@ -501,8 +502,12 @@ fn channel_replies(outputs: &[Output]) -> Vec<transfer::Message> {
 }
 
 fn start(name: &str, size: u64, chunk_size: u32, chunks: u64) -> Vec<u8> {
+    // Each start its own transfer id.
+    let mut id = [7; 16];
+    let facts = format!("{name}/{size}/{chunk_size}/{chunks}");
+    id[..8].copy_from_slice(&Sha256::digest(facts.as_bytes())[..8]);
     transfer::encode(&transfer::Message::Start {
-        id: TransferId([7; 16]),
+        id: TransferId(id),
         name: name.into(),
         size,
         chunk_size,
@@ -544,6 +549,14 @@ fn hostile_starts_are_rejected_with_a_reason_before_any_file_io() {
                 .iter()
                 .any(|e| matches!(e, Effect::Store { .. })),
             "no file IO for a refused start"
+        );
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Event(Stamped { event: Event::TransferRejected { reason, .. }, .. })
+                    if reason.contains(why)
+            )),
+            "{why}: journaled, so the operator sees what was refused: {out:?}"
         );
     }
     // A chunk for an unknown transfer is ignored.
