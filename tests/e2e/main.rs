@@ -4,6 +4,7 @@
 
 mod connection;
 mod discovery;
+mod faults;
 mod foundation;
 mod support;
 mod transfer;

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::support::{Node, trusting_pair, wait_for};
 
 /// A file of `size` pseudo-random bytes (seeded, so failures reproduce).
-fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
+pub(crate) fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
     let mut data = Vec::with_capacity(size);
     while data.len() < size {
@@ -26,18 +26,18 @@ fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
     path
 }
 
-fn digest(path: &Path) -> Vec<u8> {
+pub(crate) fn digest(path: &Path) -> Vec<u8> {
     Sha256::digest(fs::read(path).unwrap()).to_vec()
 }
 
-fn transfers(node: &Node) -> Vec<Value> {
+pub(crate) fn transfers(node: &Node) -> Vec<Value> {
     node.json(&["transfers", "--json"])["transfers"]
         .as_array()
         .unwrap()
         .clone()
 }
 
-fn connected_pair(lan: &Lan) -> (Node, Node, String, String) {
+pub(crate) fn connected_pair(lan: &Lan) -> (Node, Node, String, String) {
     let (a, b, a_id, b_id) = trusting_pair(lan);
     wait_for("connected", Duration::from_secs(10), || {
         a.connection(&b_id) == "connected" && b.connection(&a_id) == "connected"
@@ -45,7 +45,7 @@ fn connected_pair(lan: &Lan) -> (Node, Node, String, String) {
     (a, b, a_id, b_id)
 }
 
-fn received(node: &Node, name: &str) -> PathBuf {
+pub(crate) fn received(node: &Node, name: &str) -> PathBuf {
     node.home.path().join("received").join(name)
 }
 
