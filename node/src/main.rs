@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = fsnode::cli::Cli::parse();
-    fsnode::shell::run::init_logging(cli.verbose);
+    let _log_guard = fsnode::shell::run::init_logging(cli.verbose);
     match fsnode::commands::dispatch(cli) {
         Ok(()) => ExitCode::from(fsnode::exit::OK),
         Err(error) => {

@@ -170,3 +170,123 @@ fn a_node_restarted_with_a_torn_last_record_starts_reports_and_resumes() {
     b.restart(&[]);
     assert_clean(&b, &["torn.bin"]);
 }
+
+/// Sends `mib` MiB from A to B and returns the seconds it took.
+fn timed_send(a: &Node, b: &Node, b_id: &str, name: &str, mib: usize, seed: u64) -> f64 {
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), name, mib * 1024 * 1024, seed);
+    let started = Instant::now();
+    let out = a
+        .home
+        .run(&["send", file.to_str().unwrap(), "--to", b_id, "--wait"])
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(digest(&received(b, name)), digest(&file));
+    secs
+}
+
+/// An untrusted device floods the receiver with 1,000 connections (offers with consistent
+/// fingerprints from 1,000 made-up devices, and garbage) at a bounded rate while a trusted
+/// transfer runs: the transfer keeps at least half its undisturbed rate and completes.
+#[test]
+fn an_offer_and_garbage_flood_leaves_trusted_transfers_at_least_half_their_rate() {
+    let lan = Lan::new(3).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &[]);
+    let b = Node::start(&lan, 1, "beta", &["--port", "7600"]);
+    let (a_id, b_id) = (a.id(), b.id());
+    wait_for("A sees B", Duration::from_secs(5), || {
+        a.peer(&b_id).is_some()
+    });
+    wait_for("B sees A", Duration::from_secs(5), || {
+        b.peer(&a_id).is_some()
+    });
+    a.json(&["trust", "add", &b_id, "--json"]);
+    b.json(&["trust", "add", &a_id, "--json"]);
+    wait_for("connected", Duration::from_secs(10), || {
+        a.connection(&b_id) == "connected"
+    });
+    // A gigabit-class LAN would make this a CPU contest on a 2-core machine; a 100 Mbit link
+    // makes the rate the link's, so the ratio measures what the flood takes away.
+    lan.shape_rate(0, "100mbit").unwrap();
+    let quiet = timed_send(&a, &b, &b_id, "quiet.bin", 24, 61);
+
+    let target = format!("{}:7600", lan.host(1).addr());
+    let mut flood = fsnode_testkit::Background::spawn(
+        lan.host(2).command("python3").args(["-c", FLOOD, &target]),
+    )
+    .unwrap();
+    let flooded = timed_send(&a, &b, &b_id, "flooded.bin", 24, 62);
+    let out = flood.finish(Duration::from_secs(60)).unwrap();
+    eprintln!(
+        "24 MiB: {quiet:.2} s quiet, {flooded:.2} s under the flood ({:.0} % of the quiet rate); flood: {}",
+        100.0 * quiet / flooded,
+        out.stdout.trim()
+    );
+    assert!(
+        flooded <= 2.0 * quiet,
+        "the flood took more than half the rate: {quiet:.2} s -> {flooded:.2} s"
+    );
+    let t = Instant::now();
+    let peers = b.peers();
+    eprintln!(
+        "B answers `peers` in {:?} and lists {} devices",
+        t.elapsed(),
+        peers.len()
+    );
+    let requested = b
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "AuthorizationRequested")
+        .count();
+    assert!(requested > 0, "the flood's offers were seen and journaled");
+    assert_eq!(b.connection(&a_id), "connected");
+    for node in [&a, &b] {
+        let verify = node.home.run(&["journal", "verify"]).unwrap();
+        assert!(verify.success(), "{verify:?}");
+    }
+}
+
+/// 1,000 connections over about 10 s: two in three say hello as a new made-up device and
+/// send an offer whose fingerprint matches it; one in three sends garbage.
+const FLOOD: &str = r#"
+import base64, hashlib, json, os, socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+port = int(port)
+count = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+stats = {"connections": 0, "refused": 0, "offers": 0, "garbage": 0}
+def sdp_for(digest):
+    fp = ":".join("%02X" % b for b in digest)
+    return "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 %s\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n" % fp
+start = time.time()
+open_socks = []
+for i in range(count):
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        stats["connections"] += 1
+    except OSError:
+        stats["refused"] += 1
+        continue
+    try:
+        if i % 3 == 2:
+            s.sendall(os.urandom(512) + b"\n")
+            stats["garbage"] += 1
+        else:
+            digest = hashlib.sha256(os.urandom(16)).digest()
+            id_ = base64.b32encode(digest).decode().lower().rstrip("=")
+            hello = {"type": "hello", "v": 1, "id": id_, "name": "flood%d" % i, "device_type": "desktop", "port": 1}
+            s.sendall((json.dumps(hello) + "\n").encode())
+            s.sendall((json.dumps({"type": "offer", "seq": 1, "sdp": sdp_for(digest)}) + "\n").encode())
+            stats["offers"] += 1
+    except OSError:
+        pass
+    open_socks.append(s)
+    if len(open_socks) > 50:
+        open_socks.pop(0).close()
+    # Bounded rate: 100 connections a second.
+    time.sleep(max(0.0, start + (i + 1) / 100.0 - time.time()))
+for s in open_socks:
+    s.close()
+stats["seconds"] = round(time.time() - start, 1)
+print(json.dumps(stats))
+"#;

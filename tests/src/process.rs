@@ -13,7 +13,27 @@ pub struct NodeHome {
     pub dir: tempfile::TempDir,
     /// The network namespace every command runs in (`None`: the caller's).
     namespace: Option<String>,
-    daemon: Option<Child>,
+    daemon: Option<Daemon>,
+}
+
+/// A running `fsnode run` and the thread that drains its stderr (a full pipe would stall a
+/// daemon that logs a lot, say under a flood).
+struct Daemon {
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Daemon {
+    fn new(mut child: Child) -> Self {
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut pipe, &mut text);
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        });
+        Self { child, stderr }
+    }
 }
 
 /// What a finished command printed.
@@ -109,7 +129,7 @@ impl NodeHome {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting fsnode run")?;
-        self.daemon = Some(child);
+        self.daemon = Some(Daemon::new(child));
         Ok(())
     }
 
@@ -143,7 +163,8 @@ impl NodeHome {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        self.daemon = Some(command.spawn().context("starting fsnode run on a tmpfs")?);
+        let child = command.spawn().context("starting fsnode run on a tmpfs")?;
+        self.daemon = Some(Daemon::new(child));
         Ok(())
     }
 
@@ -156,7 +177,7 @@ impl NodeHome {
 
     /// The daemon's process id, while one runs.
     pub fn daemon_pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(Child::id)
+        self.daemon.as_ref().map(|d| d.child.id())
     }
 
     /// Sends `signal` to the daemon and waits (bounded) for it to exit; returns its output.
@@ -165,7 +186,7 @@ impl NodeHome {
         signal: rustix::process::Signal,
         timeout: Duration,
     ) -> anyhow::Result<Output> {
-        let mut child = self.daemon.take().context("no daemon running")?;
+        let Daemon { mut child, stderr } = self.daemon.take().context("no daemon running")?;
         let pid = rustix::process::Pid::from_child(&child);
         rustix::process::kill_process(pid, signal).context("signalling the daemon")?;
         let deadline = Instant::now() + timeout;
@@ -180,11 +201,14 @@ impl NodeHome {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let output = child.wait_with_output()?;
+        let status = child.wait()?;
+        let stderr = stderr
+            .map(|reader| reader.join().unwrap_or_default())
+            .unwrap_or_default();
         Ok(Output {
-            code: output.status.code(),
+            code: status.code(),
             stdout: String::new(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            stderr,
         })
     }
 
@@ -209,9 +233,9 @@ impl NodeHome {
 
 impl Drop for NodeHome {
     fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.child.kill();
+            let _ = daemon.child.wait();
         }
     }
 }

@@ -41,7 +41,14 @@ pub const COMPACT_AFTER_RECORDS: u64 = 100_000;
 
 /// Installs the stderr logger. Quiet by default (warnings, plus the node's own start and stop
 /// lines); `-v` debug, `-vv` trace; `FSNODE_LOG` (an `EnvFilter` directive) overrides both.
-pub fn init_logging(verbose: u8) {
+///
+/// Lines go through a bounded, lossy queue to a writer thread: a stderr nobody reads (a
+/// supervisor's full pipe) drops log lines instead of stalling the node. Keep the returned
+/// guard until exit; dropping it flushes what is queued.
+pub fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stderr());
     let default = match verbose {
         0 => "warn,fsnode=info",
         1 => "info,fsnode=debug",
@@ -51,9 +58,10 @@ pub fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .try_init();
+    guard
 }
 
 pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
