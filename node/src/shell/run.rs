@@ -39,6 +39,9 @@ use crate::shell::{network, signaling, trust_file};
 /// state, which lets the journal drop everything before it.
 pub const COMPACT_AFTER_RECORDS: u64 = 100_000;
 
+/// Log lines that may wait for a slow stderr; more are dropped.
+pub const LOG_QUEUE_LINES: usize = 4096;
+
 /// Installs the stderr logger. Quiet by default (warnings, plus the node's own start and stop
 /// lines); `-v` debug, `-vv` trace; `FSNODE_LOG` (an `EnvFilter` directive) overrides both.
 ///
@@ -48,6 +51,7 @@ pub const COMPACT_AFTER_RECORDS: u64 = 100_000;
 pub fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(std::io::stderr());
     let default = match verbose {
         0 => "warn,fsnode=info",
