@@ -290,3 +290,118 @@ for s in open_socks:
 stats["seconds"] = round(time.time() - start, 1)
 print(json.dumps(stats))
 "#;
+
+/// A device announces B's id over mDNS from its own address and, when dialed, says hello as B
+/// and answers offers with its own certificate's fingerprint: A refuses it (journaled as a
+/// fingerprint mismatch), and the real B still connects.
+#[test]
+fn an_impostor_announcing_anothers_id_is_refused_and_the_real_device_connects() {
+    let lan = Lan::new(3).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &[]);
+    let b = Node::start(&lan, 1, "beta", &[]);
+    let (a_id, b_id) = (a.id(), b.id());
+    wait_for("A sees B", Duration::from_secs(5), || {
+        a.peer(&b_id).is_some()
+    });
+    let mut impostor = fsnode_testkit::Background::spawn(
+        lan.host(2)
+            .command("python3")
+            .args(["-c", IMPOSTOR, &b_id, "7700"]),
+    )
+    .unwrap();
+    impostor
+        .wait_line(|l| l == "listening", Duration::from_secs(10))
+        .unwrap();
+    let txt = [("v", "1"), ("id", b_id.as_str()), ("name", "beta")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let registration = lan
+        .host(2)
+        .register_mdns(
+            "_fileshare._tcp",
+            &format!("Peer-{b_id}"),
+            7700,
+            &txt,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!(
+        "A's record of B after the fake announcement: {:?}",
+        a.peer(&b_id)
+    );
+    a.json(&["trust", "add", &b_id, "--json"]);
+    b.json(&["trust", "add", &a_id, "--json"]);
+    let took = wait_for("the real A and B connect", Duration::from_secs(60), || {
+        a.connection(&b_id) == "connected" && b.connection(&a_id) == "connected"
+    });
+    registration.stop().unwrap();
+    let out = impostor.finish(Duration::from_secs(70)).unwrap();
+    let offers: u64 = out
+        .stdout
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let mismatches = a
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "FingerprintMismatch" && e["claimed"] == b_id.as_str())
+        .count();
+    eprintln!(
+        "connected {took:?} after trusting; the impostor got {offers} offer(s); A journaled {mismatches} fingerprint mismatch(es)"
+    );
+    if offers > 0 {
+        assert!(
+            mismatches > 0,
+            "every answer from the impostor is refused and journaled"
+        );
+    }
+    // The data channel really is B's: a file arrives there.
+    let src = tempfile::tempdir().unwrap();
+    let file = random_file(src.path(), "for-b.bin", 100_000, 71);
+    let out = a
+        .home
+        .run(&["send", file.to_str().unwrap(), "--to", &b_id, "--wait"])
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(digest(&received(&b, "for-b.bin")), digest(&file));
+}
+
+/// Listens on port argv[2] for 20 s; says hello as device argv[1]; answers every offer with
+/// an SDP carrying its own fingerprint. Prints the number of offers it saw.
+const IMPOSTOR: &str = r#"
+import base64, hashlib, json, socket, sys, threading, time
+claimed, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", port)); srv.listen(16); srv.settimeout(1.0)
+print("listening", flush=True)
+offers = [0]
+fp = ":".join("%02X" % b for b in hashlib.sha256(b"impostor").digest())
+sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 %s\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n" % fp
+def serve(c):
+    c.settimeout(15)
+    f = c.makefile("rb")
+    try:
+        for line in f:
+            msg = json.loads(line)
+            if msg.get("type") == "hello":
+                c.sendall((json.dumps({"type": "hello", "v": 1, "id": claimed, "name": "beta", "device_type": "desktop", "port": port}) + "\n").encode())
+            elif msg.get("type") == "offer":
+                offers[0] += 1
+                c.sendall((json.dumps({"type": "answer", "seq": msg.get("seq", 0), "sdp": sdp}) + "\n").encode())
+    except Exception:
+        pass
+    c.close()
+end = time.time() + 20
+while time.time() < end:
+    try:
+        c, _ = srv.accept()
+    except socket.timeout:
+        continue
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+print(offers[0], flush=True)
+"#;

@@ -939,7 +939,9 @@ info = ServiceInfo(
     properties=json.loads(txt),
     server="%s.local." % instance.replace(" ", "-").replace(".", "-"),
 )
-zc.register_service(info)
+# cooperating_responders: announce even a name another host already holds (tests of
+# impostors need that; unique names are unaffected).
+zc.register_service(info, cooperating_responders=True)
 print("registered", flush=True)
 stop.wait(float(lifetime))
 zc.unregister_service(info)
