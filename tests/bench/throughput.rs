@@ -486,6 +486,20 @@ fn pair_benchmark(opts: &Opts, data: &Path, big: &Path, topology: Topology) -> a
     }
     a.stop()?;
     b.stop()?;
+    dump_journals(&[&a, &b])?;
+    Ok(())
+}
+
+/// With `FSNODE_BENCH_JOURNALS=DIR`, copies each node's journal (`journal show --json`) there
+/// (for looking at the progress cadence: `ChunksDurable` times on both sides).
+fn dump_journals(nodes: &[&Node]) -> anyhow::Result<()> {
+    let Some(dir) = std::env::var_os("FSNODE_BENCH_JOURNALS") else {
+        return Ok(());
+    };
+    for (i, node) in nodes.iter().enumerate() {
+        let out = node.home.run(&["journal", "show", "--json"])?;
+        fs::write(Path::new(&dir).join(format!("node{i}.jsonl")), out.stdout)?;
+    }
     Ok(())
 }
 
