@@ -16,7 +16,7 @@ use crate::core::names;
 use crate::core::node::Input;
 use crate::core::transfers::{StoreOp, StoreResult};
 use crate::shell::runtime;
-use crate::shell::store::{PartFile, PartWriter, Store, StoreError};
+use crate::shell::store::{PartFile, PartWriter, Store, StoreError, WholeFileHash};
 
 pub struct TransferIo {
     store: Arc<Store>,
@@ -48,6 +48,7 @@ impl TransferIo {
                 umask: self.umask,
                 part: None,
                 writer: None,
+                hashed: WholeFileHash::new(),
                 source: None,
             };
             runtime::spawn(work(files, rx, self.inputs.clone())).detach();
@@ -91,6 +92,8 @@ struct Files {
     umask: u32,
     part: Option<PartFile>,
     writer: Option<PartWriter>,
+    /// The whole-file hash over what has been written so far.
+    hashed: WholeFileHash,
     source: Option<(PathBuf, File)>,
 }
 
@@ -108,7 +111,12 @@ impl Files {
                 sha256,
             } => match &self.writer {
                 Some(writer) => match writer.write_chunk(offset, &data, &sha256) {
-                    Ok(ok) => StoreResult::Verified { index, ok },
+                    Ok(ok) => {
+                        if ok {
+                            self.hashed.wrote(offset, &data);
+                        }
+                        StoreResult::Verified { index, ok }
+                    }
                     Err(err) => StoreResult::WriteFailed {
                         reason: err.to_string(),
                     },
@@ -137,7 +145,13 @@ impl Files {
                         reason: "the .part file is not open".into(),
                     });
                 };
-                match part.finalize(&sha256, names::mode_for(mode, self.umask), mtime) {
+                let hashed = std::mem::take(&mut self.hashed);
+                match part.finalize_hashed(
+                    &sha256,
+                    names::mode_for(mode, self.umask),
+                    mtime,
+                    hashed,
+                ) {
                     Ok(path) => StoreResult::Finalized { path },
                     Err(StoreError::HashMismatch) => StoreResult::FinalizeFailed {
                         reason: "the whole file's SHA-256 differs from the sender's".into(),
@@ -192,6 +206,7 @@ impl Files {
             ));
         }
         let writer = part.open().map_err(|e| e.to_string())?;
+        self.hashed = WholeFileHash::new();
         self.part = Some(part);
         self.writer = Some(writer);
         Ok(held)
