@@ -61,25 +61,44 @@ impl TransferIo {
     }
 }
 
+/// Operations one trip to the blocking pool carries at most: what has queued up meanwhile
+/// (up to 1 MiB of 128 KiB chunks) goes together, so that a transfer costs one thread
+/// handover per batch rather than one per chunk.
+const MAX_BATCH: usize = 8;
+
 async fn work(
     mut files: Files,
     ops: async_channel::Receiver<StoreOp>,
     inputs: async_channel::Sender<Input>,
 ) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(op) = ops.recv().await {
-        if op == StoreOp::Close {
-            return;
+        batch.push(op);
+        while batch.len() < MAX_BATCH
+            && batch.last() != Some(&StoreOp::Close)
+            && let Ok(op) = ops.try_recv()
+        {
+            batch.push(op);
         }
+        let closing = batch.last() == Some(&StoreOp::Close);
         let id = files.id;
-        let (back, result) = runtime::unblock(move || {
-            let result = files.perform(op);
-            (files, result)
+        let ops_now = std::mem::take(&mut batch);
+        let (back, results) = runtime::unblock(move || {
+            let results: Vec<StoreResult> = ops_now
+                .into_iter()
+                .filter(|op| *op != StoreOp::Close)
+                .filter_map(|op| files.perform(op))
+                .collect();
+            (files, results)
         })
         .await;
         files = back;
-        if let Some(result) = result
-            && inputs.send(Input::Store { id, result }).await.is_err()
-        {
+        for result in results {
+            if inputs.send(Input::Store { id, result }).await.is_err() {
+                return;
+            }
+        }
+        if closing {
             return;
         }
     }
