@@ -665,7 +665,9 @@ mod tests {
             let mut hashed = WholeFileHash::new();
             if case == 2 {
                 // Resumed: the first half is already in the .part, not seen by this hash.
-                writer.write_chunk(0, &data[..5000], &sha(&data[..5000])).unwrap();
+                writer
+                    .write_chunk(0, &data[..5000], &sha(&data[..5000]))
+                    .unwrap();
             }
             for &i in *order {
                 let range = i * 2500..(i + 1) * 2500;
@@ -682,7 +684,9 @@ mod tests {
                 part.finalize_hashed(&sha(b"other"), 0o644, None, bad),
                 Err(StoreError::HashMismatch)
             ));
-            let path = part.finalize_hashed(&sha(&data), 0o644, None, hashed).unwrap();
+            let path = part
+                .finalize_hashed(&sha(&data), 0o644, None, hashed)
+                .unwrap();
             assert_eq!(fs::read(path).unwrap(), data);
         }
     }
