@@ -40,6 +40,11 @@ pub const SEND_BUFFER_LIMIT: usize = 8 * 1024 * 1024;
 /// The writers of open channels, by peer: where the node's transfer messages go.
 type Outgoing = Arc<std::sync::Mutex<HashMap<DeviceId, async_channel::Sender<Vec<u8>>>>>;
 
+/// Time between ICE connectivity checks (webrtc-rs: 200 ms).
+pub const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+/// Checks per candidate pair (webrtc-rs: 7 at 200 ms); 28 at 50 ms keeps its 1.4 s budget.
+pub const ICE_MAX_BINDING_REQUESTS: u16 = 28;
+
 /// The largest message webrtc-rs can take (it advertises at most this), and what fsnode
 /// advertises: spec 4 then gives 128 KiB chunks (64 KiB by default would give 32 KiB ones, with
 /// four times the messages, store operations and progress round trips per byte).
@@ -144,6 +149,9 @@ pub async fn build_peer_connection(
         )))
         .with_sctp_max_receive_buffer_size(sctp_receive_window(runtime::udp_buffer_bytes()))
         .with_sctp_mtu(sctp_mtu(interface_mtu(&udp_addrs)))
+        // ICE checks every 50 ms instead of 200 (same 1.4 s budget per pair): on a LAN the
+        // round trip is far below either, so the pair is found sooner.
+        .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
         .build();
     let configuration = RTCConfigurationBuilder::new()
         .with_certificates(vec![identity.certificate.clone()])
