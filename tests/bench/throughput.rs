@@ -473,6 +473,18 @@ fn pair_benchmark(opts: &Opts, data: &Path, big: &Path, topology: Topology) -> a
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
             println!("{}: {}", h.name(), udp_errors(&snmp));
+            let tc = h
+                .command("tc")
+                .args(["-s", "qdisc", "show", "dev", h.interface()])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let sent = tc
+                .lines()
+                .find(|l| l.trim_start().starts_with("Sent"))
+                .unwrap_or("")
+                .trim();
+            println!("{} {} tbf: {sent}", h.name(), h.interface());
         }
     } else {
         let snmp = lan
