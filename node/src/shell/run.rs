@@ -159,6 +159,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             dialing: HashMap::new(),
             undelivered: HashMap::new(),
             watchers: Vec::new(),
+            collected: Collected::default(),
         };
         node.write_trust_file();
         let reason = node.serve(inputs, conns, requests).await?;
@@ -186,8 +187,20 @@ enum Wake {
     Stop(String),
 }
 
+/// Inputs handled together before their events are committed and their effects run.
+const MAX_INPUT_BATCH: usize = 64;
+
 /// Messages queued for a peer while a signaling connection to it is being dialled.
 const MAX_OUTBOX: usize = 64;
+
+/// Outputs taken from the core and not carried out yet.
+#[derive(Default)]
+struct Collected {
+    /// The journal ticket of the last event appended (records become durable in order).
+    last_pending: Option<fsnode_journal::Pending>,
+    actions: Vec<Output>,
+    journaled: Vec<(u64, Stamped)>,
+}
 
 /// The one task that owns the core: feeds it inputs, journals its events, then carries out
 /// its replies and effects (event first, then effect).
@@ -212,6 +225,7 @@ struct NodeLoop<'a> {
     undelivered: HashMap<DeviceId, Vec<Vec<u8>>>,
     /// `fsnode watch` clients: every journaled event goes to each.
     watchers: Vec<async_channel::Sender<Reply>>,
+    collected: Collected,
 }
 
 impl NodeLoop<'_> {
@@ -264,7 +278,10 @@ impl NodeLoop<'_> {
                 wall_ms: self.clock.wall_ms(),
             };
             match wake {
-                Wake::Input(input) => self.core.handle(input, now),
+                Wake::Input(input) => {
+                    self.core.handle(input, now);
+                    self.handle_ready_inputs(&inputs, &conns)?;
+                }
                 Wake::Conn(event) => self.on_conn(event),
                 Wake::Request(ControlRequest {
                     request: Request::Watch,
@@ -289,23 +306,60 @@ impl NodeLoop<'_> {
         }
     }
 
-    /// Journals every event the core produced, waits until they are durable (one group
-    /// commit), then runs the replies and effects in order.
-    async fn drain(&mut self) -> anyhow::Result<()> {
-        let mut last_pending = None;
-        let mut actions = Vec::new();
-        let mut journaled = Vec::new();
+    /// Takes every output of the core's last mutation (the drive-loop rule): events are
+    /// appended to the journal now, replies and effects wait in `collected` for `drain`.
+    fn collect(&mut self) -> anyhow::Result<()> {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Event(stamped) => {
                     log_event(&stamped.event);
                     let pending = self.journal.append(&JournalEntry::Event(stamped.clone()))?;
-                    journaled.push((pending.seq, stamped));
-                    last_pending = Some(pending);
+                    self.collected.journaled.push((pending.seq, stamped));
+                    self.collected.last_pending = Some(pending);
                 }
-                other => actions.push(other),
+                other => self.collected.actions.push(other),
             }
         }
+        Ok(())
+    }
+
+    /// Feeds the core the inputs that are already waiting (at most [`MAX_INPUT_BATCH`]), so
+    /// that their events share one journal commit (the `drain` that follows): with many
+    /// transfers at once (a directory of small files), one fsync per input was the limit.
+    /// Connection events still go first, as in `serve`. Nothing is carried out before the
+    /// drain, so every effect still follows its events' commit.
+    fn handle_ready_inputs(
+        &mut self,
+        inputs: &async_channel::Receiver<Input>,
+        conns: &async_channel::Receiver<ConnEvent>,
+    ) -> anyhow::Result<()> {
+        self.collect()?;
+        for _ in 1..MAX_INPUT_BATCH {
+            while let Ok(event) = conns.try_recv() {
+                self.on_conn(event);
+            }
+            let Ok(input) = inputs.try_recv() else {
+                return Ok(());
+            };
+            let now = Now {
+                instant: self.clock.now(),
+                wall_ms: self.clock.wall_ms(),
+            };
+            self.core.handle(input, now);
+            self.collect()?;
+        }
+        Ok(())
+    }
+
+    /// Journals every event the core produced, waits until they are durable (one group
+    /// commit), then runs the replies and effects in order.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        self.collect()?;
+        let Collected {
+            last_pending,
+            actions,
+            journaled,
+        } = std::mem::take(&mut self.collected);
         if let Some(pending) = last_pending {
             // Records become durable in order, so the last one's ticket covers them all.
             pending.await.context("writing to the journal")?;

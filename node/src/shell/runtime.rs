@@ -56,9 +56,134 @@ pub async fn timeout<T>(
     .await
 }
 
-/// The runtime webrtc-rs drives its peer connections on.
+/// The runtime webrtc-rs drives its peer connections on: smol, with every UDP socket's kernel
+/// buffers enlarged (see [`udp_buffer_bytes`]).
 pub fn webrtc() -> Arc<dyn webrtc::runtime::Runtime> {
-    Arc::new(webrtc::runtime::SmolRuntime)
+    Arc::new(SizedSockets(webrtc::runtime::SmolRuntime))
+}
+
+/// Kernel buffer fsnode asks for on each WebRTC UDP socket, each direction. A data channel at
+/// LAN rates delivers bursts of a whole SCTP window back to back; the 208 KiB default of
+/// `net.core.rmem_default` overflows (`RcvbufErrors` in /proc/net/snmp), every drop costs a
+/// retransmission and halves SCTP's congestion window.
+pub const UDP_BUFFER_REQUEST: usize = 16 * 1024 * 1024;
+
+/// Sets `sock`'s receive and send buffers to [`UDP_BUFFER_REQUEST`]: `SO_RCVBUFFORCE` (root or
+/// CAP_NET_ADMIN may exceed `net.core.rmem_max`) first, else `SO_RCVBUF` (capped by the
+/// kernel at `rmem_max`); the same for sending. Returns the receive buffer obtained, as the
+/// kernel reports it (twice the payload it will hold, for its bookkeeping).
+pub fn size_udp_buffers(sock: &std::net::UdpSocket) -> usize {
+    use rustix::net::sockopt;
+    if sockopt::set_socket_recv_buffer_size_force(sock, UDP_BUFFER_REQUEST).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(sock, UDP_BUFFER_REQUEST);
+    }
+    if sockopt::set_socket_send_buffer_size_force(sock, UDP_BUFFER_REQUEST).is_err() {
+        let _ = sockopt::set_socket_send_buffer_size(sock, UDP_BUFFER_REQUEST);
+    }
+    sockopt::socket_recv_buffer_size(sock).unwrap_or(0)
+}
+
+/// The receive buffer a WebRTC UDP socket of this process gets (measured once on a probe
+/// socket, logged), so that the SCTP receive window can be sized from it before any peer
+/// connection exists.
+pub fn udp_buffer_bytes() -> usize {
+    static OBTAINED: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *OBTAINED.get_or_init(|| {
+        let obtained = std::net::UdpSocket::bind(("127.0.0.1", 0))
+            .map(|sock| size_udp_buffers(&sock))
+            .unwrap_or(0);
+        tracing::debug!(
+            requested = UDP_BUFFER_REQUEST,
+            obtained,
+            "UDP socket receive buffer for WebRTC"
+        );
+        if obtained < UDP_BUFFER_REQUEST {
+            tracing::info!(
+                obtained,
+                "the kernel capped fsnode's UDP receive buffer (net.core.rmem_max); raising \
+                 it to {} or running with CAP_NET_ADMIN speeds up transfers",
+                UDP_BUFFER_REQUEST
+            );
+        }
+        obtained
+    })
+}
+
+/// smol, with [`size_udp_buffers`] applied to each UDP socket webrtc-rs opens.
+#[derive(Debug)]
+struct SizedSockets(webrtc::runtime::SmolRuntime);
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl webrtc::runtime::Runtime for SizedSockets {
+    fn spawn(
+        &self,
+        future: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn webrtc::runtime::JoinHandle> {
+        self.0.spawn(future)
+    }
+
+    fn spawn_reactor(
+        &self,
+        reactor_pool_size: usize,
+        future: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn webrtc::runtime::JoinHandle> {
+        self.0.spawn_reactor(reactor_pool_size, future)
+    }
+
+    fn wrap_udp_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncUdpSocket>> {
+        let obtained = size_udp_buffers(&socket);
+        tracing::trace!(obtained, "sized a WebRTC UDP socket");
+        self.0.wrap_udp_socket(socket)
+    }
+
+    fn wrap_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
+        self.0.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: std::net::SocketAddr,
+    ) -> BoxFuture<'a, std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpStream>>> {
+        self.0.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, std::io::Result<Vec<std::net::SocketAddr>>> {
+        self.0.resolve_host(host)
+    }
+
+    fn now(&self) -> Instant {
+        self.0.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.0.sleep(duration)
+    }
+
+    fn interval(&self, period: Duration) -> Box<dyn webrtc::runtime::AsyncInterval> {
+        self.0.interval(period)
+    }
+
+    fn block_on(&self, future: std::pin::Pin<Box<dyn Future<Output = ()> + '_>>) {
+        self.0.block_on(future)
+    }
+
+    fn yield_now(&self) -> BoxFuture<'static, ()> {
+        self.0.yield_now()
+    }
+
+    fn name(&self) -> &'static str {
+        "smol+sized-udp-buffers"
+    }
 }
 
 /// Time as the shell sees it: monotonic for timers, wall clock for journal stamps.
