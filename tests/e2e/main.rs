@@ -5,6 +5,7 @@
 mod connection;
 mod discovery;
 mod foundation;
+mod plugins;
 mod support;
 mod transfer;
 

@@ -150,6 +150,9 @@ pub enum Event {
         /// The whole file's SHA-256, taken when it was queued (sender side).
         #[serde(default)]
         sha256: Option<[u8; 32]>,
+        /// Receiver: the subdirectory of the receive directory policy routed the file into.
+        #[serde(default)]
+        dir: Option<String>,
     },
     TransferStarted {
         id: TransferId,
@@ -194,6 +197,12 @@ pub enum Event {
         plugin: String,
         question: String,
         answer: String,
+    },
+    /// The host stopped using a plugin (it failed to load, trapped, ran out of fuel, memory or
+    /// time, or answered nonsense); the next plugin or the built-in default answers instead.
+    PluginDisabled {
+        plugin: String,
+        reason: String,
     },
 }
 
@@ -240,6 +249,7 @@ impl Event {
             Event::TransferCancelled { .. } => "TransferCancelled",
             Event::TransferFailed { .. } => "TransferFailed",
             Event::PolicyDecision { .. } => "PolicyDecision",
+            Event::PluginDisabled { .. } => "PluginDisabled",
         }
     }
 }

@@ -91,6 +91,9 @@ pub struct TransferState {
     pub mtime: Option<i64>,
     #[serde(default)]
     pub sha256: Option<[u8; 32]>,
+    /// Receiver: the subdirectory of the receive directory policy chose (kept for resumes).
+    #[serde(default)]
+    pub dir: Option<String>,
     pub chunk_size: u32,
     pub chunks: u64,
     /// Leading chunks verified and durable at the receiver (`progress.next`).
@@ -310,6 +313,7 @@ impl State {
                 mode,
                 mtime,
                 sha256,
+                dir,
             } => {
                 self.transfers.entry(*id).or_insert_with(|| TransferState {
                     peer: peer.clone(),
@@ -321,6 +325,7 @@ impl State {
                     mode: *mode,
                     mtime: *mtime,
                     sha256: *sha256,
+                    dir: dir.clone(),
                     chunk_size: 0,
                     chunks: 0,
                     next: 0,
@@ -395,6 +400,8 @@ impl State {
                 self.finish(id, TransferStatus::Failed, Some(reason.clone()), now);
             }
             Event::PolicyDecision { .. } => self.policy_decisions += 1,
+            // The host's business: the plugin is out of the order until the node restarts.
+            Event::PluginDisabled { .. } => {}
         }
     }
 
