@@ -222,6 +222,45 @@ mod tests {
     }
 
     #[test]
+    fn the_plugins_table_sets_directory_order_limits_and_config() {
+        let home = tempfile::tempdir().unwrap();
+        let dirs = Dirs::under(home.path());
+        let defaults = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(defaults.plugins.dir, dirs.data.join("plugins"));
+        assert_eq!(defaults.plugins.order, None);
+        assert_eq!(defaults.plugins.limits, crate::policy::Limits::default());
+        fs::create_dir_all(&dirs.config).unwrap();
+        fs::write(
+            dirs.config_file(),
+            "[plugins]\ndir = \"/srv/plugins\"\norder = [\"allowlist\", \"trust-on-offer\"]\n\
+             fuel = 5000\nmemory-mib = 2\ndeadline-ms = 30\n\
+             [plugins.config]\nallowlist = \"names = ['a*']\"\n",
+        )
+        .unwrap();
+        let config = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        let plugins = &config.plugins;
+        assert_eq!(plugins.dir, Path::new("/srv/plugins"));
+        assert_eq!(
+            plugins.plugins(),
+            [
+                (
+                    "allowlist".into(),
+                    PathBuf::from("/srv/plugins/allowlist.wasm")
+                ),
+                (
+                    "trust-on-offer".into(),
+                    PathBuf::from("/srv/plugins/trust-on-offer.wasm")
+                ),
+            ]
+        );
+        assert_eq!(plugins.limits.fuel, 5000);
+        assert_eq!(plugins.limits.memory_bytes, 2 * 1024 * 1024);
+        assert_eq!(plugins.limits.deadline, Duration::from_millis(30));
+        assert_eq!(plugins.config_for("allowlist"), "names = ['a*']");
+        assert_eq!(plugins.config_for("trust-on-offer"), "");
+    }
+
+    #[test]
     fn a_bad_config_file_names_itself() {
         let home = tempfile::tempdir().unwrap();
         let dirs = Dirs::under(home.path());

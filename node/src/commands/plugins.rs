@@ -148,48 +148,58 @@ fn check(home: Option<&Path>, file: &Path, config: Option<&str>) -> anyhow::Resu
         DeviceId::from_sha256(&[2; 32]),
         DeviceId::from_sha256(&[3; 32]),
     ];
-    let mut show = |question: &str, result: Result<Call<String>, PluginError>, took| match result {
-        Ok(call) => writeln!(
-            out,
-            "{question:<14} {:<40} {:>9} fuel {took:>10.1?}",
-            call.value, call.fuel
-        ),
-        Err(err) => writeln!(
-            out,
-            "{question:<14} FAILED: {err} (the node would disable it)"
-        ),
+    // After a failure the instance is unusable (the node disables the plugin): stop there.
+    let mut failed = false;
+    let mut ask = |question: &str, call: &mut dyn FnMut() -> Result<Call<String>, PluginError>| {
+        if failed {
+            return writeln!(out, "{question:<14} not asked: disabled");
+        }
+        let clock = Stopwatch::start();
+        let result = call();
+        let took = clock.elapsed();
+        match result {
+            Ok(call) => writeln!(
+                out,
+                "{question:<14} {:<40} {:>9} fuel {took:>10.1?}",
+                call.value, call.fuel
+            ),
+            Err(err) => {
+                failed = true;
+                writeln!(out, "{question:<14} FAILED: {err} (the node disables it)")
+            }
+        }
     };
-    let clock = Stopwatch::start();
-    let r = plugin
-        .on_discovered(&node, &peer)
-        .map(|c| label(c, |a| a.label().into()));
-    show("on-discovered", r, clock.elapsed())?;
-    let clock = Stopwatch::start();
-    let r = plugin
-        .on_offer(&node, &peer)
-        .map(|c| label(c, |a| a.label().into()));
-    show("on-offer", r, clock.elapsed())?;
-    let clock = Stopwatch::start();
-    let r = plugin
-        .on_transfer(&node, &peer, &file)
-        .map(|c| label(c, |a| a.label()));
-    show("on-transfer", r, clock.elapsed())?;
-    let clock = Stopwatch::start();
-    let r = plugin.schedule(&node, &queue, &connected).map(|c| {
-        label(c, |order| {
-            order
-                .iter()
-                .map(TransferId::short)
-                .collect::<Vec<_>>()
-                .join(",")
+    ask("on-discovered", &mut || {
+        plugin
+            .on_discovered(&node, &peer)
+            .map(|c| label(c, |a| a.label().into()))
+    })?;
+    ask("on-offer", &mut || {
+        plugin
+            .on_offer(&node, &peer)
+            .map(|c| label(c, |a| a.label().into()))
+    })?;
+    ask("on-transfer", &mut || {
+        plugin
+            .on_transfer(&node, &peer, &file)
+            .map(|c| label(c, |a| a.label()))
+    })?;
+    ask("schedule", &mut || {
+        plugin.schedule(&node, &queue, &connected).map(|c| {
+            label(c, |order| {
+                order
+                    .iter()
+                    .map(TransferId::short)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
         })
-    });
-    show("schedule", r, clock.elapsed())?;
-    let clock = Stopwatch::start();
-    let r = plugin
-        .map_mode(&node, &file)
-        .map(|c| label(c, |m| format!("{m:o}")));
-    show("map-mode", r, clock.elapsed())?;
+    })?;
+    ask("map-mode", &mut || {
+        plugin
+            .map_mode(&node, &file)
+            .map(|c| label(c, |m| format!("{m:o}")))
+    })?;
     Ok(())
 }
 

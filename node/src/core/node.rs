@@ -173,6 +173,9 @@ pub struct Core {
     negotiations: BTreeMap<DeviceId, Negotiation>,
     transfers: Transfers,
     policy: Box<dyn Policy>,
+    /// Plugin answers journaled lately (question and answer, when), so a device repeating
+    /// an offer cannot grow the journal with the same decision.
+    recent_decisions: VecDeque<(String, i64)>,
 }
 
 impl Core {
@@ -188,6 +191,7 @@ impl Core {
             negotiations: BTreeMap::new(),
             transfers: Transfers::default(),
             policy: Box::new(NoPlugins),
+            recent_decisions: VecDeque::new(),
         }
     }
 
@@ -227,9 +231,29 @@ impl Core {
         }
     }
 
-    /// Journals what a round of questions recorded.
+    /// Journals what a round of questions recorded; the same plugin answer to the same
+    /// question is journaled once per [`REQUEST_JOURNAL_INTERVAL_MS`] within a bounded memory.
     fn emit_all(&mut self, events: Vec<Event>, now: Now) {
         for event in events {
+            if let Event::PolicyDecision {
+                plugin,
+                question,
+                answer,
+            } = &event
+            {
+                let key = format!("{plugin}\n{question}\n{answer}");
+                let recent = self
+                    .recent_decisions
+                    .iter()
+                    .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
+                if recent {
+                    continue;
+                }
+                if self.recent_decisions.len() == IGNORED_MEMORY {
+                    self.recent_decisions.pop_front();
+                }
+                self.recent_decisions.push_back((key, now.wall_ms));
+            }
             self.emit(event, now);
         }
     }

@@ -199,8 +199,8 @@ struct Slot {
 
 /// The plugins of a node, in order, as the core's [`Policy`].
 pub struct PluginHost {
-    // Kept for the ticker thread's lifetime.
-    _runtime: Runtime,
+    // Kept for the ticker thread's lifetime; none without plugins (no thread ticking idly).
+    _runtime: Option<Runtime>,
     slots: Vec<Slot>,
     disabled: Vec<Disabled>,
 }
@@ -209,10 +209,18 @@ impl PluginHost {
     /// Loads every configured plugin; those that fail are listed as disabled (and reported to
     /// the core) rather than stopping the node.
     pub fn load(settings: &Settings) -> Result<Self, PluginError> {
-        let runtime = Runtime::new(settings.limits)?;
+        let plugins = settings.plugins();
         let mut slots = Vec::new();
         let mut disabled = Vec::new();
-        for (name, path) in settings.plugins() {
+        if plugins.is_empty() {
+            return Ok(Self {
+                _runtime: None,
+                slots,
+                disabled,
+            });
+        }
+        let runtime = Runtime::new(settings.limits)?;
+        for (name, path) in plugins {
             let config = settings.config_for(&name);
             let mut slot = Slot {
                 name: name.clone(),
@@ -241,7 +249,7 @@ impl PluginHost {
             slots.push(slot);
         }
         Ok(Self {
-            _runtime: runtime,
+            _runtime: Some(runtime),
             slots,
             disabled,
         })

@@ -309,3 +309,44 @@ fn the_first_plugin_with_an_opinion_decides() {
         "portable-modes"
     );
 }
+
+#[test]
+fn a_sidecar_toml_beside_the_plugin_is_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        components().join("allowlist.wasm"),
+        dir.path().join("allowlist.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("allowlist.toml"),
+        format!("devices = [\"{}\"]\n", device(2)),
+    )
+    .unwrap();
+    let settings = Settings {
+        dir: dir.path().to_path_buf(),
+        order: None,
+        config: Default::default(),
+        limits: Limits::default(),
+    };
+    let mut host = PluginHost::load(&settings).unwrap();
+    assert_eq!(
+        host.on_offer(&node(), &peer("x")).map(|d| d.answer),
+        Some(TrustAnswer::Trust)
+    );
+}
+
+#[test]
+fn no_plugins_no_opinions() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        dir: dir.path().join("absent"),
+        order: None,
+        config: Default::default(),
+        limits: Limits::default(),
+    };
+    let mut host = PluginHost::load(&settings).unwrap();
+    assert!(host.describe().is_empty());
+    assert_eq!(host.on_offer(&node(), &peer("x")), None);
+    assert!(host.take_disabled().is_empty());
+}

@@ -720,6 +720,17 @@ fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
         }]
     ));
     assert!(!h.core.state().is_trusted(&id(2)));
+    // The same offer again: refused again, the same decision not journaled twice.
+    let again = h.handle(Input::Signal {
+        conn: 1,
+        peer: id(2),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(2),
+            seq: 2,
+        },
+    });
+    assert!(Harness::events(&again).is_empty(), "{again:?}");
+    assert_eq!(effects(&again).len(), 1);
 }
 
 #[test]
