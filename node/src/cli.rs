@@ -50,6 +50,44 @@ pub enum Command {
     Transfers(JsonArg),
     /// Follow the node's events live (discovery, trust, connections, transfers) until Ctrl-C.
     Watch(JsonArg),
+    /// Policy plugins: list the loaded ones, check a plugin offline, build one from source.
+    Plugins(PluginsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PluginsArgs {
+    #[command(subcommand)]
+    pub command: PluginsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// The plugins in the order they are asked, and the disabled ones with why (from the
+    /// running node; without one, the configured order).
+    List {
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a plugin offline, ask it every question with sample facts, and print its answers
+    /// and what each call cost.
+    Check {
+        #[arg(value_name = "FILE.wasm")]
+        file: PathBuf,
+        /// Configuration text handed to the plugin (default: NAME.toml beside it, if any).
+        #[arg(long, value_name = "TEXT")]
+        config: Option<String>,
+    },
+    /// Build a Rust plugin crate (or workspace) for wasm32-unknown-unknown and write its
+    /// components into the plugin directory (or --out).
+    Build {
+        /// The crate's directory (holding Cargo.toml).
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Where the components go (default: the node's plugin directory).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use crate::cli::{DeviceTypeArg, RunArgs};
 use crate::core::DeviceType;
 use crate::dirs::Dirs;
@@ -20,6 +23,26 @@ pub struct Config {
     pub device_type: DeviceType,
     pub port: u16,
     pub interfaces: Vec<String>,
+    pub plugins: crate::policy::Settings,
+}
+
+/// The `[plugins]` table of the config file; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginsFile {
+    /// Where the `.wasm` plugins are (default: `DATA/plugins`).
+    pub dir: Option<PathBuf>,
+    /// Plugin names (file stems), in the order they are asked (default: every `.wasm`, by name).
+    pub order: Option<Vec<String>>,
+    /// Fuel per call.
+    pub fuel: Option<u64>,
+    /// Memory cap per plugin instance, MiB.
+    pub memory_mib: Option<usize>,
+    /// Wall-clock backstop per call, milliseconds.
+    pub deadline_ms: Option<u64>,
+    /// Configuration text per plugin name (else `NAME.toml` beside the `.wasm`).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 /// The config file's contents; every key optional.
@@ -32,6 +55,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub interfaces: Vec<String>,
     pub receive_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub plugins: PluginsFile,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +133,29 @@ impl Config {
         } else {
             args.interfaces.clone()
         };
+        let defaults = crate::policy::Limits::default();
+        let plugins = crate::policy::Settings {
+            dir: file
+                .plugins
+                .dir
+                .clone()
+                .unwrap_or_else(|| dirs.data.join("plugins")),
+            order: file.plugins.order.clone(),
+            config: file.plugins.config.clone(),
+            limits: crate::policy::Limits {
+                fuel: file.plugins.fuel.unwrap_or(defaults.fuel),
+                memory_bytes: file
+                    .plugins
+                    .memory_mib
+                    .map_or(defaults.memory_bytes, |mib| mib.saturating_mul(1024 * 1024)),
+                deadline: file
+                    .plugins
+                    .deadline_ms
+                    .map_or(defaults.deadline, Duration::from_millis),
+            },
+        };
         Ok(Self {
+            plugins,
             dirs,
             name,
             device_type,
@@ -172,6 +219,45 @@ mod tests {
         assert_eq!(from_flags.port, 0);
         assert_eq!(from_flags.interfaces, vec!["veth1"]);
         assert_eq!(from_flags.dirs.receive, Path::new("/srv/in"));
+    }
+
+    #[test]
+    fn the_plugins_table_sets_directory_order_limits_and_config() {
+        let home = tempfile::tempdir().unwrap();
+        let dirs = Dirs::under(home.path());
+        let defaults = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(defaults.plugins.dir, dirs.data.join("plugins"));
+        assert_eq!(defaults.plugins.order, None);
+        assert_eq!(defaults.plugins.limits, crate::policy::Limits::default());
+        fs::create_dir_all(&dirs.config).unwrap();
+        fs::write(
+            dirs.config_file(),
+            "[plugins]\ndir = \"/srv/plugins\"\norder = [\"allowlist\", \"trust-on-offer\"]\n\
+             fuel = 5000\nmemory-mib = 2\ndeadline-ms = 30\n\
+             [plugins.config]\nallowlist = \"names = ['a*']\"\n",
+        )
+        .unwrap();
+        let config = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        let plugins = &config.plugins;
+        assert_eq!(plugins.dir, Path::new("/srv/plugins"));
+        assert_eq!(
+            plugins.plugins(),
+            [
+                (
+                    "allowlist".into(),
+                    PathBuf::from("/srv/plugins/allowlist.wasm")
+                ),
+                (
+                    "trust-on-offer".into(),
+                    PathBuf::from("/srv/plugins/trust-on-offer.wasm")
+                ),
+            ]
+        );
+        assert_eq!(plugins.limits.fuel, 5000);
+        assert_eq!(plugins.limits.memory_bytes, 2 * 1024 * 1024);
+        assert_eq!(plugins.limits.deadline, Duration::from_millis(30));
+        assert_eq!(plugins.config_for("allowlist"), "names = ['a*']");
+        assert_eq!(plugins.config_for("trust-on-offer"), "");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum Request {
     /// Follow the node's events live: the node answers with one `event` reply per journaled
     /// event until the client disconnects.
     Watch,
+    /// The policy plugins, in the order they are asked, and the disabled ones with why.
+    Plugins,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +89,9 @@ pub enum Reply {
         time_ms: i64,
         event: serde_json::Value,
     },
+    Plugins {
+        plugins: Vec<PluginRow>,
+    },
     Error(ControlError),
 }
 
@@ -114,6 +119,22 @@ pub struct PeerRow {
     pub connection: String,
     /// The code both operators see for this pair of devices.
     pub verification_code: String,
+}
+
+/// One policy plugin, as `fsnode plugins list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRow {
+    /// Its position in the order in which plugins are asked (1 first).
+    pub order: usize,
+    pub name: String,
+    pub path: String,
+    /// The contract version it exports (`0.1.0`), when it loaded that far.
+    pub version: Option<String>,
+    /// Why the host stopped using it; `None` while it is in use.
+    pub disabled: Option<String>,
+    /// Questions it was asked, and the fuel they cost in total.
+    pub calls: u64,
+    pub fuel: u64,
 }
 
 /// One transfer, as `fsnode transfers` shows it.

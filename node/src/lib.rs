@@ -11,5 +11,6 @@ pub mod core;
 pub mod dirs;
 pub mod exit;
 pub mod identity;
+pub mod policy;
 pub mod record;
 pub mod shell;

@@ -573,6 +573,7 @@ fn hostile_transfers_are_refused_with_reasons_on_both_sides() {
                 mode: None,
                 mtime: None,
                 sha256: Some(*sha256),
+                dir: None,
             })
             .collect(),
     );

@@ -5,6 +5,7 @@ pub mod client;
 mod id;
 mod journal;
 mod peers;
+mod plugins;
 mod transfers;
 
 use crate::cli::{Cli, Command};
@@ -29,5 +30,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => transfers::cancel(home, &args),
         Command::Transfers(args) => transfers::transfers(home, &args),
         Command::Watch(args) => transfers::watch(home, &args),
+        Command::Plugins(args) => plugins::plugins(home, &args),
     }
 }

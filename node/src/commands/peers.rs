@@ -84,7 +84,9 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
         Reply::Cancelled { transfer } => {
             super::transfers::table(&mut out, std::slice::from_ref(transfer))?
         }
-        Reply::Event { .. } => writeln!(out, "{}", serde_json::to_string(reply)?)?,
+        Reply::Event { .. } | Reply::Plugins { .. } => {
+            writeln!(out, "{}", serde_json::to_string(reply)?)?
+        }
         Reply::Error(error) => bail!(refusal(error)),
     }
     Ok(())

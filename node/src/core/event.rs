@@ -150,6 +150,9 @@ pub enum Event {
         /// The whole file's SHA-256, taken when it was queued (sender side).
         #[serde(default)]
         sha256: Option<[u8; 32]>,
+        /// Receiver: the subdirectory of the receive directory policy routed the file into.
+        #[serde(default)]
+        dir: Option<String>,
     },
     TransferStarted {
         id: TransferId,
@@ -201,6 +204,12 @@ pub enum Event {
         question: String,
         answer: String,
     },
+    /// The host stopped using a plugin (it failed to load, trapped, ran out of fuel, memory or
+    /// time, or answered nonsense); the next plugin or the built-in default answers instead.
+    PluginDisabled {
+        plugin: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -247,6 +256,7 @@ impl Event {
             Event::TransferFailed { .. } => "TransferFailed",
             Event::TransferPaused { .. } => "TransferPaused",
             Event::PolicyDecision { .. } => "PolicyDecision",
+            Event::PluginDisabled { .. } => "PluginDisabled",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod event;
 pub mod names;
 pub mod negotiation;
 pub mod node;
+pub mod policy;
 pub mod sdp;
 pub mod signal;
 pub mod state;

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::discovery::{self, Announcement};
 use super::negotiation::{self, Action, Negotiation};
+use super::policy::{
+    Asker, FileFacts, NoPlugins, NodeFacts, PeerFacts, Platform, Policy, TrustAnswer,
+};
 use super::sdp;
 use super::signal::{Hello, Message};
 use super::transfer;
@@ -169,6 +172,10 @@ pub struct Core {
     next_probe: Option<Instant>,
     negotiations: BTreeMap<DeviceId, Negotiation>,
     transfers: Transfers,
+    policy: Box<dyn Policy>,
+    /// Plugin answers journaled lately (question and answer, when), so a device repeating
+    /// an offer cannot grow the journal with the same decision.
+    recent_decisions: VecDeque<(String, i64)>,
 }
 
 impl Core {
@@ -183,7 +190,94 @@ impl Core {
             next_probe: Some(now + PROBE_INTERVAL / 6),
             negotiations: BTreeMap::new(),
             transfers: Transfers::default(),
+            policy: Box::new(NoPlugins),
+            recent_decisions: VecDeque::new(),
         }
+    }
+
+    /// Hands the questions to `policy` (the plugin host) instead of the built-in default, and
+    /// journals the plugins it could not load.
+    pub fn set_policy(&mut self, policy: Box<dyn Policy>, now: Now) {
+        self.policy = policy;
+        for disabled in self.policy.take_disabled() {
+            self.emit(
+                Event::PluginDisabled {
+                    plugin: disabled.plugin,
+                    reason: disabled.reason,
+                },
+                now,
+            );
+        }
+    }
+
+    fn node_facts(&self, now: Now) -> NodeFacts {
+        NodeFacts {
+            id: self.me.id.clone(),
+            name: self.me.name.clone(),
+            platform: Platform::current(),
+            os: std::env::consts::OS,
+            now_ms: now.wall_ms,
+        }
+    }
+
+    fn peer_facts(&self, id: &DeviceId) -> PeerFacts {
+        let known = self.state.peers.get(id);
+        PeerFacts {
+            id: id.clone(),
+            name: known.map(|p| p.name.clone()).unwrap_or_default(),
+            device_type: known.map_or(DeviceType::Unknown, |p| p.device_type),
+            addresses: known.map(|p| p.addresses.clone()).unwrap_or_default(),
+            port: known.map_or(0, |p| p.port),
+        }
+    }
+
+    /// Journals what a round of questions recorded; the same plugin answer to the same
+    /// question is journaled once per [`REQUEST_JOURNAL_INTERVAL_MS`] within a bounded memory.
+    fn emit_all(&mut self, events: Vec<Event>, now: Now) {
+        for event in events {
+            if let Event::PolicyDecision {
+                plugin,
+                question,
+                answer,
+            } = &event
+            {
+                let key = format!("{plugin}\n{question}\n{answer}");
+                let recent = self
+                    .recent_decisions
+                    .iter()
+                    .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
+                if recent {
+                    continue;
+                }
+                if self.recent_decisions.len() == IGNORED_MEMORY {
+                    self.recent_decisions.pop_front();
+                }
+                self.recent_decisions.push_back((key, now.wall_ms));
+            }
+            self.emit(event, now);
+        }
+    }
+
+    /// Trusts `peer` on a plugin's word: the same event as `fsnode trust add`, by the plugin.
+    fn trust_by_policy(&mut self, peer: &DeviceId, plugin: String, now: Now) {
+        if self.state.is_trusted(peer) {
+            return;
+        }
+        let name = self
+            .state
+            .peers
+            .get(peer)
+            .map(|p| p.name.clone())
+            .filter(|n| !n.is_empty());
+        self.emit(
+            Event::PeerAuthorized {
+                peer: peer.clone(),
+                name,
+                by: Authority::Policy { plugin },
+            },
+            now,
+        );
+        self.out.push_back(Output::Effect(Effect::TrustChanged));
     }
 
     pub fn state(&self) -> &State {
@@ -323,6 +417,20 @@ impl Core {
         );
     }
 
+    fn ask_about_discovered(&mut self, id: &DeviceId, now: Now) {
+        let (node, peer) = (self.node_facts(now), self.peer_facts(id));
+        let mut asker = Asker::new(self.policy.as_mut(), node);
+        let answer = asker.on_discovered(&peer);
+        let plugin = asker.last_plugin.take();
+        let events = std::mem::take(&mut asker.events);
+        self.emit_all(events, now);
+        match (answer, plugin) {
+            (TrustAnswer::Trust, Some(plugin)) => self.trust_by_policy(id, plugin, now),
+            (TrustAnswer::Ask, _) => self.request_authorization(id, now),
+            _ => {}
+        }
+    }
+
     fn untrusted_peers(&self) -> usize {
         self.state.peers.values().filter(|p| !p.trusted).count()
     }
@@ -369,6 +477,10 @@ impl Core {
                 },
                 now,
             );
+            // Asked when what is known of an untrusted device changes, not per announcement.
+            if !self.state.is_trusted(&id) {
+                self.ask_about_discovered(&id, now);
+            }
         }
         self.maybe_start(&id, now);
     }
@@ -408,8 +520,7 @@ impl Core {
                     self.emit(event, now);
                     let mut work = Vec::new();
                     if connected {
-                        self.transfers
-                            .connected(peer, &self.state, now.instant, &mut work);
+                        self.connect_transfers(peer, now, &mut work);
                     } else if disconnected {
                         self.transfers.disconnected(peer, &mut work);
                     }
@@ -472,11 +583,10 @@ impl Core {
                 .set_max_message_size(&peer, sdp::max_message_size(sdp));
         }
         if !self.state.is_trusted(&peer) {
-            if is_offer {
-                self.on_untrusted_offer(peer, now);
-            }
             // Answers and candidates from an untrusted device concern nothing we started.
-            return;
+            if !is_offer || !self.on_untrusted_offer(&peer, now) {
+                return;
+            }
         }
         let input = match message {
             Message::Offer { sdp, seq } => negotiation::Input::RemoteOffer { sdp, seq },
@@ -492,40 +602,63 @@ impl Core {
         self.pump(&peer, now);
     }
 
-    /// The built-in policy for an offer from a device the operator has not trusted (spec
-    /// 3.4): record the request, answer `bye unauthorized`, connect nothing.
-    fn on_untrusted_offer(&mut self, peer: DeviceId, now: Now) {
-        let known = self.state.peers.get(&peer);
-        let recently = known
-            .and_then(|p| p.requested_at_ms)
-            .is_some_and(|at| now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
-        if !recently {
-            let (name, device_type, address) = known.map_or_else(
-                || (String::new(), DeviceType::Unknown, None),
-                |p| {
-                    (
-                        p.name.clone(),
-                        p.device_type,
-                        p.addresses.first().map(|ip| SocketAddr::new(*ip, p.port)),
-                    )
-                },
-            );
-            self.emit(
-                Event::AuthorizationRequested {
-                    peer: peer.clone(),
-                    name,
-                    device_type,
-                    address,
-                },
-                now,
-            );
+    /// An offer from a device the operator has not trusted: policy decides (spec 3.4). The
+    /// built-in default records an authorization request, answers `bye unauthorized` and
+    /// connects nothing; a plugin may trust the device, and then the offer proceeds (true).
+    fn on_untrusted_offer(&mut self, peer: &DeviceId, now: Now) -> bool {
+        let (node, facts) = (self.node_facts(now), self.peer_facts(peer));
+        let mut asker = Asker::new(self.policy.as_mut(), node);
+        let answer = asker.on_offer(&facts);
+        let plugin = asker.last_plugin.take();
+        let events = std::mem::take(&mut asker.events);
+        self.emit_all(events, now);
+        match (answer, plugin) {
+            (TrustAnswer::Trust, Some(plugin)) => {
+                self.trust_by_policy(peer, plugin, now);
+                return true;
+            }
+            (TrustAnswer::Ask, _) | (TrustAnswer::Trust, None) => {
+                self.request_authorization(peer, now)
+            }
+            (TrustAnswer::Ignore, _) => {}
         }
         self.out.push_back(Output::Effect(Effect::Signal {
-            peer,
+            peer: peer.clone(),
             message: Message::Bye {
                 reason: "unauthorized".into(),
             },
         }));
+        false
+    }
+
+    /// Records that an untrusted device asked to connect, at most once per interval.
+    fn request_authorization(&mut self, peer: &DeviceId, now: Now) {
+        let known = self.state.peers.get(peer);
+        let recently = known
+            .and_then(|p| p.requested_at_ms)
+            .is_some_and(|at| now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
+        if recently {
+            return;
+        }
+        let (name, device_type, address) = known.map_or_else(
+            || (String::new(), DeviceType::Unknown, None),
+            |p| {
+                (
+                    p.name.clone(),
+                    p.device_type,
+                    p.addresses.first().map(|ip| SocketAddr::new(*ip, p.port)),
+                )
+            },
+        );
+        self.emit(
+            Event::AuthorizationRequested {
+                peer: peer.clone(),
+                name,
+                device_type,
+                address,
+            },
+            now,
+        );
     }
 
     fn on_withdrawn(&mut self, instance: &str, now: Now) {
@@ -704,6 +837,9 @@ impl Core {
             },
             // Served by the shell, which streams journaled events to the client.
             Request::Watch => Reply::error(ErrorKind::BadRequest, "watch is a stream"),
+            Request::Plugins => Reply::Plugins {
+                plugins: self.policy.describe(),
+            },
             Request::PeersAdd { address } => {
                 self.out.push_back(Output::Effect(Effect::Dial {
                     addr: address,
@@ -753,11 +889,52 @@ impl Core {
         }
     }
 
+    /// Starts `peer`'s queued sends in the order policy gives.
+    fn connect_transfers(&mut self, peer: &DeviceId, now: Now, work: &mut Vec<Work>) {
+        let node = self.node_facts(now);
+        let connected: Vec<DeviceId> = self
+            .state
+            .peers
+            .iter()
+            .filter(|(id, _)| self.transfers.is_connected(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut asker = Asker::new(self.policy.as_mut(), node);
+        self.transfers
+            .connected(peer, &self.state, now.instant, work, &mut |queue| {
+                asker.schedule(&queue, &connected)
+            });
+        let events = std::mem::take(&mut asker.events);
+        // Journaled before the starts the order caused.
+        for (i, event) in events.into_iter().enumerate() {
+            work.insert(i, Work::Record(event));
+        }
+    }
+
     /// Does the work the transfer manager asked for, in order.
     fn run(&mut self, work: Vec<Work>, now: Now) {
         for item in work {
             match item {
                 Work::Record(event) => self.emit(event, now),
+                Work::Store {
+                    id,
+                    op:
+                        StoreOp::Finalize {
+                            sha256,
+                            mode,
+                            mtime,
+                        },
+                } => {
+                    let mode = self.ask_mode(&id, mode, mtime, now).or(mode);
+                    self.out.push_back(Output::Effect(Effect::Store {
+                        id,
+                        op: StoreOp::Finalize {
+                            sha256,
+                            mode,
+                            mtime,
+                        },
+                    }))
+                }
                 Work::Channel { peer, message } => {
                     self.out.push_back(Output::Effect(Effect::ChannelSend {
                         peer,
@@ -771,6 +948,31 @@ impl Core {
         }
     }
 
+    /// The mode policy gives a received file (`None`: the default mapping of `mode`).
+    fn ask_mode(
+        &mut self,
+        id: &TransferId,
+        mode: Option<u32>,
+        mtime: Option<i64>,
+        now: Now,
+    ) -> Option<u32> {
+        let t = self.state.transfers.get(id)?;
+        let file = FileFacts {
+            id: *id,
+            name: t.name.clone(),
+            size: t.size,
+            mime: t.mime.clone().unwrap_or_default(),
+            mode,
+            mtime,
+        };
+        let node = self.node_facts(now);
+        let mut asker = Asker::new(self.policy.as_mut(), node);
+        let answer = asker.map_mode(&file);
+        let events = std::mem::take(&mut asker.events);
+        self.emit_all(events, now);
+        answer
+    }
+
     fn on_channel(&mut self, peer: DeviceId, data: &[u8], now: Now) {
         if !self.state.is_trusted(&peer) {
             return; // never accept data from a device that is not trusted (spec 3.4)
@@ -778,8 +980,31 @@ impl Core {
         match transfer::wire::decode_within(data, super::transfers::MAX_MESSAGE_BYTES) {
             Ok(Some(message)) => {
                 let mut work = Vec::new();
-                self.transfers
-                    .on_message(&peer, message, &self.state, now.instant, &mut work);
+                let node = self.node_facts(now);
+                let facts = self.peer_facts(&peer);
+                let mut asker = Asker::new(self.policy.as_mut(), node);
+                self.transfers.on_message(
+                    &peer,
+                    message,
+                    &self.state,
+                    now.instant,
+                    &mut work,
+                    &mut |_, start| {
+                        asker.on_transfer(
+                            &facts,
+                            &FileFacts {
+                                id: start.id,
+                                name: start.name.clone(),
+                                size: start.size,
+                                mime: start.mime.clone(),
+                                mode: start.mode,
+                                mtime: start.mtime,
+                            },
+                        )
+                    },
+                );
+                let events = std::mem::take(&mut asker.events);
+                self.emit_all(events, now);
                 self.run(work, now);
             }
             Ok(None) => {} // an unknown kind: ignored (spec 4)
@@ -828,6 +1053,7 @@ impl Core {
                     mode: Some(file.mode),
                     mtime: file.mtime,
                     sha256: Some(file.sha256),
+                    dir: None,
                 },
                 now,
             );
@@ -852,8 +1078,7 @@ impl Core {
         for peer in peers {
             if self.transfers.is_connected(&peer) {
                 let mut work = Vec::new();
-                self.transfers
-                    .connected(&peer, &self.state, now.instant, &mut work);
+                self.connect_transfers(&peer, now, &mut work);
                 self.run(work, now);
             }
         }

@@ -93,6 +93,9 @@ pub struct TransferState {
     pub mtime: Option<i64>,
     #[serde(default)]
     pub sha256: Option<[u8; 32]>,
+    /// Receiver: the subdirectory of the receive directory policy chose (kept for resumes).
+    #[serde(default)]
+    pub dir: Option<String>,
     pub chunk_size: u32,
     pub chunks: u64,
     /// Leading chunks verified and durable at the receiver (`progress.next`).
@@ -312,6 +315,7 @@ impl State {
                 mode,
                 mtime,
                 sha256,
+                dir,
             } => {
                 self.transfers.entry(*id).or_insert_with(|| TransferState {
                     peer: peer.clone(),
@@ -323,6 +327,7 @@ impl State {
                     mode: *mode,
                     mtime: *mtime,
                     sha256: *sha256,
+                    dir: dir.clone(),
                     chunk_size: 0,
                     chunks: 0,
                     next: 0,
@@ -404,6 +409,8 @@ impl State {
                 }
             }
             Event::PolicyDecision { .. } => self.policy_decisions += 1,
+            // The host's business: the plugin is out of the order until the node restarts.
+            Event::PluginDisabled { .. } => {}
         }
     }
 

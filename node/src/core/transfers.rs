@@ -10,11 +10,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::policy::{AcceptAnswer, QueuedFacts};
 use super::transfer::{
     self, Message, Receiver, RecvInput, RecvOutput, SendInfo, SendInput, SendOutput, Sender,
     StartInfo,
 };
 use super::{DeviceId, Direction, Event, State, TransferId, TransferStatus};
+
+/// Asks policy whether to take a new incoming file (the core's `Asker` behind it).
+pub type AcceptFn<'a> = dyn FnMut(&DeviceId, &StartInfo) -> AcceptAnswer + 'a;
+/// Asks policy for the order in which queued sends start (all of them, in that order).
+pub type OrderFn<'a> = dyn FnMut(Vec<QueuedFacts>) -> Vec<TransferId> + 'a;
 
 /// Chunks a receiver lets the sender have in flight (spec 4 `window`).
 pub const WINDOW: u32 = 64;
@@ -123,7 +129,7 @@ pub struct Transfers {
     sending: BTreeMap<TransferId, Outgoing>,
     receiving: BTreeMap<TransferId, Incoming>,
     /// `start`s waiting for the store to prepare their `.part`.
-    preparing: BTreeMap<TransferId, (DeviceId, StartInfo)>,
+    preparing: BTreeMap<TransferId, (DeviceId, StartInfo, Option<String>)>,
     /// Peers whose data channel is open.
     connected: BTreeSet<DeviceId>,
     /// The peers' advertised `a=max-message-size` (spec 4 chunk-size rule).
@@ -146,6 +152,7 @@ fn refused(peer: &DeviceId, start: &StartInfo, reason: &str, work: &mut Vec<Work
         mode: start.mode,
         mtime: start.mtime,
         sha256: None,
+        dir: None,
     }));
     work.push(Work::Record(Event::TransferRejected {
         id: start.id,
@@ -207,13 +214,15 @@ impl Transfers {
         }
     }
 
-    /// The peer's channel opened: start (or resume) every queued send to it, oldest first.
+    /// The peer's channel opened: start (or resume) every queued send to it, in the order
+    /// policy gives (by default oldest first).
     pub fn connected(
         &mut self,
         peer: &DeviceId,
         state: &State,
         now: Instant,
         work: &mut Vec<Work>,
+        order: &mut OrderFn<'_>,
     ) {
         self.connected.insert(peer.clone());
         let mut queued: Vec<(&TransferId, &super::TransferState)> = state
@@ -222,6 +231,37 @@ impl Transfers {
             .filter(|(_, t)| &t.peer == peer && t.direction == Direction::Send)
             .collect();
         queued.sort_by_key(|(_, t)| t.queued_at_ms);
+        // Policy sees every send waiting for a connected peer, so it can interleave peers.
+        let mut waiting: Vec<(&TransferId, &super::TransferState)> = state
+            .transfers
+            .iter()
+            .filter(|(id, t)| {
+                t.direction == Direction::Send
+                    && self.connected.contains(&t.peer)
+                    && !t.status.is_finished()
+                    && !self.sending.contains_key(id)
+            })
+            .collect();
+        waiting.sort_by_key(|(_, t)| t.queued_at_ms);
+        let facts = waiting
+            .iter()
+            .map(|(id, t)| QueuedFacts {
+                id: **id,
+                peer: t.peer.clone(),
+                name: t.name.clone(),
+                size: t.size,
+                mime: t.mime.clone().unwrap_or_default(),
+                done_bytes: t.durable_bytes(),
+                queued_at_ms: t.queued_at_ms,
+            })
+            .collect();
+        let rank = order(facts);
+        queued.sort_by_key(|(id, t)| {
+            (
+                rank.iter().position(|r| r == *id).unwrap_or(usize::MAX),
+                t.queued_at_ms,
+            )
+        });
         let mut starts = Vec::new();
         for (id, t) in queued {
             if t.status == TransferStatus::Cancelled && t.chunk_size > 0 {
@@ -308,7 +348,7 @@ impl Transfers {
                 op: StoreOp::Close,
             });
         }
-        self.preparing.retain(|_, (p, _)| p != peer);
+        self.preparing.retain(|_, (p, _, _)| p != peer);
     }
 
     /// A decoded message from `peer`'s channel (the caller checked the peer is trusted).
@@ -319,12 +359,13 @@ impl Transfers {
         state: &State,
         now: Instant,
         work: &mut Vec<Work>,
+        accept: &mut AcceptFn<'_>,
     ) {
         let id = message.id();
         match message {
             Message::Start { .. } => {
                 if let Ok(start) = StartInfo::from_message(message) {
-                    self.on_start(peer, start, state, work);
+                    self.on_start(peer, start, state, work, accept);
                 }
             }
             Message::Cancel { .. } if self.sending.get(&id).is_some_and(|o| &o.peer == peer) => {
@@ -351,7 +392,14 @@ impl Transfers {
         }
     }
 
-    fn on_start(&mut self, peer: &DeviceId, start: StartInfo, state: &State, work: &mut Vec<Work>) {
+    fn on_start(
+        &mut self,
+        peer: &DeviceId,
+        start: StartInfo,
+        state: &State,
+        work: &mut Vec<Work>,
+        accept: &mut AcceptFn<'_>,
+    ) {
         let id = start.id;
         let offered = start.clone();
         let reject = |reason: String, work: &mut Vec<Work>| {
@@ -408,8 +456,24 @@ impl Transfers {
         if let Err(reason) = super::names::check_name(&start.name) {
             return reject(reason.to_string(), work);
         }
-        let (name, size) = (start.name.clone(), start.size);
-        self.preparing.insert(id, (peer.clone(), start));
+        // Policy decides a new file once; a resume keeps the first answer's directory.
+        let dir = match state.transfers.get(&id) {
+            Some(known) => known.dir.clone(),
+            None => match accept(peer, &start) {
+                AcceptAnswer::Accept { dir } => dir,
+                AcceptAnswer::Reject { reason } => return reject(reason, work),
+            },
+        };
+        let name = match &dir {
+            Some(dir) => format!("{dir}/{}", start.name),
+            None => start.name.clone(),
+        };
+        // The routed name obeys the same rules (e.g. its total length).
+        if let Err(reason) = super::names::check_name(&name) {
+            return reject(reason.to_string(), work);
+        }
+        let size = start.size;
+        self.preparing.insert(id, (peer.clone(), start, dir));
         work.push(Work::Store {
             id,
             op: StoreOp::Prepare { name, size },
@@ -425,7 +489,7 @@ impl Transfers {
         now: Instant,
         work: &mut Vec<Work>,
     ) {
-        if let Some((peer, start)) = self.preparing.remove(&id) {
+        if let Some((peer, start, dir)) = self.preparing.remove(&id) {
             match result {
                 StoreResult::Prepared { part_len } => {
                     if !state.transfers.contains_key(&id) {
@@ -440,6 +504,7 @@ impl Transfers {
                             mode: start.mode,
                             mtime: start.mtime,
                             sha256: None,
+                            dir,
                         }));
                     }
                     // Never more than the journal says is durable, nor than the `.part` holds.
@@ -671,12 +736,13 @@ mod tests {
                 mode: None,
                 mtime: None,
                 sha256: Some([0; 32]),
+                dir: None,
             })],
         );
         let mut transfers = Transfers::default();
         let now = Instant::now();
         let mut work = Vec::new();
-        transfers.connected(&peer, &state, now, &mut work);
+        transfers.connected(&peer, &state, now, &mut work, &mut |_| Vec::new());
         assert_eq!(starts(&work), 1);
         apply(&mut state, &work);
 
@@ -691,6 +757,7 @@ mod tests {
             &state,
             now,
             &mut work,
+            &mut |_, _| crate::core::policy::AcceptAnswer::Accept { dir: None },
         );
         assert!(work.contains(&Work::Record(Event::TransferPaused { id, reason })));
         apply(&mut state, &work);

@@ -161,6 +161,16 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             watchers: Vec::new(),
             collected: Collected::default(),
         };
+        // Plugins load before the first input: a plugin that fails to load is journaled
+        // (`PluginDisabled`) and the node runs on without it.
+        let host = crate::policy::PluginHost::load(&config.plugins)
+            .context("starting the policy plugin host")?;
+        let now = Now {
+            instant: clock.now(),
+            wall_ms: clock.wall_ms(),
+        };
+        node.core.set_policy(Box::new(host), now);
+        node.drain().await?;
         node.write_trust_file();
         let reason = node.serve(inputs, conns, requests).await?;
         info!(%reason, "stopping");
@@ -563,6 +573,9 @@ fn log_event(event: &Event) {
         ),
         Event::Connected { peer } => info!(%peer, "connected"),
         Event::Disconnected { peer, reason } => info!(%peer, %reason, "disconnected"),
+        Event::PluginDisabled { plugin, reason } => {
+            warn!(%plugin, %reason, "policy plugin disabled; the next one or the default decides")
+        }
         Event::AuthorizationRequested { peer, name, .. } => info!(
             %peer,
             %name,

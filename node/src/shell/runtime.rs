@@ -212,3 +212,17 @@ impl Clock for SystemClock {
         SystemTime::now()
     }
 }
+
+/// Measures how long something took (`plugins check`, benchmarks), on the real clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Stopwatch(Instant);
+
+impl Stopwatch {
+    pub fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}

@@ -580,3 +580,247 @@ fn hostile_starts_are_rejected_with_a_reason_before_any_file_io() {
     });
     assert!(out.is_empty());
 }
+
+/// A policy with scripted answers, named "scripted".
+#[derive(Default)]
+struct Scripted {
+    offer: Option<TrustAnswer>,
+    transfer: Option<crate::core::policy::AcceptAnswer>,
+    disabled: Vec<crate::core::policy::Disabled>,
+}
+
+impl Scripted {
+    fn decided<T>(answer: Option<T>) -> Option<crate::core::policy::Decided<T>> {
+        answer.map(|answer| crate::core::policy::Decided {
+            plugin: "scripted".into(),
+            answer,
+        })
+    }
+}
+
+impl Policy for Scripted {
+    fn on_discovered(
+        &mut self,
+        _: &NodeFacts,
+        _: &PeerFacts,
+    ) -> Option<crate::core::policy::Decided<TrustAnswer>> {
+        None
+    }
+
+    fn on_offer(
+        &mut self,
+        _: &NodeFacts,
+        _: &PeerFacts,
+    ) -> Option<crate::core::policy::Decided<TrustAnswer>> {
+        Self::decided(self.offer)
+    }
+
+    fn on_transfer(
+        &mut self,
+        _: &NodeFacts,
+        _: &PeerFacts,
+        _: &FileFacts,
+    ) -> Option<crate::core::policy::Decided<crate::core::policy::AcceptAnswer>> {
+        Self::decided(self.transfer.clone())
+    }
+
+    fn schedule(
+        &mut self,
+        _: &NodeFacts,
+        _: &[crate::core::policy::QueuedFacts],
+        _: &[DeviceId],
+    ) -> Option<crate::core::policy::Decided<Vec<TransferId>>> {
+        None
+    }
+
+    fn map_mode(
+        &mut self,
+        _: &NodeFacts,
+        _: &FileFacts,
+    ) -> Option<crate::core::policy::Decided<u32>> {
+        None
+    }
+
+    fn take_disabled(&mut self) -> Vec<crate::core::policy::Disabled> {
+        std::mem::take(&mut self.disabled)
+    }
+
+    fn describe(&self) -> Vec<crate::control::PluginRow> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_policy_that_trusts_an_offer_authorizes_the_device_and_the_offer_proceeds() {
+    let mut h = Harness::new();
+    let now = h.at(1);
+    h.core.set_policy(
+        Box::new(Scripted {
+            offer: Some(TrustAnswer::Trust),
+            ..Scripted::default()
+        }),
+        now,
+    );
+    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
+    let out = h.handle(Input::Signal {
+        conn: 1,
+        peer: id(2),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(2),
+            seq: 1,
+        },
+    });
+    let events = Harness::events(&out);
+    assert_eq!(
+        events[..2],
+        ["PolicyDecision", "PeerAuthorized"],
+        "{events:?}"
+    );
+    assert!(!events.contains(&"AuthorizationRequested"));
+    let authorized = out.iter().find_map(|o| match o {
+        Output::Event(Stamped {
+            event: Event::PeerAuthorized { by, .. },
+            ..
+        }) => Some(by.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        authorized,
+        Some(Authority::Policy {
+            plugin: "scripted".into()
+        })
+    );
+    assert!(effects(&out).contains(&&Effect::TrustChanged));
+    assert!(
+        !effects(&out).iter().any(|e| matches!(
+            e,
+            Effect::Signal {
+                message: Message::Bye { .. },
+                ..
+            }
+        )),
+        "no bye: the offer is answered"
+    );
+    assert!(h.core.state().is_trusted(&id(2)));
+    assert!(h.core.negotiations.contains_key(&id(2)));
+}
+
+#[test]
+fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
+    let mut h = Harness::new();
+    let now = h.at(1);
+    h.core.set_policy(
+        Box::new(Scripted {
+            offer: Some(TrustAnswer::Ignore),
+            ..Scripted::default()
+        }),
+        now,
+    );
+    let out = h.handle(Input::Signal {
+        conn: 1,
+        peer: id(2),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(2),
+            seq: 1,
+        },
+    });
+    assert_eq!(Harness::events(&out), ["PolicyDecision"]);
+    assert!(matches!(
+        effects(&out)[..],
+        [Effect::Signal {
+            message: Message::Bye { .. },
+            ..
+        }]
+    ));
+    assert!(!h.core.state().is_trusted(&id(2)));
+    // The same offer again: refused again, the same decision not journaled twice.
+    let again = h.handle(Input::Signal {
+        conn: 1,
+        peer: id(2),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(2),
+            seq: 2,
+        },
+    });
+    assert!(Harness::events(&again).is_empty(), "{again:?}");
+    assert_eq!(effects(&again).len(), 1);
+}
+
+#[test]
+fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journaled() {
+    let mut h = Harness::new();
+    let now = h.at(1);
+    h.core.set_policy(
+        Box::new(Scripted {
+            transfer: Some(crate::core::policy::AcceptAnswer::Reject {
+                reason: "too large".into(),
+            }),
+            disabled: vec![crate::core::policy::Disabled {
+                plugin: "broken".into(),
+                reason: "trapped: unreachable".into(),
+            }],
+            ..Scripted::default()
+        }),
+        now,
+    );
+    let startup: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert_eq!(Harness::events(&startup), ["PluginDisabled"]);
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: id(1).to_string(),
+        },
+    ));
+    let out = h.handle(Input::Channel {
+        peer: id(1),
+        data: start("big.iso", 10, 1024, 1),
+    });
+    // The decision, then the refused file with the plugin's reason (visible in `transfers`).
+    assert_eq!(
+        Harness::events(&out),
+        ["PolicyDecision", "TransferQueued", "TransferRejected"]
+    );
+    assert!(matches!(
+        &channel_replies(&out)[..],
+        [transfer::Message::Reject { reason, .. }] if reason == "too large"
+    ));
+    assert!(
+        !effects(&out)
+            .iter()
+            .any(|e| matches!(e, Effect::Store { .. }))
+    );
+
+    let mut h = Harness::new();
+    let now = h.at(1);
+    h.core.set_policy(
+        Box::new(Scripted {
+            transfer: Some(crate::core::policy::AcceptAnswer::Accept {
+                dir: Some("Pictures".into()),
+            }),
+            ..Scripted::default()
+        }),
+        now,
+    );
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: id(1).to_string(),
+        },
+    ));
+    let out = h.handle(Input::Channel {
+        peer: id(1),
+        data: start("cat.png", 10, 1024, 1),
+    });
+    assert!(
+        effects(&out).iter().any(|e| matches!(
+            e,
+            Effect::Store {
+                op: StoreOp::Prepare { name, size: 10 },
+                ..
+            } if name == "Pictures/cat.png"
+        )),
+        "{out:?}"
+    );
+}

@@ -41,6 +41,7 @@ fn queued(id: u8, p: u8, size: u64) -> Event {
         mode: None,
         mtime: None,
         sha256: None,
+        dir: None,
     }
 }
 

@@ -1,0 +1,228 @@
+//! `fsnode plugins list|check|build`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use crate::cli::{PluginsArgs, PluginsCommand, RunArgs};
+use crate::commands::client::NoNode;
+use crate::config::Config;
+use crate::control::{PluginRow, Reply, Request};
+use crate::core::policy::{FileFacts, NodeFacts, PeerFacts, Platform, QueuedFacts};
+use crate::core::{DeviceId, DeviceType, TransferId};
+use crate::policy::{self, Call, PluginError, Runtime};
+use crate::shell::runtime::Stopwatch;
+
+pub fn plugins(home: Option<&Path>, args: &PluginsArgs) -> anyhow::Result<()> {
+    match &args.command {
+        PluginsCommand::List { json } => list(home, *json),
+        PluginsCommand::Check { file, config } => check(home, file, config.as_deref()),
+        PluginsCommand::Build { dir, out } => build(home, dir, out.as_deref()),
+    }
+}
+
+fn list(home: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let rows = match super::peers::ask(home, Request::Plugins) {
+        Ok(Reply::Plugins { plugins }) => plugins,
+        Ok(other) => bail!("unexpected reply from the node: {other:?}"),
+        Err(err) if err.downcast_ref::<NoNode>().is_some() => {
+            // No node: what one would load, in order, without loading anything.
+            let config = Config::resolve(home, &RunArgs::default())?;
+            let rows: Vec<PluginRow> = config
+                .plugins
+                .plugins()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, path))| PluginRow {
+                    order: i + 1,
+                    name,
+                    path: path.display().to_string(),
+                    version: None,
+                    disabled: None,
+                    calls: 0,
+                    fuel: 0,
+                })
+                .collect();
+            if !json {
+                writeln!(
+                    out,
+                    "no node is running; the configured order ({}):",
+                    config.plugins.dir.display()
+                )?;
+            }
+            rows
+        }
+        Err(err) => return Err(err),
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&rows)?)?;
+        return Ok(());
+    }
+    if rows.is_empty() {
+        writeln!(out, "no plugins: the built-in policy decides everything")?;
+    }
+    for row in rows {
+        let state = match (&row.disabled, &row.version) {
+            (Some(reason), _) => format!("DISABLED: {reason}"),
+            (None, Some(version)) => format!(
+                "loaded, contract {version}, {} call(s), {} fuel",
+                row.calls, row.fuel
+            ),
+            (None, None) => "not loaded".into(),
+        };
+        writeln!(
+            out,
+            "{:>2}. {:<20} {state}\n    {}",
+            row.order, row.name, row.path
+        )?;
+    }
+    Ok(())
+}
+
+fn check(home: Option<&Path>, file: &Path, config: Option<&str>) -> anyhow::Result<()> {
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("the plugin's file name is not valid UTF-8")?;
+    let limits = Config::resolve(home, &RunArgs::default())
+        .map(|c| c.plugins.limits)
+        .unwrap_or_default();
+    let config = match config {
+        Some(text) => text.to_owned(),
+        None => std::fs::read_to_string(file.with_extension("toml")).unwrap_or_default(),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "limits: {} fuel per call, {} MiB memory, {:?} deadline",
+        limits.fuel,
+        limits.memory_bytes / (1024 * 1024),
+        limits.deadline
+    )?;
+    let runtime = Runtime::new(limits)?;
+    let clock = Stopwatch::start();
+    let mut plugin = runtime.load(name, file, &config)?;
+    writeln!(
+        out,
+        "loaded {name}: contract {} (compile, instantiate, configure: {:?})",
+        plugin.version(),
+        clock.elapsed()
+    )?;
+    let node = NodeFacts {
+        id: DeviceId::from_sha256(&[1; 32]),
+        name: "this-node".into(),
+        platform: Platform::current(),
+        os: std::env::consts::OS,
+        now_ms: 1_700_000_000_000,
+    };
+    let peer = PeerFacts {
+        id: DeviceId::from_sha256(&[2; 32]),
+        name: "sample-phone".into(),
+        device_type: DeviceType::Mobile,
+        addresses: vec![std::net::IpAddr::from([192, 0, 2, 7])],
+        port: 7000,
+    };
+    let file = FileFacts {
+        id: TransferId([7; 16]),
+        name: "photos/holiday.jpg".into(),
+        size: 3_500_000,
+        mime: "image/jpeg".into(),
+        mode: Some(0o4755),
+        mtime: Some(1_700_000_000),
+    };
+    let queue: Vec<QueuedFacts> = [(1u8, 2u8, 900_000u64), (2, 2, 10), (3, 3, 5_000)]
+        .into_iter()
+        .map(|(n, peer, size)| QueuedFacts {
+            id: TransferId([n; 16]),
+            peer: DeviceId::from_sha256(&[peer; 32]),
+            name: format!("file-{n}"),
+            size,
+            mime: "application/octet-stream".into(),
+            done_bytes: 0,
+            queued_at_ms: i64::from(n),
+        })
+        .collect();
+    let connected = [
+        DeviceId::from_sha256(&[2; 32]),
+        DeviceId::from_sha256(&[3; 32]),
+    ];
+    // After a failure the instance is unusable (the node disables the plugin): stop there.
+    let mut failed = false;
+    let mut ask = |question: &str, call: &mut dyn FnMut() -> Result<Call<String>, PluginError>| {
+        if failed {
+            return writeln!(out, "{question:<14} not asked: disabled");
+        }
+        let clock = Stopwatch::start();
+        let result = call();
+        let took = clock.elapsed();
+        match result {
+            Ok(call) => writeln!(
+                out,
+                "{question:<14} {:<40} {:>9} fuel {took:>10.1?}",
+                call.value, call.fuel
+            ),
+            Err(err) => {
+                failed = true;
+                writeln!(out, "{question:<14} FAILED: {err} (the node disables it)")
+            }
+        }
+    };
+    ask("on-discovered", &mut || {
+        plugin
+            .on_discovered(&node, &peer)
+            .map(|c| label(c, |a| a.label().into()))
+    })?;
+    ask("on-offer", &mut || {
+        plugin
+            .on_offer(&node, &peer)
+            .map(|c| label(c, |a| a.label().into()))
+    })?;
+    ask("on-transfer", &mut || {
+        plugin
+            .on_transfer(&node, &peer, &file)
+            .map(|c| label(c, |a| a.label()))
+    })?;
+    ask("schedule", &mut || {
+        plugin.schedule(&node, &queue, &connected).map(|c| {
+            label(c, |order| {
+                order
+                    .iter()
+                    .map(TransferId::short)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        })
+    })?;
+    ask("map-mode", &mut || {
+        plugin
+            .map_mode(&node, &file)
+            .map(|c| label(c, |m| format!("{m:o}")))
+    })?;
+    Ok(())
+}
+
+/// A call's answer as text ("no opinion" for `None`).
+fn label<T>(call: Call<Option<T>>, f: impl FnOnce(&T) -> String) -> Call<String> {
+    Call {
+        value: call
+            .value
+            .as_ref()
+            .map_or_else(|| "no opinion".to_owned(), f),
+        fuel: call.fuel,
+    }
+}
+
+fn build(home: Option<&Path>, dir: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let out = match out {
+        Some(out) => out.to_path_buf(),
+        None => Config::resolve(home, &RunArgs::default())?.plugins.dir,
+    };
+    let built = policy::build::build(&dir.join("Cargo.toml"), &dir.join("target"), &out)?;
+    let mut stdout = std::io::stdout().lock();
+    for path in built {
+        writeln!(stdout, "built {}", path.display())?;
+    }
+    Ok(())
+}

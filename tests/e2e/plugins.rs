@@ -1,0 +1,139 @@
+//! Policy plugins in a running node: a plugin's answer changes what the node does, hostile
+//! plugins are disabled within their budgets while the node keeps working, and the journal
+//! says why. (The default without plugins, refusing an untrusted offer, is
+//! `connection::an_untrusting_peer_refuses_offers_lists_the_asker_and_connects_once_it_trusts`.)
+
+use std::time::Duration;
+
+use fsnode::policy::build;
+use fsnode_testkit::{Lan, NodeHome};
+use serde_json::Value;
+
+use crate::fsnode_bin;
+use crate::support::{Node, wait_for};
+
+/// Starts a node whose plugin directory holds `plugins` (built from `plugins/`).
+fn start_with_plugins(lan: &Lan, i: usize, name: &str, plugins: &[&str]) -> Node {
+    let components = build::repository_plugins().unwrap_or_else(|e| panic!("{e}"));
+    let mut home = NodeHome::in_host(fsnode_bin(), lan.host(i)).unwrap();
+    let dir = home.path().join("data").join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for plugin in plugins {
+        let file = format!("{plugin}.wasm");
+        std::fs::copy(components.join(&file), dir.join(&file)).unwrap();
+    }
+    home.start(&["--name", name, "--interface", "eth0"])
+        .unwrap();
+    let node = Node {
+        home,
+        name: name.into(),
+    };
+    node.wait_ready();
+    node
+}
+
+fn decisions(node: &Node, plugin: &str) -> Vec<Value> {
+    node.events()
+        .into_iter()
+        .filter(|e| e["type"] == "PolicyDecision" && e["plugin"] == plugin)
+        .collect()
+}
+
+/// A trusts B, B does not trust A: with `trust-on-offer` B trusts A on its offer, journals
+/// why, and they connect.
+#[test]
+fn trust_on_offer_trusts_an_untrusted_offer_and_the_peers_connect() {
+    let lan = Lan::new(2).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &[]);
+    let b = start_with_plugins(&lan, 1, "beta", &["trust-on-offer"]);
+    let (a_id, b_id) = (a.id(), b.id());
+    wait_for("A sees B", Duration::from_secs(5), || {
+        a.peer(&b_id).is_some()
+    });
+    a.json(&["trust", "add", &b_id, "--json"]);
+    wait_for("connected by B's plugin", Duration::from_secs(10), || {
+        a.connection(&b_id) == "connected" && b.connection(&a_id) == "connected"
+    });
+    let trusted = b.json(&["trust", "list", "--json"]);
+    assert!(
+        trusted["trusted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == a_id.as_str()),
+        "{trusted}"
+    );
+    let by_plugin = b
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "PeerAuthorized" && e["peer"] == a_id.as_str());
+    assert_eq!(
+        by_plugin.expect("A authorized")["by"]["policy"]["plugin"],
+        "trust-on-offer"
+    );
+    let decided = decisions(&b, "trust-on-offer");
+    assert!(
+        decided.iter().any(|d| d["answer"] == "trust"
+            && d["question"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("on-offer {a_id}"))),
+        "{decided:?}"
+    );
+    assert_eq!(b.count("AuthorizationRequested", &a_id), 0);
+    let list = b.json(&["plugins", "list", "--json"]);
+    assert_eq!(list[0]["name"], "trust-on-offer");
+    assert_eq!(list[0]["version"], "0.1.0");
+    assert!(list[0]["disabled"].is_null(), "{list}");
+}
+
+/// Plugins that loop, hoard memory and trap come first in B's order (names sort before
+/// `trust-on-offer`): each is disabled within its budget, the journal says why, and B still
+/// answers, decides with the next plugin, and connects.
+#[test]
+fn hostile_plugins_are_disabled_and_the_node_keeps_working() {
+    let lan = Lan::new(2).unwrap();
+    let a = Node::start(&lan, 0, "alpha", &[]);
+    let b = start_with_plugins(&lan, 1, "beta", &["hog", "spin", "trap", "trust-on-offer"]);
+    let (a_id, b_id) = (a.id(), b.id());
+    wait_for("A sees B", Duration::from_secs(5), || {
+        a.peer(&b_id).is_some()
+    });
+    a.json(&["trust", "add", &b_id, "--json"]);
+    wait_for(
+        "connected despite hostile plugins",
+        Duration::from_secs(15),
+        || a.connection(&b_id) == "connected" && b.connection(&a_id) == "connected",
+    );
+    let disabled: Vec<(String, String)> = b
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "PluginDisabled")
+        .map(|e| {
+            (
+                e["plugin"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let reason = |plugin: &str| {
+        disabled
+            .iter()
+            .find(|(p, _)| p == plugin)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("{plugin} not disabled: {disabled:?}"))
+    };
+    assert!(reason("spin").contains("fuel"), "{disabled:?}");
+    assert!(reason("hog").contains("memory"), "{disabled:?}");
+    assert!(reason("trap").contains("trapped"), "{disabled:?}");
+    assert_eq!(disabled.len(), 3, "each disabled once: {disabled:?}");
+    let list = b.json(&["plugins", "list", "--json"]);
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows[..3].iter().all(|r| r["disabled"].is_string()),
+        "{list}"
+    );
+    assert!(rows[3]["disabled"].is_null(), "{list}");
+    assert!(!decisions(&b, "trust-on-offer").is_empty());
+}
