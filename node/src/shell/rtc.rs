@@ -514,6 +514,40 @@ mod tests {
         (dir, identity)
     }
 
+    #[test]
+    fn transport_settings_follow_the_sockets_and_the_offer() {
+        // SCTP packets: Ethernet and loopback fill a 1500-byte datagram, a tunnel less, and
+        // never below webrtc-rs's own budget.
+        assert_eq!(sctp_mtu(Some(1500)), 1415);
+        assert_eq!(sctp_mtu(Some(65536)), 1415);
+        assert_eq!(sctp_mtu(Some(1420)), 1335);
+        assert_eq!(sctp_mtu(Some(1280)), 1195);
+        assert_eq!(sctp_mtu(Some(1200)), 1191);
+        assert_eq!(sctp_mtu(None), 1191);
+        // Receive window: a quarter of the socket buffer, 1 to 8 MiB.
+        assert_eq!(sctp_receive_window(425_984), 1 << 20);
+        assert_eq!(sctp_receive_window(8 << 20), 2 << 20);
+        assert_eq!(sctp_receive_window(32 << 20), 8 << 20);
+        // max-message-size: an answer never advertises more than the offer.
+        let offer = |line: &str| {
+            format!("v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n{line}")
+        };
+        assert_eq!(local_max_message_size(None), MAX_MESSAGE_SIZE);
+        assert_eq!(local_max_message_size(Some(&offer(""))), 65536);
+        assert_eq!(
+            local_max_message_size(Some(&offer("a=max-message-size:100000\r\n"))),
+            100_000
+        );
+        assert_eq!(
+            local_max_message_size(Some(&offer("a=max-message-size:1073741823\r\n"))),
+            MAX_MESSAGE_SIZE
+        );
+        assert_eq!(
+            local_max_message_size(Some(&offer("a=max-message-size:0\r\n"))),
+            MAX_MESSAGE_SIZE
+        );
+    }
+
     struct Quiet;
     #[async_trait::async_trait]
     impl PeerConnectionEventHandler for Quiet {}
