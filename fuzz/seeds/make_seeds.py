@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the hand-made seed corpora in fuzz/corpus/<target>/ (all but the journal's, which the
-journal crate itself writes: see fuzz/README.md). Deterministic; rerun after changing it.
+journal crate itself writes: see FUZZING.md). Deterministic; rerun after changing it.
 
 Seeds are small, valid messages from spec sections 3 and 4 (and a few hostile ones), in each
 target's input format (see the comment at the top of each fuzz_targets/*.rs)."""

@@ -360,6 +360,21 @@ impl FrameScan {
             limit,
         } = src;
         if limit < HEADER_LEN {
+            // Without a header, the file name alone says where the segment starts; it must
+            // continue the previous segment like a header would (`Journal::open` rewrites the
+            // header from the name, and refuses a name that does not continue).
+            if let Some(expected) = self.expected
+                && first_seq != expected
+            {
+                return Err(JournalError::corrupt(
+                    path,
+                    0,
+                    format!(
+                        "the segment's header is missing and its name says seq {first_seq} but \
+                         seq {expected} follows the previous segment"
+                    ),
+                ));
+            }
             let reason = format!(
                 "the segment is {limit} bytes long, shorter than its {HEADER_LEN}-byte header"
             );

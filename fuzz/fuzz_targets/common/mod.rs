@@ -1,6 +1,6 @@
 //! A byte cursor for the targets whose input is a sequence of tagged steps. The format is plain
 //! (a tag byte, then fixed-size fields, lengths as u16 LE), so seeds are easy to write by hand
-//! or by script (see `fuzz/README.md`); missing bytes at the end read as zero.
+//! or by script (see FUZZING.md); missing bytes at the end read as zero.
 
 pub struct Cursor<'a> {
     bytes: &'a [u8],

@@ -200,6 +200,27 @@ fn a_last_segment_shorter_than_its_header_is_torn() {
     assert_eq!(append_all(&journal, [note("n")]), vec![first_seq]);
 }
 
+/// Found by the journal fuzz target: `verify` called a short last segment a torn tail although
+/// its name did not continue the previous segment, while `Journal::open` refused it as corrupt.
+#[test]
+fn a_headerless_last_segment_whose_name_skips_seqs_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with(dir.path(), 3, Options::default());
+    let stray = dir.path().join("00000000000000000009.seg");
+    fs::write(&stray, [0u8; 20]).unwrap();
+    let reason = expect_corrupt(reader(dir.path()).verify(), &stray, 0);
+    assert!(reason.contains("header is missing"), "{reason}");
+    expect_corrupt(
+        Journal::<Ev>::open(dir.path(), Options::default()).map(|_| ()),
+        &stray,
+        0,
+    );
+    // Replay yields the intact records, then the error.
+    let items: Vec<_> = reader(dir.path()).replay_from(0).unwrap().collect();
+    assert_eq!(items.len(), 4);
+    assert!(matches!(items[3], Err(JournalError::Corrupt { .. })));
+}
+
 #[test]
 fn a_zero_length_middle_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
