@@ -59,10 +59,7 @@ impl Plugin {
             Component::new(engine, &bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?;
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
-        let Some((version, _)) = bindings::KNOWN
-            .iter()
-            .find(|(_, export)| exports.iter().any(|e| e == export))
-        else {
+        let Some(version) = bindings::detect(exports.iter().map(String::as_str)) else {
             return Err(PluginError::NoKnownVersion {
                 known: bindings::KNOWN
                     .iter()
@@ -88,7 +85,7 @@ impl Plugin {
         store.epoch_deadline_trap();
         // Instantiation runs the component's start code: it gets a call's budget too.
         arm(&mut store, limits)?;
-        let instance = match *version {
+        let instance = match version {
             "0.1.0" => {
                 v0_1_0::Policy::instantiate(&mut store, &component, &linker).map(Bindings::V0_1_0)
             }

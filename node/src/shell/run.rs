@@ -97,6 +97,11 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         compact(&journal, &state, clock.wall_ms())?;
     }
 
+    // Signal handlers before `NodeStarted` is journaled: whoever sees the node started (a
+    // service manager, a test) may stop it at once, and that must be a clean stop.
+    let signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .context("installing signal handlers")?;
     runtime::block_on(async {
         let addresses = network::listen_addresses(&config.interfaces)?;
         let (listeners, port) = signaling::bind(&addresses, config.port).await?;
@@ -172,7 +177,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         node.core.set_policy(Box::new(host), now);
         node.drain().await?;
         node.write_trust_file();
-        let reason = node.serve(inputs, conns, requests).await?;
+        let reason = node.serve(inputs, conns, requests, signals).await?;
         info!(%reason, "stopping");
         mdns.shutdown();
         let stopped = Stamped {
@@ -244,8 +249,9 @@ impl NodeLoop<'_> {
         inputs: async_channel::Receiver<Input>,
         conns: async_channel::Receiver<ConnEvent>,
         requests: async_channel::Receiver<ControlRequest>,
+        signals: async_signal::Signals,
     ) -> anyhow::Result<String> {
-        let stop = runtime::spawn(wait_for_stop_signal());
+        let stop = runtime::spawn(wait_for_stop_signal(signals));
         let mut stop = Some(stop);
         loop {
             let timer = runtime::sleep_until(self.core.poll_timeout());
@@ -610,10 +616,8 @@ fn compact(journal: &Journal<JournalEntry>, state: &State, time_ms: i64) -> anyh
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<String> {
-    use async_signal::{Signal, Signals};
-    let mut signals =
-        Signals::new([Signal::Term, Signal::Int]).context("installing signal handlers")?;
+async fn wait_for_stop_signal(mut signals: async_signal::Signals) -> anyhow::Result<String> {
+    use async_signal::Signal;
     let signal = signals
         .next()
         .await
