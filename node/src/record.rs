@@ -110,6 +110,7 @@ mod tests {
                 mode: Some(0o644),
                 mtime: Some(1_700_000_000),
                 sha256: None,
+                dir: None,
             },
             Event::TransferStarted {
                 id,

@@ -533,11 +533,11 @@ mod tests {
         assert_eq!(sctp_receive_window(425_984), 1 << 20);
         assert_eq!(sctp_receive_window(8 << 20), 2 << 20);
         assert_eq!(sctp_receive_window(32 << 20), 8 << 20);
-        // max-message-size: an answer never advertises more than the offer.
+        // max-message-size: an offer advertises the default; an answer never more than the offer.
         let offer = |line: &str| {
             format!("v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n{line}")
         };
-        assert_eq!(local_max_message_size(None), MAX_MESSAGE_SIZE);
+        assert_eq!(local_max_message_size(None), OFFER_MAX_MESSAGE_SIZE);
         assert_eq!(local_max_message_size(Some(&offer(""))), 65536);
         assert_eq!(
             local_max_message_size(Some(&offer("a=max-message-size:100000\r\n"))),
