@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fsnode_testkit::Lan;
 
-use crate::support::{Node, wait_for};
+use crate::support::{Node, trust_star, wait_for};
 use crate::transfer::{connected_pair, digest, random_file, received, transfers};
 
 fn assert_clean(node: &Node, expected: &[&str]) {
@@ -195,17 +195,7 @@ fn an_offer_and_garbage_flood_leaves_trusted_transfers_at_least_half_their_rate(
     let a = Node::start(&lan, 0, "alpha", &[]);
     let b = Node::start(&lan, 1, "beta", &["--port", "7600"]);
     let (a_id, b_id) = (a.id(), b.id());
-    wait_for("A sees B", Duration::from_secs(5), || {
-        a.peer(&b_id).is_some()
-    });
-    wait_for("B sees A", Duration::from_secs(5), || {
-        b.peer(&a_id).is_some()
-    });
-    a.json(&["trust", "add", &b_id, "--json"]);
-    b.json(&["trust", "add", &a_id, "--json"]);
-    wait_for("connected", Duration::from_secs(10), || {
-        a.connection(&b_id) == "connected"
-    });
+    trust_star(&a, &[&b]);
     // A gigabit-class LAN would make this a CPU contest on a 2-core machine; a 100 Mbit link
     // makes the rate the link's, so the ratio measures what the flood takes away.
     lan.shape_rate(0, "100mbit").unwrap();

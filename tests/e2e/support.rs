@@ -160,3 +160,19 @@ pub fn trusting_pair(lan: &Lan) -> (Node, Node, String, String) {
     b.json(&["trust", "add", &a_id, "--json"]);
     (a, b, a_id, b_id)
 }
+
+/// `hub` and each of `others` trust each other; returns once the hub is connected to each.
+pub fn trust_star(hub: &Node, others: &[&Node]) {
+    let hub_id = hub.id();
+    for node in others {
+        let id = node.id();
+        wait_for("the hub sees the peer", Duration::from_secs(5), || {
+            hub.peer(&id).is_some()
+        });
+        hub.json(&["trust", "add", &id, "--json"]);
+        node.json(&["trust", "add", &hub_id, "--json"]);
+        wait_for("connected", Duration::from_secs(10), || {
+            hub.connection(&id) == "connected"
+        });
+    }
+}

@@ -8,7 +8,7 @@ use fsnode_testkit::Lan;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::support::{Node, trusting_pair, wait_for};
+use crate::support::{Node, trust_star, trusting_pair, wait_for};
 
 /// A file of `size` pseudo-random bytes (seeded, so failures reproduce).
 pub(crate) fn random_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
@@ -356,18 +356,8 @@ fn a_full_disk_pauses_with_a_reason_on_both_sides_and_resumes_once_space_is_free
     let a = Node::start(&lan, 0, "alpha", &[]);
     let b = Node::start_with_small_disk(&lan, 1, "beta", 24 * 1024 * 1024);
     let c = Node::start(&lan, 2, "gamma", &[]);
-    let a_id = a.id();
     let (b_id, c_id) = (b.id(), c.id());
-    for (node, id) in [(&b, &b_id), (&c, &c_id)] {
-        wait_for("A sees the peer", Duration::from_secs(5), || {
-            a.peer(id).is_some()
-        });
-        a.json(&["trust", "add", id, "--json"]);
-        node.json(&["trust", "add", &a_id, "--json"]);
-        wait_for("connected", Duration::from_secs(10), || {
-            a.connection(id) == "connected"
-        });
-    }
+    trust_star(&a, &[&b, &c]);
     lan.shape_rate(0, "40mbit").unwrap();
     let src = tempfile::tempdir().unwrap();
     let big = random_file(src.path(), "big.bin", 16 * 1024 * 1024, 21);
@@ -443,18 +433,8 @@ fn a_slow_receiver_does_not_stall_the_others() {
     let a = Node::start(&lan, 0, "alpha", &[]);
     let slow = Node::start(&lan, 1, "slow", &[]);
     let fast = Node::start(&lan, 2, "fast", &[]);
-    let a_id = a.id();
     let (slow_id, fast_id) = (slow.id(), fast.id());
-    for (node, id) in [(&slow, &slow_id), (&fast, &fast_id)] {
-        wait_for("A sees the peer", Duration::from_secs(5), || {
-            a.peer(id).is_some()
-        });
-        a.json(&["trust", "add", id, "--json"]);
-        node.json(&["trust", "add", &a_id, "--json"]);
-        wait_for("connected", Duration::from_secs(10), || {
-            a.connection(id) == "connected"
-        });
-    }
+    trust_star(&a, &[&slow, &fast]);
     lan.shape_rate(1, "8mbit").unwrap();
     let src = tempfile::tempdir().unwrap();
     let first = random_file(src.path(), "first.bin", 24 * 1024 * 1024, 31);

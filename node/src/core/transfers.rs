@@ -138,10 +138,10 @@ pub struct Transfers {
     paused: BTreeMap<TransferId, Instant>,
 }
 
-/// Journals an incoming file refused at `start` (a hostile name, sizes that disagree, a
-/// symbolic link on the way), so the operator sees what was offered and why it was refused.
-fn refused(peer: &DeviceId, start: &StartInfo, reason: &str, work: &mut Vec<Work>) {
-    work.push(Work::Record(Event::TransferQueued {
+/// The journal's record of an incoming file, as its `start` describes it (`dir`: where policy
+/// routed it under the receive directory).
+fn incoming(peer: &DeviceId, start: &StartInfo, dir: Option<String>) -> Event {
+    Event::TransferQueued {
         id: start.id,
         peer: peer.clone(),
         direction: Direction::Receive,
@@ -152,8 +152,14 @@ fn refused(peer: &DeviceId, start: &StartInfo, reason: &str, work: &mut Vec<Work
         mode: start.mode,
         mtime: start.mtime,
         sha256: None,
-        dir: None,
-    }));
+        dir,
+    }
+}
+
+/// Journals an incoming file refused at `start` (a hostile name, sizes that disagree, a
+/// symbolic link on the way), so the operator sees what was offered and why it was refused.
+fn refused(peer: &DeviceId, start: &StartInfo, reason: &str, work: &mut Vec<Work>) {
+    work.push(Work::Record(incoming(peer, start, None)));
     work.push(Work::Record(Event::TransferRejected {
         id: start.id,
         reason: reason.to_owned(),
@@ -493,19 +499,7 @@ impl Transfers {
             match result {
                 StoreResult::Prepared { part_len } => {
                     if !state.transfers.contains_key(&id) {
-                        work.push(Work::Record(Event::TransferQueued {
-                            id,
-                            peer: peer.clone(),
-                            direction: Direction::Receive,
-                            name: start.name.clone(),
-                            size: start.size,
-                            path: None,
-                            mime: Some(start.mime.clone()),
-                            mode: start.mode,
-                            mtime: start.mtime,
-                            sha256: None,
-                            dir,
-                        }));
+                        work.push(Work::Record(incoming(&peer, &start, dir)));
                     }
                     // Never more than the journal says is durable, nor than the `.part` holds.
                     let journaled = state.transfers.get(&id).map_or(0, |t| t.next);
