@@ -16,7 +16,13 @@ shift || true
 export RUSTC_BOOTSTRAP=1
 # One set of build flags for build and run, so `run` never rebuilds: ASan, release with debug
 # assertions and overflow checks (cargo fuzz's defaults, spelled out).
-flags=(--sanitizer address --release --debug-assertions)
+# FUZZ_PROFILE=dev (what CI sets) builds without optimizations instead: a cold release build
+# of the node's dependency tree (webrtc, wasmtime) costs CI far more than its short runs gain.
+if [ "${FUZZ_PROFILE:-release}" = dev ]; then
+  flags=(--sanitizer address --dev)
+else
+  flags=(--sanitizer address --release --debug-assertions)
+fi
 
 # Longest input per target: each target's useful inputs are small, and short inputs keep
 # execs/s high. signal's small line limit is 512 bytes; names go up to PATH_MAX (4096).
