@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use fsnode::core::policy::{FileFacts, NodeFacts, PeerFacts, Platform, Policy, QueuedFacts};
-use fsnode::core::{DeviceId, DeviceType, TransferId};
+use fsnode::core::policy::Policy;
+use fsnode::policy::samples::Samples;
 use fsnode::policy::{Limits, PluginHost, Settings, build};
 
 fn main() {
@@ -24,43 +24,13 @@ fn main() {
     let dir = build::repository_plugins().expect("building the plugins");
     println!("plugins built (or cached) in {:?}", started.elapsed());
 
-    let node = NodeFacts {
-        id: DeviceId::from_sha256(&[1; 32]),
-        name: "bench".into(),
-        platform: Platform::Posix,
-        os: "linux",
-        now_ms: 1_700_000_000_000,
-    };
-    let peer = PeerFacts {
-        id: DeviceId::from_sha256(&[2; 32]),
-        name: "phone".into(),
-        device_type: DeviceType::Mobile,
-        addresses: vec![std::net::IpAddr::from([192, 0, 2, 7])],
-        port: 7000,
-    };
-    let file = FileFacts {
-        id: TransferId([7; 16]),
-        name: "holiday.jpg".into(),
-        size: 3_500_000,
-        mime: "image/jpeg".into(),
-        mode: Some(0o644),
-        mtime: None,
-    };
-    let queue: Vec<QueuedFacts> = (1..=3u8)
-        .map(|n| QueuedFacts {
-            id: TransferId([n; 16]),
-            peer: DeviceId::from_sha256(&[n % 2 + 2; 32]),
-            name: format!("file-{n}"),
-            size: u64::from(4 - n) * 1000,
-            mime: "application/octet-stream".into(),
-            done_bytes: 0,
-            queued_at_ms: i64::from(n),
-        })
-        .collect();
-    let connected = [
-        DeviceId::from_sha256(&[2; 32]),
-        DeviceId::from_sha256(&[3; 32]),
-    ];
+    let Samples {
+        node,
+        peer,
+        file,
+        queue,
+        connected,
+    } = Samples::new();
 
     let load = |name: &str| {
         let settings = Settings {

@@ -9,8 +9,8 @@ use crate::cli::{PluginsArgs, PluginsCommand, RunArgs};
 use crate::commands::client::NoNode;
 use crate::config::Config;
 use crate::control::{PluginRow, Reply, Request};
-use crate::core::policy::{FileFacts, NodeFacts, PeerFacts, Platform, QueuedFacts};
-use crate::core::{DeviceId, DeviceType, TransferId};
+use crate::core::TransferId;
+use crate::policy::samples::Samples;
 use crate::policy::{self, Call, PluginError, Runtime};
 use crate::shell::runtime::Stopwatch;
 
@@ -110,44 +110,13 @@ fn check(home: Option<&Path>, file: &Path, config: Option<&str>) -> anyhow::Resu
         plugin.version(),
         clock.elapsed()
     )?;
-    let node = NodeFacts {
-        id: DeviceId::from_sha256(&[1; 32]),
-        name: "this-node".into(),
-        platform: Platform::current(),
-        os: std::env::consts::OS,
-        now_ms: 1_700_000_000_000,
-    };
-    let peer = PeerFacts {
-        id: DeviceId::from_sha256(&[2; 32]),
-        name: "sample-phone".into(),
-        device_type: DeviceType::Mobile,
-        addresses: vec![std::net::IpAddr::from([192, 0, 2, 7])],
-        port: 7000,
-    };
-    let file = FileFacts {
-        id: TransferId([7; 16]),
-        name: "photos/holiday.jpg".into(),
-        size: 3_500_000,
-        mime: "image/jpeg".into(),
-        mode: Some(0o4755),
-        mtime: Some(1_700_000_000),
-    };
-    let queue: Vec<QueuedFacts> = [(1u8, 2u8, 900_000u64), (2, 2, 10), (3, 3, 5_000)]
-        .into_iter()
-        .map(|(n, peer, size)| QueuedFacts {
-            id: TransferId([n; 16]),
-            peer: DeviceId::from_sha256(&[peer; 32]),
-            name: format!("file-{n}"),
-            size,
-            mime: "application/octet-stream".into(),
-            done_bytes: 0,
-            queued_at_ms: i64::from(n),
-        })
-        .collect();
-    let connected = [
-        DeviceId::from_sha256(&[2; 32]),
-        DeviceId::from_sha256(&[3; 32]),
-    ];
+    let Samples {
+        node,
+        peer,
+        file,
+        queue,
+        connected,
+    } = Samples::new();
     // After a failure the instance is unusable (the node disables the plugin): stop there.
     let mut failed = false;
     let mut ask = |question: &str, call: &mut dyn FnMut() -> Result<Call<String>, PluginError>| {

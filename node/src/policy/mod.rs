@@ -12,6 +12,7 @@
 pub mod bindings;
 pub mod build;
 mod plugin;
+pub mod samples;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
