@@ -30,6 +30,17 @@ use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Reques
 /// How often trusted devices that mDNS does not show are probed by unicast at their last
 /// known addresses.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// When, after the node starts, trusted devices it has not found yet are dialled at their last
+/// known addresses: at once (a restarted pair reconnects without waiting for mDNS, which takes
+/// ~0.8 s to see the peer again), and a few more times soon after, for a peer that is starting
+/// at the same moment and not listening yet. Then every [`PROBE_INTERVAL`].
+pub const STARTUP_PROBES: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_millis(250),
+    Duration::from_millis(600),
+    Duration::from_millis(1500),
+    Duration::from_secs(5),
+];
 /// Untrusted devices the node keeps track of; announcements of further unknown devices are
 /// ignored, so a flood of bogus announcements cannot grow state without bound.
 pub const MAX_UNTRUSTED_PEERS: usize = 1024;
@@ -170,6 +181,9 @@ pub struct Core {
     out: VecDeque<Output>,
     ignored: VecDeque<String>,
     next_probe: Option<Instant>,
+    started: Instant,
+    /// Probes of [`STARTUP_PROBES`] done.
+    startup_probes: usize,
     negotiations: BTreeMap<DeviceId, Negotiation>,
     transfers: Transfers,
     policy: Box<dyn Policy>,
@@ -179,15 +193,17 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core over `state` (the journal's replay). The first probe of unseen trusted devices
-    /// happens one interval after `now`, leaving mDNS time to find them first.
+    /// A core over `state` (the journal's replay). Unseen trusted devices are probed at once,
+    /// then on the [`STARTUP_PROBES`] schedule.
     pub fn new(me: Me, state: State, now: Instant) -> Self {
         Self {
             me,
             state,
             out: VecDeque::new(),
             ignored: VecDeque::new(),
-            next_probe: Some(now + PROBE_INTERVAL / 6),
+            next_probe: Some(now),
+            started: now,
+            startup_probes: 0,
             negotiations: BTreeMap::new(),
             transfers: Transfers::default(),
             policy: Box::new(NoPlugins),
@@ -361,11 +377,22 @@ impl Core {
         if now.instant < due {
             return;
         }
-        self.next_probe = Some(now.instant + PROBE_INTERVAL);
+        self.startup_probes += 1;
+        self.next_probe = Some(match STARTUP_PROBES.get(self.startup_probes) {
+            Some(offset) => (self.started + *offset).max(now.instant),
+            None => now.instant + PROBE_INTERVAL,
+        });
         let probes: Vec<SocketAddr> = self
             .state
             .trusted()
-            .filter(|(_, peer)| !peer.discovered && peer.port != 0)
+            .filter(|(_, peer)| {
+                !peer.discovered
+                    && peer.port != 0
+                    && matches!(
+                        peer.connection,
+                        super::ConnectionState::NotConnected | super::ConnectionState::Failed(_)
+                    )
+            })
             .flat_map(|(_, peer)| {
                 peer.addresses
                     .iter()

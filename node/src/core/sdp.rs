@@ -73,6 +73,53 @@ pub fn max_message_size(sdp: &str) -> Option<u64> {
         .find_map(|value| value.trim().parse().ok())
 }
 
+/// `sdp` as webrtc-rs should read it: with the `a=max-message-size` of its data-channel section
+/// raised to at least `ours` (added after `a=sctp-port` when absent; "0", no limit, is kept).
+///
+/// Why: webrtc-rs sizes its *receive* buffer at the smaller of the two advertised sizes
+/// (rtc-0.21.1 src/peer_connection/transport/sctp/mod.rs `start`), while RFC 8841 and spec 4 let
+/// the peer send us messages up to the size *we* advertised. Handing webrtc-rs a remote size no
+/// smaller than ours makes its buffer ours. Only webrtc-rs sees the rewritten copy: the core
+/// chooses the chunk size from the peer's real value ([`max_message_size`] of the original), and
+/// fsnode's other messages are a few hundred bytes, so the peer's limit is still kept.
+pub fn with_max_message_size_at_least(sdp: &str, ours: u64) -> String {
+    let mut out = String::with_capacity(sdp.len() + 32);
+    let mut seen = false;
+    let mut sctp_port_line_end = None;
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        let ending = &line[bare.len()..];
+        if let Some(value) = bare.strip_prefix("a=max-message-size:") {
+            seen = true;
+            match value.trim().parse::<u64>() {
+                Ok(size) if size == 0 || size >= ours => out.push_str(line),
+                _ => {
+                    out.push_str("a=max-message-size:");
+                    out.push_str(&ours.to_string());
+                    out.push_str(ending);
+                }
+            }
+            continue;
+        }
+        out.push_str(line);
+        if bare.starts_with("a=sctp-port:") {
+            sctp_port_line_end = Some((out.len(), ending));
+        }
+    }
+    if let (false, Some((at, ending))) = (seen, sctp_port_line_end) {
+        let ending = if ending.is_empty() { "\r\n" } else { ending };
+        let added = format!("a=max-message-size:{ours}{ending}");
+        if at == out.len() && !out.ends_with('\n') {
+            // The port line was the last one, without a line ending.
+            out.push_str(ending);
+            out.push_str(added.trim_end_matches(['\r', '\n']));
+        } else {
+            out.insert_str(at, &added);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +184,47 @@ mod tests {
             );
         }
         assert_eq!(max_message_size("a=max-message-size:lots\n"), None);
+    }
+
+    #[test]
+    fn a_smaller_remote_max_message_size_is_raised_for_webrtc_rs_only() {
+        let sdp = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+                   a=sctp-port:5000\r\na=max-message-size:65536\r\n";
+        let raised = with_max_message_size_at_least(sdp, 262144);
+        assert_eq!(max_message_size(&raised), Some(262144));
+        assert_eq!(raised.replace("262144", "65536"), sdp);
+        // Larger, or "no limit", stays as the peer said.
+        let larger = sdp.replace("65536", "1048576");
+        assert_eq!(with_max_message_size_at_least(&larger, 262144), larger);
+        let unlimited = sdp.replace("65536", "0");
+        assert_eq!(
+            with_max_message_size_at_least(&unlimited, 262144),
+            unlimited
+        );
+        // Garbage is replaced like a small value.
+        let garbage = sdp.replace("65536", "lots");
+        assert_eq!(
+            max_message_size(&with_max_message_size_at_least(&garbage, 262144)),
+            Some(262144)
+        );
+    }
+
+    #[test]
+    fn an_absent_max_message_size_is_added_after_the_sctp_port() {
+        let sdp = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+                   a=sctp-port:5000\r\na=setup:actpass\r\n";
+        let raised = with_max_message_size_at_least(sdp, 262144);
+        assert_eq!(
+            raised,
+            "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+             a=sctp-port:5000\r\na=max-message-size:262144\r\na=setup:actpass\r\n"
+        );
+        let last = "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\na=sctp-port:5000";
+        assert_eq!(
+            with_max_message_size_at_least(last, 1024),
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\na=sctp-port:5000\r\na=max-message-size:1024"
+        );
+        // No data-channel section: nothing to raise.
+        assert_eq!(with_max_message_size_at_least("v=0\r\n", 1024), "v=0\r\n");
     }
 }

@@ -22,8 +22,18 @@ pub type AcceptFn<'a> = dyn FnMut(&DeviceId, &StartInfo) -> AcceptAnswer + 'a;
 /// Asks policy for the order in which queued sends start (all of them, in that order).
 pub type OrderFn<'a> = dyn FnMut(Vec<QueuedFacts>) -> Vec<TransferId> + 'a;
 
-/// Chunks a receiver lets the sender have in flight (spec 4 `window`).
-pub const WINDOW: u32 = 64;
+/// Bytes a receiver lets the sender have in flight (spec 4 `window`, in chunks of the transfer's
+/// size): enough to cover the time from a chunk's arrival to its `progress` (hash, write, sync,
+/// a journal commit, a round trip) at LAN rates. 2 MiB held loopback at ~150 MB/s, 8 MiB gave
+/// ~175 (BENCHMARKS.md); the receiver's memory is bounded by SCTP's window, not by this.
+pub const WINDOW_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The `window` a receiver grants for chunks of `chunk_size` bytes: [`WINDOW_BYTES`] worth, at
+/// least 4 chunks (so `progress` still comes every chunk or more often) and at most 1,024.
+pub fn window_for(chunk_size: u32) -> u32 {
+    let chunks = WINDOW_BYTES / u64::from(chunk_size.max(1));
+    u32::try_from(chunks.clamp(4, 1024)).unwrap_or(1024)
+}
 /// Largest data-channel message decoded (a chunk of 4 MiB plus its envelope).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 64 * 1024;
 
@@ -505,7 +515,8 @@ impl Transfers {
                     let journaled = state.transfers.get(&id).map_or(0, |t| t.next);
                     let held = part_len / u64::from(start.chunk_size.max(1));
                     let durable_next = journaled.min(held);
-                    let receiver = Receiver::new(start, durable_next, WINDOW);
+                    let window = window_for(start.chunk_size);
+                    let receiver = Receiver::new(start, durable_next, window);
                     self.receiving.insert(id, Incoming { peer, receiver });
                     self.pump_receiver(&id, work);
                 }
@@ -712,6 +723,15 @@ mod tests {
 
     /// A receiver out of space pauses the send; the sender asks again after `PAUSE_RETRY`
     /// (and at once on a reconnect), resuming the same transfer id.
+    #[test]
+    fn the_window_is_a_fixed_number_of_bytes_in_chunks() {
+        assert_eq!(window_for(32 * 1024), 256);
+        assert_eq!(window_for(128 * 1024), 64);
+        assert_eq!(window_for(4 * 1024 * 1024), 4);
+        assert_eq!(window_for(1024), 1024);
+        assert_eq!(window_for(0), 1024);
+    }
+
     #[test]
     fn a_paused_send_is_started_again_after_the_retry_delay() {
         let peer = DeviceId::from_sha256(&[1; 32]);

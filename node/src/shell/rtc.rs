@@ -46,34 +46,16 @@ pub const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_mi
 /// Checks per candidate pair (webrtc-rs: 7 at 200 ms); 28 at 50 ms keeps its 1.4 s budget.
 pub const ICE_MAX_BINDING_REQUESTS: u16 = 28;
 
-/// The largest message webrtc-rs can take (it advertises at most this), and what fsnode
-/// advertises: spec 4 then gives 128 KiB chunks (64 KiB by default would give 32 KiB ones, with
+/// The largest message webrtc-rs can take, and what fsnode advertises in offers and answers:
+/// spec 4 then gives 128 KiB chunks between fsnode nodes (64 KiB would give 32 KiB ones, with
 /// four times the messages, store operations and progress round trips per byte).
 pub const MAX_MESSAGE_SIZE: u32 = 256 * 1024;
 
-/// What an offer advertises: RFC 8841's default, which every answerer accepts.
-pub const OFFER_MAX_MESSAGE_SIZE: u32 = 64 * 1024;
-
-/// The `a=max-message-size` to advertise. webrtc-rs sizes its *receive* buffer at the smaller of
-/// the two advertised values rather than at ours (rtc-0.21.1
-/// src/peer_connection/transport/sctp/mod.rs `start`, `internal_buffer`): a peer that advertised
-/// less than we did would still send us messages up to our advertised size (spec 4), and
-/// webrtc-rs would refuse them. So an answer never advertises more than the offer did, and an
-/// offer advertises only [`OFFER_MAX_MESSAGE_SIZE`], since an independent answerer may answer
-/// with that default. (Offering [`MAX_MESSAGE_SIZE`] gave 128 KiB chunks between fsnode nodes,
-/// ~25 % faster on loopback, but broke any answerer advertising less; see BENCHMARKS.md.)
-pub fn local_max_message_size(remote_offer: Option<&str>) -> u32 {
-    let Some(offer) = remote_offer else {
-        return OFFER_MAX_MESSAGE_SIZE;
-    };
-    match sdp::max_message_size(offer) {
-        // Absent: RFC 8841's default.
-        None => 64 * 1024,
-        Some(0) => MAX_MESSAGE_SIZE,
-        Some(size) => u32::try_from(size)
-            .unwrap_or(MAX_MESSAGE_SIZE)
-            .clamp(1500, MAX_MESSAGE_SIZE),
-    }
+/// The remote description as webrtc-rs is given it: its `a=max-message-size` raised to ours
+/// ([`sdp::with_max_message_size_at_least`] says why), so webrtc-rs receives every message a
+/// peer may send us, whatever that peer advertised for itself. The core reads the original.
+fn remote_sdp_for_webrtc_rs(sdp: &str) -> String {
+    sdp::with_max_message_size_at_least(sdp, u64::from(MAX_MESSAGE_SIZE))
 }
 
 /// The smallest MTU among the interfaces of `udp_addrs` (every non-loopback interface for an
@@ -145,14 +127,11 @@ pub fn channel_init() -> RTCDataChannelInit {
 pub async fn build_peer_connection(
     identity: &Identity,
     udp_addrs: Vec<SocketAddr>,
-    remote_offer: Option<&str>,
     handler: Arc<dyn PeerConnectionEventHandler>,
 ) -> webrtc::error::Result<(Arc<dyn PeerConnection>, Arc<dyn DataChannel>)> {
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(local_max_message_size(
-            remote_offer,
-        )))
+        .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(MAX_MESSAGE_SIZE))
         .with_sctp_max_receive_buffer_size(sctp_receive_window(runtime::udp_buffer_bytes()))
         .with_sctp_mtu(sctp_mtu(interface_mtu(&udp_addrs)))
         // ICE checks every 50 ms instead of 200 (same 1.4 s budget per pair): on a LAN the
@@ -272,7 +251,7 @@ impl PeerTask {
     async fn perform(&mut self, action: Action) -> webrtc::error::Result<()> {
         match action {
             Action::CreateOffer => {
-                let pc = self.connection(None).await?;
+                let pc = self.connection().await?;
                 let offer = pc.create_offer(None).await?;
                 pc.set_local_description(offer.clone()).await?;
                 self.report(NegotiationInput::LocalOffer { sdp: offer.sdp })
@@ -285,9 +264,11 @@ impl PeerTask {
                 }
             }
             Action::AnswerOffer { sdp } => {
-                let pc = self.connection(Some(&sdp)).await?;
-                pc.set_remote_description(RTCSessionDescription::offer(sdp)?)
-                    .await?;
+                let pc = self.connection().await?;
+                pc.set_remote_description(RTCSessionDescription::offer(remote_sdp_for_webrtc_rs(
+                    &sdp,
+                ))?)
+                .await?;
                 self.report(NegotiationInput::RemoteApplied).await;
                 let answer = pc.create_answer(None).await?;
                 pc.set_local_description(answer.clone()).await?;
@@ -296,8 +277,10 @@ impl PeerTask {
             }
             Action::ApplyAnswer { sdp } => {
                 if let Some((pc, _)) = &self.connection {
-                    pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
-                        .await?;
+                    pc.set_remote_description(RTCSessionDescription::answer(
+                        remote_sdp_for_webrtc_rs(&sdp),
+                    )?)
+                    .await?;
                     self.report(NegotiationInput::RemoteApplied).await;
                 }
             }
@@ -324,12 +307,8 @@ impl PeerTask {
         Ok(())
     }
 
-    /// The peer connection, built on first use with its `fileshare` channel (`remote_offer`:
-    /// the offer being answered, if that is the first use).
-    async fn connection(
-        &mut self,
-        remote_offer: Option<&str>,
-    ) -> webrtc::error::Result<Arc<dyn PeerConnection>> {
+    /// The peer connection, built on first use with its `fileshare` channel.
+    async fn connection(&mut self) -> webrtc::error::Result<Arc<dyn PeerConnection>> {
         if let Some((pc, _)) = &self.connection {
             return Ok(pc.clone());
         }
@@ -337,13 +316,8 @@ impl PeerTask {
             peer: self.peer.clone(),
             inputs: self.inputs.clone(),
         });
-        let (pc, channel) = build_peer_connection(
-            &self.identity,
-            self.udp_addrs.clone(),
-            remote_offer,
-            handler,
-        )
-        .await?;
+        let (pc, channel) =
+            build_peer_connection(&self.identity, self.udp_addrs.clone(), handler).await?;
         runtime::spawn(watch_channel(
             self.peer.clone(),
             channel.clone(),
@@ -520,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn transport_settings_follow_the_sockets_and_the_offer() {
+    fn transport_settings_follow_the_sockets() {
         // SCTP packets: Ethernet and loopback fill a 1500-byte datagram, a tunnel less, and
         // never below webrtc-rs's own budget.
         assert_eq!(sctp_mtu(Some(1500)), 1415);
@@ -533,24 +507,6 @@ mod tests {
         assert_eq!(sctp_receive_window(425_984), 1 << 20);
         assert_eq!(sctp_receive_window(8 << 20), 2 << 20);
         assert_eq!(sctp_receive_window(32 << 20), 8 << 20);
-        // max-message-size: an offer advertises the default; an answer never more than the offer.
-        let offer = |line: &str| {
-            format!("v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n{line}")
-        };
-        assert_eq!(local_max_message_size(None), OFFER_MAX_MESSAGE_SIZE);
-        assert_eq!(local_max_message_size(Some(&offer(""))), 65536);
-        assert_eq!(
-            local_max_message_size(Some(&offer("a=max-message-size:100000\r\n"))),
-            100_000
-        );
-        assert_eq!(
-            local_max_message_size(Some(&offer("a=max-message-size:1073741823\r\n"))),
-            MAX_MESSAGE_SIZE
-        );
-        assert_eq!(
-            local_max_message_size(Some(&offer("a=max-message-size:0\r\n"))),
-            MAX_MESSAGE_SIZE
-        );
     }
 
     struct Quiet;
@@ -566,7 +522,6 @@ mod tests {
             let (pc, _channel) = build_peer_connection(
                 &identity,
                 vec!["127.0.0.1:0".parse().unwrap()],
-                None,
                 Arc::new(Quiet),
             )
             .await
@@ -607,7 +562,6 @@ mod tests {
             let (pc, _channel) = build_peer_connection(
                 &identity,
                 vec!["127.0.0.1:0".parse().unwrap()],
-                None,
                 Arc::new(Gathered(tx)),
             )
             .await
@@ -636,6 +590,89 @@ mod tests {
                 assert!(!candidate.contains(".local"), "{candidate}");
             }
             pc.close().await.unwrap();
+        });
+    }
+
+    /// Forwards every gathered candidate to the other side's channel.
+    struct Candidates(async_channel::Sender<webrtc::peer_connection::RTCIceCandidateInit>);
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Candidates {
+        async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+            if let Ok(init) = event.candidate.to_json() {
+                let _ = self.0.send(init).await;
+            }
+        }
+    }
+
+    /// Spec 4 lets a peer send us chunk messages up to the max-message-size *we* advertise,
+    /// whatever it advertised for itself. A webrtc-rs peer stands in for an independent
+    /// implementation that advertises the 64 KiB default but sends 128 KiB chunks to our
+    /// 256 KiB: without [`remote_sdp_for_webrtc_rs`], webrtc-rs would size fsnode's receive
+    /// buffer at 64 KiB and never deliver the message.
+    #[test]
+    fn a_peer_advertising_less_than_us_may_still_send_up_to_our_size() {
+        let (_dir_a, fsnode_identity) = test_identity();
+        let (_dir_b, other_identity) = test_identity();
+        runtime::block_on(async {
+            let (to_fsnode, fsnode_candidates) = async_channel::unbounded();
+            let (to_other, other_candidates) = async_channel::unbounded();
+            let addrs = || vec!["127.0.0.1:0".parse().unwrap()];
+            let (fsnode, fsnode_channel) =
+                build_peer_connection(&fsnode_identity, addrs(), Arc::new(Candidates(to_other)))
+                    .await
+                    .unwrap();
+            let (other, other_channel) =
+                build_peer_connection(&other_identity, addrs(), Arc::new(Candidates(to_fsnode)))
+                    .await
+                    .unwrap();
+            // The other side offers, telling us it takes only 64 KiB messages.
+            let offer = other.create_offer(None).await.unwrap();
+            other.set_local_description(offer.clone()).await.unwrap();
+            let advertised = offer
+                .sdp
+                .replace("a=max-message-size:262144", "a=max-message-size:65536");
+            assert_eq!(sdp::max_message_size(&advertised), Some(65536));
+            fsnode
+                .set_remote_description(
+                    RTCSessionDescription::offer(remote_sdp_for_webrtc_rs(&advertised)).unwrap(),
+                )
+                .await
+                .unwrap();
+            let answer = fsnode.create_answer(None).await.unwrap();
+            assert_eq!(sdp::max_message_size(&answer.sdp), Some(262144));
+            fsnode.set_local_description(answer.clone()).await.unwrap();
+            other.set_remote_description(answer).await.unwrap();
+
+            let trickle = |pc: Arc<dyn PeerConnection>, rx: async_channel::Receiver<_>| async move {
+                while let Ok(candidate) = rx.recv().await {
+                    let _ = pc.add_ice_candidate(candidate).await;
+                }
+            };
+            let _to_fsnode = runtime::spawn(trickle(fsnode.clone(), fsnode_candidates));
+            let _to_other = runtime::spawn(trickle(other.clone(), other_candidates));
+
+            let message = vec![0x5a; 128 * 1024];
+            let delivered = runtime::timeout(std::time::Duration::from_secs(20), async {
+                while let Some(event) = other_channel.poll().await {
+                    if matches!(event, DataChannelEvent::OnOpen) {
+                        other_channel
+                            .send(bytes::BytesMut::from(&message[..]))
+                            .await
+                            .map_err(|e| anyhow::anyhow!("send: {e}"))?;
+                        break;
+                    }
+                }
+                while let Some(event) = fsnode_channel.poll().await {
+                    if let DataChannelEvent::OnMessage(received) = event {
+                        return Ok(received.data.len());
+                    }
+                }
+                anyhow::bail!("the channel closed")
+            })
+            .await;
+            assert_eq!(delivered.unwrap(), message.len());
+            fsnode.close().await.unwrap();
+            other.close().await.unwrap();
         });
     }
 }

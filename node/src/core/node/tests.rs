@@ -331,21 +331,27 @@ fn unseen_trusted_devices_are_probed_at_their_last_address_on_a_timer() {
             })
             .collect()
     };
-    let due = h.start + PROBE_INTERVAL / 6;
-    assert!(
-        dials(&mut h, due - Duration::from_millis(1)).is_empty(),
-        "not before the timer"
-    );
-    assert_eq!(
-        dials(&mut h, due),
-        vec![Effect::Dial {
-            addr: "10.77.0.2:4001".parse().unwrap(),
-            token: None
-        }]
-    );
+    let probe = vec![Effect::Dial {
+        addr: "10.77.0.2:4001".parse().unwrap(),
+        token: None,
+    }];
+    // At start, then on the startup schedule, then every interval.
+    let start = h.start;
+    assert_eq!(dials(&mut h, start), probe);
+    for offset in &STARTUP_PROBES[1..] {
+        let due = start + *offset;
+        assert!(
+            dials(&mut h, due - Duration::from_millis(1)).is_empty(),
+            "not before {offset:?}"
+        );
+        assert_eq!(dials(&mut h, due), probe, "at {offset:?}");
+    }
+    let last = start + STARTUP_PROBES[STARTUP_PROBES.len() - 1];
+    assert!(dials(&mut h, last + PROBE_INTERVAL - Duration::from_millis(1)).is_empty());
+    assert_eq!(dials(&mut h, last + PROBE_INTERVAL), probe);
     // A discovered device is not probed.
     h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    assert!(dials(&mut h, due + PROBE_INTERVAL).is_empty());
+    assert!(dials(&mut h, last + PROBE_INTERVAL * 3).is_empty());
 }
 
 #[test]
