@@ -147,12 +147,19 @@ pub enum Event {
         mode: Option<u32>,
         #[serde(default)]
         mtime: Option<i64>,
-        /// The whole file's SHA-256, taken when it was queued (sender side).
+        /// The whole file's SHA-256 (sender side), when it was taken before queueing (small
+        /// files); a large file's comes later in `TransferHashed`.
         #[serde(default)]
         sha256: Option<[u8; 32]>,
         /// Receiver: the subdirectory of the receive directory policy routed the file into.
         #[serde(default)]
         dir: Option<String>,
+    },
+    /// Sender: the whole file's SHA-256, taken while its first chunks were already being sent
+    /// (it is needed only for `end`).
+    TransferHashed {
+        id: TransferId,
+        sha256: [u8; 32],
     },
     TransferStarted {
         id: TransferId,
@@ -247,6 +254,7 @@ impl Event {
             Event::Disconnected { .. } => "Disconnected",
             Event::FingerprintMismatch { .. } => "FingerprintMismatch",
             Event::TransferQueued { .. } => "TransferQueued",
+            Event::TransferHashed { .. } => "TransferHashed",
             Event::TransferStarted { .. } => "TransferStarted",
             Event::TransferAccepted { .. } => "TransferAccepted",
             Event::TransferRejected { .. } => "TransferRejected",

@@ -110,6 +110,11 @@ pub enum Input {
         token: Token,
         result: Result<Vec<QueuedFile>, String>,
     },
+    /// The answer to `HashSource`: the whole-file SHA-256 of the file the transfers `ids` send.
+    SourceHashed {
+        ids: Vec<TransferId>,
+        result: Result<[u8; 32], String>,
+    },
     /// What the WebRTC adapter reports for `peer` (local descriptions and candidates,
     /// remote description applied, channel open, connection lost).
     Rtc {
@@ -129,7 +134,8 @@ pub struct QueuedFile {
     pub mime: String,
     pub mode: u32,
     pub mtime: Option<i64>,
-    pub sha256: [u8; 32],
+    /// Taken while preparing for a small file; `None` for a large one, hashed while it is sent.
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// A signaling connection, as the shell numbers them.
@@ -167,7 +173,14 @@ pub enum Effect {
     ChannelSend { peer: DeviceId, data: Vec<u8> },
     /// File IO for a transfer (in order per transfer, off the node's loop).
     Store { id: TransferId, op: StoreOp },
-    /// Collect and hash the files of a `send` request for `peers`; answer `SendPrepared`.
+    /// Hash `path`, the file of the outgoing transfers `ids`, off the node's loop; answer
+    /// `SourceHashed`.
+    HashSource {
+        path: std::path::PathBuf,
+        ids: Vec<TransferId>,
+    },
+    /// Collect the files of a `send` request for `peers` (hashing the small ones); answer
+    /// `SendPrepared`.
     PrepareSend {
         token: Token,
         paths: Vec<std::path::PathBuf>,
@@ -194,9 +207,18 @@ pub struct Core {
 
 impl Core {
     /// A core over `state` (the journal's replay). Unseen trusted devices are probed at once,
-    /// then on the [`STARTUP_PROBES`] schedule.
+    /// then on the [`STARTUP_PROBES`] schedule. Outgoing transfers whose file was still being
+    /// hashed when the node stopped are hashed again.
     pub fn new(me: Me, state: State, now: Instant) -> Self {
-        Self {
+        let unhashed: Vec<_> = state
+            .transfers
+            .iter()
+            .filter(|(_, t)| {
+                t.direction == Direction::Send && !t.status.is_finished() && t.sha256.is_none()
+            })
+            .filter_map(|(id, t)| Some((t.path.clone()?, *id)))
+            .collect();
+        let mut core = Self {
             me,
             state,
             out: VecDeque::new(),
@@ -208,7 +230,9 @@ impl Core {
             transfers: Transfers::default(),
             policy: Box::new(NoPlugins),
             recent_decisions: VecDeque::new(),
-        }
+        };
+        core.hash_sources(unhashed.into_iter());
+        core
     }
 
     /// Hands the questions to `policy` (the plugin host) instead of the built-in default, and
@@ -345,6 +369,7 @@ impl Core {
                 self.run(work, now);
             }
             Input::SendPrepared { token, result } => self.on_send_prepared(token, result, now),
+            Input::SourceHashed { ids, result } => self.on_source_hashed(ids, result, now),
             Input::Rtc { peer, event } => {
                 if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                     negotiation.handle(event, now.instant);
@@ -1079,7 +1104,7 @@ impl Core {
                     mime: Some(file.mime.clone()),
                     mode: Some(file.mode),
                     mtime: file.mtime,
-                    sha256: Some(file.sha256),
+                    sha256: file.sha256,
                     dir: None,
                 },
                 now,
@@ -1088,6 +1113,12 @@ impl Core {
                 peers.push(file.peer.clone());
             }
         }
+        self.hash_sources(
+            files
+                .iter()
+                .filter(|f| f.sha256.is_none())
+                .map(|f| (f.path.clone(), f.id)),
+        );
         let rows = files
             .iter()
             .filter_map(|f| {
@@ -1108,6 +1139,64 @@ impl Core {
                 self.connect_transfers(&peer, now, &mut work);
                 self.run(work, now);
             }
+        }
+    }
+
+    /// Asks the shell to hash each file once for all the transfers sending it.
+    fn hash_sources(&mut self, files: impl Iterator<Item = (std::path::PathBuf, TransferId)>) {
+        let mut by_path: BTreeMap<std::path::PathBuf, Vec<TransferId>> = BTreeMap::new();
+        for (path, id) in files {
+            by_path.entry(path).or_default().push(id);
+        }
+        for (path, ids) in by_path {
+            self.out
+                .push_back(Output::Effect(Effect::HashSource { path, ids }));
+        }
+    }
+
+    fn on_source_hashed(
+        &mut self,
+        ids: Vec<TransferId>,
+        result: Result<[u8; 32], String>,
+        now: Now,
+    ) {
+        for id in ids {
+            let pending = self
+                .state
+                .transfers
+                .get(&id)
+                .is_some_and(|t| !t.status.is_finished() && t.sha256.is_none());
+            if !pending {
+                continue;
+            }
+            let mut work = Vec::new();
+            match &result {
+                Ok(sha256) => {
+                    self.emit(
+                        Event::TransferHashed {
+                            id,
+                            sha256: *sha256,
+                        },
+                        now,
+                    );
+                    self.transfers.hashed(&id, *sha256, now.instant, &mut work);
+                }
+                Err(reason) => {
+                    if !self
+                        .transfers
+                        .hash_failed(&id, reason.clone(), now.instant, &mut work)
+                    {
+                        self.emit(
+                            Event::TransferFailed {
+                                id,
+                                reason: format!("sender: {reason}"),
+                            },
+                            now,
+                        );
+                    }
+                }
+            }
+            self.run(work, now);
         }
     }
 

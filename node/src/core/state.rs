@@ -340,6 +340,11 @@ impl State {
                     updated_at_ms: now,
                 });
             }
+            Event::TransferHashed { id, sha256 } => {
+                if let Some(t) = self.transfers.get_mut(id) {
+                    t.sha256 = Some(*sha256);
+                }
+            }
             Event::TransferStarted {
                 id,
                 chunk_size,

@@ -308,7 +308,7 @@ impl Transfers {
     /// when the journal lacks the file's facts.
     fn spawn_sender(&mut self, id: &TransferId, t: &super::TransferState, peer: &DeviceId) -> bool {
         self.paused.remove(id);
-        let (Some(path), Some(sha256)) = (t.path.clone(), t.sha256) else {
+        let Some(path) = t.path.clone() else {
             return false;
         };
         let chunk_size = if t.chunk_size > 0 {
@@ -327,7 +327,7 @@ impl Transfers {
                 .unwrap_or_else(|| "application/octet-stream".into()),
             mode: t.mode,
             mtime: t.mtime,
-            sha256,
+            sha256: t.sha256,
         };
         let sender = Sender::new(info, chunk_size, t.next);
         self.sending.insert(
@@ -572,6 +572,33 @@ impl Transfers {
 
     /// The operator cancels `id`; false if no live machine has it (the caller then records
     /// the cancellation itself).
+    /// The whole-file hash of outgoing `id` is known (its machine, if running, may send `end`).
+    pub fn hashed(
+        &mut self,
+        id: &TransferId,
+        sha256: [u8; 32],
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) {
+        self.feed_sender(id, SendInput::Hashed { sha256 }, now, work);
+    }
+
+    /// Hashing outgoing `id`'s file failed: the running machine fails the transfer (and tells
+    /// the receiver); false when none runs, for the caller to record the failure.
+    pub fn hash_failed(
+        &mut self,
+        id: &TransferId,
+        reason: String,
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) -> bool {
+        if !self.sending.contains_key(id) {
+            return false;
+        }
+        self.feed_sender(id, SendInput::ReadFailed { reason }, now, work);
+        true
+    }
+
     pub fn cancel_local(&mut self, id: &TransferId, now: Instant, work: &mut Vec<Work>) -> bool {
         let reason = "cancelled by the operator".to_owned();
         if self.sending.contains_key(id) {

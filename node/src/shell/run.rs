@@ -424,6 +424,18 @@ impl NodeLoop<'_> {
                     }
                 }
                 Output::Effect(Effect::Store { id, op }) => self.io.act(id, op),
+                Output::Effect(Effect::HashSource { path, ids }) => {
+                    let inputs = self.inputs.clone();
+                    runtime::spawn(async move {
+                        let result = runtime::unblock(move || {
+                            crate::shell::store::hash_file(&path)
+                                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                        })
+                        .await;
+                        let _ = inputs.send(Input::SourceHashed { ids, result }).await;
+                    })
+                    .detach();
+                }
                 Output::Effect(Effect::PrepareSend {
                     token,
                     paths,

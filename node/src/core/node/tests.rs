@@ -830,3 +830,98 @@ fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journale
         "{out:?}"
     );
 }
+
+/// A large file is queued before it is hashed: the core asks the shell to hash it once for all
+/// its transfers, journals the hash when it comes, fails the transfers if it cannot, and asks
+/// again after a restart for a transfer whose hash never came.
+#[test]
+fn large_files_are_hashed_once_per_file_after_queueing() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
+    for n in [1, 2] {
+        h.handle(request(
+            n.into(),
+            Request::TrustAdd {
+                device: id(n).to_string(),
+            },
+        ));
+    }
+    let file = |n: u8, peer: u8, path: &str| QueuedFile {
+        id: TransferId([n; 16]),
+        peer: id(peer),
+        path: path.into(),
+        name: path.trim_start_matches('/').into(),
+        size: 1 << 30,
+        mime: "application/octet-stream".into(),
+        mode: 0o644,
+        mtime: None,
+        sha256: None,
+    };
+    let out = h.handle(Input::SendPrepared {
+        token: 7,
+        result: Ok(vec![
+            file(1, 1, "/big"),
+            file(2, 2, "/big"),
+            file(3, 1, "/gone"),
+        ]),
+    });
+    let hashes: Vec<_> = effects(&out)
+        .into_iter()
+        .filter(|e| matches!(e, Effect::HashSource { .. }))
+        .collect();
+    assert_eq!(
+        hashes,
+        vec![
+            &Effect::HashSource {
+                path: "/big".into(),
+                ids: vec![TransferId([1; 16]), TransferId([2; 16])]
+            },
+            &Effect::HashSource {
+                path: "/gone".into(),
+                ids: vec![TransferId([3; 16])]
+            },
+        ]
+    );
+    // A restart before the hashes came asks again.
+    let restarted = Core::new(me(), h.core.state().clone(), h.start);
+    let mut restarted = Harness {
+        core: restarted,
+        start: h.start,
+    };
+    let again: Vec<_> = std::iter::from_fn(|| restarted.core.poll_output()).collect();
+    assert_eq!(
+        effects(&again)
+            .iter()
+            .filter(|e| matches!(e, Effect::HashSource { .. }))
+            .count(),
+        2
+    );
+
+    let out = h.handle(Input::SourceHashed {
+        ids: vec![TransferId([1; 16]), TransferId([2; 16])],
+        result: Ok([7; 32]),
+    });
+    assert_eq!(
+        Harness::events(&out),
+        vec!["TransferHashed", "TransferHashed"]
+    );
+    assert_eq!(
+        h.core.state().transfers[&TransferId([1; 16])].sha256,
+        Some([7; 32])
+    );
+    let out = h.handle(Input::SourceHashed {
+        ids: vec![TransferId([3; 16])],
+        result: Err("cannot read /gone: No such file or directory".into()),
+    });
+    assert_eq!(Harness::events(&out), vec!["TransferFailed"]);
+    let gone = &h.core.state().transfers[&TransferId([3; 16])];
+    assert_eq!(gone.status, TransferStatus::Failed);
+    assert!(gone.reason.as_deref().unwrap_or("").contains("/gone"));
+    // Nothing is left to hash after a restart now.
+    let mut restarted = Core::new(me(), h.core.state().clone(), h.start);
+    assert!(
+        !std::iter::from_fn(|| restarted.poll_output())
+            .any(|o| matches!(o, Output::Effect(Effect::HashSource { .. })))
+    );
+}

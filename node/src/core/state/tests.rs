@@ -324,6 +324,10 @@ fn arb_event() -> impl Strategy<Value = Event> {
             reason: "ice failed".into()
         }),
         (0u8..4, 0u8..4, 0u64..100_000).prop_map(|(i, p, s)| queued(i, p, s)),
+        (id.clone(), any::<u8>()).prop_map(|(id, b)| Event::TransferHashed {
+            id,
+            sha256: [b; 32]
+        }),
         (id.clone(), 0u64..200).prop_map(|(id, s)| Event::TransferStarted {
             id,
             chunk_size: 1024,

@@ -28,8 +28,9 @@ pub struct SendInfo {
     pub mime: String,
     pub mode: Option<u32>,
     pub mtime: Option<i64>,
-    /// SHA-256 of the whole file, computed by the shell when the transfer was queued.
-    pub sha256: [u8; 32],
+    /// SHA-256 of the whole file: known at queueing for small files; for large ones the shell
+    /// hashes the file while the first chunks go out and reports `Hashed`. `end` waits for it.
+    pub sha256: Option<[u8; 32]>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -54,6 +55,10 @@ pub enum SendInput {
     /// Reading the file failed.
     ReadFailed {
         reason: String,
+    },
+    /// The shell finished hashing the whole file (when `SendInfo::sha256` was `None`).
+    Hashed {
+        sha256: [u8; 32],
     },
     Progress {
         next: u64,
@@ -290,6 +295,10 @@ impl Sender {
                 }
                 self.abort(format!("sender: {reason}"));
             }
+            SendInput::Hashed { sha256 } => {
+                self.info.sha256 = Some(sha256);
+                self.pump();
+            }
             SendInput::Progress { next } => self.on_progress(next),
             SendInput::Resend { index } => self.on_resend(index),
             SendInput::Done { ok, reason } => {
@@ -463,7 +472,8 @@ impl Sender {
                 len: chunk_len(self.info.size, self.chunk_size, index),
             });
         }
-        if !self.end_sent
+        if let Some(sha256) = self.info.sha256
+            && !self.end_sent
             && self.cursor == self.chunks
             && self.reading.is_empty()
             && self.resends.is_empty()
@@ -471,7 +481,7 @@ impl Sender {
             self.end_sent = true;
             self.send(Message::End {
                 id: self.info.id,
-                sha256: self.info.sha256,
+                sha256,
             });
         }
     }
@@ -545,6 +555,10 @@ impl fmt::Debug for SendInput {
             Self::ReadFailed { reason } => f
                 .debug_struct("ReadFailed")
                 .field("reason", reason)
+                .finish(),
+            Self::Hashed { sha256 } => f
+                .debug_struct("Hashed")
+                .field("sha256", &hex::encode(sha256))
                 .finish(),
             Self::Progress { next } => f.debug_struct("Progress").field("next", next).finish(),
             Self::Resend { index } => f.debug_struct("Resend").field("index", index).finish(),

@@ -106,7 +106,7 @@ impl Sim {
             mime: "application/octet-stream".into(),
             mode: Some(0o644),
             mtime: Some(1_700_000_000),
-            sha256: sha(&file),
+            sha256: Some(sha(&file)),
         };
         let mut sim = Self {
             rng,

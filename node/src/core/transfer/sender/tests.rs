@@ -17,7 +17,7 @@ fn info(size: u64) -> SendInfo {
         mime: "application/octet-stream".into(),
         mode: Some(0o600),
         mtime: Some(-1),
-        sha256: FILE_SHA,
+        sha256: Some(FILE_SHA),
     }
 }
 
@@ -313,6 +313,70 @@ fn reads_are_capped_even_under_a_huge_window() {
     let (s, out) = accepted(size, 0, 0, u32::MAX);
     assert_eq!(reads(&out).len(), MAX_READS_IN_FLIGHT as usize);
     assert_eq!(s.reads_in_flight(), MAX_READS_IN_FLIGHT as usize);
+}
+
+#[test]
+fn end_waits_for_the_whole_file_hash_when_it_comes_after_the_chunks() {
+    let size = 2 * 1024;
+    let mut s = Sender::new(
+        SendInfo {
+            sha256: None,
+            ..info(size)
+        },
+        CHUNK,
+        0,
+    );
+    s.handle(SendInput::Connected, now());
+    drain(&mut s);
+    s.handle(
+        SendInput::Accept {
+            start_chunk: 0,
+            window: 16,
+        },
+        now(),
+    );
+    let out = drain(&mut s);
+    assert_eq!(
+        reads(&out),
+        vec![0, 1],
+        "chunks go out before the hash is known"
+    );
+    s.handle(chunk_read(size, 0), now());
+    s.handle(chunk_read(size, 1), now());
+    let out = drain(&mut s);
+    assert_eq!(chunks_sent(&out), vec![0, 1]);
+    assert_eq!(ends_sent(&out), 0, "no end without the whole-file hash");
+    s.handle(SendInput::Hashed { sha256: FILE_SHA }, now());
+    assert_eq!(
+        drain(&mut s),
+        vec![send(Message::End {
+            id: ID,
+            sha256: FILE_SHA
+        })]
+    );
+    // Known before the last chunk: end right after it, once.
+    let mut s = Sender::new(
+        SendInfo {
+            sha256: None,
+            ..info(size)
+        },
+        CHUNK,
+        0,
+    );
+    s.handle(SendInput::Connected, now());
+    s.handle(
+        SendInput::Accept {
+            start_chunk: 0,
+            window: 16,
+        },
+        now(),
+    );
+    drain(&mut s);
+    s.handle(chunk_read(size, 0), now());
+    s.handle(SendInput::Hashed { sha256: FILE_SHA }, now());
+    assert_eq!(ends_sent(&drain(&mut s)), 0);
+    s.handle(chunk_read(size, 1), now());
+    assert_eq!(ends_sent(&drain(&mut s)), 1);
 }
 
 #[test]
