@@ -38,6 +38,13 @@ pub const CHANNEL_LABEL: &str = "fileshare";
 /// cost the sender 15 MiB more peak RSS (88 vs 76 MiB sending to three peers).
 pub const SEND_BUFFER_LIMIT: usize = 4 * 1024 * 1024;
 
+/// Threads that run the peer connections' drivers (webrtc-rs's dedicated reactor pool, shared
+/// round-robin by all connections of the process): one per core, at most 4, so one transfer's
+/// per-packet work runs beside the node's own and several peers spread over the cores.
+pub fn reactor_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
 /// The writers of open channels, by peer: where the node's transfer messages go.
 type Outgoing = Arc<std::sync::Mutex<HashMap<DeviceId, async_channel::Sender<Vec<u8>>>>>;
 
@@ -150,6 +157,10 @@ pub async fn build_peer_connection(
             .with_udp_addrs(udp_addrs)
             // Back-pressure: a send waits while this much is queued in SCTP for the channel.
             .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
+            // Each connection's driver (ICE, DTLS, SCTP, UDP) on a thread of its own instead of
+            // sharing smol's executor thread with the channel reader and writer: loopback 174 ->
+            // 212-232 MB/s (BENCHMARKS.md).
+            .with_dedicated_reactor_pool_size(reactor_threads())
             .build()
             .await?,
     );
