@@ -107,15 +107,13 @@ pub fn with_max_message_size_at_least(sdp: &str, ours: u64) -> String {
         }
     }
     if let (false, Some((at, ending))) = (seen, sctp_port_line_end) {
-        let ending = if ending.is_empty() { "\r\n" } else { ending };
-        let added = format!("a=max-message-size:{ours}{ending}");
-        if at == out.len() && !out.ends_with('\n') {
+        let added = if ending.is_empty() {
             // The port line was the last one, without a line ending.
-            out.push_str(ending);
-            out.push_str(added.trim_end_matches(['\r', '\n']));
+            format!("\r\na=max-message-size:{ours}")
         } else {
-            out.insert_str(at, &added);
-        }
+            format!("a=max-message-size:{ours}{ending}")
+        };
+        out.insert_str(at, &added);
     }
     out
 }

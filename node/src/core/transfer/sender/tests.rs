@@ -92,7 +92,16 @@ fn chunk_read(size: u64, index: u64) -> SendInput {
 
 /// Connected and accepted from `start` with `window`; returns the outputs of the accept.
 fn accepted(size: u64, cached: u64, start: u64, window: u32) -> (Sender, Vec<SendOutput>) {
-    let mut s = Sender::new(info(size), CHUNK, cached);
+    accepted_with(info(size), cached, start, window)
+}
+
+fn accepted_with(
+    info: SendInfo,
+    cached: u64,
+    start: u64,
+    window: u32,
+) -> (Sender, Vec<SendOutput>) {
+    let mut s = Sender::new(info, CHUNK, cached);
     s.handle(SendInput::Connected, now());
     drain(&mut s);
     s.handle(
@@ -318,24 +327,11 @@ fn reads_are_capped_even_under_a_huge_window() {
 #[test]
 fn end_waits_for_the_whole_file_hash_when_it_comes_after_the_chunks() {
     let size = 2 * 1024;
-    let mut s = Sender::new(
-        SendInfo {
-            sha256: None,
-            ..info(size)
-        },
-        CHUNK,
-        0,
-    );
-    s.handle(SendInput::Connected, now());
-    drain(&mut s);
-    s.handle(
-        SendInput::Accept {
-            start_chunk: 0,
-            window: 16,
-        },
-        now(),
-    );
-    let out = drain(&mut s);
+    let unhashed = || SendInfo {
+        sha256: None,
+        ..info(size)
+    };
+    let (mut s, out) = accepted_with(unhashed(), 0, 0, 16);
     assert_eq!(
         reads(&out),
         vec![0, 1],
@@ -355,23 +351,7 @@ fn end_waits_for_the_whole_file_hash_when_it_comes_after_the_chunks() {
         })]
     );
     // Known before the last chunk: end right after it, once.
-    let mut s = Sender::new(
-        SendInfo {
-            sha256: None,
-            ..info(size)
-        },
-        CHUNK,
-        0,
-    );
-    s.handle(SendInput::Connected, now());
-    s.handle(
-        SendInput::Accept {
-            start_chunk: 0,
-            window: 16,
-        },
-        now(),
-    );
-    drain(&mut s);
+    let (mut s, _) = accepted_with(unhashed(), 0, 0, 16);
     s.handle(chunk_read(size, 0), now());
     s.handle(SendInput::Hashed { sha256: FILE_SHA }, now());
     assert_eq!(ends_sent(&drain(&mut s)), 0);
