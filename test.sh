@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this and nothing else).
+#
+# A fresh machine needs only rustup, Python 3 with pip, and root (or sudo) for Debian packages:
+# this script first installs what the suite needs and the machine lacks, says in one line what
+# that is, then runs `cargo fmt --check`, `cargo test --workspace`, clippy with `-D warnings`
+# and a short smoke run of every fuzz target (FUZZING.md).
+#
+#   ./test.sh              everything
+#   ./test.sh --no-fuzz    skip the fuzz smoke run (the slowest part on a cold machine)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+fuzz=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-fuzz) fuzz=0 ;;
+    *) echo "test.sh: unknown argument '$arg' (known: --no-fuzz)" >&2; exit 2 ;;
+  esac
+done
+
+# What the tests need beyond the Rust toolchain, and why:
+#   iproute2      ip netns, veth, tc: the end-to-end tests build their own LANs in namespaces
+#   nftables      packet-loss injection (nft numgen random; this kernel has no netem)
+#   iputils-ping  the test harness's reachability checks
+debian_packages=(iproute2 nftables iputils-ping)
+#   zeroconf      python-zeroconf: the independent mDNS implementation discovery is checked against
+python_modules=("zeroconf:zeroconf>=0.130")
+wasm_target=wasm32-unknown-unknown
+
+section() { printf '\n=== %s ===\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else echo "test.sh: '$*' needs root; run it as root or install sudo" >&2; exit 1
+  fi
+}
+
+# --- what is missing ------------------------------------------------------------------------
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+missing_toolchain=0
+rustup run "$toolchain" rustc --version >/dev/null 2>&1 || missing_toolchain=1
+missing_target=0
+rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep -qx "$wasm_target" \
+  || missing_target=1
+missing_debs=()
+for pkg in "${debian_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing_debs+=("$pkg")
+done
+missing_py=()
+for entry in "${python_modules[@]}"; do
+  module=${entry%%:*}
+  python3 -c "import $module" >/dev/null 2>&1 || missing_py+=("${entry#*:}")
+done
+missing_fuzz=0
+if [ "$fuzz" -eq 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then missing_fuzz=1; fi
+
+summary=()
+[ "$missing_toolchain" -eq 1 ] && summary+=("Rust $toolchain (rustup)")
+[ "$missing_target" -eq 1 ] && summary+=("the $wasm_target target (rustup)")
+[ ${#missing_debs[@]} -gt 0 ] && summary+=("Debian packages ${missing_debs[*]} (apt-get)")
+[ ${#missing_py[@]} -gt 0 ] && summary+=("Python modules ${missing_py[*]} (pip)")
+[ "$missing_fuzz" -eq 1 ] && summary+=("cargo-fuzz 0.13.2 (cargo install)")
+if [ ${#summary[@]} -gt 0 ]; then
+  printf 'test.sh: installing %s\n' "$(IFS=';'; echo "${summary[*]}" | sed 's/;/, /g')"
+else
+  echo "test.sh: nothing to install"
+fi
+
+# --- install it -----------------------------------------------------------------------------
+section "toolchain"
+# rustup adds a toolchain file's targets only when it installs the toolchain itself, so a
+# machine that already had this compiler may lack the wasm target the policy plugins build for.
+[ "$missing_toolchain" -eq 1 ] && rustup toolchain install "$toolchain" --profile minimal
+[ "$missing_target" -eq 1 ] && rustup target add "$wasm_target" --toolchain "$toolchain"
+rustup component add rustfmt clippy --toolchain "$toolchain" >/dev/null 2>&1 || true
+cargo --version
+
+if [ ${#missing_debs[@]} -gt 0 ]; then
+  section "Debian packages: ${missing_debs[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_debs[@]}"
+fi
+if [ ${#missing_py[@]} -gt 0 ]; then
+  section "Python modules: ${missing_py[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check "${missing_py[@]}"
+fi
+if [ "$missing_fuzz" -eq 1 ]; then
+  section "cargo-fuzz"
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+
+# --- the suite ------------------------------------------------------------------------------
+section "cargo fmt --check"
+cargo fmt --all -- --check
+
+section "cargo test --workspace"
+cargo test --workspace
+
+section "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if [ "$fuzz" -eq 1 ]; then
+  section "fuzz: every cargo fuzz target for 30 s (FUZZING.md)"
+  # Unoptimized build (FUZZ_PROFILE=dev): a cold release build of the dependency tree under
+  # ASan costs 20+ minutes; these runs guard against regressions, FUZZING.md has the long runs.
+  FUZZ_PROFILE=dev fuzz/run.sh 30
+fi
