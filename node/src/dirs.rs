@@ -1,5 +1,5 @@
-//! Where a node keeps things: config, data (identity, journal), runtime (control socket) and
-//! the receive directory.
+//! Where a node keeps things: config, data (identity, journal), runtime (control socket), the
+//! receive directory, and a cache (build directories of `fsnode plugins build`).
 //!
 //! Precedence, most specific first: a per-directory flag, then `--home DIR` / `FSNODE_HOME`
 //! (one root for everything, so several nodes share a machine and tests never touch the real
@@ -13,6 +13,8 @@ pub struct Dirs {
     pub data: PathBuf,
     pub runtime: PathBuf,
     pub receive: PathBuf,
+    /// Disposable: deleting it loses nothing but time.
+    pub cache: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +24,15 @@ pub enum DirsError {
 }
 
 impl Dirs {
-    /// Everything under one root: `ROOT/config`, `ROOT/data`, `ROOT/run`, `ROOT/received`.
+    /// Everything under one root: `ROOT/config`, `ROOT/data`, `ROOT/run`, `ROOT/received`,
+    /// `ROOT/cache`.
     pub fn under(root: &Path) -> Self {
         Self {
             config: root.join("config"),
             data: root.join("data"),
             runtime: root.join("run"),
             receive: root.join("received"),
+            cache: root.join("cache"),
         }
     }
 
@@ -53,6 +57,7 @@ impl Dirs {
             data,
             runtime,
             receive,
+            cache: project.cache_dir().to_path_buf(),
         })
     }
 
@@ -80,6 +85,12 @@ impl Dirs {
     pub fn plugins(&self) -> PathBuf {
         self.config.join("plugins")
     }
+
+    /// Cargo's target directory for `fsnode plugins build` of the crate named `name`: kept
+    /// between builds (incremental), never inside the plugin's source tree.
+    pub fn plugin_build(&self, name: &str) -> PathBuf {
+        self.cache.join("plugin-build").join(name)
+    }
 }
 
 #[cfg(test)]
@@ -89,13 +100,23 @@ mod tests {
     #[test]
     fn one_root_holds_every_directory() {
         let dirs = Dirs::under(Path::new("/srv/node-a"));
-        for dir in [&dirs.config, &dirs.data, &dirs.runtime, &dirs.receive] {
+        for dir in [
+            &dirs.config,
+            &dirs.data,
+            &dirs.runtime,
+            &dirs.receive,
+            &dirs.cache,
+        ] {
             assert!(dir.starts_with("/srv/node-a"), "{dir:?}");
         }
         assert_eq!(dirs.journal(), Path::new("/srv/node-a/data/journal"));
         assert_eq!(
             dirs.control_socket(),
             Path::new("/srv/node-a/run/fsnode.sock")
+        );
+        assert_eq!(
+            dirs.plugin_build("allowlist"),
+            Path::new("/srv/node-a/cache/plugin-build/allowlist")
         );
     }
 }

@@ -137,3 +137,69 @@ fn hostile_plugins_are_disabled_and_the_node_keeps_working() {
     assert!(rows[3]["disabled"].is_null(), "{list}");
     assert!(!decisions(&b, "trust-on-offer").is_empty());
 }
+
+/// `fsnode plugins build` of one of the repository's plugins: the component lands in `--out`
+/// and the plugin's source tree stays clean (no `plugins/NAME/target/` left in a work tree).
+/// Cargo's build directory is the one `CARGO_TARGET_DIR` names — here the one the plugin tests
+/// already built the plugins in, so the build is quick — else the home's cache (`dirs` tests).
+/// A toolchain without the wasm target gets it through rustup (a stand-in `rustup` here, which
+/// records what it was asked), with one line saying so.
+#[test]
+fn plugins_build_writes_the_component_and_leaves_the_source_tree_clean() {
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    let source = repository.join("plugins/trust-on-offer");
+    let home = NodeHome::new(fsnode_bin()).unwrap();
+    let out = home.path().join("out");
+    let fake_bin = home.path().join("bin");
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    let asked = home.path().join("rustup-asked");
+    let rustup = fake_bin.join("rustup");
+    std::fs::write(
+        &rustup,
+        format!(
+            "#!/bin/sh\nif [ \"$1 $2\" = \"target list\" ]; then echo x86_64-unknown-linux-gnu; exit 0; fi\necho \"$@\" >> {}\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rustup, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        fake_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let built = home
+        .command(&[
+            "plugins",
+            "build",
+            source.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("CARGO_TARGET_DIR", repository.join("target/plugins"))
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert!(built.status.success(), "{built:?}");
+    assert_eq!(
+        std::fs::read_to_string(&asked).unwrap().trim(),
+        "target add wasm32-unknown-unknown"
+    );
+    assert!(
+        stderr.contains("installing the Rust target wasm32-unknown-unknown"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("trust-on-offer.wasm"), "{stdout}");
+    let bytes = std::fs::read(out.join("trust-on-offer.wasm")).unwrap();
+    assert_eq!(&bytes[..4], b"\0asm", "a wasm binary");
+    assert!(
+        !source.join("target").exists(),
+        "nothing is left in the plugin's source tree"
+    );
+    assert!(!home.path().join("cache").exists(), "CARGO_TARGET_DIR wins");
+}

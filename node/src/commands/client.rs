@@ -5,9 +5,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 
-use crate::control::{self, Reply, ReplyEnvelope, Request};
+use crate::config::resolve_dirs;
+use crate::control::{self, ControlError, Reply, ReplyEnvelope, Request};
 
 /// How long a command waits for the node's answer (a direct dial takes up to ~15 s).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,4 +41,23 @@ pub fn request(socket: &Path, request: Request) -> anyhow::Result<Reply> {
     let envelope: ReplyEnvelope = serde_json::from_str(&line)
         .with_context(|| format!("the node's reply is not understood: {}", line.trim()))?;
     Ok(envelope.reply)
+}
+
+/// Sends one request to the node of `home` and returns its reply; an error reply becomes an
+/// error whose message lists the candidates of an ambiguous id prefix.
+pub fn ask(home: Option<&Path>, question: Request) -> anyhow::Result<Reply> {
+    let socket = resolve_dirs(home)?.control_socket();
+    let reply = request(&socket, question)?;
+    if let Reply::Error(error) = &reply {
+        return Err(refusal(error));
+    }
+    Ok(reply)
+}
+
+pub fn refusal(error: &ControlError) -> anyhow::Error {
+    let mut message = error.message.clone();
+    for candidate in &error.candidates {
+        message.push_str(&format!("\n  {}  {}", candidate.id, candidate.name));
+    }
+    anyhow!(message)
 }

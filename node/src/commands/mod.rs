@@ -6,6 +6,7 @@ mod id;
 mod journal;
 mod peers;
 mod plugins;
+mod table;
 mod transfers;
 
 use crate::cli::{Cli, Command};

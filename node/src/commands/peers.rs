@@ -8,8 +8,7 @@ use anyhow::{Context, anyhow, bail};
 
 use crate::cli::{PeersArgs, PeersCommand, TrustArgs, TrustCommand};
 use crate::commands::client;
-use crate::config::resolve_dirs;
-use crate::control::{ControlError, PeerRow, Reply, Request};
+use crate::control::{PeerRow, Reply, Request};
 
 pub fn peers(home: Option<&Path>, args: &PeersArgs) -> anyhow::Result<()> {
     let request = match &args.command {
@@ -22,7 +21,7 @@ pub fn peers(home: Option<&Path>, args: &PeersArgs) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("{address:?} resolves to no address"))?,
         },
     };
-    let reply = ask(home, request)?;
+    let reply = client::ask(home, request)?;
     print(&reply, args.json)
 }
 
@@ -36,25 +35,8 @@ pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
         },
         TrustCommand::List => Request::TrustList,
     };
-    let reply = ask(home, request)?;
+    let reply = client::ask(home, request)?;
     print(&reply, args.json)
-}
-
-pub(super) fn ask(home: Option<&Path>, request: Request) -> anyhow::Result<Reply> {
-    let socket = resolve_dirs(home)?.control_socket();
-    let reply = client::request(&socket, request)?;
-    if let Reply::Error(error) = &reply {
-        return Err(refusal(error));
-    }
-    Ok(reply)
-}
-
-fn refusal(error: &ControlError) -> anyhow::Error {
-    let mut message = error.message.clone();
-    for candidate in &error.candidates {
-        message.push_str(&format!("\n  {}  {}", candidate.id, candidate.name));
-    }
-    anyhow!(message)
 }
 
 fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
@@ -79,15 +61,15 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
         }
         Reply::Status(status) => writeln!(out, "{status:?}")?,
         Reply::Transfers { transfers } | Reply::Queued { transfers } => {
-            super::transfers::table(&mut out, transfers)?
+            super::table::transfers(&mut out, transfers)?
         }
         Reply::Cancelled { transfer } => {
-            super::transfers::table(&mut out, std::slice::from_ref(transfer))?
+            super::table::transfers(&mut out, std::slice::from_ref(transfer))?
         }
         Reply::Event { .. } | Reply::Plugins { .. } => {
             writeln!(out, "{}", serde_json::to_string(reply)?)?
         }
-        Reply::Error(error) => bail!(refusal(error)),
+        Reply::Error(error) => bail!(client::refusal(error)),
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ pub fn plugins(home: Option<&Path>, args: &PluginsArgs) -> anyhow::Result<()> {
 
 fn list(home: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let rows = match super::peers::ask(home, Request::Plugins) {
+    let rows = match super::client::ask(home, Request::Plugins) {
         Ok(Reply::Plugins { plugins }) => plugins,
         Ok(other) => bail!("unexpected reply from the node: {other:?}"),
         Err(err) if err.downcast_ref::<NoNode>().is_some() => {
@@ -184,11 +184,18 @@ fn label<T>(call: Call<Option<T>>, f: impl FnOnce(&T) -> String) -> Call<String>
 }
 
 fn build(home: Option<&Path>, dir: &Path, out: Option<&Path>) -> anyhow::Result<()> {
-    let out = match out {
-        Some(out) => out.to_path_buf(),
-        None => Config::resolve(home, &RunArgs::default())?.plugins.dir,
-    };
-    let built = policy::build::build(&dir.join("Cargo.toml"), &dir.join("target"), &out)?;
+    let config = Config::resolve(home, &RunArgs::default())?;
+    let out = out.map_or_else(|| config.plugins.dir.clone(), Path::to_path_buf);
+    policy::build::ensure_target(&mut std::io::stderr())?;
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|dir| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "plugin".to_owned());
+    // Cargo's own setting wins (a developer's shared target directory); else the home's cache.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| config.dirs.plugin_build(&name), std::path::PathBuf::from);
+    let built = policy::build::build(&dir.join("Cargo.toml"), &target_dir, &out)?;
     let mut stdout = std::io::stdout().lock();
     for path in built {
         writeln!(stdout, "built {}", path.display())?;

@@ -16,7 +16,7 @@ use crate::config::resolve_dirs;
 use crate::control::{self, Reply, Request, TransferRow};
 
 pub fn transfers(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
-    let reply = super::peers::ask(home, Request::Transfers)?;
+    let reply = client::ask(home, Request::Transfers)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&reply)?)?;
@@ -25,7 +25,7 @@ pub fn transfers(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
     let Reply::Transfers { transfers } = reply else {
         bail!("unexpected reply from the node: {reply:?}");
     };
-    table(&mut out, &transfers)
+    super::table::transfers(&mut out, &transfers)
 }
 
 pub fn send(home: Option<&Path>, args: &SendArgs) -> anyhow::Result<()> {
@@ -34,7 +34,7 @@ pub fn send(home: Option<&Path>, args: &SendArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| std::path::absolute(p).with_context(|| format!("resolving {}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let reply = super::peers::ask(
+    let reply = client::ask(
         home,
         Request::Send {
             paths,
@@ -50,7 +50,7 @@ pub fn send(home: Option<&Path>, args: &SendArgs) -> anyhow::Result<()> {
             writeln!(out, "{}", serde_json::to_string(&transfers)?)?;
         } else {
             writeln!(out, "queued {} transfer(s):", transfers.len())?;
-            table(&mut out, &transfers)?;
+            super::table::transfers(&mut out, &transfers)?;
         }
         return Ok(());
     }
@@ -72,7 +72,7 @@ fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<(
     let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let mut out = std::io::stdout().lock();
     loop {
-        let Reply::Transfers { transfers } = super::peers::ask(home, Request::Transfers)? else {
+        let Reply::Transfers { transfers } = client::ask(home, Request::Transfers)? else {
             bail!("unexpected reply from the node");
         };
         let mine: Vec<&TransferRow> = transfers.iter().filter(|t| ids.contains(&t.id)).collect();
@@ -134,7 +134,7 @@ fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<(
 }
 
 pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
-    let reply = super::peers::ask(
+    let reply = client::ask(
         home,
         Request::Cancel {
             transfer: args.transfer.clone(),
@@ -149,63 +149,6 @@ pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
         other => bail!("unexpected reply from the node: {other:?}"),
     }
     Ok(())
-}
-
-pub fn table(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Result<()> {
-    if transfers.is_empty() {
-        writeln!(out, "no transfers")?;
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "{:<10} {:<8} {:<14} {:<28} {:>10} {:>6} {:>11} STATUS",
-        "ID", "WAY", "PEER", "NAME", "SIZE", "DONE", "RATE"
-    )?;
-    for t in transfers {
-        let percent = if t.size == 0 {
-            if t.status == "completed" { 100.0 } else { 0.0 }
-        } else {
-            t.done_bytes as f64 * 100.0 / t.size as f64
-        };
-        let peer = if t.peer_name.is_empty() {
-            t.peer.as_str()[..12].to_owned()
-        } else {
-            t.peer_name.chars().take(14).collect()
-        };
-        writeln!(
-            out,
-            "{:<10} {:<8} {:<14} {:<28} {:>10} {:>5.1}% {:>11} {}{}",
-            &t.id[..8],
-            t.direction,
-            peer,
-            t.name.chars().take(28).collect::<String>(),
-            bytes(t.size),
-            percent,
-            t.rate.map_or("-".into(), |r| format!("{}/s", bytes(r))),
-            t.status,
-            t.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        )?;
-    }
-    Ok(())
-}
-
-/// Bytes for humans: 1.5 MB, 820 kB (decimal units, like the MB/s figures in BENCHMARKS.md).
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 /// Streams the node's journaled events until the node stops or the pipe closes.
@@ -242,16 +185,4 @@ pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_are_shown_in_decimal_units() {
-        assert_eq!(bytes(999), "999 B");
-        assert_eq!(bytes(1500), "1.5 kB");
-        assert_eq!(bytes(67_108_864), "67.1 MB");
-    }
 }

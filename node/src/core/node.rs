@@ -869,7 +869,9 @@ impl Core {
                 if paths.is_empty() || peers.is_empty() {
                     return Some(Reply::error(ErrorKind::BadRequest, "nothing to send"));
                 }
-                peers.dedup();
+                // `--to A --to B --to A` sends once to A: keep each device's first mention.
+                let mut seen = std::collections::HashSet::new();
+                peers.retain(|peer| seen.insert(peer.clone()));
                 self.out.push_back(Output::Effect(Effect::PrepareSend {
                     token,
                     paths,

@@ -22,10 +22,49 @@ pub enum BuildError {
     Encode { module: PathBuf, message: String },
     #[error("cargo built no wasm module from {0}")]
     Nothing(PathBuf),
+    #[error(
+        "the Rust target {TARGET} is not installed and `rustup target add {TARGET}` failed: {0}; \
+         install it with `rustup target add {TARGET}` and build again"
+    )]
+    NoTarget(String),
 }
 
 /// The target plugins are compiled for.
 pub const TARGET: &str = "wasm32-unknown-unknown";
+
+/// Makes sure the compiler can build for [`TARGET`]: where rustup manages the toolchain and
+/// the target is missing (rustup installs a `rust-toolchain.toml`'s targets only together with
+/// the toolchain itself), adds it, saying so on `log` in one line. Without rustup nothing is
+/// checked, and cargo's own error says what is missing.
+pub fn ensure_target(log: &mut dyn std::io::Write) -> Result<(), BuildError> {
+    let Ok(installed) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
+        return Ok(());
+    };
+    if !installed.status.success()
+        || String::from_utf8_lossy(&installed.stdout)
+            .lines()
+            .any(|line| line.trim() == TARGET)
+    {
+        return Ok(());
+    }
+    let _ = writeln!(
+        log,
+        "installing the Rust target {TARGET} (rustup target add {TARGET})"
+    );
+    let added = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .output()
+        .map_err(|e| BuildError::NoTarget(e.to_string()))?;
+    if !added.status.success() {
+        return Err(BuildError::NoTarget(
+            String::from_utf8_lossy(&added.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
 
 /// Turns a core wasm module built with the guest crate into a component.
 pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
@@ -124,6 +163,7 @@ pub fn repository_plugins() -> Result<&'static Path, String> {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let target = root.join("target").join("plugins");
             let out = target.join("components");
+            ensure_target(&mut std::io::stderr()).map_err(|e| e.to_string())?;
             build(&root.join("plugins/Cargo.toml"), &target, &out)
                 .map(|_| out)
                 .map_err(|e| e.to_string())

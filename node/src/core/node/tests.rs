@@ -925,3 +925,37 @@ fn large_files_are_hashed_once_per_file_after_queueing() {
             .any(|o| matches!(o, Output::Effect(Effect::HashSource { .. })))
     );
 }
+
+#[test]
+fn send_to_the_same_device_twice_queues_its_files_once() {
+    let mut h = Harness::new();
+    for n in [1, 2] {
+        h.handle(Input::Announced(announcement(
+            n,
+            &format!("10.77.0.{}", n + 1),
+        )));
+        h.handle(request(
+            u64::from(n),
+            Request::TrustAdd {
+                device: id(n).as_str().into(),
+            },
+        ));
+    }
+    let (a, b) = (id(1).as_str().to_owned(), id(2).as_str().to_owned());
+    let out = h.handle(request(
+        9,
+        Request::Send {
+            paths: vec!["/srv/file".into()],
+            // Not neighbours: A, B, then A again by a prefix.
+            to: vec![a.clone(), b.clone(), a[..10].to_owned()],
+        },
+    ));
+    let peers = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Effect(Effect::PrepareSend { peers, .. }) => Some(peers.clone()),
+            _ => None,
+        })
+        .expect("the send is prepared");
+    assert_eq!(peers, [id(1), id(2)]);
+}

@@ -1,0 +1,76 @@
+//! Tables and sizes as the CLI prints them, shared by the commands that show transfers.
+
+use std::io::Write;
+
+use crate::control::TransferRow;
+
+/// The transfers as `fsnode transfers` and `fsnode peers show` print them.
+pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Result<()> {
+    if transfers.is_empty() {
+        writeln!(out, "no transfers")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<10} {:<8} {:<14} {:<28} {:>10} {:>6} {:>11} STATUS",
+        "ID", "WAY", "PEER", "NAME", "SIZE", "DONE", "RATE"
+    )?;
+    for t in transfers {
+        let percent = if t.size == 0 {
+            if t.status == "completed" { 100.0 } else { 0.0 }
+        } else {
+            t.done_bytes as f64 * 100.0 / t.size as f64
+        };
+        let peer = if t.peer_name.is_empty() {
+            t.peer.as_str()[..12].to_owned()
+        } else {
+            t.peer_name.chars().take(14).collect()
+        };
+        writeln!(
+            out,
+            "{:<10} {:<8} {:<14} {:<28} {:>10} {:>5.1}% {:>11} {}{}",
+            &t.id[..8],
+            t.direction,
+            peer,
+            t.name.chars().take(28).collect::<String>(),
+            bytes(t.size),
+            percent,
+            t.rate.map_or("-".into(), |r| format!("{}/s", bytes(r))),
+            t.status,
+            t.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+/// Bytes for humans: 1.5 MB, 820 kB (decimal units, like the MB/s figures in BENCHMARKS.md).
+/// A byte count in decimal units, as people read sizes and rates.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_shown_in_decimal_units() {
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1500), "1.5 kB");
+        assert_eq!(bytes(67_108_864), "67.1 MB");
+    }
+}
