@@ -8,14 +8,17 @@
 #
 #   ./test.sh              everything
 #   ./test.sh --no-fuzz    skip the fuzz smoke run (the slowest part on a cold machine)
+#   ./test.sh --install    only install what is missing, run nothing
 set -euo pipefail
 cd "$(dirname "$0")"
 
 fuzz=1
+install_only=0
 for arg in "$@"; do
   case "$arg" in
     --no-fuzz) fuzz=0 ;;
-    *) echo "test.sh: unknown argument '$arg' (known: --no-fuzz)" >&2; exit 2 ;;
+    --install) install_only=1 ;;
+    *) echo "test.sh: unknown argument '$arg' (known: --no-fuzz, --install)" >&2; exit 2 ;;
   esac
 done
 
@@ -90,6 +93,8 @@ if [ "$missing_fuzz" -eq 1 ]; then
   section "cargo-fuzz"
   cargo install cargo-fuzz --locked --version 0.13.2
 fi
+
+[ "$install_only" -eq 1 ] && exit 0
 
 # --- the suite ------------------------------------------------------------------------------
 section "cargo fmt --check"
