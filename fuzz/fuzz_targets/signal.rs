@@ -235,6 +235,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     let input = match message {
                         Message::Hello(hello) => Input::Hello {
+                            conn: u64::from(peer) * 16 + u64::from(conn),
                             from: SocketAddr::new(
                                 format!("10.77.0.{peer}").parse().unwrap(),
                                 4000 + u16::from(peer),

@@ -6,6 +6,7 @@ mod connection;
 mod discovery;
 mod faults;
 mod foundation;
+mod hostile;
 mod plugins;
 mod support;
 mod transfer;

@@ -5,6 +5,7 @@
 //! as a parameter. The drive-loop rule, after str0m: the shell makes one mutation, then drains
 //! every output until the core asks for a timeout, then makes the next mutation.
 
+pub mod admission;
 pub mod device;
 pub mod discovery;
 pub mod event;
@@ -12,6 +13,7 @@ pub mod names;
 pub mod negotiation;
 pub mod node;
 pub mod policy;
+pub mod router;
 pub mod sdp;
 pub mod signal;
 pub mod state;

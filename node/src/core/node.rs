@@ -7,15 +7,17 @@
 //! events before it carries out any reply or effect that follows them in the output order, so
 //! nothing is announced that is not durable.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::admission::{self, Admission, Verdict};
 use super::discovery::{self, Announcement};
 use super::negotiation::{self, Action, Negotiation};
 use super::policy::{
     Asker, FileFacts, NoPlugins, NodeFacts, PeerFacts, Platform, Policy, TrustAnswer,
 };
+use super::router::Route;
 use super::sdp;
 use super::signal::{Hello, Message};
 use super::transfer;
@@ -41,9 +43,16 @@ pub const STARTUP_PROBES: [Duration; 5] = [
     Duration::from_millis(1500),
     Duration::from_secs(5),
 ];
-/// Untrusted devices the node keeps track of; announcements of further unknown devices are
-/// ignored, so a flood of bogus announcements cannot grow state without bound.
-pub const MAX_UNTRUSTED_PEERS: usize = 1024;
+/// Untrusted devices the node keeps track of; a further one evicts the oldest, so a flood of
+/// bogus announcements or `hello`s cannot grow state without bound.
+pub const MAX_UNTRUSTED_PEERS: usize = admission::MAX_UNTRUSTED;
+/// The mid of the one (data) m-line fsnode negotiates.
+pub const DATA_MID: &str = "0";
+/// Addresses learned from unauthenticated input kept per trusted device, to try.
+pub const MAX_CANDIDATES: usize = 8;
+/// Signaling connections whose peer address the core remembers (the shell caps inbound ones
+/// at 64; dialled ones are few).
+const MAX_CONNS: usize = 1024;
 /// Distinct ignored announcements remembered, so a flood is journaled once, not per packet.
 const IGNORED_MEMORY: usize = 256;
 
@@ -89,10 +98,13 @@ pub enum Input {
     /// A signaling connection exchanged `hello`s with a node at `from`; `token` is set when
     /// the operator asked for the dial.
     Hello {
+        conn: ConnId,
         from: SocketAddr,
         hello: Hello,
         token: Option<Token>,
     },
+    /// Signaling connection `conn` closed.
+    ConnClosed { conn: ConnId },
     /// A dial the operator asked for failed.
     DialFailed { token: Token, error: String },
     /// A negotiation message on signaling connection `conn`, whose `hello` named `peer`.
@@ -203,6 +215,18 @@ pub struct Core {
     /// Plugin answers journaled lately (question and answer, when), so a device repeating
     /// an offer cannot grow the journal with the same decision.
     recent_decisions: VecDeque<(String, i64)>,
+    /// What unauthenticated hosts may make the node hold and record.
+    admission: Admission,
+    /// Per trusted device, addresses (and ports) learned from `hello` or mDNS that differ from
+    /// the stored ones: tried when dialling, recorded only once a session authenticated with
+    /// the device's key is up through one of them (spec 3.4). Newest first.
+    candidates: BTreeMap<DeviceId, VecDeque<SocketAddr>>,
+    /// Each open signaling connection's peer: where it came from, with the port its `hello`
+    /// announced.
+    conns: HashMap<ConnId, SocketAddr>,
+    /// The address of the connection that carried each peer's latest offer or answer: the one
+    /// a session that comes up was negotiated through.
+    negotiated_via: BTreeMap<DeviceId, SocketAddr>,
 }
 
 impl Core {
@@ -230,7 +254,23 @@ impl Core {
             transfers: Transfers::default(),
             policy: Box::new(NoPlugins),
             recent_decisions: VecDeque::new(),
+            admission: Admission::default(),
+            candidates: BTreeMap::new(),
+            conns: HashMap::new(),
+            negotiated_via: BTreeMap::new(),
         };
+        // Untrusted devices from the journal are held, oldest first, and count as recorded.
+        let mut known: Vec<_> = core
+            .state
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.trusted)
+            .map(|(id, p)| (p.last_seen_ms, id.clone()))
+            .collect();
+        known.sort();
+        for (_, id) in known {
+            core.admission.hold_known(id, now);
+        }
         core.hash_sources(unhashed.into_iter());
         core
     }
@@ -351,7 +391,15 @@ impl Core {
                     self.out.push_back(Output::Reply { token, reply });
                 }
             }
-            Input::Hello { from, hello, token } => self.on_hello(from, hello, token, now),
+            Input::Hello {
+                conn,
+                from,
+                hello,
+                token,
+            } => self.on_hello(conn, from, hello, token, now),
+            Input::ConnClosed { conn } => {
+                self.conns.remove(&conn);
+            }
             Input::DialFailed { token, error } => self.out.push_back(Output::Reply {
                 token,
                 reply: Reply::error(ErrorKind::Unreachable, error),
@@ -412,17 +460,12 @@ impl Core {
             .trusted()
             .filter(|(_, peer)| {
                 !peer.discovered
-                    && peer.port != 0
                     && matches!(
                         peer.connection,
                         super::ConnectionState::NotConnected | super::ConnectionState::Failed(_)
                     )
             })
-            .flat_map(|(_, peer)| {
-                peer.addresses
-                    .iter()
-                    .map(move |ip| SocketAddr::new(*ip, peer.port))
-            })
+            .flat_map(|(id, _)| self.dial_addresses(id))
             .collect();
         for addr in probes {
             self.out
@@ -431,6 +474,9 @@ impl Core {
     }
 
     fn emit(&mut self, event: Event, now: Now) {
+        if let Event::PeerAuthorized { peer, .. } = &event {
+            self.admission.forget(peer);
+        }
         let stamped = Stamped {
             time_ms: now.wall_ms,
             event,
@@ -450,13 +496,17 @@ impl Core {
         if peer.id == self.me.id {
             return;
         }
-        if !self.state.peers.contains_key(&peer.id) && self.untrusted_peers() >= MAX_UNTRUSTED_PEERS
-        {
-            self.ignore(
-                &announcement.instance,
-                format!("already tracking {MAX_UNTRUSTED_PEERS} untrusted devices"),
-                now,
-            );
+        if self.state.is_trusted(&peer.id) {
+            let learned = peer
+                .addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, peer.port))
+                .collect();
+            self.seen_trusted(peer.id, peer.name, peer.device_type, learned, now);
+            return;
+        }
+        let from = peer.addresses.first().copied();
+        if !self.admit_sighting(&peer.id, from, false, now) {
             return;
         }
         self.discovered(
@@ -465,6 +515,148 @@ impl Core {
             peer.device_type,
             peer.addresses,
             peer.port,
+            now,
+        );
+    }
+
+    /// Passes one sighting of an untrusted device through admission: true when it may be
+    /// journaled now (then it counts as journaled).
+    fn admit_sighting(
+        &mut self,
+        id: &DeviceId,
+        from: Option<IpAddr>,
+        operator: bool,
+        now: Now,
+    ) -> bool {
+        match self.admission.sighting(id, from, operator, now.instant) {
+            Verdict::Record => {
+                self.admission.journaled(id, now.instant);
+                true
+            }
+            Verdict::Quiet | Verdict::Dropped => false,
+        }
+    }
+
+    /// A trusted device seen through unauthenticated input (`hello` or mDNS) at `learned`
+    /// (spec 3.4). Nothing stored changes unless it is seen where it was already known to be:
+    /// another address is only a candidate to try, recorded once a session authenticated with
+    /// its key is negotiated through it.
+    fn seen_trusted(
+        &mut self,
+        id: DeviceId,
+        name: String,
+        device_type: DeviceType,
+        learned: Vec<SocketAddr>,
+        now: Now,
+    ) {
+        let Some(known) = self.state.peers.get(&id) else {
+            return;
+        };
+        let never_reached = known.port == 0 || known.addresses.is_empty();
+        let dialable: Vec<SocketAddr> = learned.into_iter().filter(|a| a.port() != 0).collect();
+        if never_reached {
+            // Nothing authenticated to protect yet (trusted by id before it was ever seen):
+            // the first address heard of is where to try.
+            if let Some(first) = dialable.first() {
+                let addresses = dialable.iter().map(SocketAddr::ip).collect();
+                self.discovered(id, name, device_type, addresses, first.port(), now);
+            }
+            return;
+        }
+        let (addresses, port) = (known.addresses.clone(), known.port);
+        let at_known = dialable
+            .iter()
+            .any(|a| a.port() == port && addresses.contains(&a.ip()));
+        if at_known {
+            self.discovered(id, name, device_type, addresses, port, now);
+            return;
+        }
+        let candidates = self.candidates.entry(id.clone()).or_default();
+        for addr in dialable.into_iter().rev() {
+            candidates.retain(|a| *a != addr);
+            candidates.push_front(addr);
+        }
+        candidates.truncate(MAX_CANDIDATES);
+        self.maybe_start(&id, now);
+    }
+
+    /// Where `peer` can be reached: its stored addresses (where an authenticated session last
+    /// was), then the candidates unauthenticated input named. Empty for an untrusted device:
+    /// the node never dials what it does not trust, so no host can make it connect elsewhere.
+    pub fn route(&self, peer: &DeviceId) -> Route {
+        let Some(known) = self.state.peers.get(peer).filter(|p| p.trusted) else {
+            return Route::default();
+        };
+        let stored = if known.port == 0 {
+            Vec::new()
+        } else {
+            known
+                .addresses
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, known.port))
+                .collect()
+        };
+        let candidates = self
+            .candidates
+            .get(peer)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default();
+        Route { stored, candidates }
+    }
+
+    /// The addresses `peer` is dialled at, in order (see [`Core::route`]).
+    pub fn dial_addresses(&self, peer: &DeviceId) -> Vec<SocketAddr> {
+        self.route(peer).dial_order().into()
+    }
+
+    /// Whether `peer`'s session is up while `conn` comes from an address that is not one of
+    /// its stored (authenticated) addresses.
+    fn live_elsewhere(&self, peer: &DeviceId, conn: ConnId) -> bool {
+        let Some(known) = self.state.peers.get(peer) else {
+            return false;
+        };
+        let connected = known.connection == super::ConnectionState::Connected;
+        connected
+            && !self
+                .conns
+                .get(&conn)
+                .is_some_and(|from| known.addresses.contains(&from.ip()))
+    }
+
+    /// What admission dropped so far (for tests and measurements).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// A session with `peer` came up (its data channel opened, so DTLS proved its key): the
+    /// address it was negotiated through becomes its stored address.
+    fn authenticated(&mut self, peer: &DeviceId, now: Now) {
+        let Some(via) = self.negotiated_via.get(peer).copied() else {
+            return;
+        };
+        let Some(known) = self.state.peers.get(peer) else {
+            return;
+        };
+        if via.port() == 0
+            || (known.port == via.port() && known.addresses.first() == Some(&via.ip()))
+        {
+            return;
+        }
+        let mut addresses = vec![via.ip()];
+        addresses.extend(known.addresses.iter().filter(|ip| **ip != via.ip()));
+        addresses.truncate(discovery::MAX_ADDRESSES);
+        let (name, device_type) = (known.name.clone(), known.device_type);
+        if let Some(candidates) = self.candidates.get_mut(peer) {
+            candidates.retain(|a| *a != via);
+        }
+        self.emit(
+            Event::PeerDiscovered {
+                peer: peer.clone(),
+                name,
+                device_type,
+                addresses,
+                port: via.port(),
+            },
             now,
         );
     }
@@ -481,10 +673,6 @@ impl Core {
             (TrustAnswer::Ask, _) => self.request_authorization(id, now),
             _ => {}
         }
-    }
-
-    fn untrusted_peers(&self) -> usize {
-        self.state.peers.values().filter(|p| !p.trusted).count()
     }
 
     /// Journals an ignored announcement once per (instance, reason) within a bounded memory.
@@ -539,11 +727,8 @@ impl Core {
 
     /// Connects to a trusted, reachable peer unless already connected or negotiating.
     fn maybe_start(&mut self, peer: &DeviceId, now: Now) {
-        let reachable = self
-            .state
-            .peers
-            .get(peer)
-            .is_some_and(|p| p.trusted && p.port != 0 && !p.addresses.is_empty());
+        let reachable = self.state.peers.get(peer).is_some_and(|p| p.trusted)
+            && !self.dial_addresses(peer).is_empty();
         if !reachable {
             return;
         }
@@ -570,6 +755,9 @@ impl Core {
                         Event::Disconnected { .. } | Event::NegotiationFailed { .. }
                     );
                     self.emit(event, now);
+                    if connected {
+                        self.authenticated(peer, now);
+                    }
                     let mut work = Vec::new();
                     if connected {
                         self.connect_transfers(peer, now, &mut work);
@@ -578,7 +766,16 @@ impl Core {
                     }
                     self.run(work, now);
                 }
-                negotiation::Output::Send(message) => {
+                negotiation::Output::Send(mut message) => {
+                    if let Message::Candidate(candidate) = &mut message {
+                        // Spec 3.2: every candidate, end-of-candidates included, names the
+                        // data m-line (browsers reject one that does not), whatever the
+                        // WebRTC adapter filled in.
+                        if candidate.sdp_mid.as_deref().is_none_or(str::is_empty) {
+                            candidate.sdp_mid = Some(DATA_MID.into());
+                        }
+                        candidate.sdp_mline_index.get_or_insert(0);
+                    }
                     self.out.push_back(Output::Effect(Effect::Signal {
                         peer: peer.clone(),
                         message,
@@ -630,14 +827,27 @@ impl Core {
                 .push_back(Output::Effect(Effect::CloseSignaling { conn }));
             return;
         }
-        if let Some(sdp) = sdp {
-            self.transfers
-                .set_max_message_size(&peer, sdp::max_message_size(sdp));
-        }
         if !self.state.is_trusted(&peer) {
             // Answers and candidates from an untrusted device concern nothing we started.
             if !is_offer || !self.on_untrusted_offer(&peer, now) {
                 return;
+            }
+        }
+        if matches!(message, Message::Offer { .. } | Message::Candidate(_))
+            && self.live_elsewhere(&peer, conn)
+        {
+            // Spec 3.4: while a trusted device's session is up, an offer (or its candidates)
+            // on a connection from an address the device was never authenticated at cannot
+            // touch that session: renegotiating it on an unauthenticated word would let any
+            // host cut two devices apart. A device that really moved is answered once its old
+            // session fails (or when the link runs sessions side by side, spec 3.3).
+            return;
+        }
+        if let Message::Offer { sdp, .. } | Message::Answer { sdp, .. } = &message {
+            self.transfers
+                .set_max_message_size(&peer, sdp::max_message_size(sdp));
+            if let Some(via) = self.conns.get(&conn) {
+                self.negotiated_via.insert(peer.clone(), *via);
             }
         }
         let input = match message {
@@ -658,6 +868,18 @@ impl Core {
     /// built-in default records an authorization request, answers `bye unauthorized` and
     /// connects nothing; a plugin may trust the device, and then the offer proceeds (true).
     fn on_untrusted_offer(&mut self, peer: &DeviceId, now: Now) -> bool {
+        let bye = Output::Effect(Effect::Signal {
+            peer: peer.clone(),
+            message: Message::Bye {
+                reason: "unauthorized".into(),
+            },
+        });
+        if !self.admission.holds(peer) {
+            // Not admitted (its address brought too many new ids, or it was evicted): refused
+            // without asking policy or recording anything.
+            self.out.push_back(bye);
+            return false;
+        }
         let (node, facts) = (self.node_facts(now), self.peer_facts(peer));
         let mut asker = Asker::new(self.policy.as_mut(), node);
         let answer = asker.on_offer(&facts);
@@ -674,12 +896,7 @@ impl Core {
             }
             (TrustAnswer::Ignore, _) => {}
         }
-        self.out.push_back(Output::Effect(Effect::Signal {
-            peer: peer.clone(),
-            message: Message::Bye {
-                reason: "unauthorized".into(),
-            },
-        }));
+        self.out.push_back(bye);
         false
     }
 
@@ -722,7 +939,18 @@ impl Core {
         }
     }
 
-    fn on_hello(&mut self, from: SocketAddr, hello: Hello, token: Option<Token>, now: Now) {
+    fn on_hello(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        hello: Hello,
+        token: Option<Token>,
+        now: Now,
+    ) {
+        if self.conns.len() < MAX_CONNS || self.conns.contains_key(&conn) {
+            self.conns
+                .insert(conn, SocketAddr::new(from.ip(), hello.port));
+        }
         if hello.id == self.me.id {
             if let Some(token) = token {
                 self.out.push_back(Output::Reply {
@@ -732,6 +960,24 @@ impl Core {
             }
             return;
         }
+        let id = hello.id.clone();
+        if self.state.is_trusted(&id) {
+            let learned = vec![SocketAddr::new(from.ip(), hello.port)];
+            self.seen_trusted(id.clone(), hello.name, hello.device_type, learned, now);
+        } else if self.admit_sighting(&id, Some(from.ip()), token.is_some(), now) {
+            self.hello_from_untrusted(from, hello, now);
+        }
+        if let Some(token) = token {
+            let row = self.row(&id);
+            self.out.push_back(Output::Reply {
+                token,
+                reply: Reply::Peers { peers: vec![row] },
+            });
+        }
+    }
+
+    /// A `hello` from an untrusted device that admission let through: recorded.
+    fn hello_from_untrusted(&mut self, from: SocketAddr, hello: Hello, now: Now) {
         // A direct hello: the address it came from and the port it announces.
         let mut addresses = self
             .state
@@ -743,7 +989,6 @@ impl Core {
             addresses.insert(0, from.ip());
             addresses.truncate(discovery::MAX_ADDRESSES);
         }
-        let id = hello.id.clone();
         self.discovered(
             hello.id,
             hello.name,
@@ -752,13 +997,6 @@ impl Core {
             hello.port,
             now,
         );
-        if let Some(token) = token {
-            let row = self.row(&id);
-            self.out.push_back(Output::Reply {
-                token,
-                reply: Reply::Peers { peers: vec![row] },
-            });
-        }
     }
 
     fn on_request(&mut self, request: Request, token: Token, now: Now) -> Option<Reply> {
@@ -1062,18 +1300,30 @@ impl Core {
                 self.run(work, now);
             }
             Ok(None) => {} // an unknown kind: ignored (spec 4)
-            Err(error) => {
+            Err(error) => match error.readable_id() {
+                // Spec 4: a known kind with a key missing or mistyped, whose `id` is readable,
+                // gets `reject` `invalid`; the channel stays.
+                Some(id) => self.out.push_back(Output::Effect(Effect::ChannelSend {
+                    peer,
+                    data: transfer::encode(&transfer::Message::Reject {
+                        id,
+                        reason: error.into_cause().to_string(),
+                        code: Some(transfer::wire::RejectCode::Invalid),
+                    }),
+                })),
                 // Spec 4: a message that is not valid CBOR closes the data channel.
-                if let Some(negotiation) = self.negotiations.get_mut(&peer) {
-                    negotiation.handle(
-                        negotiation::Input::Lost {
-                            reason: format!("invalid transfer message: {error}"),
-                        },
-                        now.instant,
-                    );
-                    self.pump(&peer, now);
+                None => {
+                    if let Some(negotiation) = self.negotiations.get_mut(&peer) {
+                        negotiation.handle(
+                            negotiation::Input::Lost {
+                                reason: format!("invalid transfer message: {error}"),
+                            },
+                            now.instant,
+                        );
+                        self.pump(&peer, now);
+                    }
                 }
-            }
+            },
         }
     }
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::admission::MAX_UNTRUSTED;
 use super::{DeviceId, DeviceType, Direction, Event, Side, Stamped, TransferId};
 
 /// What a node knows about one other device.
@@ -186,6 +187,28 @@ pub struct State {
 impl State {
     /// Folds one event into the state. Pure: no IO, no clock, never fails. Events that name
     /// things the state does not know (a transfer id never queued, say) change nothing.
+    /// Keeps at most [`MAX_UNTRUSTED`] untrusted devices: a new one evicts the untrusted
+    /// device seen longest ago, so whatever the journal holds, its replay stays bounded
+    /// (spec 3.4).
+    fn make_room_for(&mut self, peer: &DeviceId) {
+        if self.peers.contains_key(peer) {
+            return;
+        }
+        let untrusted = self.peers.values().filter(|p| !p.trusted).count();
+        if untrusted < MAX_UNTRUSTED {
+            return;
+        }
+        let oldest = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.trusted)
+            .min_by_key(|(id, p)| (p.last_seen_ms, *id))
+            .map(|(id, _)| id.clone());
+        if let Some(oldest) = oldest {
+            self.peers.remove(&oldest);
+        }
+    }
+
     pub fn apply(&mut self, stamped: &Stamped) {
         let now = stamped.time_ms;
         match &stamped.event {
@@ -235,6 +258,7 @@ impl State {
                 addresses,
                 port,
             } => {
+                self.make_room_for(peer);
                 let entry = self.peers.entry(peer.clone()).or_default();
                 entry.name = name.clone();
                 entry.device_type = *device_type;
@@ -255,6 +279,7 @@ impl State {
                 device_type,
                 address,
             } => {
+                self.make_room_for(peer);
                 let entry = self.peers.entry(peer.clone()).or_default();
                 if entry.name.is_empty() {
                     entry.name = name.clone();

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::policy::{AcceptAnswer, QueuedFacts};
+use super::transfer::wire::RejectCode;
 use super::transfer::{
     self, Message, Receiver, RecvInput, RecvOutput, SendInfo, SendInput, SendOutput, Sender,
     StartInfo,
@@ -418,21 +419,27 @@ impl Transfers {
     ) {
         let id = start.id;
         let offered = start.clone();
-        let reject = |reason: String, work: &mut Vec<Work>| {
+        let reject = |reason: String, code: RejectCode, work: &mut Vec<Work>| {
             if !state.transfers.contains_key(&id) {
                 refused(peer, &offered, &reason, work);
             }
             work.push(Work::Channel {
                 peer: peer.clone(),
-                message: Message::Reject { id, reason },
+                message: Message::Reject {
+                    id,
+                    reason,
+                    code: Some(code),
+                },
             })
         };
         if let Some(known) = state.transfers.get(&id) {
             if &known.peer != peer || known.direction != Direction::Receive {
-                return reject("mismatch".into(), work);
+                return reject("mismatch".into(), RejectCode::Mismatch, work);
             }
             match known.status {
-                TransferStatus::Cancelled => return reject("cancelled".into(), work),
+                TransferStatus::Cancelled => {
+                    return reject("cancelled".into(), RejectCode::Cancelled, work);
+                }
                 TransferStatus::Completed => {
                     // Our `done` was lost: say it again.
                     work.push(Work::Channel {
@@ -447,7 +454,7 @@ impl Transfers {
                 }
                 TransferStatus::Failed | TransferStatus::Rejected => {
                     let reason = known.reason.clone().unwrap_or_else(|| "failed".into());
-                    return reject(reason, work);
+                    return reject(reason, RejectCode::Finished, work);
                 }
                 _ => {}
             }
@@ -455,7 +462,7 @@ impl Transfers {
                 || known.size != start.size
                 || (known.chunk_size != 0 && known.chunk_size != start.chunk_size)
             {
-                return reject("mismatch".into(), work);
+                return reject("mismatch".into(), RejectCode::Mismatch, work);
             }
         }
         // A start for a live receiver: the sender reconnected before we noticed; rebuild.
@@ -467,17 +474,19 @@ impl Transfers {
         }
         let start = match transfer::check_start(start) {
             Ok(start) => start,
-            Err(reason) => return reject(reason.to_string(), work),
+            Err(reason) => return reject(reason.to_string(), reason.code(), work),
         };
         if let Err(reason) = super::names::check_name(&start.name) {
-            return reject(reason.to_string(), work);
+            return reject(reason.to_string(), RejectCode::Name, work);
         }
         // Policy decides a new file once; a resume keeps the first answer's directory.
         let dir = match state.transfers.get(&id) {
             Some(known) => known.dir.clone(),
             None => match accept(peer, &start) {
                 AcceptAnswer::Accept { dir } => dir,
-                AcceptAnswer::Reject { reason } => return reject(reason, work),
+                AcceptAnswer::Reject { reason } => {
+                    return reject(reason, RejectCode::Policy, work);
+                }
             },
         };
         let name = match &dir {
@@ -486,7 +495,7 @@ impl Transfers {
         };
         // The routed name obeys the same rules (e.g. its total length).
         if let Err(reason) = super::names::check_name(&name) {
-            return reject(reason.to_string(), work);
+            return reject(reason.to_string(), RejectCode::Name, work);
         }
         let size = start.size;
         self.preparing.insert(id, (peer.clone(), start, dir));
@@ -522,13 +531,25 @@ impl Transfers {
                 }
                 StoreResult::PrepareFailed { reason } => {
                     // Out of space is not a verdict on the file: the sender asks again
-                    // later, so nothing is recorded that would answer that retry.
-                    if !state.transfers.contains_key(&id) && !transfer::is_no_space(&reason) {
+                    // later, so nothing is recorded that would answer that retry. (The
+                    // store's own text says which; the wire says it with `code`.)
+                    let no_space = transfer::is_no_space(&reason);
+                    if !state.transfers.contains_key(&id) && !no_space {
                         refused(&peer, &start, &reason, work);
                     }
+                    let code = if no_space {
+                        RejectCode::NoSpace
+                    } else {
+                        // The name could not be stored (a symbolic link on the way, ...).
+                        RejectCode::Name
+                    };
                     work.push(Work::Channel {
                         peer,
-                        message: Message::Reject { id, reason },
+                        message: Message::Reject {
+                            id,
+                            reason,
+                            code: Some(code),
+                        },
                     });
                     work.push(Work::Store {
                         id,
@@ -794,6 +815,7 @@ mod tests {
             Message::Reject {
                 id,
                 reason: reason.clone(),
+                code: Some(RejectCode::NoSpace),
             },
             &state,
             now,

@@ -454,7 +454,7 @@ impl PeerConnectionEventHandler for Events {
                 self.report(NegotiationInput::LocalCandidate(Candidate {
                     candidate: init.candidate,
                     sdp_mid,
-                    sdp_mline_index: init.sdp_mline_index,
+                    sdp_mline_index: init.sdp_mline_index.or(Some(0)),
                 }))
                 .await
             }
@@ -464,10 +464,12 @@ impl PeerConnectionEventHandler for Events {
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
+            // End of candidates, with the data m-line's mid and index like every candidate
+            // (spec 3.2: browsers reject a candidate that has neither).
             self.report(NegotiationInput::LocalCandidate(Candidate {
                 candidate: String::new(),
-                sdp_mid: None,
-                sdp_mline_index: None,
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
             }))
             .await;
         }

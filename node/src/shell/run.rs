@@ -19,8 +19,9 @@ use crate::config::Config;
 use crate::control::{Reply, Request};
 use crate::core::DeviceId;
 use crate::core::TransferId;
+use crate::core::admission::{ConnectionBudgets, Limits};
 use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, QueuedFile, Token};
-use crate::core::signal::Message;
+use crate::core::router::{Input as RouterInput, Output as RouterOutput, Router};
 use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
 use crate::record::{self, JournalEntry};
@@ -42,8 +43,10 @@ pub const COMPACT_AFTER_RECORDS: u64 = 100_000;
 /// Log lines that may wait for a slow stderr; more are dropped.
 pub const LOG_QUEUE_LINES: usize = 4096;
 
-/// Installs the stderr logger. Quiet by default (warnings, plus the node's own start and stop
-/// lines); `-v` debug, `-vv` trace; `FSNODE_LOG` (an `EnvFilter` directive) overrides both.
+/// Installs the stderr logger. Quiet by default: the node's own warnings and its start and
+/// stop lines, nothing from dependencies (webrtc-rs warns on every connection about things
+/// that are normal on a LAN); `-v` adds dependencies' warnings and info and the node's debug,
+/// `-vv` trace; `FSNODE_LOG` (an `EnvFilter` directive) overrides both.
 ///
 /// Lines go through a bounded, lossy queue to a writer thread: a stderr nobody reads (a
 /// supervisor's full pipe) drops log lines instead of stalling the node. Keep the returned
@@ -54,7 +57,7 @@ pub fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard 
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(std::io::stderr());
     let default = match verbose {
-        0 => "warn,fsnode=info",
+        0 => "off,fsnode=info",
         1 => "info,fsnode=debug",
         _ => "debug,fsnode=trace",
     };
@@ -126,8 +129,14 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         let (conns_tx, conns) = async_channel::bounded::<ConnEvent>(1024);
         let (requests_tx, requests) = async_channel::bounded::<ControlRequest>(64);
         let reporter = Reporter::new(me.hello(), inputs_tx.clone(), conns_tx);
+        let inbound = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let budgets = Arc::new(std::sync::Mutex::new(ConnectionBudgets::new(
+            Limits::default(),
+        )));
         for listener in listeners {
-            runtime::spawn(signaling::accept(listener, reporter.clone())).detach();
+            let accept =
+                signaling::accept(listener, reporter.clone(), inbound.clone(), budgets.clone());
+            runtime::spawn(accept).detach();
         }
         let ice_addresses = addresses
             .iter()
@@ -159,10 +168,8 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             inputs: inputs_tx.clone(),
             pending: HashMap::new(),
             next_token: 0,
-            links: HashMap::new(),
-            outbox: HashMap::new(),
-            dialing: HashMap::new(),
-            undelivered: HashMap::new(),
+            router: Router::new(),
+            writers: HashMap::new(),
             watchers: Vec::new(),
             collected: Collected::default(),
         };
@@ -205,9 +212,6 @@ enum Wake {
 /// Inputs handled together before their events are committed and their effects run.
 const MAX_INPUT_BATCH: usize = 64;
 
-/// Messages queued for a peer while a signaling connection to it is being dialled.
-const MAX_OUTBOX: usize = 64;
-
 /// Outputs taken from the core and not carried out yet.
 #[derive(Default)]
 struct Collected {
@@ -230,14 +234,11 @@ struct NodeLoop<'a> {
     inputs: async_channel::Sender<Input>,
     pending: HashMap<Token, async_channel::Sender<Reply>>,
     next_token: Token,
-    /// The open signaling connection used to reach each peer.
-    links: HashMap<DeviceId, (ConnId, async_channel::Sender<Vec<u8>>)>,
-    outbox: HashMap<DeviceId, Vec<Vec<u8>>>,
-    /// Peers being dialed, and the address tried.
-    dialing: HashMap<DeviceId, std::net::SocketAddr>,
-    /// Lines whose dial failed (the peer restarted on a new port, say): delivered when the
-    /// peer is discovered again, so an offer does not wait for the core's next retry.
-    undelivered: HashMap<DeviceId, Vec<Vec<u8>>>,
+    /// Which connection carries each peer's messages, what waits, when to dial (the core's
+    /// sans-IO router; this loop only carries out what it says).
+    router: Router,
+    /// The writer of each open signaling connection (dropping one closes it gracefully).
+    writers: HashMap<ConnId, async_channel::Sender<Vec<u8>>>,
     /// `fsnode watch` clients: every journaled event goes to each.
     watchers: Vec<async_channel::Sender<Reply>>,
     collected: Collected,
@@ -254,7 +255,11 @@ impl NodeLoop<'_> {
         let stop = runtime::spawn(wait_for_stop_signal(signals));
         let mut stop = Some(stop);
         loop {
-            let timer = runtime::sleep_until(self.core.poll_timeout());
+            let due = [self.core.poll_timeout(), self.router.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let timer = runtime::sleep_until(due);
             let stop_fut = stop.as_mut().expect("stop future present");
             // `or` polls its first future first: connection events go before inputs, so a
             // connection is registered before any message that arrived on it is handled (its
@@ -312,7 +317,10 @@ impl NodeLoop<'_> {
                     self.pending.insert(token, reply);
                     self.core.handle(Input::Request { token, request }, now);
                 }
-                Wake::Timer => self.core.handle_timeout(now),
+                Wake::Timer => {
+                    self.core.handle_timeout(now);
+                    self.router.handle_timeout(now.instant);
+                }
                 Wake::Stop(reason) => {
                     stop.take();
                     return Ok(reason);
@@ -381,12 +389,15 @@ impl NodeLoop<'_> {
             pending.await.context("writing to the journal")?;
         }
         for (_, stamped) in &journaled {
-            if let Event::PeerDiscovered { peer, .. } = &stamped.event
-                && let Some(lines) = self.undelivered.remove(peer)
-            {
-                debug!(%peer, lines = lines.len(), "peer seen again: redelivering signaling");
-                self.outbox.entry(peer.clone()).or_default().extend(lines);
-                self.dial_queued(peer.clone());
+            if let Event::PeerDiscovered { peer, .. } = &stamped.event {
+                let route = self.core.route(peer);
+                self.route(
+                    RouterInput::Seen {
+                        peer: peer.clone(),
+                        route,
+                    },
+                    self.now(),
+                );
             }
         }
         if !self.watchers.is_empty() {
@@ -412,10 +423,13 @@ impl NodeLoop<'_> {
                     runtime::spawn(signaling::dial(addr, None, token, self.reporter.clone()))
                         .detach();
                 }
-                Output::Effect(Effect::Signal { peer, message }) => self.send(peer, message),
+                Output::Effect(Effect::Signal { peer, message }) => {
+                    let route = self.core.route(&peer);
+                    let line = message.encode();
+                    self.route(RouterInput::Send { peer, line, route }, self.now());
+                }
                 Output::Effect(Effect::CloseSignaling { conn }) => {
-                    // Dropping the writer closes the connection.
-                    self.links.retain(|_, (id, _)| *id != conn);
+                    self.route(RouterInput::Close { conn }, self.now());
                 }
                 Output::Effect(Effect::Rtc { peer, action }) => self.rtc.act(&peer, action),
                 Output::Effect(Effect::ChannelSend { peer, data }) => {
@@ -454,89 +468,80 @@ impl NodeLoop<'_> {
         Ok(())
     }
 
-    /// Sends a signaling message to `peer` on its open connection, or queues it and dials the
-    /// peer's last known address.
-    fn send(&mut self, peer: DeviceId, message: Message) {
-        let line = message.encode();
-        let line = match self.links.get(&peer) {
-            Some((_, tx)) => match tx.try_send(line) {
-                Ok(()) => return,
-                Err(async_channel::TrySendError::Full(_)) => {
-                    warn!(%peer, "signaling connection not draining; message dropped");
-                    return;
-                }
-                Err(async_channel::TrySendError::Closed(line)) => {
-                    self.links.remove(&peer);
-                    line
-                }
-            },
-            None => line,
-        };
-        let queue = self.outbox.entry(peer.clone()).or_default();
-        // What an earlier dial failed to deliver goes first; the core's retry of the same
-        // offer is the same line, sent once.
-        let earlier = self.undelivered.remove(&peer).unwrap_or_default();
-        for line in earlier.into_iter().chain([line]) {
-            if queue.len() < MAX_OUTBOX && !queue.contains(&line) {
-                queue.push(line);
-            }
+    fn now(&self) -> Now {
+        Now {
+            instant: self.clock.now(),
+            wall_ms: self.clock.wall_ms(),
         }
-        self.dial_queued(peer);
     }
 
-    fn address_of(&self, peer: &DeviceId) -> Option<std::net::SocketAddr> {
-        let p = self.core.state().peers.get(peer)?;
-        let ip = p.addresses.first()?;
-        Some(std::net::SocketAddr::new(*ip, p.port))
-    }
-
-    /// Dials `peer`'s last known address to deliver its outbox, unless a dial is under way.
-    fn dial_queued(&mut self, peer: DeviceId) {
-        if self.dialing.contains_key(&peer) {
-            return;
-        }
-        match self.address_of(&peer) {
-            Some(addr) => {
-                self.dialing.insert(peer.clone(), addr);
-                runtime::spawn(signaling::dial(
-                    addr,
-                    Some(peer),
-                    None,
-                    self.reporter.clone(),
-                ))
-                .detach();
-            }
-            None => {
-                self.outbox.remove(&peer);
+    /// Feeds the router one input and carries out what it says.
+    fn route(&mut self, input: RouterInput, now: Now) {
+        self.router.handle_input(input, now.instant);
+        while let Some(output) = self.router.poll_output() {
+            match output {
+                RouterOutput::Write { conn, line } => {
+                    let Some(tx) = self.writers.get(&conn) else {
+                        continue;
+                    };
+                    match tx.try_send(line) {
+                        Ok(()) => {}
+                        Err(async_channel::TrySendError::Full(_)) => {
+                            warn!(conn, "signaling connection not draining; message dropped");
+                        }
+                        Err(async_channel::TrySendError::Closed(_)) => {
+                            // Its reader's `Down` is on the way; the core's retries resend.
+                            debug!(conn, "signaling connection closed under a message");
+                        }
+                    }
+                }
+                RouterOutput::Dial { peer, addr } => {
+                    runtime::spawn(signaling::dial(
+                        addr,
+                        Some(peer),
+                        None,
+                        self.reporter.clone(),
+                    ))
+                    .detach();
+                }
+                RouterOutput::Close { conn } => {
+                    // Dropping the writer closes the connection gracefully.
+                    self.writers.remove(&conn);
+                }
             }
         }
     }
 
     fn on_conn(&mut self, event: ConnEvent) {
+        let now = self.now();
         match event {
-            ConnEvent::Up { conn, peer, tx } => {
-                self.dialing.remove(&peer);
-                // Whoever dialed, the link carries what could not be delivered before.
-                let earlier = self.undelivered.remove(&peer).unwrap_or_default();
-                let queued = self.outbox.remove(&peer).unwrap_or_default();
-                for line in earlier.into_iter().chain(queued) {
-                    let _ = tx.try_send(line);
-                }
-                self.links.insert(peer, (conn, tx));
+            ConnEvent::Up {
+                conn,
+                from,
+                hello,
+                token,
+                tx,
+            } => {
+                let peer = hello.id.clone();
+                self.writers.insert(conn, tx);
+                self.core.handle(
+                    Input::Hello {
+                        conn,
+                        from,
+                        hello,
+                        token,
+                    },
+                    now,
+                );
+                self.route(RouterInput::Up { conn, peer, from }, now);
             }
-            ConnEvent::Down { conn, peer } => {
-                if self.links.get(&peer).is_some_and(|(id, _)| *id == conn) {
-                    self.links.remove(&peer);
-                }
+            ConnEvent::Down { conn } => {
+                self.writers.remove(&conn);
+                self.core.handle(Input::ConnClosed { conn }, now);
+                self.route(RouterInput::Down { conn }, now);
             }
-            ConnEvent::DialFailed { peer } => {
-                let tried = self.dialing.remove(&peer);
-                if tried.is_some() && tried != self.address_of(&peer) {
-                    // The peer moved while we dialed its old address: try the new one.
-                    self.dial_queued(peer);
-                } else if let Some(lines) = self.outbox.remove(&peer) {
-                    self.undelivered.insert(peer, lines);
-                }
+            ConnEvent::DialFailed { peer, addr } => {
+                self.route(RouterInput::DialFailed { peer, addr }, now);
             }
         }
     }

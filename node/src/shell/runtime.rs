@@ -51,10 +51,15 @@ pub async fn timeout<T>(
 ) -> anyhow::Result<T> {
     futures_lite::future::or(future, async {
         sleep(timeout).await;
-        anyhow::bail!("timed out after {timeout:?}")
+        Err(TimedOut(timeout).into())
     })
     .await
 }
+
+/// The error of [`timeout`] when the time ran out (callers tell it from others by type).
+#[derive(Debug, thiserror::Error)]
+#[error("timed out after {0:?}")]
+pub struct TimedOut(pub Duration);
 
 /// The runtime webrtc-rs drives its peer connections on: smol, with every UDP socket's kernel
 /// buffers enlarged (see [`udp_buffer_bytes`]).

@@ -5,8 +5,8 @@
 //! `hello`, not by connection (spec 3.2).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::shell::runtime::net::{TcpListener, TcpStream};
@@ -15,9 +15,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use crate::core::DeviceId;
+use crate::core::admission::ConnectionBudgets;
 use crate::core::node::{ConnId, Input, Token};
 use crate::core::signal::{Hello, LineFramer, Message};
-use crate::shell::runtime;
+use crate::shell::runtime::{self, Clock, SystemClock};
 
 /// A connection whose `hello` has not arrived by then is closed (spec 3.1).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +26,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Dialling gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the node stops writing on a connection it closes, it still reads this long.
+pub const GRACEFUL_CLOSE: Duration = crate::core::router::GRACEFUL_CLOSE;
 /// Concurrent inbound connections; more are closed at once.
 pub const MAX_INBOUND: usize = 64;
 /// Lines queued for one connection's writer; a peer that does not read loses messages.
@@ -32,20 +35,20 @@ pub const WRITE_QUEUE: usize = 256;
 
 /// What connections tell the node loop besides core inputs.
 pub enum ConnEvent {
-    /// A connection finished its `hello` exchange; lines for `peer` can go to `tx`.
+    /// A connection finished its `hello` exchange with a node at `from`; lines for it go to
+    /// `tx` (dropping `tx` closes the connection gracefully). `token` is set when the operator
+    /// asked for the dial.
     Up {
         conn: ConnId,
-        peer: DeviceId,
+        from: SocketAddr,
+        hello: Hello,
+        token: Option<Token>,
         tx: async_channel::Sender<Vec<u8>>,
     },
-    Down {
-        conn: ConnId,
-        peer: DeviceId,
-    },
-    /// A dial made to deliver messages to `peer` failed.
-    DialFailed {
-        peer: DeviceId,
-    },
+    /// The connection's reader ended: nothing more arrives on it.
+    Down { conn: ConnId },
+    /// A dial made to deliver messages to `peer` at `addr` failed.
+    DialFailed { peer: DeviceId, addr: SocketAddr },
 }
 
 /// Everything a connection task needs to report.
@@ -94,9 +97,15 @@ pub async fn bind(addresses: &[IpAddr], port: u16) -> anyhow::Result<(Vec<TcpLis
     Ok((listeners, port))
 }
 
-/// Accepts connections until the listener fails; each is served on its own task.
-pub async fn accept(listener: TcpListener, reporter: Reporter) {
-    let inbound = Arc::new(AtomicUsize::new(0));
+/// Accepts connections until the listener fails; each is served on its own task. `inbound`
+/// counts the node's inbound connections (shared by its listeners) and `budgets` is the
+/// per-address budget of new ones (spec 3.1, 3.4): a connection over either is closed at once.
+pub async fn accept(
+    listener: TcpListener,
+    reporter: Reporter,
+    inbound: Arc<AtomicUsize>,
+    budgets: Arc<Mutex<ConnectionBudgets>>,
+) {
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -106,6 +115,13 @@ pub async fn accept(listener: TcpListener, reporter: Reporter) {
                 continue;
             }
         };
+        let admitted = budgets
+            .lock()
+            .map(|mut b| b.admit(from.ip(), SystemClock.now()))
+            .unwrap_or(false);
+        if !admitted {
+            continue;
+        }
         if inbound.fetch_add(1, Ordering::AcqRel) >= MAX_INBOUND {
             inbound.fetch_sub(1, Ordering::AcqRel);
             debug!(%from, "too many signaling connections; closing");
@@ -158,7 +174,10 @@ pub async fn dial(
             .await;
     }
     if let Some(peer) = expected {
-        let _ = reporter.conns.send(ConnEvent::DialFailed { peer }).await;
+        let _ = reporter
+            .conns
+            .send(ConnEvent::DialFailed { peer, addr })
+            .await;
     }
 }
 
@@ -215,21 +234,22 @@ async fn serve(
     };
     let peer = hello.id.clone();
     let conn = reporter.conn_id();
-    reporter
-        .inputs
-        .send(Input::Hello { from, hello, token })
-        .await?;
     let (tx, rx) = async_channel::bounded::<Vec<u8>>(WRITE_QUEUE);
+    // Sent before any message of the connection is forwarded: the node loop takes
+    // connection events first, so the connection is known before what arrives on it.
     reporter
         .conns
         .send(ConnEvent::Up {
             conn,
-            peer: peer.clone(),
+            from,
+            hello,
+            token,
             tx,
         })
         .await?;
-    // The writer ends when the node drops the sender (connection closed on purpose) and then
-    // shuts the socket down, which ends the reader below.
+    // The writer ends when the node drops the sender (the connection is closed on purpose):
+    // it writes what was queued, stops writing (half-close), and still lets the reader handle
+    // what arrives until the peer closes too or GRACEFUL_CLOSE passes (spec 3.1).
     let write_half = stream.clone();
     let writer_task = runtime::spawn(async move {
         let mut write_half = write_half;
@@ -238,12 +258,25 @@ async fn serve(
                 break;
             }
         }
-        let _ = write_half.close().await;
+        let _ = write_half.flush().await;
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        runtime::sleep(GRACEFUL_CLOSE).await;
         let _ = stream.shutdown(std::net::Shutdown::Both);
     });
     let result = async {
+        let mut timeout = IDLE_TIMEOUT;
         loop {
-            let message = reader.next(IDLE_TIMEOUT).await?;
+            let message = match reader.next(timeout).await {
+                Ok(message) => message,
+                Err(err) if err.is::<runtime::TimedOut>() && timeout == IDLE_TIMEOUT => {
+                    // Idle: stop writing, and still handle what arrives for a moment.
+                    debug!(%from, "signaling connection idle; closing");
+                    let _ = reader.stream.shutdown(std::net::Shutdown::Write);
+                    timeout = GRACEFUL_CLOSE;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             reporter
                 .inputs
                 .send(Input::Signal {
@@ -255,7 +288,7 @@ async fn serve(
         }
     }
     .await;
-    let _ = reporter.conns.send(ConnEvent::Down { conn, peer }).await;
+    let _ = reporter.conns.send(ConnEvent::Down { conn }).await;
     writer_task.cancel().await;
     result
 }

@@ -12,7 +12,10 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
@@ -68,27 +71,36 @@ impl Store {
     }
 
     /// Checks `name` (spec section 4, "Names") and resolves it to its final directory and `.part`
-    /// path, creating missing directories (mode 0o755). Refuses a name that would leave the
+    /// file, creating missing directories (mode 0o755). Refuses a name that would leave the
     /// receive directory through a symbolic link: any existing component under the root that is
     /// a symbolic link — a directory, the final name or the `.part` file — is refused, wherever
     /// it points. (The root itself may be a symbolic link.)
+    ///
+    /// No check-then-use: each directory is opened relative to its parent's descriptor with
+    /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (or `O_NOFOLLOW` on one component
+    /// where the kernel lacks `openat2`), and the `.part` file is later opened, measured and
+    /// deleted relative to the final directory's descriptor, so a symbolic link swapped in
+    /// after the check is never followed.
     pub fn prepare(&self, name: &str, id: &TransferId) -> Result<PartFile, StoreError> {
         let components = names::check_name(name)?;
         let (final_name, directories) = components.split_last().expect("never empty");
         let mut dir = self.root.clone();
         let mut shown = PathBuf::new();
+        let mut dir_fd = open_root(&self.root)?;
         for component in directories {
             dir.push(component);
             shown.push(component);
-            ensure_directory(&dir, &shown)?;
+            dir_fd = open_directory_beneath(&dir_fd, component, &shown)?;
         }
         let part_name = names::part_name(final_name, id);
         for leaf in [final_name.as_str(), &part_name] {
-            refuse_symlink(&dir.join(leaf), &shown.join(leaf))?;
+            refuse_symlink(&dir_fd, leaf, &shown.join(leaf))?;
         }
         Ok(PartFile {
             part_path: dir.join(&part_name),
             dir,
+            dir_fd: Arc::new(dir_fd),
+            part_name,
             final_name: final_name.clone(),
             shown: shown.join(final_name),
         })
@@ -101,49 +113,92 @@ impl Store {
     }
 }
 
-/// Makes sure `dir` is a real directory (not a symbolic link), creating it if missing.
-fn ensure_directory(dir: &Path, shown: &Path) -> Result<(), StoreError> {
-    let io_error = |source| StoreError::Io {
+/// The receive directory itself, as a descriptor names beneath it are resolved from (the root
+/// may be a symbolic link; what is under it may not).
+fn open_root(root: &Path) -> Result<OwnedFd, StoreError> {
+    rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StoreError::Io {
+        path: PathBuf::new(),
+        source: e.into(),
+    })
+}
+
+/// Opens the directory `component` (one name, no `/`) beneath `parent`, creating it if
+/// missing; refuses a symbolic link or a non-directory there, atomically with the open.
+fn open_directory_beneath(
+    parent: &OwnedFd,
+    component: &str,
+    shown: &Path,
+) -> Result<OwnedFd, StoreError> {
+    let io_error = |e: Errno| StoreError::Io {
         path: shown.to_path_buf(),
-        source,
+        source: e.into(),
     };
-    let metadata = match fs::symlink_metadata(dir) {
-        Ok(metadata) => metadata,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match DirBuilder::new().mode(DIR_MODE).create(dir) {
-                Ok(()) => return Ok(()),
-                // Created concurrently (another transfer into the same directory): check it.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    fs::symlink_metadata(dir).map_err(io_error)?
+    let mut created = false;
+    loop {
+        let opened = match rustix::fs::openat2(
+            parent,
+            component,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        ) {
+            // Kernels before 5.6: one component with O_NOFOLLOW follows no link either.
+            Err(Errno::NOSYS) => rustix::fs::openat(
+                parent,
+                component,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+            other => other,
+        };
+        match opened {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) if !created => {
+                match rustix::fs::mkdirat(parent, component, Mode::from_raw_mode(DIR_MODE)) {
+                    // Created concurrently (another transfer into the same directory): open it.
+                    Ok(()) | Err(Errno::EXIST) => created = true,
+                    Err(e) => return Err(io_error(e)),
                 }
-                Err(e) => return Err(io_error(e)),
             }
+            Err(Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => {
+                // Refused already; say why (the verdict above does not depend on this).
+                let is_link = rustix::fs::statat(parent, component, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+                return Err(if is_link {
+                    StoreError::Symlink {
+                        path: shown.to_path_buf(),
+                    }
+                } else {
+                    StoreError::NotADirectory {
+                        path: shown.to_path_buf(),
+                    }
+                });
+            }
+            Err(e) => return Err(io_error(e)),
         }
-        Err(e) => return Err(io_error(e)),
-    };
-    if metadata.file_type().is_symlink() {
-        Err(StoreError::Symlink {
-            path: shown.to_path_buf(),
-        })
-    } else if !metadata.is_dir() {
-        Err(StoreError::NotADirectory {
-            path: shown.to_path_buf(),
-        })
-    } else {
-        Ok(())
     }
 }
 
-fn refuse_symlink(path: &Path, shown: &Path) -> Result<(), StoreError> {
-    match fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_symlink() => Err(StoreError::Symlink {
+/// Refuses `leaf` in `dir` if it is a symbolic link (the final name, the `.part` file). The
+/// `.part` file is opened with `O_NOFOLLOW` besides, so a link made after this check is still
+/// not followed; the final name is only ever the target of a no-replace rename, which does not
+/// follow one either.
+fn refuse_symlink(dir: &OwnedFd, leaf: &str, shown: &Path) -> Result<(), StoreError> {
+    match rustix::fs::statat(dir, leaf, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+            Err(StoreError::Symlink {
+                path: shown.to_path_buf(),
+            })
+        }
+        Ok(_) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(StoreError::Io {
             path: shown.to_path_buf(),
-        }),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StoreError::Io {
-            path: shown.to_path_buf(),
-            source,
+            source: e.into(),
         }),
     }
 }
@@ -158,6 +213,11 @@ pub struct PartFile {
     pub final_name: String,
     /// `<dir>/<final_name>.<first 8 hex digits of id>.part`
     pub part_path: PathBuf,
+    /// The final directory, opened when the name was resolved: the `.part` file is reached
+    /// relative to it, never by path, so nothing swapped in on the way is followed.
+    dir_fd: Arc<OwnedFd>,
+    /// `<final_name>.<first 8 hex digits of id>.part`, in `dir_fd`.
+    part_name: String,
     /// The sender's name, relative to the receive directory, for error messages.
     shown: PathBuf,
 }
@@ -166,8 +226,9 @@ impl PartFile {
     /// Opens the `.part` file for writing, creating it (mode 0o600) if needed. Never truncates:
     /// a resumed transfer keeps what it holds. Does not follow a symbolic link.
     pub fn open(&self) -> io::Result<PartWriter> {
-        let fd = rustix::fs::open(
-            &self.part_path,
+        let fd = rustix::fs::openat(
+            &*self.dir_fd,
+            self.part_name.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(PART_MODE),
         )?;
@@ -182,18 +243,22 @@ impl PartFile {
         reason = "a size read from the file system, not a collection"
     )]
     pub fn len(&self) -> io::Result<u64> {
-        match fs::symlink_metadata(&self.part_path) {
-            Ok(metadata) => Ok(metadata.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e),
+        match rustix::fs::statat(
+            &*self.dir_fd,
+            self.part_name.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(u64::try_from(st.st_size).unwrap_or(0)),
+            Err(Errno::NOENT) => Ok(0),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Deletes the `.part` file; a missing one is fine.
     pub fn delete(&self) -> io::Result<()> {
-        match fs::remove_file(&self.part_path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
+        match rustix::fs::unlinkat(&*self.dir_fd, self.part_name.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -227,8 +292,9 @@ impl PartFile {
             path: self.shown.clone(),
             source,
         };
-        let fd = rustix::fs::open(
-            &self.part_path,
+        let fd = rustix::fs::openat(
+            &*self.dir_fd,
+            self.part_name.as_str(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -497,6 +563,57 @@ mod tests {
         );
         assert!(store.prepare("evil/deeper/x", &ID).is_err());
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    /// A directory swapped for a symbolic link to outside while files are being received into
+    /// it (the check-then-use race): nothing is ever written outside the receive directory,
+    /// whatever the interleaving, because the `.part` is opened relative to the directory
+    /// descriptor that was resolved without following links.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_receive_never_leaks_outside() {
+        let (dir, store) = store();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let root = store.root().to_path_buf();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (real, link, moved) = (root.join("d"), root.join("d.link"), root.join("d.real"));
+        fs::create_dir(&real).unwrap();
+        symlink(&outside, &link).unwrap();
+        let swapper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut swaps = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && swaps < 200_000 {
+                    // d: real directory -> symlink to outside -> real directory ...
+                    let _ = fs::rename(&real, &moved);
+                    let _ = fs::rename(&link, &real);
+                    std::thread::yield_now();
+                    let _ = fs::rename(&real, &link);
+                    let _ = fs::rename(&moved, &real);
+                    swaps += 1;
+                }
+            })
+        };
+        let mut received = 0;
+        for i in 0..2_000u32 {
+            let name = format!("d/f{i}");
+            let Ok(part) = store.prepare(&name, &ID) else {
+                continue; // refused: a link was there when it was resolved
+            };
+            if let Ok(writer) = part.open() {
+                let data = b"payload";
+                if writer.write_chunk(0, data, &sha(data)).unwrap_or(false) {
+                    received += 1;
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing written through the link ({received} files received inside)"
+        );
     }
 
     #[test]

@@ -90,7 +90,12 @@ fn an_announcement_is_journaled_once_until_it_changes() {
         h.handle(Input::Announced(announcement(1, "10.77.0.2")))
             .is_empty()
     );
+    // An untrusted device is journaled at most once an hour, even when it moves.
     let moved = h.handle(Input::Announced(announcement(1, "10.77.0.9")));
+    assert!(Harness::events(&moved).is_empty());
+    h.core
+        .handle(Input::Announced(announcement(1, "10.77.0.9")), h.at(3601));
+    let moved: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
     assert_eq!(Harness::events(&moved), ["PeerDiscovered"]);
     assert!(h.core.state().peers[&id(1)].discovered);
 }
@@ -289,6 +294,7 @@ fn peers_add_dials_and_replies_when_the_hello_arrives() {
         port: 4005,
     };
     let out = h.handle(Input::Hello {
+        conn: 1,
         from: "10.77.0.5:51000".parse().unwrap(),
         hello,
         token: Some(9),
@@ -362,17 +368,216 @@ fn a_flood_of_valid_announcements_of_unknown_devices_is_capped() {
         let mut digest = [0u8; 32];
         digest[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
         let fake = DeviceId::from_sha256(&digest);
-        let mut a = announcement(1, "10.77.0.2");
+        // Each from its own address, so no per-address budget is what stops them.
+        let addr = std::net::Ipv4Addr::from(0x0a4d_0000 + i as u32).to_string();
+        let mut a = announcement(1, &addr);
         a.instance = instance_name(&fake);
         a.txt.insert("id".into(), fake.to_string());
-        let out = h.handle(Input::Announced(a));
+        // One a second: the oldest is the first.
+        h.core.handle(Input::Announced(a), h.at(i as u64 + 1));
+        let out: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
         discovered += Harness::events(&out)
             .iter()
             .filter(|e| **e == "PeerDiscovered")
             .count();
     }
-    assert_eq!(discovered, MAX_UNTRUSTED_PEERS);
+    // Every one is recorded once; the oldest are evicted, so at most the bound is held.
+    assert_eq!(discovered, MAX_UNTRUSTED_PEERS + 50);
     assert_eq!(h.core.state().peers.len(), MAX_UNTRUSTED_PEERS);
+    assert_eq!(h.core.admission().held(), MAX_UNTRUSTED_PEERS);
+    assert_eq!(h.core.admission().dropped().evicted, 50);
+    let first = DeviceId::from_sha256(&{
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&1u64.to_be_bytes());
+        d
+    });
+    assert!(
+        !h.core.state().peers.contains_key(&first),
+        "the oldest went"
+    );
+}
+
+fn random_digest(n: u64) -> [u8; 32] {
+    let mut digest = [0xa5u8; 32];
+    digest[..8].copy_from_slice(&n.to_be_bytes());
+    digest
+}
+
+fn random_id(n: u64) -> DeviceId {
+    DeviceId::from_sha256(&random_digest(n))
+}
+
+fn hello_from(conn: ConnId, n: u64, from: &str, port: u16) -> Input {
+    Input::Hello {
+        conn,
+        from: from.parse().unwrap(),
+        hello: Hello {
+            id: random_id(n),
+            name: format!("flood{n}"),
+            device_type: DeviceType::Desktop,
+            port,
+        },
+        token: None,
+    }
+}
+
+/// Issue 14's attack: 110,000 `hello`s with random ids, one per connection, from one host.
+/// The burst of new ids is recorded, the rest dropped and counted; another host still gets in.
+#[test]
+fn a_flood_of_random_id_hellos_from_one_host_records_a_bounded_few() {
+    let mut h = Harness::new();
+    let mut journaled = 0;
+    for n in 0..110_000u64 {
+        let out = h.handle(hello_from(n, n, "10.77.0.66:40000", 1));
+        journaled += Harness::events(&out).len();
+    }
+    let limits = *h.core.admission().limits();
+    assert_eq!(
+        journaled, limits.new_id_burst as usize,
+        "one PeerDiscovered each"
+    );
+    assert_eq!(h.core.state().peers.len(), limits.new_id_burst as usize);
+    assert_eq!(
+        h.core.admission().dropped().devices,
+        110_000 - u64::from(limits.new_id_burst)
+    );
+    // An offer from a dropped id is refused without a record or a policy question.
+    let out = h.handle(Input::Signal {
+        conn: 109_999,
+        peer: random_id(109_999),
+        message: Message::Offer {
+            sdp: {
+                let fp: Vec<String> = random_digest(109_999)
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect();
+                format!("v=0\r\na=fingerprint:sha-256 {}\r\n", fp.join(":"))
+            },
+            seq: 1,
+        },
+    });
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert_eq!(
+        effects(&out),
+        vec![&Effect::Signal {
+            peer: random_id(109_999),
+            message: Message::Bye {
+                reason: "unauthorized".into()
+            }
+        }]
+    );
+    let out = h.handle(hello_from(200_000, 200_000, "10.77.0.67:40000", 4000));
+    assert_eq!(
+        Harness::events(&out),
+        ["PeerDiscovered"],
+        "another host is admitted"
+    );
+}
+
+/// The same device seen again within the hour is journaled once, whatever changes.
+#[test]
+fn an_untrusted_device_is_journaled_at_most_once_an_hour() {
+    let mut h = Harness::new();
+    let first = h.handle(hello_from(1, 7, "10.77.0.7:40000", 4007));
+    assert_eq!(Harness::events(&first), ["PeerDiscovered"]);
+    for port in 1..500u16 {
+        let out = h.handle(hello_from(u64::from(port) + 1, 7, "10.77.0.7:40000", port));
+        assert!(Harness::events(&out).is_empty());
+    }
+    assert_eq!(h.core.admission().dropped().sightings, 499);
+    let later = h.at(3601);
+    h.core
+        .handle(hello_from(900, 7, "10.77.0.7:40000", 4008), later);
+    let out: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert_eq!(Harness::events(&out), ["PeerDiscovered"]);
+}
+
+fn trusted_peer_at(h: &mut Harness, n: u8, addr: &str) {
+    h.handle(Input::Announced(announcement(n, addr)));
+    h.handle(request(
+        1,
+        Request::TrustAdd {
+            device: id(n).to_string(),
+        },
+    ));
+}
+
+/// Spec 3.4: a `hello` claiming a trusted id from elsewhere changes nothing stored; its
+/// address is only a candidate, recorded once a session negotiated through it opens.
+#[test]
+fn a_hello_impostor_of_a_trusted_device_changes_nothing_stored() {
+    let mut h = Harness::new();
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
+    let before = h.core.state().peers[&id(1)].clone();
+    let impostor = Input::Hello {
+        conn: 77,
+        from: "10.77.0.99:50000".parse().unwrap(),
+        hello: Hello {
+            id: id(1),
+            name: "impostor".into(),
+            device_type: DeviceType::Mobile,
+            port: 1,
+        },
+        token: None,
+    };
+    let out = h.handle(impostor);
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert_eq!(h.core.state().peers[&id(1)], before);
+    assert_eq!(
+        h.core.dial_addresses(&id(1)),
+        vec![
+            "10.77.0.2:4001".parse::<SocketAddr>().unwrap(),
+            "10.77.0.99:1".parse().unwrap()
+        ],
+        "the stored address first, the claim only as a candidate"
+    );
+    // mDNS the same: an announcement elsewhere is a candidate, nothing stored.
+    let out = h.handle(Input::Announced(announcement(1, "10.77.0.98")));
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert_eq!(h.core.state().peers[&id(1)].addresses, before.addresses);
+}
+
+/// The real device moved (a new DHCP lease): once a session negotiated on a connection from
+/// the new address opens, that address is stored.
+#[test]
+fn a_trusted_device_at_a_new_address_is_recorded_once_its_session_opens() {
+    let mut h = Harness::new();
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
+    h.handle(Input::Hello {
+        conn: 5,
+        from: "10.77.0.20:50000".parse().unwrap(),
+        hello: Hello {
+            id: id(1),
+            name: "peer-1".into(),
+            device_type: DeviceType::Desktop,
+            port: 4001,
+        },
+        token: None,
+    });
+    assert_eq!(
+        h.core.state().peers[&id(1)].addresses,
+        vec!["10.77.0.2".parse::<IpAddr>().unwrap()]
+    );
+    h.handle(Input::Signal {
+        conn: 5,
+        peer: id(1),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(1),
+            seq: 1,
+        },
+    });
+    let out = h.handle(Input::Rtc {
+        peer: id(1),
+        event: negotiation::Input::ChannelOpen,
+    });
+    assert_eq!(
+        Harness::events(&out),
+        ["Connected", "PeerDiscovered"],
+        "{out:?}"
+    );
+    let peer = &h.core.state().peers[&id(1)];
+    assert_eq!(peer.addresses[0], "10.77.0.20".parse::<IpAddr>().unwrap());
+    assert_eq!(peer.port, 4001);
 }
 
 fn sdp_with_fingerprint(id_bytes: u8) -> String {
@@ -722,6 +927,7 @@ fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
         }),
         now,
     );
+    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
     let out = h.handle(Input::Signal {
         conn: 1,
         peer: id(2),

@@ -24,7 +24,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::wire::{MAX_CHUNK, MIN_CHUNK, Message};
+use super::wire::{MAX_CHUNK, MIN_CHUNK, Message, RejectCode};
 use super::{StartInfo, chunk_count, chunk_len, chunk_offset};
 use crate::core::{Event, Side};
 
@@ -50,6 +50,17 @@ pub enum RejectReason {
     /// A `start` for a transfer this receiver cancelled (spec 4).
     #[error("cancelled")]
     Cancelled,
+}
+
+impl RejectReason {
+    /// The wire `code` of this reason (spec 4).
+    pub fn code(&self) -> RejectCode {
+        match self {
+            RejectReason::ChunkSize { .. } | RejectReason::ChunkCount { .. } => RejectCode::Size,
+            RejectReason::Mismatch => RejectCode::Mismatch,
+            RejectReason::Cancelled => RejectCode::Cancelled,
+        }
+    }
 }
 
 /// Checks that `size`, `chunk_size` and `chunks` agree (spec 4). Names, free space and policy
@@ -620,6 +631,7 @@ impl Receiver {
         self.send(Message::Reject {
             id: self.info.id,
             reason,
+            code: Some(RejectCode::NoSpace),
         });
     }
 

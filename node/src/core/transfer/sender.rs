@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Instant;
 
-use super::wire::{MAX_CHUNK, MIN_CHUNK, Message};
+use super::wire::{MAX_CHUNK, MIN_CHUNK, Message, RejectCode};
 use super::{chunk_count, chunk_len, chunk_offset};
 use crate::core::{Event, Side, TransferId};
 
@@ -45,6 +45,7 @@ pub enum SendInput {
     },
     Reject {
         reason: String,
+        code: Option<RejectCode>,
     },
     /// The shell read chunk `index` (after a `Read`) and hashed it.
     ChunkRead {
@@ -93,7 +94,7 @@ impl SendInput {
                 start_chunk,
                 window,
             }),
-            Message::Reject { reason, .. } => Some(Self::Reject { reason }),
+            Message::Reject { reason, code, .. } => Some(Self::Reject { reason, code }),
             Message::Progress { next, .. } => Some(Self::Progress { next }),
             Message::Resend { index, .. } => Some(Self::Resend { index }),
             Message::Done { ok, reason, .. } => Some(Self::Done { ok, reason }),
@@ -263,10 +264,11 @@ impl Sender {
                 start_chunk,
                 window,
             } => self.on_accept(start_chunk, window),
-            SendInput::Reject { reason } => match self.phase {
+            SendInput::Reject { reason, code } => match self.phase {
                 // The receiver's disk is full, at `start` or mid-transfer: pause; the node
-                // sends `start` again later and the receiver resumes from what it holds.
-                Phase::Starting | Phase::Sending if super::is_no_space(&reason) => {
+                // sends `start` again later and the receiver resumes from what it holds. The
+                // code says so, never the reason text (spec 4).
+                Phase::Starting | Phase::Sending if code == Some(RejectCode::NoSpace) => {
                     self.phase = Phase::Finished;
                     self.record(Event::TransferPaused {
                         id: self.info.id,
@@ -541,7 +543,11 @@ impl fmt::Debug for SendInput {
                 .field("start_chunk", start_chunk)
                 .field("window", window)
                 .finish(),
-            Self::Reject { reason } => f.debug_struct("Reject").field("reason", reason).finish(),
+            Self::Reject { reason, code } => f
+                .debug_struct("Reject")
+                .field("reason", reason)
+                .field("code", code)
+                .finish(),
             Self::ChunkRead {
                 index,
                 data,

@@ -53,6 +53,9 @@ pub enum Message {
     Reject {
         id: TransferId,
         reason: String,
+        /// Why, for programs (spec 4); `None` from a peer that sends none, or a code this
+        /// node does not know (forward compatibility).
+        code: Option<RejectCode>,
     },
     Chunk {
         id: TransferId,
@@ -168,10 +171,11 @@ impl fmt::Debug for Message {
                 .field("start_chunk", start_chunk)
                 .field("window", window)
                 .finish(),
-            Message::Reject { id, reason } => f
+            Message::Reject { id, reason, code } => f
                 .debug_struct("Reject")
                 .field("id", id)
                 .field("reason", reason)
+                .field("code", code)
                 .finish(),
             Message::Progress { id, next } => f
                 .debug_struct("Progress")
@@ -218,6 +222,84 @@ pub enum WireError {
     },
     #[error("message of {len} bytes is over the limit of {max}")]
     TooLarge { len: usize, max: usize },
+    /// A known kind whose `id` is readable but another key is missing or mistyped: answered
+    /// with `reject` `code: "invalid"` rather than closing the channel (spec 4).
+    #[error("{error}")]
+    Invalid {
+        id: TransferId,
+        error: Box<WireError>,
+    },
+}
+
+impl WireError {
+    /// The transfer a malformed message names, when its `id` could be read.
+    pub fn readable_id(&self) -> Option<TransferId> {
+        match self {
+            WireError::Invalid { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// What is wrong, without the transfer it concerns.
+    pub fn into_cause(self) -> WireError {
+        match self {
+            WireError::Invalid { error, .. } => *error,
+            other => other,
+        }
+    }
+}
+
+/// The `code` of a `reject` (spec 4). `reason` is for humans and never parsed; programs
+/// (the sender's pause on a full disk) look at this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectCode {
+    /// The name is refused (its form, or a symbolic link on the way).
+    Name,
+    /// `size`, `chunk_size` and `chunks` disagree, or are out of bounds.
+    Size,
+    /// A resumed `start` differs from the first.
+    Mismatch,
+    /// The receiver cancelled this transfer.
+    Cancelled,
+    /// The receiver finished this transfer otherwise (failed or refused before).
+    Finished,
+    /// The receiver's policy declined the file.
+    Policy,
+    /// The receiver's disk is full: the sender pauses and asks again later.
+    NoSpace,
+    /// The message was malformed (a key missing or of the wrong type).
+    Invalid,
+}
+
+impl RejectCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::Name => "name",
+            RejectCode::Size => "size",
+            RejectCode::Mismatch => "mismatch",
+            RejectCode::Cancelled => "cancelled",
+            RejectCode::Finished => "finished",
+            RejectCode::Policy => "policy",
+            RejectCode::NoSpace => "no_space",
+            RejectCode::Invalid => "invalid",
+        }
+    }
+
+    /// The code a wire string names; `None` for one this node does not know.
+    pub fn from_wire(code: &str) -> Option<Self> {
+        [
+            RejectCode::Name,
+            RejectCode::Size,
+            RejectCode::Mismatch,
+            RejectCode::Cancelled,
+            RejectCode::Finished,
+            RejectCode::Policy,
+            RejectCode::NoSpace,
+            RejectCode::Invalid,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == code)
+    }
 }
 
 /// The `chunk_size` a sender uses towards a peer whose SDP advertised `max_message_size`
@@ -286,11 +368,14 @@ pub fn encode(message: &Message) -> Vec<u8> {
             out.key("start_chunk").uint(*start_chunk);
             out.key("window").uint(u64::from(*window));
         }
-        Message::Reject { id, reason } => {
-            out.map(3);
+        Message::Reject { id, reason, code } => {
+            out.map(3 + usize::from(code.is_some()));
             out.kind("reject");
             out.id(id);
             out.key("reason").text(reason);
+            if let Some(code) = code {
+                out.key("code").text(code.as_str());
+            }
         }
         Message::Chunk {
             id,
@@ -547,7 +632,7 @@ impl<'de> Deserialize<'de> for Field {
     }
 }
 
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 18] = [
     "t",
     "id",
     "name",
@@ -565,6 +650,7 @@ const KEYS: [&str; 17] = [
     "data",
     "next",
     "ok",
+    "code",
 ];
 
 /// A map key: one of `KEYS` (by position) or something to skip.
@@ -828,7 +914,18 @@ impl Raw {
         }
         let mut f = Fields { kind, raw: self };
         let id = f.id()?;
-        let message = match kind {
+        f.message(id).map(Some).map_err(|error| WireError::Invalid {
+            id,
+            error: Box::new(error),
+        })
+    }
+}
+
+impl Fields {
+    /// The message of `self.kind` about transfer `id`, from the remaining keys.
+    fn message(&mut self, id: TransferId) -> Result<Message, WireError> {
+        let f = self;
+        let message = match f.kind {
             "start" => Message::Start {
                 id,
                 name: f.text("name")?,
@@ -848,6 +945,10 @@ impl Raw {
             "reject" => Message::Reject {
                 id,
                 reason: f.text("reason")?,
+                code: f
+                    .opt_text("code")?
+                    .as_deref()
+                    .and_then(RejectCode::from_wire),
             },
             "chunk" => Message::Chunk {
                 id,
@@ -877,7 +978,7 @@ impl Raw {
                 reason: f.text("reason")?,
             },
         };
-        Ok(Some(message))
+        Ok(message)
     }
 }
 

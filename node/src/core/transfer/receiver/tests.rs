@@ -1110,7 +1110,11 @@ fn a_full_disk_pauses_and_keeps_the_part() {
                 id: ID,
                 reason: reason.clone()
             }),
-            send(Message::Reject { id: ID, reason }),
+            send(Message::Reject {
+                id: ID,
+                reason,
+                code: Some(crate::core::transfer::wire::RejectCode::NoSpace)
+            }),
         ],
         "no DeletePart: the durable prefix is what the resume starts from"
     );

@@ -4,6 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::core::transfer::wire::RejectCode;
 
 const ID: TransferId = TransferId([3; 16]);
 const CHUNK: u32 = 1024;
@@ -506,6 +507,7 @@ fn a_reject_ends_the_transfer() {
     s.handle(
         SendInput::Reject {
             reason: "policy: no executables".into(),
+            code: Some(RejectCode::Policy),
         },
         now(),
     );
@@ -522,6 +524,7 @@ fn a_reject_ends_the_transfer() {
     s.handle(
         SendInput::Reject {
             reason: "late".into(),
+            code: None,
         },
         now(),
     );
@@ -631,6 +634,7 @@ fn an_unanswered_cancel_is_sent_again_after_reconnecting() {
     s.handle(
         SendInput::Reject {
             reason: "cancelled".into(),
+            code: Some(RejectCode::Cancelled),
         },
         now(),
     );
@@ -884,6 +888,7 @@ fn a_no_space_reject_pauses_at_start_and_mid_transfer() {
     s.handle(
         SendInput::Reject {
             reason: full.clone(),
+            code: Some(RejectCode::NoSpace),
         },
         now(),
     );
@@ -903,6 +908,7 @@ fn a_no_space_reject_pauses_at_start_and_mid_transfer() {
     s.handle(
         SendInput::Reject {
             reason: full.clone(),
+            code: Some(RejectCode::NoSpace),
         },
         now(),
     );

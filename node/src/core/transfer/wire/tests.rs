@@ -37,6 +37,7 @@ fn every_kind() -> Vec<Message> {
         Message::Reject {
             id: ID,
             reason: "mismatch".into(),
+            code: Some(RejectCode::Mismatch),
         },
         Message::Chunk {
             id: ID,
@@ -72,6 +73,11 @@ fn every_kind() -> Vec<Message> {
         Message::Cancel {
             id: ID,
             reason: "operator".into(),
+        },
+        Message::Reject {
+            id: ID,
+            reason: "a peer that sends no code".into(),
+            code: None,
         },
     ]
 }
@@ -131,7 +137,7 @@ fn every_kind_round_trips() {
 
 #[test]
 fn keys_are_the_spec_names_and_t_is_the_kind() {
-    let expected: [(&str, &[&str]); 12] = [
+    let expected: [(&str, &[&str]); 13] = [
         (
             "start",
             &[
@@ -162,7 +168,7 @@ fn keys_are_the_spec_names_and_t_is_the_kind() {
             ],
         ),
         ("accept", &["t", "id", "start_chunk", "window"]),
-        ("reject", &["t", "id", "reason"]),
+        ("reject", &["t", "id", "reason", "code"]),
         ("chunk", &["t", "id", "index", "sha256", "data"]),
         ("chunk", &["t", "id", "index", "sha256", "data"]),
         ("progress", &["t", "id", "next"]),
@@ -171,6 +177,7 @@ fn keys_are_the_spec_names_and_t_is_the_kind() {
         ("done", &["t", "id", "ok"]),
         ("done", &["t", "id", "ok", "reason"]),
         ("cancel", &["t", "id", "reason"]),
+        ("reject", &["t", "id", "reason"]),
     ];
     for (message, (kind, keys)) in every_kind().iter().zip(expected) {
         let map = map_of(&value_of(&encode(message)));
@@ -288,7 +295,11 @@ fn missing_keys_are_errors() {
     for message in every_kind() {
         let map = map_of(&value_of(&encode(&message)));
         for (key, _) in &map {
-            if key == "mode" || key == "mtime" || (key == "reason" && message.kind() == "done") {
+            if key == "mode"
+                || key == "mtime"
+                || key == "code"
+                || (key == "reason" && message.kind() == "done")
+            {
                 // Optional keys: absent is fine.
                 let decoded = decode_edited(&message, |e| remove(e, key))
                     .unwrap()
@@ -297,6 +308,15 @@ fn missing_keys_are_errors() {
                 continue;
             }
             let result = decode_edited(&message, |e| remove(e, key));
+            if key != "t" && key != "id" {
+                // The id is readable: the receiver can answer `reject` `invalid` (spec 4).
+                assert_eq!(
+                    result.as_ref().map_err(WireError::readable_id).err(),
+                    Some(Some(ID)),
+                    "{message:?} without {key}"
+                );
+            }
+            let result = result.map_err(WireError::into_cause);
             let expected_kind = if key == "t" {
                 "message"
             } else {
@@ -315,7 +335,8 @@ fn missing_keys_are_errors() {
 fn mistyped_values_are_errors() {
     let all = every_kind();
     let bad = |message: &Message, key: &str, value: Value| {
-        let result = decode_edited(message, |e| set(e, key, value.clone()));
+        let result =
+            decode_edited(message, |e| set(e, key, value.clone())).map_err(WireError::into_cause);
         assert!(
             matches!(result, Err(WireError::BadValue { key: k, .. }) if k == key),
             "{key} = {value:?}: {result:?}"

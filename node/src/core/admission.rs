@@ -1,0 +1,463 @@
+//! The one admission point for what unauthenticated hosts say (spec 3.4): signaling
+//! connections, `hello`s, mDNS announcements and offers from devices the node does not trust.
+//!
+//! Anyone on the LAN can open connections and claim device ids, so everything they can make the
+//! node hold or record is bounded here, whatever their rate:
+//! - new signaling connections per source address ([`ConnectionBudgets`], asked by the accept
+//!   loop before a connection is served);
+//! - new untrusted device ids per source address, and at most [`Limits::max_untrusted`] held at
+//!   once (the oldest is evicted);
+//! - journaling: a sighting of an untrusted device is recorded at most once per
+//!   [`Limits::journal_every`]; the rest are dropped and counted.
+//!
+//! Sans-IO: time comes in as `now`, nothing here reads a clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::DeviceId;
+
+/// Untrusted devices held at once, in memory and in the journal's state.
+pub const MAX_UNTRUSTED: usize = 1024;
+
+/// The bounds, with the defaults README.md's Limits table lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Untrusted devices held at once; a new one evicts the oldest.
+    pub max_untrusted: usize,
+    /// New signaling connections one address may open at once...
+    pub connection_burst: u32,
+    /// ...and then one per this interval.
+    pub connection_every: Duration,
+    /// New untrusted device ids one address may introduce at once...
+    pub new_id_burst: u32,
+    /// ...and then one per this interval.
+    pub new_id_every: Duration,
+    /// An untrusted device's sightings are journaled at most once per this interval.
+    pub journal_every: Duration,
+    /// Source addresses whose budgets are remembered; the least recently used is forgotten.
+    pub max_addresses: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_untrusted: MAX_UNTRUSTED,
+            connection_burst: 64,
+            connection_every: Duration::from_millis(50),
+            new_id_burst: 32,
+            new_id_every: Duration::from_secs(10),
+            journal_every: Duration::from_secs(3600),
+            max_addresses: 4096,
+        }
+    }
+}
+
+/// A token bucket: `burst` at once, then one token per `every`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: u32,
+    /// When the bucket last gained a token (or was created).
+    refilled_at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: u32, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            refilled_at: now,
+        }
+    }
+
+    fn take(&mut self, burst: u32, every: Duration, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        let every_ns = every.as_nanos().max(1);
+        let gained = elapsed.as_nanos() / every_ns;
+        if gained > 0 {
+            let gained_u32 = u32::try_from(gained).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(gained_u32).min(burst);
+            // Keep the remainder so a steady rate is not rounded down.
+            let used = every.saturating_mul(gained_u32);
+            self.refilled_at = if self.tokens == burst {
+                now
+            } else {
+                self.refilled_at + used
+            };
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// Per-address buckets, bounded in number (least recently used forgotten).
+#[derive(Debug)]
+struct PerAddress {
+    buckets: HashMap<IpAddr, (Bucket, Instant)>,
+    max: usize,
+}
+
+impl PerAddress {
+    fn new(max: usize) -> Self {
+        Self {
+            buckets: HashMap::new(),
+            max: max.max(1),
+        }
+    }
+
+    fn take(&mut self, ip: IpAddr, burst: u32, every: Duration, now: Instant) -> bool {
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max {
+            // Forget the address used least recently; a forgotten address starts full again,
+            // which costs at most one burst per eviction.
+            if let Some(oldest) = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(ip, _)| *ip)
+            {
+                self.buckets.remove(&oldest);
+            }
+        }
+        let (bucket, used) = self
+            .buckets
+            .entry(ip)
+            .or_insert_with(|| (Bucket::full(burst, now), now));
+        *used = now;
+        bucket.take(burst, every, now)
+    }
+}
+
+/// The per-address budget of new signaling connections. The accept loop asks it before it
+/// serves a connection; a refused one is closed without reading a byte.
+#[derive(Debug)]
+pub struct ConnectionBudgets {
+    limits: Limits,
+    per_address: PerAddress,
+    refused: u64,
+}
+
+impl ConnectionBudgets {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            per_address: PerAddress::new(limits.max_addresses),
+            refused: 0,
+        }
+    }
+
+    /// May `from` open one more signaling connection now?
+    pub fn admit(&mut self, from: IpAddr, now: Instant) -> bool {
+        let ok = self.per_address.take(
+            from,
+            self.limits.connection_burst,
+            self.limits.connection_every,
+            now,
+        );
+        if !ok {
+            self.refused += 1;
+        }
+        ok
+    }
+
+    /// Connections refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+}
+
+/// What to do with one sighting of an untrusted device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Held; it may be journaled now (call [`Admission::journaled`] when it is).
+    Record,
+    /// Held, and journaled within the interval: update nothing durable.
+    Quiet,
+    /// Not admitted (its address introduced too many new ids lately): dropped and counted.
+    Dropped,
+}
+
+/// Counters of what was dropped, for the operator and for tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Sightings of devices that were not admitted.
+    pub devices: u64,
+    /// Sightings of held devices not journaled (within the interval).
+    pub sightings: u64,
+    /// Held devices evicted to make room for newer ones.
+    pub evicted: u64,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// When a sighting of it was last journaled (`None`: never).
+    journaled_at: Option<Instant>,
+}
+
+/// Untrusted devices held in memory, and the per-address budget of new ones.
+#[derive(Debug)]
+pub struct Admission {
+    limits: Limits,
+    held: HashMap<DeviceId, Held>,
+    /// Held devices, oldest admitted first (may name devices already removed: skipped).
+    order: VecDeque<DeviceId>,
+    new_ids: PerAddress,
+    dropped: Dropped,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            held: HashMap::new(),
+            order: VecDeque::new(),
+            new_ids: PerAddress::new(limits.max_addresses),
+            dropped: Dropped::default(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Holds a device the node already knows of (from its journal), without spending any
+    /// address's budget; journaled already, so it counts as recorded at `now`.
+    pub fn hold_known(&mut self, id: DeviceId, now: Instant) {
+        if self.held.contains_key(&id) {
+            return;
+        }
+        self.make_room();
+        self.held.insert(
+            id.clone(),
+            Held {
+                journaled_at: Some(now),
+            },
+        );
+        self.order.push_back(id);
+    }
+
+    /// One sighting of the untrusted device `id`, coming from `from` (the source address of
+    /// a connection, the announced address of an mDNS record). A device not held yet spends
+    /// one of `from`'s new-id budget; `operator` (the operator asked for this dial) bypasses it.
+    pub fn sighting(
+        &mut self,
+        id: &DeviceId,
+        from: Option<IpAddr>,
+        operator: bool,
+        now: Instant,
+    ) -> Verdict {
+        if let Some(held) = self.held.get(id) {
+            let due = operator
+                || held.journaled_at.is_none_or(|at| {
+                    now.saturating_duration_since(at) >= self.limits.journal_every
+                });
+            if due {
+                return Verdict::Record;
+            }
+            self.dropped.sightings += 1;
+            return Verdict::Quiet;
+        }
+        let within_budget = operator
+            || from.is_none_or(|ip| {
+                self.new_ids
+                    .take(ip, self.limits.new_id_burst, self.limits.new_id_every, now)
+            });
+        if !within_budget {
+            self.dropped.devices += 1;
+            return Verdict::Dropped;
+        }
+        self.make_room();
+        self.held.insert(id.clone(), Held { journaled_at: None });
+        self.order.push_back(id.clone());
+        Verdict::Record
+    }
+
+    /// A sighting of `id` was journaled at `now`.
+    pub fn journaled(&mut self, id: &DeviceId, now: Instant) {
+        if let Some(held) = self.held.get_mut(id) {
+            held.journaled_at = Some(now);
+        }
+    }
+
+    /// Is `id` held (admitted and not evicted)?
+    pub fn holds(&self, id: &DeviceId) -> bool {
+        self.held.contains_key(id)
+    }
+
+    /// `id` became trusted (or was removed): it no longer counts against the bound.
+    pub fn forget(&mut self, id: &DeviceId) {
+        self.held.remove(id);
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn dropped(&self) -> Dropped {
+        self.dropped
+    }
+
+    /// Evicts the oldest held devices until one more fits.
+    fn make_room(&mut self) {
+        while self.held.len() >= self.limits.max_untrusted.max(1) {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.held.remove(&oldest).is_some() {
+                self.dropped.evicted += 1;
+            }
+        }
+        // `order` may hold ids removed by `forget`; keep it from growing past the bound.
+        if self.order.len() > 2 * self.limits.max_untrusted.max(1) {
+            let held = &self.held;
+            self.order.retain(|id| held.contains_key(id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Tests pick an arbitrary epoch for virtual time; the module itself never reads the clock.
+    #![allow(clippy::disallowed_methods)]
+
+    use super::*;
+
+    fn id(n: u32) -> DeviceId {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        DeviceId::from_sha256(&bytes)
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 77, 0, last])
+    }
+
+    #[test]
+    fn connections_from_one_address_get_a_burst_then_a_steady_rate() {
+        let t0 = Instant::now();
+        let limits = Limits::default();
+        let mut budgets = ConnectionBudgets::new(limits);
+        let admitted = (0..10_000).filter(|_| budgets.admit(ip(1), t0)).count();
+        assert_eq!(admitted, limits.connection_burst as usize);
+        assert_eq!(budgets.refused(), 10_000 - admitted as u64);
+        // Another address is not affected.
+        assert!(budgets.admit(ip(2), t0));
+        // One second later: 1 s / 50 ms = 20 more.
+        let later = t0 + Duration::from_secs(1);
+        let admitted = (0..1000).filter(|_| budgets.admit(ip(1), later)).count();
+        assert_eq!(admitted, 20);
+        // Idle for long: the burst again, never more.
+        let much_later = t0 + Duration::from_secs(3600);
+        let admitted = (0..1000)
+            .filter(|_| budgets.admit(ip(1), much_later))
+            .count();
+        assert_eq!(admitted, limits.connection_burst as usize);
+    }
+
+    #[test]
+    fn a_flood_of_random_ids_from_one_address_admits_a_burst_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut admission = Admission::default();
+        let mut recorded = 0;
+        for n in 0..110_000 {
+            // 110,000 hellos over 11 s.
+            let now = t0 + Duration::from_micros(100 * u64::from(n));
+            match admission.sighting(&id(n), Some(ip(9)), false, now) {
+                Verdict::Record => {
+                    admission.journaled(&id(n), now);
+                    recorded += 1;
+                }
+                Verdict::Quiet => panic!("every id is new"),
+                Verdict::Dropped => {}
+            }
+        }
+        // The burst, plus one per 10 s of the 11 s.
+        assert_eq!(recorded, 33);
+        assert_eq!(admission.held(), 33);
+        assert_eq!(admission.dropped().devices, 110_000 - 33);
+        // Another host still gets in.
+        assert_eq!(
+            admission.sighting(&id(999_999), Some(ip(10)), false, t0),
+            Verdict::Record
+        );
+    }
+
+    #[test]
+    fn a_held_device_is_journaled_at_most_once_an_hour() {
+        let t0 = Instant::now();
+        let mut admission = Admission::default();
+        assert_eq!(
+            admission.sighting(&id(1), Some(ip(1)), false, t0),
+            Verdict::Record
+        );
+        admission.journaled(&id(1), t0);
+        for s in 1..3600 {
+            let now = t0 + Duration::from_secs(s);
+            assert_eq!(
+                admission.sighting(&id(1), Some(ip(1)), false, now),
+                Verdict::Quiet
+            );
+        }
+        assert_eq!(admission.dropped().sightings, 3599);
+        let hour = t0 + Duration::from_secs(3600);
+        assert_eq!(
+            admission.sighting(&id(1), Some(ip(1)), false, hour),
+            Verdict::Record
+        );
+        // The operator's own dial is always recorded.
+        admission.journaled(&id(1), hour);
+        assert_eq!(
+            admission.sighting(&id(1), Some(ip(1)), true, hour),
+            Verdict::Record
+        );
+    }
+
+    #[test]
+    fn at_most_max_untrusted_are_held_and_the_oldest_goes_first() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_untrusted: 4,
+            ..Limits::default()
+        };
+        let mut admission = Admission::new(limits);
+        for n in 0..6u8 {
+            // Each from its own address: within every budget.
+            let verdict = admission.sighting(&id(u32::from(n)), Some(ip(n)), false, t0);
+            assert_eq!(verdict, Verdict::Record);
+        }
+        assert_eq!(admission.held(), 4);
+        assert_eq!(admission.dropped().evicted, 2);
+        assert!(!admission.holds(&id(0)) && !admission.holds(&id(1)));
+        assert!((2..6).all(|n| admission.holds(&id(n))));
+        // A trusted device leaves the bound; the order queue stays bounded under churn.
+        admission.forget(&id(2));
+        assert_eq!(admission.held(), 3);
+        for n in 100..10_000u32 {
+            admission.sighting(&id(n), None, false, t0);
+        }
+        assert_eq!(admission.held(), 4);
+        assert!(admission.order.len() <= 8);
+    }
+
+    #[test]
+    fn remembered_addresses_are_bounded() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_addresses: 16,
+            ..Limits::default()
+        };
+        let mut budgets = ConnectionBudgets::new(limits);
+        for n in 0..=255u8 {
+            budgets.admit(ip(n), t0);
+        }
+        assert_eq!(budgets.per_address.buckets.len(), 16);
+    }
+}
