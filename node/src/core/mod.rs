@@ -8,6 +8,7 @@
 pub mod device;
 pub mod discovery;
 pub mod event;
+pub mod link;
 pub mod names;
 pub mod negotiation;
 pub mod node;
