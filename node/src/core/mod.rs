@@ -9,6 +9,7 @@ pub mod admission;
 pub mod device;
 pub mod discovery;
 pub mod event;
+pub mod link;
 pub mod names;
 pub mod negotiation;
 pub mod node;

@@ -4,7 +4,7 @@
 
 use super::DeviceId;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FingerprintError {
     #[error("the SDP has no a=fingerprint:sha-256 line")]
     Missing,

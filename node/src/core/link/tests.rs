@@ -1,0 +1,506 @@
+//! Two links over the simulated network, in virtual time, with a bounded drive loop.
+#![allow(clippy::disallowed_methods)] // one real `Instant::now()` as the virtual epoch
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng, rngs::StdRng};
+use sha2::{Digest, Sha256};
+
+use super::sim::{Conditions, SimNet};
+use super::*;
+
+fn certificate() -> rtc_dtls::crypto::Certificate {
+    let provider = rtc_crypto::default_provider().unwrap();
+    rtc_dtls::crypto::Certificate::generate_self_signed(
+        vec!["fsnode".to_owned()],
+        provider.crypto(),
+    )
+    .unwrap()
+}
+
+fn device_id(certificate: &rtc_dtls::crypto::Certificate) -> DeviceId {
+    DeviceId::from_certificate_der(certificate.certificate[0].as_ref())
+}
+
+const A_ADDR: &str = "10.77.0.1:40001";
+const B_ADDR: &str = "10.77.0.2:40002";
+
+fn config(own: &rtc_dtls::crypto::Certificate, peer: DeviceId, addr: &str, seed: u8) -> LinkConfig {
+    LinkConfig {
+        certificate: own.clone(),
+        peer,
+        local_addrs: vec![addr.parse().unwrap()],
+        path_max_datagram: 1472,
+        advertise_max_datagram: None,
+        max_message_size: MAX_MESSAGE_SIZE,
+        sctp: SctpTuning::default(),
+        seed: [seed; 32],
+    }
+}
+
+/// One side of the drive loop.
+struct Side {
+    link: Link,
+    addr: SocketAddr,
+    timeout: Instant,
+    candidates: Vec<Candidate>,
+    opened_at: Option<Instant>,
+    authenticated: bool,
+    lost: Option<(LinkError, Instant)>,
+    received: Vec<Vec<u8>>,
+    received_bytes: usize,
+    hasher: Sha256,
+    /// Keep messages (small tests) or only hash them (bulk).
+    keep_messages: bool,
+}
+
+impl Side {
+    fn new(link: Link, addr: &str, now: Instant) -> Self {
+        Self {
+            link,
+            addr: addr.parse().unwrap(),
+            timeout: now,
+            candidates: Vec::new(),
+            opened_at: None,
+            authenticated: false,
+            lost: None,
+            received: Vec::new(),
+            received_bytes: 0,
+            hasher: Sha256::new(),
+            keep_messages: true,
+        }
+    }
+
+    /// Drains the link's outputs into the network and this side's records.
+    fn drain(&mut self, net: &mut SimNet, now: Instant) {
+        loop {
+            match self.link.poll_output() {
+                Output::Transmit(t) => {
+                    assert_eq!(t.from, self.addr, "sent from a socket it was not given");
+                    net.send(t, now);
+                }
+                Output::Event(Event::LocalCandidate(c)) => self.candidates.push(c),
+                Output::Event(Event::Authenticated) => self.authenticated = true,
+                Output::Event(Event::ChannelOpen) => self.opened_at = Some(now),
+                Output::Event(Event::Message(m)) => {
+                    self.received_bytes += m.len();
+                    self.hasher.update(&m);
+                    if self.keep_messages {
+                        self.received.push(m);
+                    }
+                }
+                Output::Event(Event::Lost(e)) => self.lost = Some((e, now)),
+                Output::Timeout(t) => {
+                    self.timeout = t;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct World {
+    /// When the descriptions were exchanged.
+    start: Instant,
+    now: Instant,
+    net: SimNet,
+    a: Side,
+    b: Side,
+    steps: u64,
+}
+
+/// Offers from A, answers from B, candidates trickled both ways: the signaling that
+/// negotiation would carry, done at once.
+fn connect_pair(conditions: Conditions, seed: u64) -> World {
+    let ca = certificate();
+    let cb = certificate();
+    let now = Instant::now();
+    let (a, offer) = Link::offer(config(&ca, device_id(&cb), A_ADDR, 1), now).unwrap();
+    let (b, answer) = Link::answer(config(&cb, device_id(&ca), B_ADDR, 2), &offer, now).unwrap();
+    let mut world = World {
+        start: now,
+        now,
+        net: SimNet::new(conditions, seed),
+        a: Side::new(a, A_ADDR, now),
+        b: Side::new(b, B_ADDR, now),
+        steps: 0,
+    };
+    world.a.link.apply_answer(&answer, now).unwrap();
+    world
+}
+
+impl World {
+    /// Runs until `done` holds, at most `limit` of virtual time (and a step bound).
+    fn run(&mut self, limit: Duration, mut done: impl FnMut(&mut World) -> bool) -> bool {
+        let deadline = self.now + limit;
+        loop {
+            self.steps += 1;
+            assert!(self.steps < 20_000_000, "drive loop did not settle");
+            self.a.drain(&mut self.net, self.now);
+            self.b.drain(&mut self.net, self.now);
+            // Trickle: what one side gathered goes to the other.
+            for c in std::mem::take(&mut self.a.candidates) {
+                let _ = self.b.link.add_remote_candidate(&c, self.now);
+            }
+            for c in std::mem::take(&mut self.b.candidates) {
+                let _ = self.a.link.add_remote_candidate(&c, self.now);
+            }
+            if done(self) {
+                return true;
+            }
+            self.a.drain(&mut self.net, self.now);
+            self.b.drain(&mut self.net, self.now);
+            let mut next = self.a.timeout.min(self.b.timeout);
+            if let Some(t) = self.net.next_arrival() {
+                next = next.min(t);
+            }
+            if next > deadline {
+                return false;
+            }
+            self.now = self.now.max(next);
+            while let Some(d) = self.net.pop_due(self.now) {
+                let side = if d.to == self.a.addr {
+                    &mut self.a
+                } else {
+                    &mut self.b
+                };
+                side.link.handle_input(
+                    Input::Datagram {
+                        from: d.from,
+                        to: d.to,
+                        bytes: &d.bytes,
+                    },
+                    self.now,
+                );
+                side.drain(&mut self.net, self.now);
+            }
+            if self.a.timeout <= self.now {
+                self.a.link.handle_input(Input::Timeout, self.now);
+            }
+            if self.b.timeout <= self.now {
+                self.b.link.handle_input(Input::Timeout, self.now);
+            }
+        }
+    }
+
+    fn open(&mut self) {
+        let opened = self.run(Duration::from_secs(10), |w| {
+            w.a.opened_at.is_some() && w.b.opened_at.is_some()
+        });
+        assert!(
+            opened,
+            "not open: a lost {:?}, b lost {:?}",
+            self.a.lost, self.b.lost
+        );
+    }
+}
+
+#[test]
+fn two_links_connect_authenticate_and_exchange_messages() {
+    let mut w = connect_pair(Conditions::gigabit(), 1);
+    w.open();
+    assert!(w.a.authenticated && w.b.authenticated);
+    let elapsed = w.a.opened_at.unwrap().max(w.b.opened_at.unwrap()) - w.start;
+    println!("descriptions to channel open (ICE + DTLS + SCTP), virtual time: {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(100), "{elapsed:?}");
+    // Both directions; an empty message survives as empty (PPID 57).
+    let now = w.now;
+    w.a.link.send(b"hello", now).unwrap();
+    w.a.link.send(b"", now).unwrap();
+    w.b.link.send(&vec![7u8; 200_000], now).unwrap();
+    assert!(w.run(Duration::from_secs(5), |w| w.b.received.len() == 2
+        && w.a.received.len() == 1));
+    assert_eq!(w.b.received, vec![b"hello".to_vec(), Vec::new()]);
+    assert_eq!(w.a.received[0], vec![7u8; 200_000]);
+    // Both fsnode ends offer RFC 9653 zero checksum over DTLS, so it is in use.
+    assert!(w.a.link.uses_zero_checksum() && w.b.link.uses_zero_checksum());
+    assert_eq!(w.a.link.sctp_mtu(), 1472 - DTLS_RECORD_OVERHEAD);
+    // Candidates carried the data m-line's mid and index (spec 3.2).
+    assert!(w.a.lost.is_none() && w.b.lost.is_none());
+}
+
+#[test]
+fn candidates_name_the_mid_and_only_the_given_addresses() {
+    let ca = certificate();
+    let cb = certificate();
+    let now = Instant::now();
+    let (mut a, offer) = Link::offer(config(&ca, device_id(&cb), A_ADDR, 1), now).unwrap();
+    let mut candidates = Vec::new();
+    while let Output::Event(Event::LocalCandidate(c)) = a.poll_output() {
+        candidates.push(c);
+    }
+    assert_eq!(candidates.len(), 2, "{candidates:?}");
+    assert!(candidates[0].candidate.starts_with("candidate:"));
+    assert!(
+        candidates[0]
+            .candidate
+            .contains(" 10.77.0.1 40001 typ host")
+    );
+    assert_eq!(candidates[1].candidate, "", "end of candidates");
+    for c in &candidates {
+        assert_eq!(c.sdp_mid.as_deref(), Some("0"));
+        assert_eq!(c.sdp_mline_index, Some(0));
+    }
+    assert!(!offer.contains(".local"));
+    // The offer's fingerprint is our device id (spec 1).
+    assert_eq!(
+        crate::core::sdp::sha256_fingerprints(&offer).unwrap(),
+        vec![device_id(&ca)]
+    );
+    // A bad or mDNS candidate is an error for the log, not a panic.
+    let (mut b, _) = Link::answer(config(&cb, device_id(&ca), B_ADDR, 2), &offer, now).unwrap();
+    for bad in [
+        "candidate:x",
+        "candidate:1 1 udp 1 host.local 9 typ host",
+        "🙂",
+    ] {
+        let bad = Candidate {
+            candidate: bad.into(),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        };
+        assert!(b.add_remote_candidate(&bad, now).is_err());
+    }
+}
+
+#[test]
+fn same_seeds_give_the_same_descriptions() {
+    let ca = certificate();
+    let cb = certificate();
+    let now = Instant::now();
+    let (_, one) = Link::offer(config(&ca, device_id(&cb), A_ADDR, 9), now).unwrap();
+    let (_, two) = Link::offer(config(&ca, device_id(&cb), A_ADDR, 9), now).unwrap();
+    let (_, three) = Link::offer(config(&ca, device_id(&cb), A_ADDR, 10), now).unwrap();
+    assert_eq!(one, two);
+    assert_ne!(one, three);
+}
+
+#[test]
+fn a_description_naming_another_device_is_refused() {
+    let ca = certificate();
+    let cb = certificate();
+    let stranger = certificate();
+    let now = Instant::now();
+    let (_, offer) = Link::offer(config(&ca, device_id(&cb), A_ADDR, 1), now).unwrap();
+    let refused = Link::answer(config(&cb, device_id(&stranger), B_ADDR, 2), &offer, now);
+    assert_eq!(
+        refused.err(),
+        Some(LinkError::DescriptionFingerprint {
+            expected: device_id(&stranger),
+            got: device_id(&ca),
+        })
+    );
+}
+
+/// An impostor copies the real device's fingerprint into its offer but holds another key:
+/// DTLS refuses it with a typed error, and nothing opens.
+#[test]
+fn a_dtls_certificate_other_than_the_expected_device_is_a_typed_error() {
+    let real = certificate();
+    let impostor = certificate();
+    let cb = certificate();
+    let now = Instant::now();
+    let (a, offer) = Link::offer(config(&impostor, device_id(&cb), A_ADDR, 1), now).unwrap();
+    let hex = |c: &rtc_dtls::crypto::Certificate| {
+        Sha256::digest(c.certificate[0].as_ref())
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let forged = offer.replace(&hex(&impostor), &hex(&real));
+    assert_ne!(forged, offer);
+    let (b, answer) = Link::answer(config(&cb, device_id(&real), B_ADDR, 2), &forged, now).unwrap();
+    let mut w = World {
+        start: now,
+        now,
+        net: SimNet::new(Conditions::gigabit(), 3),
+        a: Side::new(a, A_ADDR, now),
+        b: Side::new(b, B_ADDR, now),
+        steps: 0,
+    };
+    w.a.link.apply_answer(&answer, now).unwrap();
+    assert!(w.run(Duration::from_secs(10), |w| w.b.lost.is_some()));
+    assert_eq!(
+        w.b.lost.as_ref().map(|(e, _)| e.clone()),
+        Some(LinkError::FingerprintMismatch {
+            expected: device_id(&real),
+            got: device_id(&impostor),
+        })
+    );
+    assert!(w.b.opened_at.is_none() && !w.b.authenticated);
+    assert!(w.a.opened_at.is_none());
+}
+
+/// Moves `total` bytes A -> B in 128 KiB messages of seeded random content; returns the
+/// virtual-time goodput in MB/s from channel open to the last byte.
+fn bulk(conditions: Conditions, seed: u64, total: usize) -> (f64, World) {
+    let mut w = connect_pair(conditions, seed);
+    w.b.keep_messages = false;
+    w.open();
+    let start = w.now;
+    let mut content = StdRng::seed_from_u64(seed);
+    let mut sent = 0usize;
+    let mut sender_hash = Sha256::new();
+    let message = 128 * 1024;
+    let mut pending: Option<Vec<u8>> = None;
+    let finished = w.run(Duration::from_secs(120), |w| {
+        let now = w.now;
+        while sent < total {
+            let chunk = pending.take().unwrap_or_else(|| {
+                let mut chunk = vec![0u8; message.min(total - sent)];
+                content.fill_bytes(&mut chunk);
+                chunk
+            });
+            if w.a.link.buffered_amount() + chunk.len() > 2 * 1024 * 1024 {
+                pending = Some(chunk);
+                break;
+            }
+            match w.a.link.send(&chunk, now) {
+                Ok(()) => {
+                    sender_hash.update(&chunk);
+                    sent += chunk.len();
+                }
+                Err(SendError::ResourceExhaustion) => {
+                    pending = Some(chunk);
+                    break;
+                }
+                Err(e) => panic!("send: {e:?}"),
+            }
+        }
+        w.b.received_bytes >= total || w.a.lost.is_some() || w.b.lost.is_some()
+    });
+    assert!(
+        finished,
+        "stalled at {} of {total} bytes",
+        w.b.received_bytes
+    );
+    assert!(
+        w.a.lost.is_none() && w.b.lost.is_none(),
+        "{:?} {:?}",
+        w.a.lost,
+        w.b.lost
+    );
+    assert_eq!(w.b.received_bytes, total);
+    assert_eq!(
+        std::mem::take(&mut w.b.hasher).finalize(),
+        sender_hash.finalize(),
+        "bytes differ"
+    );
+    let seconds = (w.now - start).as_secs_f64();
+    (total as f64 / seconds / 1e6, w)
+}
+
+#[test]
+fn thirty_two_mib_arrive_byte_identical_at_0_1_and_5_percent_loss() {
+    let total = 32 << 20;
+    for loss in [0.0, 0.01, 0.05] {
+        let conditions = Conditions {
+            loss,
+            ..Conditions::gigabit()
+        };
+        let (goodput, w) = bulk(conditions, 7, total);
+        println!(
+            "link goodput, gigabit 0.2 ms RTT, loss {:.0} % each way: {goodput:.1} MB/s \
+             (virtual time; {} datagrams, {} lost)",
+            loss * 100.0,
+            w.net.stats.sent,
+            w.net.stats.lost
+        );
+        let floor = if loss == 0.0 {
+            80.0
+        } else if loss <= 0.01 {
+            30.0
+        } else {
+            10.0
+        };
+        assert!(goodput > floor, "loss {loss}: {goodput:.1} MB/s");
+    }
+}
+
+#[test]
+fn reordering_and_duplication_do_not_corrupt_or_stall() {
+    let conditions = Conditions {
+        loss: 0.01,
+        duplicate: 0.02,
+        reorder: 0.05,
+        ..Conditions::gigabit()
+    };
+    let (goodput, w) = bulk(conditions, 11, 4 << 20);
+    assert!(w.net.stats.duplicated > 0 && w.net.stats.reordered > 0);
+    println!("link goodput with 1 % loss, 2 % duplication, 5 % reordering: {goodput:.1} MB/s");
+}
+
+/// A cut longer than ICE's consent budget: both ends report the session lost, within the
+/// disconnected timeout (plus a keepalive interval) of the cut.
+#[test]
+fn a_cut_link_is_lost_on_both_sides() {
+    let mut w = connect_pair(Conditions::gigabit(), 5);
+    w.open();
+    let cut_at = w.now;
+    w.net.cut(cut_at, Duration::from_secs(60));
+    assert!(w.run(Duration::from_secs(30), |w| w.a.lost.is_some()
+        && w.b.lost.is_some()));
+    for (error, at) in [w.a.lost.clone().unwrap(), w.b.lost.clone().unwrap()] {
+        assert_eq!(error, LinkError::IceState("disconnected"));
+        let after = at - cut_at;
+        assert!(
+            after <= ICE_DISCONNECTED_TIMEOUT + 2 * ICE_KEEPALIVE_INTERVAL,
+            "{after:?}"
+        );
+    }
+}
+
+/// A short cut mid-transfer (shorter than ICE's budget) only delays the bytes.
+#[test]
+fn a_short_cut_mid_transfer_recovers() {
+    let conditions = Conditions::gigabit();
+    let mut w = connect_pair(conditions, 13);
+    w.b.keep_messages = false;
+    w.open();
+    let now = w.now;
+    w.net
+        .cut(now + Duration::from_millis(5), Duration::from_secs(2));
+    let total = 4 << 20;
+    let mut sent = 0;
+    assert!(w.run(Duration::from_secs(30), |w| {
+        while sent < total && w.a.link.buffered_amount() < 1 << 20 {
+            let now = w.now;
+            w.a.link.send(&[0x42; 65536], now).unwrap();
+            sent += 65536;
+        }
+        w.b.received_bytes >= total
+    }));
+    assert!(w.a.lost.is_none() && w.b.lost.is_none());
+    assert!(w.net.stats.cut > 0);
+}
+
+#[test]
+fn spec5_larger_datagrams_only_when_both_advertise() {
+    let ca = certificate();
+    let cb = certificate();
+    let now = Instant::now();
+    let big = |c: &rtc_dtls::crypto::Certificate, peer, addr, seed, n| LinkConfig {
+        advertise_max_datagram: n,
+        path_max_datagram: 65507,
+        ..config(c, peer, addr, seed)
+    };
+    let (mut a, offer) = Link::offer(big(&ca, device_id(&cb), A_ADDR, 1, Some(9000)), now).unwrap();
+    assert!(offer.contains("a=x-fsnode-max-datagram:9000\r\n"));
+    let (b, answer) = Link::answer(
+        big(&cb, device_id(&ca), B_ADDR, 2, Some(16000)),
+        &offer,
+        now,
+    )
+    .unwrap();
+    a.apply_answer(&answer, now).unwrap();
+    assert_eq!(a.sctp_mtu(), 9000 - DTLS_RECORD_OVERHEAD);
+    assert_eq!(b.sctp_mtu(), 9000 - DTLS_RECORD_OVERHEAD);
+    // Without the peer's attribute: the default size, whatever the path.
+    let (_, plain_answer) =
+        Link::answer(big(&cb, device_id(&ca), B_ADDR, 2, None), &offer, now).unwrap();
+    let (mut a2, _) = Link::offer(big(&ca, device_id(&cb), A_ADDR, 1, Some(9000)), now).unwrap();
+    a2.apply_answer(&plain_answer, now).unwrap();
+    assert_eq!(a2.sctp_mtu(), DEFAULT_MAX_DATAGRAM - DTLS_RECORD_OVERHEAD);
+}
