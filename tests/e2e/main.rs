@@ -6,6 +6,7 @@ mod connection;
 mod discovery;
 mod faults;
 mod foundation;
+mod interop;
 mod plugins;
 mod support;
 mod transfer;

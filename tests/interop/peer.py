@@ -99,8 +99,9 @@ def emit(ev, **fields):
     sys.stdout.flush()
 
 
-def violation(what, **fields):
-    emit("violation", what=what, **fields)
+def violation(section, what, **fields):
+    """fsnode broke a rule of spec `section`."""
+    emit("violation", section=section, what=what, **fields)
 
 
 # --- identity (spec 1) ----------------------------------------------------------------------
@@ -483,13 +484,13 @@ class Transfers:
             start = field(msg, "start_chunk", "u64")
             window = field(msg, "window", "u32")
             if s["state"] in ("done", "rejected", "cancelled"):
-                violation("accept for a transfer that had finished", id=tid, state=s["state"])
+                violation("4", "accept for a transfer that had finished", id=tid, state=s["state"])
                 return
             if s["state"] != "active":
                 return
             chunks = -(-s["size"] // s["chunk_size"])
             if start > chunks:
-                violation("accept.start_chunk beyond the file", id=tid, start_chunk=start)
+                violation("4", "accept.start_chunk beyond the file", id=tid, start_chunk=start)
                 return
             s["start_chunk"] = start
             s["accepted"] = {"next_send": start, "acked": start, "window": max(1, window), "sent": 0}
@@ -519,7 +520,7 @@ class Transfers:
             reason = field(msg, "reason", "text")
             code = field(msg, "code", "text", optional=True)
             if code is not None and code not in REJECT_CODES:
-                violation("reject with an unknown code", id=tid, code=code)
+                violation("4", "reject with an unknown code", id=tid, code=code)
             self.finish_send(tid, "rejected", code=code, reason=reason)
         elif t == "cancel":
             field(msg, "reason", "text")
@@ -630,9 +631,9 @@ class Transfers:
             return
         live = self.live_state(tid)
         if index < live["floor"]:
-            violation("chunk below the accepted start_chunk", id=tid, index=index, start_chunk=live["floor"])
+            violation("4", "chunk below the accepted start_chunk", id=tid, index=index, start_chunk=live["floor"])
         if index >= r["chunks"]:
-            violation("chunk index beyond the file", id=tid, index=index)
+            violation("4", "chunk index beyond the file", id=tid, index=index)
             return
         expected = r["chunk_size"] if index < r["chunks"] - 1 else r["size"] - index * r["chunk_size"]
         if hashlib.sha256(data).digest() != digest or len(data) != expected:
@@ -719,12 +720,12 @@ class Transfers:
     def on_message(self, data):
         """Handles one binary message; returns False when the channel must be closed."""
         if len(data) > LOCAL_MAX_MESSAGE:
-            violation("message over our advertised max-message-size", size=len(data))
+            violation("4", "message over our advertised max-message-size", size=len(data))
             return False
         try:
             msg = decode_message(data)
         except ValueError as e:
-            violation("undecodable message", error=str(e))
+            violation("4", "undecodable message", error=str(e))
             return False
         if not isinstance(msg, dict):
             return True
@@ -735,7 +736,7 @@ class Transfers:
             return True
         raw_id = msg.get("id")
         if not (isinstance(raw_id, bytes) and len(raw_id) == 16):
-            violation("known message without a readable id", t=t)
+            violation("4", "known message without a readable id", t=t)
             return False
         tid = raw_id.hex()
         try:
@@ -748,7 +749,7 @@ class Transfers:
                 if tid in self.recvs:
                     {"chunk": self.on_chunk, "end": self.on_end, "cancel": self.on_cancel_as_receiver}[t](tid, msg)
         except Invalid as e:
-            violation("invalid message", t=t, error=str(e))
+            violation("4", "invalid message", t=t, error=str(e))
             self.reject(tid, "invalid", str(e))
         return True
 
@@ -898,15 +899,15 @@ class Peer:
             line = await asyncio.wait_for(conn.reader.readline(), HELLO_TIMEOUT)
             hello = json.loads(line)
             if not isinstance(hello, dict) or hello.get("type") != "hello":
-                violation("first line is not hello", line=line[:200].decode(errors="replace"))
+                violation("3.1", "first line is not hello", line=line[:200].decode(errors="replace"))
                 return
             if hello.get("v") != 1 or type(hello.get("v")) is not int:
-                violation("hello v is not 1", v=hello.get("v"))
+                violation("3.1", "hello v is not 1", v=hello.get("v"))
             for key in ("id", "name", "device_type"):
                 if not isinstance(hello.get(key), str):
-                    violation("hello without " + key)
+                    violation("3.1", "hello without " + key)
             if not isinstance(hello.get("port"), int):
-                violation("hello without an integer port")
+                violation("3.1", "hello without an integer port")
             if not conn.outbound:
                 conn.send(self.hello())
             remote = self.remote(hello["id"])
@@ -926,7 +927,7 @@ class Peer:
                 try:
                     msg = json.loads(line)
                 except ValueError:
-                    violation("invalid JSON line")
+                    violation("3.1", "invalid JSON line")
                     break
                 if isinstance(msg, dict):
                     await self.on_signal(remote, conn, msg)
@@ -975,16 +976,18 @@ class Peer:
         remote.initiate_task = asyncio.ensure_future(self.initiate_later(remote, why, 0.0))
 
     async def initiate_later(self, remote, why, delay):
-        await asyncio.sleep(delay)
         offers_before = remote.offers_in
+        await asyncio.sleep(delay)
         if self.polite(remote) and not self.hold_first_offer:
             await asyncio.sleep(POLITE_WAIT)
             if remote.offers_in != offers_before:
                 return
+        if remote.offers_in != offers_before:
+            return  # they initiated meanwhile: answering is enough
         if remote.connected or remote.outstanding or remote.making_offer:
             return
-        if remote.session is not None and not remote.session.closed and remote.session.pc.signalingState != "stable":
-            return
+        if remote.session is not None and not remote.session.closed:
+            return  # a session is being negotiated or connecting
         await self.offer(remote, why)
 
     async def offer(self, remote, why):
@@ -1040,7 +1043,7 @@ class Peer:
     def check_fingerprint(self, conn, sdp, kind):
         ids = sha256_fingerprint_ids(sdp)
         if not ids or any(i != conn.remote_id for i in ids):
-            violation(f"{kind} fingerprint does not match the hello id", ids=ids, hello=conn.remote_id)
+            violation("3.4", f"{kind} fingerprint does not match the hello id", ids=ids, hello=conn.remote_id)
             conn.close()
             return False
         return True
@@ -1056,15 +1059,21 @@ class Peer:
         elif kind == "bye":
             emit("bye_in", reason=msg.get("reason"))
             if msg.get("reason") == "unauthorized":
+                # Our offer will not be answered: drop it, wait for them to initiate (spec 3.4).
                 remote.unauthorized = True
                 remote.outstanding = None
+                if remote.retry_task:
+                    remote.retry_task.cancel()
+                if remote.session is not None and not remote.session.open:
+                    session, remote.session = remote.session, None
+                    await session.close()
         elif kind == "hello":
-            violation("a second hello on one connection")
+            violation("3.1", "a second hello on one connection")
 
     async def on_offer(self, remote, conn, msg):
         sdp, seq = msg.get("sdp"), msg.get("seq")
         if not isinstance(sdp, str) or not isinstance(seq, int) or isinstance(seq, bool):
-            violation("offer without a string sdp and an integer seq")
+            violation("3.2", "offer without a string sdp and an integer seq")
             return
         if not self.check_fingerprint(conn, sdp, "offer"):
             return
@@ -1120,7 +1129,7 @@ class Peer:
     async def on_answer(self, remote, conn, msg):
         sdp, seq = msg.get("sdp"), msg.get("seq")
         if not isinstance(sdp, str) or not isinstance(seq, int):
-            violation("answer without a string sdp and an integer seq")
+            violation("3.2", "answer without a string sdp and an integer seq")
             return
         if not self.check_fingerprint(conn, sdp, "answer"):
             return
@@ -1141,12 +1150,12 @@ class Peer:
     async def on_candidate(self, remote, msg):
         cand = msg.get("candidate")
         if not isinstance(cand, str):
-            violation("candidate message without a candidate string")
+            violation("3.2", "candidate message without a candidate string")
             return
         if not isinstance(msg.get("sdpMid"), str) or not isinstance(msg.get("sdpMLineIndex"), int):
             # spec 3.2: MUST carry both; a browser rejects such a candidate, so do we.
-            violation("candidate without sdpMid/sdpMLineIndex", candidate=cand,
-                      keys=sorted(k for k in msg if k != "type"))
+            violation("3.2", "candidate without sdpMid/sdpMLineIndex", candidate=cand,
+                      sdpMid=msg.get("sdpMid", "<absent>"), sdpMLineIndex=msg.get("sdpMLineIndex", "<absent>"))
             return
         session = remote.session
         if session is None or session.closed:
