@@ -553,11 +553,12 @@ fn interop_malformed_known_messages_get_reject_invalid() {
 
 /// Spec 4: a `start` whose `size`, `chunk_size` and `chunks` disagree (or whose chunk size is
 /// out of bounds) is refused; unknown keys, unknown ids, unknown kinds and text messages are
-/// ignored, and the channel stays open throughout.
+/// ignored, and the channel stays open throughout. The peer sends no trickled candidates.
 #[test]
 fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored() {
     let s = Setup::new();
-    let mut peer = s.connected_peer(&[]);
+    // This peer does not trickle: its candidates ride in the SDP (valid, spec 3.3).
+    let mut peer = s.connected_peer(&["--no-trickle"]);
     let mut failures = Vec::new();
     let inconsistent: Vec<(&str, Vec<(&str, Value)>)> = vec![
         ("chunks disagree with size", vec![("chunks", json!(3))]),
