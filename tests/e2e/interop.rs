@@ -1121,3 +1121,110 @@ fn interop_fsnode_signaling_follows_the_spec() {
             .join("\n")
     );
 }
+
+impl Setup {
+    /// A peer that trusts fsnode and listens without dialling; fsnode trusts it before they
+    /// meet, so both sides hold the other as trusted from the first `hello`.
+    fn mutually_trusting_peer(&self, dir: &Path, extra: &[&str]) -> Peer {
+        let mut args: Vec<String> = vec!["--trust".into(), self.node_id.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let peer = Peer::start(self.lan.host(1), dir, &args);
+        self.node.json(&["trust", "add", &peer.id, "--json"]);
+        peer
+    }
+}
+
+/// Spec 3.3: on discovering a trusted peer the impolite side initiates at once, the polite side
+/// waits 1.5 s and initiates only if no offer arrived meanwhile (here none does: the peer never
+/// offers first).
+#[test]
+fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite() {
+    let s = Setup::new();
+    for (fsnode_polite, order) in [(false, "--id-below"), (true, "--id-above")] {
+        let dir = s.dir.path().join(order.trim_start_matches('-'));
+        let mut peer = s.mutually_trusting_peer(&dir, &["--no-initiate", order, &s.node_id]);
+        assert_eq!(
+            s.node_id < peer.id,
+            fsnode_polite,
+            "the id order the test needs"
+        );
+        let from = peer.mark();
+        peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+        let hello = peer.wait(from, "hello", REACTION, |e| e["ev"] == "hello");
+        let offer = peer.wait(from, "fsnode offers", REACTION, |e| e["ev"] == "offer_in");
+        let delay = offer["t"].as_f64().unwrap() - hello["t"].as_f64().unwrap();
+        eprintln!("fsnode (polite: {fsnode_polite}) offered {delay:.2} s after the hello");
+        if fsnode_polite {
+            assert!(
+                (1.4..4.0).contains(&delay),
+                "the polite side waits 1.5 s: {delay:.2} s"
+            );
+        } else {
+            assert!(
+                delay < 1.0,
+                "the impolite side initiates at once: {delay:.2} s"
+            );
+        }
+        peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+    }
+}
+
+/// Spec 3.3: the impolite peer offers at once; fsnode, polite, yields (makes no offer of its
+/// own) and answers; the same offer again (same `seq`, same SDP) gets the same answer and leaves
+/// the session up.
+#[test]
+fn interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer() {
+    let s = Setup::new();
+    let mut peer = s.mutually_trusting_peer(s.dir.path(), &["--id-above", &s.node_id]);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+    let answer = peer.wait(from, "fsnode answers", REACTION, |e| e["ev"] == "answer_in");
+    peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        peer.find(from, |e| e["ev"] == "offer_in").is_none(),
+        "fsnode, polite, had an offer within its 1.5 s and made none"
+    );
+    let again = peer.mark();
+    peer.cmd(json!({"cmd": "repeat_offer"}));
+    let repeated = peer.wait(again, "fsnode answers the repeated offer", REACTION, |e| {
+        e["ev"] == "answer_ignored" || e["ev"] == "answer_in"
+    });
+    assert_eq!(repeated["seq"], answer["seq"]);
+    assert_eq!(
+        repeated["sdp_sha256"], answer["sdp_sha256"],
+        "the same answer again"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(peer.find(again, |e| e["ev"] == "disconnected").is_none());
+    assert_eq!(s.node.connection(&peer.id), "connected");
+}
+
+/// Spec 3.1: when both sides dial at once, two connections exist and neither side closes one
+/// merely because the other exists; the two connect without waiting for a retry.
+#[test]
+#[ignore = "fsnode deviates: when both sides dialled at once it closed the peer's connection \
+            within 0.3 s because its own existed (spec 3.1, duplicate connections stay open); \
+            fixed by issue 14 work"]
+fn interop_both_sides_dialling_at_once_keep_both_connections() {
+    let s = Setup::new();
+    let mut peer = s.mutually_trusting_peer(s.dir.path(), &[]);
+    let from = peer.mark();
+    let peer_addr = format!("{}:{PEER_PORT}", s.lan.host(1).addr());
+    peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+    let out = s.node.home.run(&["peers", "add", &peer_addr]).unwrap();
+    assert!(out.success(), "fsnode peers add: {out:?}");
+    let connected = peer.wait(from, "connected", Duration::from_secs(5), |e| {
+        e["ev"] == "connected"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let events = peer.events_since(from);
+    let hellos = events.iter().filter(|e| e["ev"] == "hello").count();
+    let closed: Vec<_> = events.iter().filter(|e| e["ev"] == "conn_closed").collect();
+    eprintln!("{hellos} connections; connected after {connected}");
+    assert!(
+        closed.is_empty(),
+        "fsnode closed a signaling connection: {closed:?}"
+    );
+    assert_eq!(s.node.connection(&peer.id), "connected");
+}

@@ -835,6 +835,7 @@ class Remote:
         self.session = None  # the current (newest) session
         self.old_sessions = []
         self.seq = 0
+        self.last_offer = None  # (seq, sdp) of the newest offer we sent
         self.outstanding = None  # (seq, sdp) of our unanswered offer
         self.retry_task = None
         self.making_offer = False
@@ -1020,6 +1021,7 @@ class Peer:
     async def send_offer(self, remote, seq, session, why):
         sdp = await self.send_description(remote, "offer", seq, session)
         remote.outstanding = (seq, sdp)
+        remote.last_offer = (seq, sdp)
         emit("offer_sent", seq=seq, why=why, ufrag=ice_credentials(sdp)[0])
         if remote.retry_task:
             remote.retry_task.cancel()
@@ -1134,7 +1136,7 @@ class Peer:
         if not self.check_fingerprint(conn, sdp, "answer"):
             return
         if not remote.outstanding or remote.outstanding[0] != seq:
-            emit("answer_ignored", seq=seq)
+            emit("answer_ignored", seq=seq, sdp_sha256=hashlib.sha256(sdp.encode()).hexdigest())
             return
         remote.outstanding = None
         remote.ignore_offer = False
@@ -1145,7 +1147,7 @@ class Peer:
         session.remote_max = max_message_size(sdp)
         await session.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         await self.flush_candidates(session)
-        emit("answer_in", seq=seq)
+        emit("answer_in", seq=seq, sdp_sha256=hashlib.sha256(sdp.encode()).hexdigest())
 
     async def on_candidate(self, remote, msg):
         cand = msg.get("candidate")
@@ -1296,6 +1298,12 @@ class Peer:
             finally:
                 sctp._remote_max_message_size = saved
             emit("sent", ok=True, size=len(blob), limit=limit)
+        elif name == "repeat_offer":
+            # Our newest offer again, same seq and SDP (as a retry after a lost answer would be).
+            remote = next((r for r in self.remotes.values() if r.last_offer), None)
+            seq, sdp = remote.last_offer
+            await self.signal(remote, {"type": "offer", "sdp": sdp, "seq": seq})
+            emit("offer_repeated", seq=seq)
         elif name == "status":
             remote = self.current()
             emit("status", connected=remote is not None,
