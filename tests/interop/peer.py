@@ -32,15 +32,19 @@ import shutil
 import sys
 import time
 
-import aioice.ice
-import cbor2
-import ifaddr
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcdtlstransport import RTCCertificate
-from aiortc.sdp import candidate_from_sdp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+try:
+    import aioice.ice
+    import cbor2
+    import ifaddr
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.rtcdtlstransport import RTCCertificate
+    from aiortc.sdp import candidate_from_sdp
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+except ImportError as missing:
+    sys.exit(f"the interop peer needs aiortc and cbor2 ({missing}): "
+             "python3 -m pip install aiortc==1.16.0 cbor2==6.3.0 (test.sh installs them)")
 
 MAX_LINE = 256 * 1024  # spec 3.1
 HELLO_TIMEOUT = 10.0  # spec 3.1
