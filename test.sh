@@ -28,7 +28,9 @@ done
 #   iputils-ping  the test harness's reachability checks
 debian_packages=(iproute2 nftables iputils-ping)
 #   zeroconf      python-zeroconf: the independent mDNS implementation discovery is checked against
-python_modules=("zeroconf:zeroconf>=0.130")
+#   aiortc        the independent WebRTC stack of the interop peer (tests/interop/peer.py)
+#   cbor2         the interop peer's CBOR for the transfer protocol (spec 4)
+python_modules=("zeroconf:zeroconf>=0.130" "aiortc:aiortc==1.16.0" "cbor2:cbor2==6.3.0")
 wasm_target=wasm32-unknown-unknown
 
 section() { printf '\n=== %s ===\n' "$*"; }

@@ -7,6 +7,7 @@ mod discovery;
 mod faults;
 mod foundation;
 mod hostile;
+mod interop;
 mod plugins;
 mod support;
 mod transfer;
