@@ -62,6 +62,15 @@ fn a_random_id_hello_flood_from_one_host_is_bounded_and_the_node_stays_responsiv
     trust_star(&a, &[&b]);
     lan.shape_rate(0, "100mbit").unwrap();
     let quiet = timed_send(&a, &b, &b_id, "quiet.bin", 16, 81);
+    // The control socket's latency with no flood, for comparison (a `fsnode` process each).
+    let quiet_worst = (0..10)
+        .map(|_| {
+            let t = Instant::now();
+            assert!(b.home.run(&["peers", "--json"]).unwrap().success());
+            t.elapsed()
+        })
+        .max()
+        .unwrap_or_default();
     let journal_before = dir_bytes(&b.home.journal_dir());
     let records_before = journal_lines(&b);
     let rss_before = b.rss_kib();
@@ -110,7 +119,8 @@ fn a_random_id_hello_flood_from_one_host_is_bounded_and_the_node_stays_responsiv
     eprintln!(
         "hello flood: {}; B journaled {discovered} PeerDiscovered, {} new records ({new_bytes} bytes as JSON; \
          segment files +{journal_growth} bytes), \
-         lists {listed} devices, RSS {rss_before} -> {rss_after} KiB; control socket worst {} ms over {} polls; \
+         lists {listed} devices, RSS {rss_before} -> {rss_after} KiB; control socket worst {} ms over {} polls \
+         (quiet: worst {quiet_worst:?} of 10); \
          16 MiB: {quiet:.2} s quiet, {flooded:.2} s flooded ({:.0} % of the quiet rate)",
         out.stdout.trim(),
         new_records.len(),
