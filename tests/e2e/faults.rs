@@ -200,6 +200,7 @@ fn an_offer_and_garbage_flood_leaves_trusted_transfers_at_least_half_their_rate(
     // makes the rate the link's, so the ratio measures what the flood takes away.
     lan.shape_rate(0, "100mbit").unwrap();
     let quiet = timed_send(&a, &b, &b_id, "quiet.bin", 24, 61);
+    let (rss_before, records_before) = (b.rss_kib(), b.events().len());
 
     let target = format!("{}:7600", lan.host(1).addr());
     let mut flood = fsnode_testkit::Background::spawn(
@@ -220,9 +221,11 @@ fn an_offer_and_garbage_flood_leaves_trusted_transfers_at_least_half_their_rate(
     let t = Instant::now();
     let peers = b.peers();
     eprintln!(
-        "B answers `peers` in {:?} and lists {} devices",
+        "B answers `peers` in {:?} and lists {} devices; RSS {rss_before} -> {} KiB; {} records journaled",
         t.elapsed(),
-        peers.len()
+        peers.len(),
+        b.rss_kib(),
+        b.events().len() - records_before,
     );
     let requested = b
         .events()

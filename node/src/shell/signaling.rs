@@ -120,11 +120,16 @@ pub async fn accept(
             .map(|mut b| b.admit(from.ip(), SystemClock.now()))
             .unwrap_or(false);
         if !admitted {
+            // Yield between refusals: under a flood the backlog is never empty, and accept
+            // would otherwise keep the executor thread from the control socket and the
+            // connections already admitted.
+            futures_lite::future::yield_now().await;
             continue;
         }
         if inbound.fetch_add(1, Ordering::AcqRel) >= MAX_INBOUND {
             inbound.fetch_sub(1, Ordering::AcqRel);
             debug!(%from, "too many signaling connections; closing");
+            futures_lite::future::yield_now().await;
             continue;
         }
         let (reporter, inbound) = (reporter.clone(), inbound.clone());

@@ -742,17 +742,27 @@ fn hostile_starts_are_rejected_with_a_reason_before_any_file_io() {
             device: id(1).to_string(),
         },
     ));
-    for (data, why) in [
-        (start("../escape", 10, 1024, 1), ".."),
-        (start("/etc/passwd", 10, 1024, 1), "absolute"),
-        (start("a\\b", 10, 1024, 1), "backslash"),
-        (start("ok.bin", 10_000, 1024, 3), "disagree"),
-        (start("ok.bin", 10, 100, 1), "chunk_size"),
+    use transfer::wire::RejectCode;
+    for (data, why, code) in [
+        (start("../escape", 10, 1024, 1), "..", RejectCode::Name),
+        (
+            start("/etc/passwd", 10, 1024, 1),
+            "absolute",
+            RejectCode::Name,
+        ),
+        (start("a\\b", 10, 1024, 1), "backslash", RejectCode::Name),
+        (
+            start("ok.bin", 10_000, 1024, 3),
+            "disagree",
+            RejectCode::Size,
+        ),
+        (start("ok.bin", 10, 100, 1), "chunk_size", RejectCode::Size),
     ] {
         let out = h.handle(Input::Channel { peer: id(1), data });
         let replies = channel_replies(&out);
         assert!(
-            matches!(&replies[..], [transfer::Message::Reject { reason, .. }] if reason.contains(why)),
+            matches!(&replies[..], [transfer::Message::Reject { reason, code: Some(c), .. }]
+                if reason.contains(why) && *c == code),
             "{why}: {replies:?}"
         );
         assert!(
@@ -1164,4 +1174,63 @@ fn send_to_the_same_device_twice_queues_its_files_once() {
         })
         .expect("the send is prepared");
     assert_eq!(peers, [id(1), id(2)]);
+}
+
+/// Spec 4 strictness: a `start` missing a key (or with one of the wrong type) whose `id` is
+/// readable gets `reject` `code: "invalid"`, and the channel stays; one whose `id` is not
+/// readable closes the channel.
+#[test]
+fn a_start_missing_a_key_gets_reject_invalid_when_its_id_is_readable() {
+    use ciborium::Value;
+    let mut h = Harness::new();
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
+    let encode = |entries: Vec<(&str, Value)>| {
+        let map = Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Value::Text(k.into()), v))
+                .collect(),
+        );
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&map, &mut bytes).unwrap();
+        bytes
+    };
+    let no_size = encode(vec![
+        ("t", Value::Text("start".into())),
+        ("id", Value::Bytes(vec![4; 16])),
+        ("name", Value::Text("a.bin".into())),
+        ("chunk_size", Value::Integer(1024.into())),
+        ("chunks", Value::Integer(1.into())),
+        ("mime", Value::Text("text/plain".into())),
+        ("start_chunk", Value::Integer(0.into())),
+    ]);
+    let out = h.handle(Input::Channel {
+        peer: id(1),
+        data: no_size,
+    });
+    assert!(
+        matches!(
+            &channel_replies(&out)[..],
+            [transfer::Message::Reject { id, reason, code: Some(transfer::wire::RejectCode::Invalid) }]
+                if *id == TransferId([4; 16]) && reason.contains("size")
+        ),
+        "{out:?}"
+    );
+    assert!(
+        !effects(&out)
+            .iter()
+            .any(|e| matches!(e, Effect::Rtc { .. })),
+        "the channel stays"
+    );
+    // Without a readable id there is no one to answer: the channel closes (the negotiation
+    // hears it lost, which the adapter carries out).
+    let no_id = encode(vec![
+        ("t", Value::Text("start".into())),
+        ("name", Value::Text("a.bin".into())),
+    ]);
+    let out = h.handle(Input::Channel {
+        peer: id(1),
+        data: no_id,
+    });
+    assert!(channel_replies(&out).is_empty(), "{out:?}");
 }

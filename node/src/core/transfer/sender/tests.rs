@@ -921,3 +921,41 @@ fn a_no_space_reject_pauses_at_start_and_mid_transfer() {
     );
     assert!(s.is_finished());
 }
+
+/// The pause on a full disk keys on `code: "no_space"`, never on the reason text (spec 4):
+/// a reject whose text says "no space" without the code is a refusal.
+#[test]
+fn only_the_no_space_code_pauses_never_the_reason_text() {
+    let mut s = Sender::new(info(5000), CHUNK, 0);
+    s.handle(SendInput::Connected, now());
+    drain(&mut s);
+    s.handle(
+        SendInput::Reject {
+            reason: "no space: but no code".into(),
+            code: None,
+        },
+        now(),
+    );
+    let out = drain(&mut s);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, SendOutput::Record(Event::TransferRejected { .. }))),
+        "{out:?}"
+    );
+    let mut s = Sender::new(info(5000), CHUNK, 0);
+    s.handle(SendInput::Connected, now());
+    drain(&mut s);
+    s.handle(
+        SendInput::Reject {
+            reason: "disk full".into(),
+            code: Some(RejectCode::NoSpace),
+        },
+        now(),
+    );
+    let out = drain(&mut s);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, SendOutput::Record(Event::TransferPaused { .. }))),
+        "{out:?}"
+    );
+}
