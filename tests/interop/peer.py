@@ -904,6 +904,7 @@ class Peer:
             return None
         conn = Conn(reader, writer, outbound=True)
         conn.send(self.hello())
+        emit("dialled", conn=conn.n, addr=f"{host}:{port}")
         asyncio.ensure_future(self.run_conn(conn))
         return conn
 
