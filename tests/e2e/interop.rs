@@ -803,6 +803,21 @@ fn interop_every_reject_carries_the_code_spec_4_names() {
         json!({"cmd": "restart", "id": id}),
     );
     expect("start for a cancelled transfer", &answer, "cancelled");
+    // A resumed `start` that differs from the first: `mismatch`.
+    let (path, _) = write_file(s.dir.path(), "mismatch.bin", 1 << 20, 14);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "send", "path": path, "name": "mismatch.bin", "pause_after": 2}));
+    let sent = peer.wait(from, "start sent", REACTION, |e| e["ev"] == "start_sent");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    peer.wait(from, "accepted", REACTION, |e| e["ev"] == "accepted");
+    let msg = resumed_start_differing(&id, "mismatch.bin", &sent, "size");
+    let answer = answer_to(
+        &mut peer,
+        "mismatch",
+        &id,
+        json!({"cmd": "cbor", "msg": msg}),
+    );
+    expect("a resumed start with another size", &answer, "mismatch");
     assert!(
         failures.is_empty(),
         "spec 4 reject.code:\n{}",
@@ -1150,13 +1165,14 @@ fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite() 
         );
         let from = peer.mark();
         peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
-        let hello = peer.wait(from, "hello", REACTION, |e| e["ev"] == "hello");
+        // From the moment the peer's hello left: fsnode cannot have seen it any earlier.
+        let hello = peer.wait(from, "hello sent", REACTION, |e| e["ev"] == "dialled");
         let offer = peer.wait(from, "fsnode offers", REACTION, |e| e["ev"] == "offer_in");
         let delay = offer["t"].as_f64().unwrap() - hello["t"].as_f64().unwrap();
         eprintln!("fsnode (polite: {fsnode_polite}) offered {delay:.2} s after the hello");
         if fsnode_polite {
             assert!(
-                (1.4..4.0).contains(&delay),
+                (1.45..4.0).contains(&delay),
                 "the polite side waits 1.5 s: {delay:.2} s"
             );
         } else {
@@ -1233,4 +1249,85 @@ fn interop_both_sides_dialling_at_once_keep_both_connections() {
         story.join("\n")
     );
     assert_eq!(s.node.connection(&peer.id), "connected");
+}
+
+/// Spec 4: a chunk whose SHA-256 does not match gets `resend` and the resent chunk completes
+/// the file; a chunk failing 3 times cancels the transfer.
+#[test]
+fn interop_a_corrupt_chunk_is_resent_and_three_failures_cancel() {
+    let s = Setup::new();
+    let mut peer = s.connected_peer(&[]);
+    let (path, bytes) = write_file(s.dir.path(), "corrupt-once.bin", 1 << 20, 11);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "send", "path": path, "name": "corrupt-once.bin", "corrupt": {"1": 1}}));
+    let id = peer.wait(from, "queued", REACTION, |e| e["ev"] == "send_queued")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resend = peer.wait_msg(from, "resend", &id, REACTION);
+    assert_eq!(resend["index"], 1, "{resend}");
+    let done = peer.wait(from, "done", REACTION, |e| e["ev"] == "send_done");
+    assert_eq!(done["ok"], true, "{done}");
+    assert!(std::fs::read(s.received("corrupt-once.bin")).unwrap() == bytes);
+
+    let (path, _) = write_file(s.dir.path(), "corrupt-thrice.bin", 1 << 20, 12);
+    let from = peer.mark();
+    peer.cmd(
+        json!({"cmd": "send", "path": path, "name": "corrupt-thrice.bin", "corrupt": {"2": 3}}),
+    );
+    let id = peer.wait(from, "queued", REACTION, |e| e["ev"] == "send_queued")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    peer.wait_msg(from, "cancel", &id, REACTION);
+    let resends = peer
+        .events_since(from)
+        .iter()
+        .filter(|e| e["ev"] == "dc_in" && e["msg"]["t"] == "resend" && e["msg"]["index"] == 2)
+        .count();
+    assert_eq!(resends, 2, "two resends, then the third failure cancels");
+    assert!(
+        peer.find(from, |e| e["ev"] == "send_done").is_none(),
+        "no done after a cancel"
+    );
+    assert!(!s.received("corrupt-thrice.bin").exists());
+    assert!(parts_in(&s.node.home.path().join("received")).is_empty());
+}
+
+/// A `start` resuming the transfer the peer announced in `sent` (its `start_sent` event), with
+/// `key` (`size` or `chunk_size`) changed, `chunks` kept consistent.
+fn resumed_start_differing(id: &str, name: &str, sent: &Value, key: &str) -> Value {
+    let mut size = sent["size"].as_u64().unwrap();
+    let mut chunk_size = sent["chunk_size"].as_u64().unwrap();
+    match key {
+        "size" => size += 1,
+        _ => chunk_size /= 2,
+    }
+    let mut msg = start_msg(id, name);
+    msg["size"] = json!(size);
+    msg["chunk_size"] = json!(chunk_size);
+    msg["chunks"] = json!(size.div_ceil(chunk_size));
+    msg
+}
+
+/// Spec 4, resume: a `start` for a transfer in progress whose `size` or `chunk_size` differ from
+/// the first is refused (code `mismatch`: `interop_every_reject_carries_the_code_spec_4_names`).
+#[test]
+fn interop_a_resumed_start_that_differs_is_refused() {
+    let s = Setup::new();
+    let mut peer = s.connected_peer(&[]);
+    let (path, _) = write_file(s.dir.path(), "resumed.bin", 1 << 20, 13);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "send", "path": path, "name": "resumed.bin", "pause_after": 2}));
+    let sent = peer.wait(from, "start sent", REACTION, |e| e["ev"] == "start_sent");
+    let id = sent["id"].as_str().unwrap().to_owned();
+    peer.wait(from, "accepted", REACTION, |e| e["ev"] == "accepted");
+    for (what, key) in [
+        ("another size", "size"),
+        ("another chunk_size", "chunk_size"),
+    ] {
+        let msg = resumed_start_differing(&id, "resumed.bin", &sent, key);
+        let answer = answer_to(&mut peer, what, &id, json!({"cmd": "cbor", "msg": msg}));
+        assert_eq!(answer["msg"]["t"], "reject", "{what}: {answer}");
+    }
 }

@@ -323,6 +323,7 @@ class Transfers:
         self.recvs = {}
         self.live = {}  # id -> in-memory state of an active receive (bitmap, failures)
         self.pause_after = {}  # id -> chunks to send before pausing (this process only)
+        self.corrupt = {}  # id -> {chunk index: how many more sends of it to corrupt}
         if os.path.exists(self.path):
             with open(self.path) as f:
                 saved = json.load(f)
@@ -366,12 +367,14 @@ class Transfers:
 
     # -- sending
 
-    def queue(self, path, name, tid=None, pause_after=None, start_extra=None):
+    def queue(self, path, name, tid=None, pause_after=None, start_extra=None, corrupt=None):
         size = os.path.getsize(path)
         tid = tid or secrets.token_bytes(16).hex()
         st = os.stat(path)
         if pause_after is not None:
             self.pause_after[tid] = pause_after
+        if corrupt:
+            self.corrupt[tid] = dict(corrupt)
         self.sends[tid] = {
             "path": path,
             "name": name,
@@ -419,6 +422,7 @@ class Transfers:
             s["state"] = "active"
         self.save()
         self.send_msg(msg)
+        emit("start_sent", id=tid, size=s["size"], chunk_size=cs, start_chunk=s["start_chunk"])
 
     def pump(self, tid):
         s = self.sends.get(tid)
@@ -434,25 +438,30 @@ class Transfers:
                     return
                 i = acc["next_send"]
                 f.seek(i * cs)
-                data = f.read(cs)
-                self.send_msg(
-                    {"t": "chunk", "id": bytes.fromhex(tid), "index": i,
-                     "sha256": hashlib.sha256(data).digest(), "data": data}
-                )
+                self.send_chunk(tid, i, f.read(cs))
                 acc["next_send"] += 1
                 acc["sent"] += 1
         if acc["next_send"] >= chunks and not acc.get("ended"):
             acc["ended"] = True
             self.send_msg({"t": "end", "id": bytes.fromhex(tid), "sha256": bytes.fromhex(s["sha256"])})
 
+    def send_chunk(self, tid, index, data):
+        digest = hashlib.sha256(data).digest()
+        left = self.corrupt.get(tid, {}).get(str(index), 0)
+        if left > 0:
+            # The hash is the true one; the data has one byte flipped.
+            self.corrupt[tid][str(index)] = left - 1
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+            emit("chunk_corrupted", id=tid, index=index)
+        self.send_msg({"t": "chunk", "id": bytes.fromhex(tid), "index": index,
+                       "sha256": digest, "data": data})
+
     def resend(self, tid, index):
         s = self.sends[tid]
         cs = s["chunk_size"]
         with open(s["path"], "rb") as f:
             f.seek(index * cs)
-            data = f.read(cs)
-        self.send_msg({"t": "chunk", "id": bytes.fromhex(tid), "index": index,
-                       "sha256": hashlib.sha256(data).digest(), "data": data})
+            self.send_chunk(tid, index, f.read(cs))
 
     def resume_sending(self, tid):
         s = self.sends.get(tid)
@@ -895,6 +904,7 @@ class Peer:
             return None
         conn = Conn(reader, writer, outbound=True)
         conn.send(self.hello())
+        emit("dialled", conn=conn.n, addr=f"{host}:{port}")
         asyncio.ensure_future(self.run_conn(conn))
         return conn
 
@@ -1257,7 +1267,8 @@ class Peer:
             host, port = cmd["addr"].rsplit(":", 1)
             await self.dial(host, int(port))
         elif name == "send":
-            t.queue(cmd["path"], cmd["name"], cmd.get("id"), cmd.get("pause_after"), cmd.get("start_extra"))
+            t.queue(cmd["path"], cmd["name"], cmd.get("id"), cmd.get("pause_after"), cmd.get("start_extra"),
+                    cmd.get("corrupt"))
         elif name == "resume_send":
             t.resume_sending(cmd["id"])
         elif name == "restart":
