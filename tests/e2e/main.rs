@@ -6,6 +6,7 @@ mod connection;
 mod discovery;
 mod faults;
 mod foundation;
+mod longevity;
 mod plugins;
 mod support;
 mod transfer;

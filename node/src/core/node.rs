@@ -377,6 +377,16 @@ impl Core {
                 }
             }
         }
+        self.start_waiting_sends(now);
+    }
+
+    /// A send stopped: the next waiting ones start, within the caps (`core::transfers`).
+    fn start_waiting_sends(&mut self, now: Now) {
+        if self.transfers.slot_freed() {
+            let mut work = Vec::new();
+            self.transfers.fill(&self.state, now.instant, &mut work);
+            self.run(work, now);
+        }
     }
 
     /// Timers: negotiation deadlines, transfer deadlines, and probing trusted devices that
@@ -386,6 +396,7 @@ impl Core {
         self.transfers
             .handle_timeout(now.instant, &self.state, &mut work);
         self.run(work, now);
+        self.start_waiting_sends(now);
         let due: Vec<DeviceId> = self
             .negotiations
             .iter()
@@ -975,6 +986,7 @@ impl Core {
                             sha256,
                             mode,
                             mtime,
+                            adopt_identical,
                         },
                 } => {
                     let mode = self.ask_mode(&id, mode, mtime, now).or(mode);
@@ -984,6 +996,7 @@ impl Core {
                             sha256,
                             mode,
                             mtime,
+                            adopt_identical,
                         },
                     }))
                 }
