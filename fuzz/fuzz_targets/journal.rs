@@ -61,6 +61,7 @@ fn options(control: u8) -> Options {
         },
         segment_bytes: 64 * 1024,
         preallocate_bytes: 0,
+        ..Options::default()
     }
 }
 

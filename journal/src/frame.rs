@@ -5,7 +5,7 @@
 //! | 0..4    | payload length, u32 little-endian (at least 1)              |
 //! | 4..8    | CRC-32C of (seq bytes ‖ kind byte ‖ payload), u32 LE        |
 //! | 8..16   | sequence number, u64 LE                                     |
-//! | 16      | kind: 1 = event, 2 = snapshot                               |
+//! | 16      | kind: 1 = event, 2 = snapshot (last part), 3 = snapshot part |
 //! | 17..    | payload: one CBOR item                                      |
 //!
 //! A frame header of 17 zero bytes marks the end of the segment's data.
@@ -25,6 +25,16 @@ impl RecordKind {
         match self {
             RecordKind::Event => 1,
             RecordKind::Snapshot => 2,
+            RecordKind::SnapshotPart => 3,
+        }
+    }
+
+    /// How a message names a frame of this kind.
+    pub(crate) fn noun(self) -> &'static str {
+        match self {
+            RecordKind::Event => "event",
+            RecordKind::Snapshot => "snapshot",
+            RecordKind::SnapshotPart => "snapshot part",
         }
     }
 
@@ -32,6 +42,7 @@ impl RecordKind {
         match b {
             1 => Some(RecordKind::Event),
             2 => Some(RecordKind::Snapshot),
+            3 => Some(RecordKind::SnapshotPart),
             _ => None,
         }
     }

@@ -16,7 +16,9 @@ use crate::replay::Replay;
 use crate::scan::{self, FrameScan, REPLAY_BUFFER, ScanRules, Source};
 use crate::segment::{self, HEADER_LEN, SegmentFile};
 use crate::ticket::Pending;
-use crate::writer::{Core, Layout, SegmentMeta, Writer};
+use crate::writer::{
+    Core, HistorySegment, Layout, SegmentMeta, Writer, retired_prefix, wall_clock,
+};
 use crate::{OpenReport, Options, RecordKind, Seq, Stats, TornTail};
 
 /// Name of the advisory lock file in a journal directory.
@@ -181,6 +183,43 @@ impl<R: Serialize + DeserializeOwned + Send + 'static> Journal<R> {
         self.push(snapshot, RecordKind::Snapshot)
     }
 
+    /// Appends a snapshot written in parts: `parts` together replace everything before them.
+    ///
+    /// Use it for a state too large for one record: each part must fit in
+    /// [`Options::max_record_bytes`], and all parts are checked before any is queued. They get
+    /// consecutive sequence numbers and are the first frames of a new segment (kind 3, the last
+    /// one kind 2); the snapshot counts only once its last part is durable, and a crash before
+    /// that leaves the history as it was (the incomplete snapshot is dropped when the journal
+    /// is next opened). Replay yields every part, in order. One part is [`Journal::snapshot`].
+    pub fn snapshot_parts(&self, parts: &[R]) -> Result<Pending, JournalError> {
+        let max = self.owner.core.opts.max_record_bytes;
+        let mut encoded = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let mut buf = Vec::new();
+            ciborium::into_writer(part, &mut buf).map_err(|e| JournalError::Encode {
+                reason: e.to_string(),
+            })?;
+            if buf.len() > max as usize {
+                return Err(JournalError::RecordTooLarge {
+                    len: buf.len(),
+                    max,
+                });
+            }
+            let kind = if i + 1 == parts.len() {
+                RecordKind::Snapshot
+            } else {
+                RecordKind::SnapshotPart
+            };
+            encoded.push((buf, kind));
+        }
+        if encoded.is_empty() {
+            return Err(JournalError::Encode {
+                reason: "a snapshot needs at least one part".into(),
+            });
+        }
+        self.owner.core.enqueue_all(&encoded)
+    }
+
     fn push(&self, record: &R, kind: RecordKind) -> Result<Pending, JournalError> {
         let core = &self.owner.core;
         let max = core.opts.max_record_bytes;
@@ -330,6 +369,33 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered, JournalError> {
         segments.push(SegmentFile { path, first_seq: 1 });
     }
 
+    // A snapshot in parts whose last part never became durable (a crash while it was being
+    // written) is dropped: none of its tickets resolved, and the history before it still holds
+    // the state. It can only be the final segment's content, so it is truncated to the header.
+    let mut dropped_snapshot = None;
+    if let Some(last) = segments.last()
+        && scan::segment_start(last, true, opts.max_record_bytes)?
+            == scan::SegmentStart::IncompleteSnapshot
+    {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&last.path)
+            .map_err(|e| JournalError::io(&last.path, e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| JournalError::io(&last.path, e))?
+            .len()
+            .saturating_sub(HEADER_LEN);
+        drop(file);
+        truncate(&last.path, HEADER_LEN)?;
+        dropped_snapshot = Some(TornTail {
+            segment: last.path.clone(),
+            offset: HEADER_LEN,
+            bytes,
+            reason: "a snapshot written in parts whose last part never became durable".into(),
+        });
+    }
+
     // Check everything from the newest snapshot on before modifying anything.
     let snapshot = scan::newest_snapshot(&segments, opts.max_record_bytes)?;
     let start = snapshot.unwrap_or(0);
@@ -355,10 +421,27 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered, JournalError> {
     for tmp in &listing.temporaries {
         remove_file(tmp)?;
     }
-    let removed = start;
-    for old in segments.drain(..start) {
+    // History (the segments before the newest snapshot) is kept as the retention says.
+    let mut history = Vec::with_capacity(start);
+    for (i, seg) in segments[..start].iter().enumerate() {
+        let starts_with_snapshot = i == 0
+            || scan::segment_start(seg, false, opts.max_record_bytes)?
+                == scan::SegmentStart::Snapshot;
+        history.push(SegmentMeta {
+            file: seg.clone(),
+            starts_with_snapshot,
+        });
+    }
+    let facts: Vec<HistorySegment> = history.iter().map(HistorySegment::of).collect();
+    let removed = retired_prefix(&facts, &opts.retention, wall_clock());
+    for old in segments.drain(..removed) {
         remove_file(&old.path)?;
     }
+    let history_flags: Vec<bool> = history
+        .iter()
+        .skip(removed)
+        .map(|m| m.starts_with_snapshot)
+        .collect();
     if removed > 0 || !listing.temporaries.is_empty() {
         segment::sync_dir(dir).map_err(|e| JournalError::io(dir, e))?;
     }
@@ -367,7 +450,7 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered, JournalError> {
         .last()
         .cloned()
         .ok_or_else(|| JournalError::corrupt(dir, 0, "no segment to recover"))?;
-    let torn = scan.torn_tail().cloned();
+    let torn = scan.torn_tail().cloned().or(dropped_snapshot);
     let (end, last_frames, next_seq) = match &torn {
         Some(t) if t.offset < HEADER_LEN => {
             // The last segment lost (part of) its header: write a fresh one. Its name says which
@@ -407,7 +490,10 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered, JournalError> {
         .enumerate()
         .map(|(i, file)| SegmentMeta {
             file,
-            starts_with_snapshot: snapshot.is_some() && i == 0,
+            starts_with_snapshot: match history_flags.get(i) {
+                Some(flag) => *flag,
+                None => snapshot.is_some() && i == history_flags.len(),
+            },
         })
         .collect();
     Ok(Recovered {

@@ -18,27 +18,30 @@
 //! - **Recovery.** [`Journal::open`] truncates a torn tail of the last segment (a crash while a
 //!   batch was being written) and reports it; damage anywhere else is
 //!   [`JournalError::Corrupt`] naming the segment and byte offset, and is never skipped.
-//! - **Snapshots.** [`Journal::snapshot`] starts a new segment with a snapshot record and, once
-//!   it is durable, deletes every older segment. [`Journal::replay`] starts at the newest
-//!   snapshot.
+//! - **Snapshots.** [`Journal::snapshot`] starts a new segment with a snapshot record (or, with
+//!   [`Journal::snapshot_parts`], a snapshot split over several frames, so a large state never
+//!   needs one record above the record limit). Once it is durable, older segments are history:
+//!   kept under [`Options::retention`], then retired (deleted) a snapshot epoch at a time.
+//!   [`Journal::replay`] starts at the newest complete snapshot.
 //! - **Read-only access.** [`Reader`] reads a live or copied directory without locking or
 //!   modifying anything, and [`Reader::verify`] checks every frame.
 //! - **No panics on file contents.** Whatever bytes are in the directory, the result is a value
 //!   or a [`JournalError`].
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2; version 1 segments are read unchanged)
 //!
 //! A journal is a directory of segment files `NNNNNNNNNNNNNNNNNNNN.seg`, named by the zero-padded
 //! sequence number of their first record, plus the lock file `journal.lock`.
 //!
-//! Segment header, 32 bytes: magic `b"FSNJRNL\0"`, format version (u32 LE, 1), first sequence
+//! Segment header, 32 bytes: magic `b"FSNJRNL\0"`, format version (u32 LE, 2), first sequence
 //! number (u64 LE), 12 reserved zero bytes. Then frames:
 //!
 //! ```text
 //! u32 LE payload length | u32 LE CRC-32C(seq LE ‖ kind ‖ payload) | u64 LE seq | u8 kind | payload (CBOR)
 //! ```
 //!
-//! Kind 1 is an event, kind 2 a snapshot, which is always the first frame of its segment. A frame
+//! Kind 1 is an event, kind 2 a snapshot (or the last part of one), kind 3 a snapshot part that
+//! continues in the next frame. A snapshot's frames are always the first frames of its segment. A frame
 //! header of 17 zero bytes ends the segment's data (segments are preallocated with zeros). The
 //! crate's `README.md` is the full contract, including the torn-tail rule.
 //!
@@ -74,6 +77,7 @@ mod writer;
 mod tests;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use error::JournalError;
 pub use frame::FRAME_HEADER_LEN;
@@ -101,6 +105,25 @@ pub struct Options {
     /// that `fdatasync` rarely has to commit a file-size change; 0 disables preallocation.
     /// Default 1 MiB. Unused space is given back when a segment is sealed or the journal closed.
     pub preallocate_bytes: u64,
+    /// How much history (segments older than the newest snapshot) is kept before it is retired.
+    /// Default: none (older segments are deleted as soon as a snapshot is durable).
+    pub retention: Retention,
+}
+
+/// How much history a journal keeps: segments older than the newest snapshot, which
+/// [`Reader::replay_from`] and [`Reader::verify`] still read but [`Journal::replay`] skips.
+///
+/// History is retired a snapshot epoch at a time (a segment that starts with a snapshot and
+/// the segments after it up to the next snapshot), oldest first, so the oldest remaining
+/// history always starts at a snapshot (or at seq 1) and folds to a complete state. An epoch
+/// is retired once keeping it would make the history larger than `max_bytes`, or once its
+/// newest segment was last written more than `max_age` ago.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Most bytes of history kept; 0 keeps none.
+    pub max_bytes: u64,
+    /// Oldest history kept (by the segment file's modification time); `None`: no age limit.
+    pub max_age: Option<Duration>,
 }
 
 impl Default for Options {
@@ -109,6 +132,7 @@ impl Default for Options {
             max_record_bytes: 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
             preallocate_bytes: 1024 * 1024,
+            retention: Retention::default(),
         }
     }
 }
@@ -129,8 +153,11 @@ impl Options {
 pub enum RecordKind {
     /// An ordinary record.
     Event,
-    /// A snapshot: replaces every record before it.
+    /// A snapshot, or the last part of a snapshot written in parts: with the parts before it,
+    /// replaces every record before it.
     Snapshot,
+    /// A part of a snapshot that continues in the next frame ([`Journal::snapshot_parts`]).
+    SnapshotPart,
 }
 
 /// A record read back from the journal.

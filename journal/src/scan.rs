@@ -82,6 +82,8 @@ struct Current {
     limit: u64,
     is_final: bool,
     frames: u64,
+    /// The last frame read was a snapshot part: the snapshot continues in the next frame.
+    snapshot_open: bool,
 }
 
 impl Current {
@@ -326,16 +328,25 @@ impl FrameScan {
                 self.damaged(offset, frame_end, reason)?;
                 continue;
             }
-            if kind == RecordKind::Snapshot && cur.frames > 0 {
+            let placement = match kind {
+                RecordKind::Snapshot | RecordKind::SnapshotPart
+                    if cur.frames > 0 && !cur.snapshot_open =>
+                {
+                    Some("is not the first frame of its segment")
+                }
+                RecordKind::Event if cur.snapshot_open => {
+                    Some("follows a snapshot part that was never completed")
+                }
+                _ => None,
+            };
+            if let Some(problem) = placement {
                 return Err(JournalError::corrupt(
                     &cur.path,
                     offset,
-                    format!(
-                        "snapshot seq {} is not the first frame of its segment",
-                        header.seq
-                    ),
+                    format!("{} seq {} {problem}", kind.noun(), header.seq),
                 ));
             }
+            cur.snapshot_open = kind == RecordKind::SnapshotPart;
             cur.frames += 1;
             self.last_segment_frames = cur.frames;
             self.expected = Some(header.seq.checked_add(1).ok_or_else(|| {
@@ -391,6 +402,7 @@ impl FrameScan {
             limit,
             is_final,
             frames: 0,
+            snapshot_open: false,
         };
         let mut raw = [0u8; HEADER_LEN as usize];
         cur.read_exact(&mut raw)?;
@@ -428,6 +440,14 @@ impl FrameScan {
         let Some(mut cur) = self.cur.take() else {
             return Ok(());
         };
+        if cur.snapshot_open && !cur.is_final {
+            // The writer never rolls to a new segment inside a snapshot.
+            return Err(JournalError::corrupt(
+                cur.path,
+                offset,
+                "the segment ends inside a snapshot written in parts",
+            ));
+        }
         if !cur.rest_is_zero()? {
             let reason = "non-zero bytes follow the end-of-data marker (an all-zero frame header)";
             if cur.is_final && self.rules.tail_may_be_torn {
@@ -480,24 +500,57 @@ impl FrameScan {
     }
 }
 
-/// Finds the newest segment whose first frame is an intact snapshot.
+/// What the first frames of a segment say about a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SegmentStart {
+    /// The segment starts with a complete snapshot (one frame, or parts and their last frame).
+    Snapshot,
+    /// The segment starts with snapshot parts whose last frame never became durable (only
+    /// possible in the final segment: a crash while the snapshot was being written).
+    IncompleteSnapshot,
+    /// The segment starts with an event, or is empty.
+    Events,
+}
+
+/// Reads the first frames of segment `seg`: whether it starts with a complete snapshot. A
+/// single-frame snapshot costs one frame's read; a snapshot in parts is read to its last part.
+pub(crate) fn segment_start(
+    seg: &SegmentFile,
+    is_final: bool,
+    max_record_bytes: u32,
+) -> Result<SegmentStart, JournalError> {
+    let rules = ScanRules {
+        max_record_bytes,
+        tail_may_be_torn: is_final,
+        buffer: PROBE_BUFFER,
+    };
+    let mut scan = FrameScan::new(vec![Source::open(seg, None)?], rules);
+    let mut parts = 0u64;
+    while let Some(frame) = scan.next()? {
+        match frame.kind {
+            RecordKind::SnapshotPart => parts += 1,
+            RecordKind::Snapshot => return Ok(SegmentStart::Snapshot),
+            RecordKind::Event => break,
+        }
+    }
+    Ok(if parts > 0 {
+        SegmentStart::IncompleteSnapshot
+    } else {
+        SegmentStart::Events
+    })
+}
+
+/// Finds the newest segment that starts with a complete snapshot.
 ///
-/// Probes segments from the newest backwards, reading only their first frame. In the last
-/// segment a torn first frame is no snapshot (it never became durable); damage anywhere else is
-/// an error.
+/// Probes segments from the newest backwards, reading only their first frames. In the last
+/// segment a torn or incomplete snapshot is no snapshot (it never became durable); damage
+/// anywhere else is an error.
 pub(crate) fn newest_snapshot(
     segments: &[SegmentFile],
     max_record_bytes: u32,
 ) -> Result<Option<usize>, JournalError> {
     for (i, seg) in segments.iter().enumerate().rev() {
-        let rules = ScanRules {
-            max_record_bytes,
-            tail_may_be_torn: i + 1 == segments.len(),
-            buffer: PROBE_BUFFER,
-        };
-        let mut scan = FrameScan::new(vec![Source::open(seg, None)?], rules);
-        if let Some(frame) = scan.next()?
-            && frame.kind == RecordKind::Snapshot
+        if segment_start(seg, i + 1 == segments.len(), max_record_bytes)? == SegmentStart::Snapshot
         {
             return Ok(Some(i));
         }

@@ -20,8 +20,9 @@ use crate::error::OpFailure;
 
 /// The first eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"FSNJRNL\0";
-/// The format version this build writes and the newest it reads.
-pub const VERSION: u32 = 1;
+/// The format version this build writes and the newest it reads. Version 2 added snapshots in
+/// parts (frame kind 3); version 1 segments are read unchanged.
+pub const VERSION: u32 = 2;
 /// Length of the segment header in bytes.
 pub const HEADER_LEN: u64 = 32;
 
@@ -229,13 +230,21 @@ mod tests {
             Err(JournalError::Corrupt { offset: 0, .. })
         ));
 
+        let mut v1 = h;
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            decode_header(p, &v1).ok(),
+            Some(77),
+            "version 1 segments still read"
+        );
+
         let mut v2 = h;
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        v2[8..12].copy_from_slice(&3u32.to_le_bytes());
         assert!(matches!(
             decode_header(p, &v2),
             Err(JournalError::UnsupportedVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             })
         ));

@@ -12,12 +12,13 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
 use crate::error::{Failure, JournalError, OpFailure};
 use crate::frame::{self, PayloadChecksum};
 use crate::segment::{self, HEADER_LEN, SegmentFile};
 use crate::ticket::{BatchGuard, BatchSlot, Outcome, Pending};
-use crate::{Options, RecordKind, Seq, Stats};
+use crate::{Options, RecordKind, Retention, Seq, Stats};
 
 /// Appends block while this many bytes are queued and not yet taken by the writer, so that
 /// appenders that never wait cannot grow the queue without bound.
@@ -183,6 +184,58 @@ impl Core {
             self.work.notify_one();
         }
         Ok(Pending::new(seq, slot))
+    }
+
+    /// Queues several encoded records under one lock, so they get consecutive sequence numbers
+    /// and land in one batch (a snapshot's parts). Returns the ticket of the last.
+    pub(crate) fn enqueue_all(
+        &self,
+        records: &[(Vec<u8>, RecordKind)],
+    ) -> Result<Pending, JournalError> {
+        let total: usize = records
+            .iter()
+            .map(|(p, _)| frame::FRAME_HEADER_LEN + p.len())
+            .sum();
+        let mut q = self.lock_queue();
+        loop {
+            match &q.state {
+                State::Open => {}
+                State::Poisoned(failure) => return Err(failure.to_error()),
+                State::Closing | State::Closed => return Err(JournalError::Closed),
+            }
+            if q.buf.is_empty() || q.buf.len() + total <= QUEUE_LIMIT {
+                break;
+            }
+            q.space_waiters += 1;
+            q = self.space.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q.space_waiters -= 1;
+        }
+        let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
+        if q.next_seq.checked_add(count).is_none() {
+            return Err(JournalError::SequenceExhausted);
+        }
+        let mut last = q.next_seq;
+        for (payload, kind) in records {
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            q.last_seq = Some(seq);
+            let crc = PayloadChecksum::precompute(payload).finish(seq, kind.to_byte(), payload);
+            frame::encode_into(&mut q.buf, seq, *kind, payload, crc);
+            let end = q.buf.len();
+            q.marks.push(Mark {
+                seq,
+                end,
+                kind: *kind,
+            });
+            last = seq;
+        }
+        let slot = Arc::clone(&q.slot);
+        let wake = std::mem::replace(&mut q.writer_idle, false);
+        drop(q);
+        if wake {
+            self.work.notify_one();
+        }
+        Ok(Pending::new(last, slot))
     }
 
     /// The highest sequence number assigned so far (durable or not).
@@ -361,24 +414,29 @@ impl Writer {
         let mut frame_start = 0;
         let mut chunk_frames = 0u64;
         let mut had_snapshot = false;
+        // The previous frame was a snapshot part: this one continues the snapshot, and a
+        // snapshot's frames never straddle segments.
+        let mut in_snapshot = false;
         for mark in marks {
             let has_frames = self.frames + chunk_frames > 0;
             let full =
                 self.len + (frame_start - chunk_start) as u64 >= self.core.opts.segment_bytes;
-            let is_snapshot = mark.kind == RecordKind::Snapshot;
-            if has_frames && (is_snapshot || full) {
+            let starts_snapshot = !in_snapshot
+                && matches!(mark.kind, RecordKind::Snapshot | RecordKind::SnapshotPart);
+            if has_frames && (starts_snapshot || (full && !in_snapshot)) {
                 self.write(&buf[chunk_start..frame_start])?;
                 self.frames += chunk_frames;
                 chunk_frames = 0;
                 chunk_start = frame_start;
-                self.roll(mark.seq, is_snapshot)?;
-            } else if is_snapshot {
+                self.roll(mark.seq, starts_snapshot)?;
+            } else if starts_snapshot {
                 // The current segment is empty: the snapshot is its first frame.
                 if let Some(last) = self.core.lock_layout().segments.last_mut() {
                     last.starts_with_snapshot = true;
                 }
             }
-            had_snapshot |= is_snapshot;
+            had_snapshot |= mark.kind == RecordKind::Snapshot;
+            in_snapshot = mark.kind == RecordKind::SnapshotPart;
             chunk_frames += 1;
             frame_start = mark.end;
         }
@@ -479,19 +537,25 @@ impl Writer {
         Ok(())
     }
 
-    /// Deletes the segments older than the newest snapshot. Failing to delete one is not a loss
-    /// of data (replay starts at the snapshot either way), so it is counted and retried at the
-    /// next compaction or open, not reported as an append error.
+    /// Retires the history (segments older than the newest snapshot) that the retention no
+    /// longer covers. Failing to delete one is not a loss of data (replay starts at the
+    /// snapshot either way), so it is counted and retried at the next compaction or open, not
+    /// reported as an append error.
     fn compact(&mut self) {
         let core = &self.core;
         let mut layout = core.lock_layout();
         let Some(newest) = layout.newest_snapshot() else {
             return;
         };
-        if newest == 0 {
+        let history: Vec<HistorySegment> = layout.segments[..newest]
+            .iter()
+            .map(HistorySegment::of)
+            .collect();
+        let retire = retired_prefix(&history, &core.opts.retention, wall_clock());
+        if retire == 0 {
             return;
         }
-        let old: Vec<SegmentMeta> = layout.segments.drain(..newest).collect();
+        let old: Vec<SegmentMeta> = layout.segments.drain(..retire).collect();
         let mut kept = Vec::new();
         for meta in old {
             match fs::remove_file(&meta.file.path) {
@@ -530,4 +594,64 @@ impl Writer {
             source: op.source,
         })
     }
+}
+
+/// The wall clock, for the age of history segments (file modification times are wall-clock
+/// times too). The journal is IO, not the node's sans-IO core.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn wall_clock() -> SystemTime {
+    SystemTime::now()
+}
+
+/// What retirement needs to know about one segment of history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HistorySegment {
+    pub(crate) bytes: u64,
+    /// When the segment was last written; `None` if that is unknown (then only size counts).
+    pub(crate) modified: Option<SystemTime>,
+    pub(crate) starts_with_snapshot: bool,
+}
+
+impl HistorySegment {
+    pub(crate) fn of(meta: &SegmentMeta) -> Self {
+        let stat = fs::metadata(&meta.file.path).ok();
+        HistorySegment {
+            bytes: stat.as_ref().map_or(0, std::fs::Metadata::len),
+            modified: stat.and_then(|m| m.modified().ok()),
+            starts_with_snapshot: meta.starts_with_snapshot,
+        }
+    }
+}
+
+/// How many of the oldest history segments `retention` retires (see [`Retention`]): whole
+/// epochs (a segment that starts with a snapshot, or the very first segment, and the segments
+/// after it up to the next such one), newest kept first, so that what remains always starts
+/// with a snapshot or at the journal's beginning.
+pub(crate) fn retired_prefix(
+    history: &[HistorySegment],
+    retention: &Retention,
+    now: SystemTime,
+) -> usize {
+    let mut end = history.len();
+    let mut kept_bytes = 0u64;
+    while end > 0 {
+        let start = history[..end]
+            .iter()
+            .rposition(|s| s.starts_with_snapshot)
+            .unwrap_or(0);
+        let epoch = &history[start..end];
+        let bytes: u64 = epoch.iter().map(|s| s.bytes).sum();
+        let too_old = match (retention.max_age, epoch.last().and_then(|s| s.modified)) {
+            (Some(max_age), Some(modified)) => {
+                now.duration_since(modified).is_ok_and(|age| age > max_age)
+            }
+            _ => false,
+        };
+        if too_old || kept_bytes.saturating_add(bytes) > retention.max_bytes {
+            return end;
+        }
+        kept_bytes += bytes;
+        end = start;
+    }
+    0
 }

@@ -46,8 +46,9 @@ pub enum Command {
     Send(SendArgs),
     /// Cancel a transfer (its id, or a unique prefix of it), from either side.
     Cancel(CancelArgs),
-    /// Every transfer, past ones too: state, progress, rate and peer.
-    Transfers(JsonArg),
+    /// Active and recently finished transfers: state, progress, rate and peer. `--all` and
+    /// `--since` read older finished ones from the journal's history, newest first, paged.
+    Transfers(TransfersArgs),
     /// Follow the node's events live (discovery, trust, connections, transfers) until Ctrl-C.
     Watch(JsonArg),
     /// Policy plugins: list the loaded ones, check a plugin offline, build one from source.
@@ -112,6 +113,25 @@ pub struct CancelArgs {
     pub transfer: String,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct TransfersArgs {
+    /// Print JSON (for scripts).
+    #[arg(long)]
+    pub json: bool,
+    /// Every finished transfer the journal's history holds (works without a running node).
+    #[arg(long)]
+    pub all: bool,
+    /// Finished transfers of the last DURATION (e.g. `2h`, `7days`) from the journal's history.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// With --all/--since: how many to show (a page).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// With --all/--since: how many of the newest to skip (the next page: --skip 50).
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,42 @@ pub struct Config {
     pub port: u16,
     pub interfaces: Vec<String>,
     pub plugins: crate::policy::Settings,
+    /// The journal's options (its history retention from `[journal]`).
+    pub journal: fsnode_journal::Options,
+}
+
+/// History the journal keeps by default: a month, at most 256 MiB.
+pub const DEFAULT_RETAIN_DAYS: u64 = 30;
+pub const DEFAULT_RETAIN_MIB: u64 = 256;
+
+/// The `[journal]` table of the config file; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JournalFile {
+    /// Days of history (segments older than the newest snapshot) kept; 0 keeps none.
+    pub retain_days: Option<u64>,
+    /// MiB of history kept at most; 0 keeps none.
+    pub retain_mib: Option<u64>,
+}
+
+impl JournalFile {
+    /// The journal's options with this retention.
+    pub fn options(&self) -> fsnode_journal::Options {
+        let days = self.retain_days.unwrap_or(DEFAULT_RETAIN_DAYS);
+        let mib = self.retain_mib.unwrap_or(DEFAULT_RETAIN_MIB);
+        let max_bytes = if days == 0 {
+            0
+        } else {
+            mib.saturating_mul(1024 * 1024)
+        };
+        fsnode_journal::Options {
+            retention: fsnode_journal::Retention {
+                max_bytes,
+                max_age: Some(Duration::from_secs(days.saturating_mul(86_400))),
+            },
+            ..fsnode_journal::Options::default()
+        }
+    }
 }
 
 /// The `[plugins]` table of the config file; every key optional.
@@ -57,6 +93,8 @@ pub struct ConfigFile {
     pub receive_dir: Option<PathBuf>,
     #[serde(default)]
     pub plugins: PluginsFile,
+    #[serde(default)]
+    pub journal: JournalFile,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +194,7 @@ impl Config {
         };
         Ok(Self {
             plugins,
+            journal: file.journal.options(),
             dirs,
             name,
             device_type,
@@ -273,6 +312,40 @@ mod tests {
             Config::resolve(Some(home.path()), &RunArgs::default()),
             Err(ConfigError::DeviceType(_))
         ));
+    }
+
+    #[test]
+    fn the_journal_table_sets_the_history_retention() {
+        let home = tempfile::tempdir().unwrap();
+        let dirs = Dirs::under(home.path());
+        fs::create_dir_all(&dirs.config).unwrap();
+        let default = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(
+            default.journal.retention,
+            fsnode_journal::Retention {
+                max_bytes: DEFAULT_RETAIN_MIB * 1024 * 1024,
+                max_age: Some(Duration::from_secs(DEFAULT_RETAIN_DAYS * 86_400)),
+            }
+        );
+        fs::write(
+            dirs.config_file(),
+            "[journal]\nretain-days = 7\nretain-mib = 64\n",
+        )
+        .unwrap();
+        let set = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(set.journal.retention.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(
+            set.journal.retention.max_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        fs::write(dirs.config_file(), "[journal]\nretain-days = 0\n").unwrap();
+        let none = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(
+            none.journal.retention.max_bytes, 0,
+            "0 days keeps no history"
+        );
+        fs::write(dirs.config_file(), "[journal]\nkeep = 1\n").unwrap();
+        assert!(Config::resolve(Some(home.path()), &RunArgs::default()).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod control;
 pub mod core;
 pub mod dirs;
 pub mod exit;
+pub mod history;
 pub mod identity;
 pub mod policy;
 pub mod record;

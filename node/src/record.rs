@@ -3,51 +3,152 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Stamped, State};
+use crate::core::state::{PeerState, TransferState};
+use crate::core::{DeviceId, Stamped, State, TransferId};
 use fsnode_journal::{Record, Seq, TornTail};
 
 /// One journal record's payload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JournalEntry {
     Event(Stamped),
-    /// The whole state as of this record; replaces every record before it.
+    /// The whole state as of this record (with the `SnapshotPart`s just before it, if any);
+    /// replaces every record before it.
     Snapshot {
         time_ms: i64,
         state: State,
     },
+    /// Devices and transfers of a snapshot too large for one record; the snapshot's last
+    /// record (`Snapshot`) follows and holds the rest.
+    SnapshotPart {
+        #[serde(default)]
+        peers: Vec<(DeviceId, PeerState)>,
+        #[serde(default)]
+        transfers: Vec<(TransferId, TransferState)>,
+    },
 }
 
 impl JournalEntry {
-    pub fn time_ms(&self) -> i64 {
+    /// Wall-clock time of the record; `None` for a snapshot part (its snapshot's time is on
+    /// the snapshot's last record).
+    pub fn time_ms(&self) -> Option<i64> {
         match self {
-            JournalEntry::Event(stamped) => stamped.time_ms,
-            JournalEntry::Snapshot { time_ms, .. } => *time_ms,
+            JournalEntry::Event(stamped) => Some(stamped.time_ms),
+            JournalEntry::Snapshot { time_ms, .. } => Some(*time_ms),
+            JournalEntry::SnapshotPart { .. } => None,
         }
     }
 }
 
+/// Encoded size a snapshot part aims for: far below the journal's 1 MiB record limit, so one
+/// device or transfer of any size the protocol allows still fits beside the others.
+pub const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
+
+/// Splits `state` into the records of one snapshot: `SnapshotPart`s of about
+/// [`SNAPSHOT_PART_BYTES`] each with its devices and transfers, then a `Snapshot` with the rest.
+/// A small state is one `Snapshot`. Never needs a record larger than the largest single device
+/// or transfer plus a little.
+pub fn snapshot_parts(state: &State, time_ms: i64) -> Vec<JournalEntry> {
+    let mut parts = Vec::new();
+    let mut peers = Vec::new();
+    let mut transfers = Vec::new();
+    let mut bytes = 0usize;
+    let mut scratch = Vec::new();
+    for (id, peer) in &state.peers {
+        let len = encoded_len(&(id, peer), &mut scratch);
+        if bytes + len > SNAPSHOT_PART_BYTES && (!peers.is_empty() || !transfers.is_empty()) {
+            parts.push(JournalEntry::SnapshotPart {
+                peers: std::mem::take(&mut peers),
+                transfers: std::mem::take(&mut transfers),
+            });
+            bytes = 0;
+        }
+        bytes += len;
+        peers.push((id.clone(), peer.clone()));
+    }
+    for (id, transfer) in &state.transfers {
+        let len = encoded_len(&(id, transfer), &mut scratch);
+        if bytes + len > SNAPSHOT_PART_BYTES && (!peers.is_empty() || !transfers.is_empty()) {
+            parts.push(JournalEntry::SnapshotPart {
+                peers: std::mem::take(&mut peers),
+                transfers: std::mem::take(&mut transfers),
+            });
+            bytes = 0;
+        }
+        bytes += len;
+        transfers.push((*id, transfer.clone()));
+    }
+    let mut head = state.clone_without_maps();
+    head.peers.extend(peers);
+    head.transfers.extend(transfers);
+    parts.push(JournalEntry::Snapshot {
+        time_ms,
+        state: head,
+    });
+    parts
+}
+
+/// The CBOR size of `item`. Encoding into memory fails only for values serde cannot
+/// represent; such a value counts as empty here and the journal reports the error itself.
+fn encoded_len<T: Serialize>(item: &T, scratch: &mut Vec<u8>) -> usize {
+    scratch.clear();
+    let _ = ciborium::into_writer(item, &mut *scratch);
+    scratch.len()
+}
+
 /// Folds replayed records into state, stopping after `until` if given. Returns the state
 /// and the sequence number of the last record folded.
+///
+/// A snapshot's parts are collected until its last record, which replaces the state; parts
+/// without their last record (an interrupted snapshot, never counted by the journal) are
+/// dropped.
 pub fn fold<E>(
     records: impl Iterator<Item = Result<Record<JournalEntry>, E>>,
     until: Option<Seq>,
 ) -> Result<(State, Option<Seq>), E> {
-    let mut state = State::default();
-    let mut last = None;
+    let mut folder = Fold::default();
     for record in records {
         let record = record?;
         if until.is_some_and(|until| record.seq > until) {
             break;
         }
-        match record.payload {
-            JournalEntry::Event(stamped) => state.apply(&stamped),
-            JournalEntry::Snapshot {
-                state: snapshot, ..
-            } => state = snapshot,
-        }
-        last = Some(record.seq);
+        folder.apply(record.seq, record.payload);
     }
-    Ok((state, last))
+    Ok((folder.state, folder.last))
+}
+
+/// The fold of [`fold`], one record at a time (for readers that look at each record too).
+#[derive(Default)]
+pub struct Fold {
+    pub state: State,
+    pub last: Option<Seq>,
+    peers: Vec<(DeviceId, PeerState)>,
+    transfers: Vec<(TransferId, TransferState)>,
+}
+
+impl Fold {
+    pub fn apply(&mut self, seq: Seq, payload: JournalEntry) {
+        match payload {
+            JournalEntry::Event(stamped) => {
+                self.peers.clear();
+                self.transfers.clear();
+                self.state.apply(&stamped);
+            }
+            JournalEntry::SnapshotPart { peers, transfers } => {
+                self.peers.extend(peers);
+                self.transfers.extend(transfers);
+            }
+            JournalEntry::Snapshot {
+                state: mut snapshot,
+                ..
+            } => {
+                snapshot.peers.extend(self.peers.drain(..));
+                snapshot.transfers.extend(self.transfers.drain(..));
+                snapshot.normalize();
+                self.state = snapshot;
+            }
+        }
+        self.last = Some(seq);
+    }
 }
 
 /// One line for operators about a torn journal tail.
@@ -76,6 +177,7 @@ mod tests {
             max_record_bytes: 1024 * 1024,
             segment_bytes: 600,
             preallocate_bytes: 0,
+            ..Options::default()
         };
         let (journal, _) = Journal::<JournalEntry>::open(dir, opts.clone()).unwrap();
         let peer = DeviceId::from_sha256(&[1; 32]);
@@ -220,5 +322,251 @@ mod tests {
         assert_eq!(last, Some(10));
         let peer = DeviceId::from_sha256(&[1; 32]);
         assert!(state.peers[&peer].trusted);
+    }
+}
+
+#[cfg(test)]
+mod bounded {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use fsnode_journal::{Journal, Options, Reader};
+    use serde::Serialize;
+
+    use super::*;
+    use crate::core::state::{NodeInfo, RECENT_FINISHED, TransferStatus};
+    use crate::core::{DeviceType, Direction, Event};
+
+    fn peer(n: u8) -> DeviceId {
+        DeviceId::from_sha256(&[n; 32])
+    }
+
+    fn id(n: u64) -> TransferId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        TransferId(b)
+    }
+
+    fn stamped(time_ms: i64, event: Event) -> Stamped {
+        Stamped { time_ms, event }
+    }
+
+    fn queued(n: u64) -> Event {
+        Event::TransferQueued {
+            id: id(n),
+            peer: peer(1),
+            direction: Direction::Send,
+            // Long names: the protocol's limit is 4 KiB of path; these make a big state.
+            name: format!("{}/file-{n}.bin", "deep/".repeat(40)),
+            size: 4096,
+            path: Some(PathBuf::from(format!(
+                "/srv/outbox/{}/file-{n}.bin",
+                "d/".repeat(40)
+            ))),
+            mime: Some("application/octet-stream".into()),
+            mode: Some(0o644),
+            mtime: Some(1_700_000_000),
+            sha256: Some([7; 32]),
+            dir: None,
+        }
+    }
+
+    /// Finished transfers leave state beyond the newest RECENT_FINISHED, whatever the history.
+    #[test]
+    fn finished_transfers_beyond_the_recent_ones_leave_state() {
+        let mut state = State::default();
+        for n in 0..5_000u64 {
+            state.apply(&stamped(n as i64, queued(n)));
+            let end = match n % 4 {
+                0 => Event::TransferCompleted {
+                    id: id(n),
+                    path: None,
+                },
+                1 => Event::TransferFailed {
+                    id: id(n),
+                    reason: "x".into(),
+                },
+                2 => Event::TransferRejected {
+                    id: id(n),
+                    reason: "no".into(),
+                },
+                _ => Event::TransferCancelled {
+                    id: id(n),
+                    by: crate::core::Side::Remote,
+                    reason: "bye".into(),
+                },
+            };
+            state.apply(&stamped(n as i64, end));
+        }
+        assert_eq!(state.transfers.len(), RECENT_FINISHED);
+        assert_eq!(state.finished.len(), RECENT_FINISHED);
+        // The newest are the ones kept, and every kept one is in the order.
+        assert!(state.transfers.contains_key(&id(4_999)));
+        assert!(!state.transfers.contains_key(&id(3_999)));
+        // Live transfers are never dropped.
+        state.apply(&stamped(9_000, queued(9_000)));
+        for n in 10_000..12_000u64 {
+            state.apply(&stamped(n as i64, queued(n)));
+            state.apply(&stamped(
+                n as i64,
+                Event::TransferFailed {
+                    id: id(n),
+                    reason: "x".into(),
+                },
+            ));
+        }
+        assert_eq!(state.transfers[&id(9_000)].status, TransferStatus::Queued);
+        assert_eq!(state.transfers.len(), RECENT_FINISHED + 1);
+    }
+
+    /// A state far larger than one record (100,000 queued sends with long names) is written as
+    /// a snapshot in parts, none above the journal's limit, and folds back to the same state.
+    #[test]
+    fn a_large_snapshot_is_split_into_parts_under_the_record_limit() {
+        let mut state = State::default();
+        for n in 0..100_000u64 {
+            state.apply(&stamped(n as i64, queued(n)));
+        }
+        let parts = snapshot_parts(&state, 42);
+        assert!(parts.len() > 10, "{} parts", parts.len());
+        let limit = Options::default().max_record_bytes as usize;
+        for part in &parts {
+            let mut buf = Vec::new();
+            ciborium::into_writer(part, &mut buf).unwrap();
+            assert!(buf.len() <= SNAPSHOT_PART_BYTES + 8 * 1024 && buf.len() < limit);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::<JournalEntry>::open(dir.path(), Options::default()).unwrap();
+        journal
+            .append(&JournalEntry::Event(stamped(1, queued(0))))
+            .unwrap()
+            .wait()
+            .unwrap();
+        journal.snapshot_parts(&parts).unwrap().wait().unwrap();
+        journal
+            .append(&JournalEntry::Event(stamped(
+                7,
+                Event::TransferFailed {
+                    id: id(5),
+                    reason: "x".into(),
+                },
+            )))
+            .unwrap()
+            .wait()
+            .unwrap();
+        journal.close().unwrap();
+        let (journal, _) = Journal::<JournalEntry>::open(dir.path(), Options::default()).unwrap();
+        let (back, _) = fold(journal.replay().unwrap(), None).unwrap();
+        let mut expected = state.clone();
+        expected.apply(&stamped(
+            7,
+            Event::TransferFailed {
+                id: id(5),
+                reason: "x".into(),
+            },
+        ));
+        assert_eq!(back, expected);
+    }
+
+    /// The shape of `State` before finished transfers left it (no `finished` field).
+    #[derive(Serialize, serde::Deserialize)]
+    struct OldState {
+        node: Option<NodeInfo>,
+        peers: BTreeMap<DeviceId, PeerState>,
+        transfers: BTreeMap<TransferId, TransferState>,
+        starts: u64,
+        policy_decisions: u64,
+    }
+
+    #[derive(Serialize, serde::Deserialize)]
+    enum OldEntry {
+        Event(Stamped),
+        Snapshot { time_ms: i64, state: OldState },
+    }
+
+    /// A journal written by an earlier build (format version 1, one snapshot record holding
+    /// every finished transfer) opens, and its state comes out bounded.
+    #[test]
+    fn a_journal_of_an_earlier_build_opens_and_its_history_leaves_state() {
+        let mut state = State::default();
+        state.apply(&stamped(
+            0,
+            Event::NodeStarted {
+                device_id: peer(9),
+                name: "old".into(),
+                device_type: DeviceType::Server,
+                version: "0.1.0".into(),
+            },
+        ));
+        for n in 0..3_000u64 {
+            state.apply(&stamped(n as i64, queued(n)));
+        }
+        let old = OldState {
+            node: state.node.clone(),
+            peers: state.peers.clone(),
+            // Every one finished, as an old build kept them: 3,000 of them.
+            transfers: state
+                .transfers
+                .iter()
+                .map(|(k, t)| {
+                    let mut t = t.clone();
+                    t.status = TransferStatus::Completed;
+                    // Short names: an old build's snapshot had to fit in one record.
+                    t.name = format!("f{}", t.updated_at_ms);
+                    t.path = None;
+                    (*k, t)
+                })
+                .collect(),
+            starts: 1,
+            policy_decisions: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::<OldEntry>::open(dir.path(), Options::default()).unwrap();
+        journal
+            .append(&OldEntry::Event(stamped(0, queued(99_999))))
+            .unwrap()
+            .wait()
+            .unwrap();
+        journal
+            .snapshot(&OldEntry::Snapshot {
+                time_ms: 5,
+                state: old,
+            })
+            .unwrap()
+            .wait()
+            .unwrap();
+        journal
+            .append(&OldEntry::Event(stamped(
+                6,
+                Event::NodeStopped {
+                    reason: "signal".into(),
+                },
+            )))
+            .unwrap()
+            .wait()
+            .unwrap();
+        journal.close().unwrap();
+        // Format version 1 in every header, as the earlier build wrote them.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "seg") {
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        Reader::<JournalEntry>::open(dir.path(), Options::default())
+            .unwrap()
+            .verify()
+            .unwrap();
+        let (journal, _) = Journal::<JournalEntry>::open(dir.path(), Options::default()).unwrap();
+        let (back, _) = fold(journal.replay().unwrap(), None).unwrap();
+        assert_eq!(back.transfers.len(), RECENT_FINISHED);
+        assert!(back.transfers.contains_key(&id(2_999)), "the newest stay");
+        assert_eq!(back.node.as_ref().map(|n| n.running), Some(false));
+        // And a new snapshot of it is small.
+        let parts = snapshot_parts(&back, 10);
+        journal.snapshot_parts(&parts).unwrap().wait().unwrap();
+        journal.close().unwrap();
     }
 }

@@ -39,12 +39,13 @@ struct Opts {
     dir: PathBuf,
     only: Vec<String>,
     small_files: usize,
+    many_files: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: fsnode-throughput [--fsnode PATH] [--runs N] [--size-mib N] [--dir DIR] \
-         [--small-files N] [--only loopback|gigabit|small|fanout]...\n\
+         [--small-files N] [--many-files N] [--only loopback|gigabit|small|many|fanout]...\n\
          (needs root: it creates network namespaces)"
     );
     std::process::exit(2)
@@ -68,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         },
         only: Vec::new(),
         small_files: 10_000,
+        many_files: 100_000,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -78,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             "--size-mib" => opts.size_mib = value().parse().unwrap_or_else(|_| usage()),
             "--dir" => opts.dir = PathBuf::from(value()),
             "--small-files" => opts.small_files = value().parse().unwrap_or_else(|_| usage()),
+            "--many-files" => opts.many_files = value().parse().unwrap_or_else(|_| usage()),
             "--only" => opts.only.push(value()),
             _ => usage(),
         }
@@ -117,7 +120,17 @@ fn main() -> anyhow::Result<()> {
         pair_benchmark(&opts, work.path(), &big, Topology::Gigabit)?;
     }
     if want("small") {
-        small_files(&opts, work.path())?;
+        small_files(
+            &opts,
+            work.path(),
+            "small files",
+            opts.small_files,
+            opts.runs,
+        )?;
+    }
+    if want("many") {
+        // One `send DIR` of 100,000 files: bounded memory whatever the queue (issue 13).
+        small_files(&opts, work.path(), "many files", opts.many_files, 1)?;
     }
     if want("fanout") {
         fanout(&opts, work.path(), &big)?;
@@ -679,19 +692,27 @@ fn tcp_send(to: &str, path: &Path) -> anyhow::Result<()> {
 }
 
 /// 10,000 files of 4 KiB in one directory, unshaped (loopback).
-fn small_files(opts: &Opts, data: &Path) -> anyhow::Result<()> {
+/// `count` files of 4 KiB in one `send DIR --wait`, `runs` times: files/s and both nodes' peak
+/// RSS.
+fn small_files(
+    opts: &Opts,
+    data: &Path,
+    label: &str,
+    count: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
     let dir = data.join("small");
     fs::create_dir_all(&dir)?;
     let mut block = vec![0u8; 4096];
-    for i in 0..opts.small_files {
+    for i in 0..count {
         block[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        fs::write(dir.join(format!("f{i:05}.bin")), &block)?;
+        fs::write(dir.join(format!("f{i:06}.bin")), &block)?;
     }
     let lan = Lan::new(1)?;
     let (mut a, mut b, _a_id, b_id) = trusting_pair(opts, &lan, data, Topology::Loopback)?;
-    println!("\n== small files ==");
+    println!("\n== {label}: {count} x 4 KiB ==");
     let mut rates = Vec::new();
-    for run in 0..opts.runs {
+    for run in 0..runs {
         let cpu0 = [proc_usage(a.pid()).0, proc_usage(b.pid()).0];
         let start = Instant::now();
         let out = a.home.run(&[
@@ -704,23 +725,23 @@ fn small_files(opts: &Opts, data: &Path) -> anyhow::Result<()> {
         let secs = start.elapsed().as_secs_f64();
         ensure!(out.success(), "fsnode send failed: {out:?}");
         let got = count_files(&b.receive)?;
-        ensure!(got == opts.small_files, "received {got} files");
+        ensure!(got == count, "received {got} files");
         fs::remove_dir_all(&b.receive)?;
         fs::create_dir_all(&b.receive)?;
         let (ua, ra) = proc_usage(a.pid());
         let (ub, rb) = proc_usage(b.pid());
-        let rate = opts.small_files as f64 / secs;
+        let rate = count as f64 / secs;
         println!(
             "run {}: {} files in {secs:.2} s = {rate:.0} files/s (cpu sender {:.2} s receiver {:.2} \
              s; peak RSS {ra:.0} / {rb:.0} MiB)",
             run + 1,
-            opts.small_files,
+            count,
             ua - cpu0[0],
             ub - cpu0[1]
         );
         rates.push(rate);
     }
-    println!("small files median: {:.0} files/s", median(rates));
+    println!("{label} median: {:.0} files/s", median(rates));
     a.stop()?;
     b.stop()?;
     fs::remove_dir_all(&dir)?;

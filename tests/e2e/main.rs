@@ -8,6 +8,7 @@ mod faults;
 mod foundation;
 mod hostile;
 mod interop;
+mod longevity;
 mod plugins;
 mod support;
 mod transfer;

@@ -327,13 +327,13 @@ fn a_newer_format_version_is_unsupported() {
     journal_with(dir.path(), 3, Options::default());
     let path = segment_paths(dir.path()).remove(0);
     let mut bytes = fs::read(&path).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     fs::write(&path, bytes).unwrap();
     let check = |r: Result<(), JournalError>| match r {
         Err(JournalError::UnsupportedVersion {
             segment,
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
         }) => assert_eq!(segment, path),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     };
@@ -454,7 +454,7 @@ fn zeros_after_the_data_are_preallocated_space() {
 }
 
 /// Rewrites frame `index` of a segment with a new seq/kind and a valid CRC.
-fn rewrite_frame(path: &Path, index: usize, seq: Seq, kind: u8) {
+pub(super) fn rewrite_frame(path: &Path, index: usize, seq: Seq, kind: u8) {
     let f = frames_of(path)[index];
     let mut bytes = fs::read(path).unwrap();
     let body = f.start as usize + FRAME_HEADER_LEN;

@@ -12,6 +12,7 @@ use crate::{FRAME_HEADER_LEN, Journal, JournalError, Options, Reader, Record, Re
 mod api;
 mod damage;
 mod props;
+mod retention;
 
 /// The record type of the tests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

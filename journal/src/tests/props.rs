@@ -49,6 +49,7 @@ fn write(dir: &Path, ops: &[Op], segment_bytes: u64) -> Model {
         let p = match kind {
             RecordKind::Event => journal.append(&payload),
             RecordKind::Snapshot => journal.snapshot(&payload),
+            RecordKind::SnapshotPart => unreachable!("the ops write whole snapshots"),
         }
         .expect("append");
         assert_eq!(p.seq, seq);

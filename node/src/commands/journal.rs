@@ -27,8 +27,16 @@ pub fn journal(home: Option<&Path>, args: &JournalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the journal at {}", dir.display()))?;
     let mut out = std::io::stdout().lock();
     match &args.command {
-        JournalCommand::Show { json, from } => show(&reader, &mut out, *json, from.unwrap_or(0)),
-        JournalCommand::Verify => verify(&reader, &dir, &mut out),
+        JournalCommand::Show { json, from } => {
+            // On stderr: stdout stays one line per record.
+            eprintln!("{}", history(&reader)?);
+            show(&reader, &mut out, *json, from.unwrap_or(0))
+        }
+        JournalCommand::Verify => {
+            verify(&reader, &dir, &mut out)?;
+            writeln!(out, "  {}", history(&reader)?)?;
+            Ok(())
+        }
         JournalCommand::Replay { until, json } => replay(&reader, &mut out, *until, *json),
     }
 }
@@ -41,7 +49,10 @@ fn show(
 ) -> anyhow::Result<()> {
     for record in reader.replay_from(from)? {
         let record = record?;
-        let time = format_time(record.payload.time_ms());
+        let time = record
+            .payload
+            .time_ms()
+            .map_or_else(|| "-".to_owned(), format_time);
         if json {
             let line = match &record.payload {
                 JournalEntry::Event(stamped) => serde_json::json!({
@@ -49,6 +60,9 @@ fn show(
                 }),
                 JournalEntry::Snapshot { state, .. } => serde_json::json!({
                     "seq": record.seq, "time": time, "snapshot": state,
+                }),
+                JournalEntry::SnapshotPart { peers, transfers } => serde_json::json!({
+                    "seq": record.seq, "snapshot_part": { "peers": peers, "transfers": transfers },
                 }),
             };
             writeln!(out, "{line}")?;
@@ -61,11 +75,45 @@ fn show(
                     state.trusted().count(),
                     state.transfers.len()
                 ),
+                JournalEntry::SnapshotPart { peers, transfers } => format!(
+                    "SnapshotPart peers={} transfers={}",
+                    peers.len(),
+                    transfers.len()
+                ),
             };
             writeln!(out, "{:>8} {time} {text}", record.seq)?;
         }
     }
     Ok(())
+}
+
+/// Where the journal's history starts (older records were retired, or it starts at seq 1) and
+/// where the node's replay starts (its newest snapshot).
+pub fn history(reader: &Reader<JournalEntry>) -> anyhow::Result<String> {
+    let first = match reader.replay_from(0)?.next() {
+        Some(record) => record?,
+        None => return Ok("history: the journal is empty".into()),
+    };
+    let mut text = if first.seq == 1 {
+        "history: complete, from seq 1".to_owned()
+    } else {
+        format!(
+            "history: from seq {} (a snapshot; older records were retired under the retention)",
+            first.seq
+        )
+    };
+    if let Some(time) = first.payload.time_ms() {
+        text.push_str(&format!(" at {}", format_time(time)));
+    }
+    if let Some(Ok(start)) = reader.replay()?.next()
+        && start.seq != first.seq
+    {
+        text.push_str(&format!(
+            "; the node's state replays from the snapshot at seq {}",
+            start.seq
+        ));
+    }
+    Ok(text)
 }
 
 /// `Kind key=value …`, from the event's JSON form so every field shows without a hand-written
@@ -130,7 +178,7 @@ fn replay(
     let mut records = reader.replay_from(0)?.peekable();
     if let (Some(until), Some(Ok(first))) = (until, records.peek())
         && first.seq > until
-        && first.kind == RecordKind::Snapshot
+        && matches!(first.kind, RecordKind::Snapshot | RecordKind::SnapshotPart)
     {
         bail!(
             "the journal was compacted: the earliest state it holds is at seq {}, after {until}",

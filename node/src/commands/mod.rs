@@ -6,6 +6,7 @@ mod id;
 mod journal;
 mod peers;
 mod plugins;
+mod provision;
 mod table;
 mod transfers;
 

@@ -1,4 +1,5 @@
-//! `fsnode peers` and `fsnode trust`: clients of the running node's control socket.
+//! `fsnode peers` and `fsnode trust`: clients of the running node's control socket (`trust`
+//! works on the journal directly when no node runs, see `provision`).
 
 use std::io::Write;
 use std::net::ToSocketAddrs;
@@ -35,7 +36,11 @@ pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
         },
         TrustCommand::List => Request::TrustList,
     };
-    let reply = client::ask(home, request)?;
+    let reply = match super::provision::trust_offline(home, &request)? {
+        Some(Reply::Error(error)) => return Err(client::refusal(&error)),
+        Some(reply) => reply,
+        None => client::ask(home, request)?,
+    };
     print(&reply, args.json)
 }
 

@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::cli::{CancelArgs, JsonArg, SendArgs};
+use crate::cli::{CancelArgs, JsonArg, SendArgs, TransfersArgs};
 use crate::commands::client;
 use crate::config::resolve_dirs;
 use crate::control::{self, Reply, Request, TransferRow};
 
-pub fn transfers(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
+pub fn transfers(home: Option<&Path>, args: &TransfersArgs) -> anyhow::Result<()> {
+    if args.all || args.since.is_some() {
+        return history(home, args);
+    }
     let reply = client::ask(home, Request::Transfers)?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -26,6 +29,46 @@ pub fn transfers(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
         bail!("unexpected reply from the node: {reply:?}");
     };
     super::table::transfers(&mut out, &transfers)
+}
+
+/// `--all` / `--since`: finished transfers from the journal's history, read directly (no node
+/// needed; a running node's journal is read without disturbing it).
+fn history(home: Option<&Path>, args: &TransfersArgs) -> anyhow::Result<()> {
+    let dir = resolve_dirs(home)?.journal();
+    if !dir.is_dir() {
+        bail!("no journal at {}: this node has never run", dir.display());
+    }
+    let reader = fsnode_journal::Reader::open(&dir, fsnode_journal::Options::default())
+        .with_context(|| format!("opening the journal at {}", dir.display()))?;
+    let since_ms = args.since.map(|d| {
+        let now = crate::shell::runtime::Clock::wall_ms(&crate::shell::runtime::SystemClock);
+        now - i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(now)
+    });
+    let page = crate::history::finished(&reader, since_ms, args.skip, args.limit.max(1))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let value = serde_json::json!({
+            "transfers": page.rows, "total": page.total, "skip": args.skip,
+            "history_from_seq": page.history_from,
+        });
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    super::table::transfers(&mut out, &page.rows)?;
+    let shown = page.rows.len();
+    writeln!(
+        out,
+        "{} of {} finished transfer(s) in the journal's history (from seq {}), newest first{}",
+        shown,
+        page.total,
+        page.history_from.map_or("-".into(), |s| s.to_string()),
+        if args.skip + shown < page.total {
+            format!("; next page: --skip {}", args.skip + shown)
+        } else {
+            String::new()
+        }
+    )?;
+    Ok(())
 }
 
 pub fn send(home: Option<&Path>, args: &SendArgs) -> anyhow::Result<()> {

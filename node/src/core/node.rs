@@ -425,6 +425,16 @@ impl Core {
                 }
             }
         }
+        self.start_waiting_sends(now);
+    }
+
+    /// A send stopped: the next waiting ones start, within the caps (`core::transfers`).
+    fn start_waiting_sends(&mut self, now: Now) {
+        if self.transfers.slot_freed() {
+            let mut work = Vec::new();
+            self.transfers.fill(&self.state, now.instant, &mut work);
+            self.run(work, now);
+        }
     }
 
     /// Timers: negotiation deadlines, transfer deadlines, and probing trusted devices that
@@ -434,6 +444,7 @@ impl Core {
         self.transfers
             .handle_timeout(now.instant, &self.state, &mut work);
         self.run(work, now);
+        self.start_waiting_sends(now);
         let due: Vec<DeviceId> = self
             .negotiations
             .iter()
@@ -1215,6 +1226,7 @@ impl Core {
                             sha256,
                             mode,
                             mtime,
+                            adopt_identical,
                         },
                 } => {
                     let mode = self.ask_mode(&id, mode, mtime, now).or(mode);
@@ -1224,6 +1236,7 @@ impl Core {
                             sha256,
                             mode,
                             mtime,
+                            adopt_identical,
                         },
                     }))
                 }

@@ -2,9 +2,15 @@
 //!
 //! `State::apply` is the only way state changes. It runs at startup (replaying the journal),
 //! in `fsnode journal replay`, and in tests; it never fails and never does IO, so replaying the
-//! same events always gives the same state. Snapshots in the journal are a serialized `State`.
+//! same events always gives the same state. Snapshots in the journal are a serialized `State`
+//! (split into parts when large, see `record::snapshot_parts`).
+//!
+//! State is what is live, not history: a finished transfer (completed, rejected, cancelled,
+//! failed) stays only among the [`RECENT_FINISHED`] most recently finished ones, for `fsnode
+//! transfers` and for answering a peer that missed the outcome; the journal keeps the rest
+//! (`fsnode transfers --all`). So a snapshot is bounded by live state, never by history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -173,11 +179,21 @@ pub struct NodeInfo {
     pub running: bool,
 }
 
+/// How many finished transfers state keeps (the most recently finished); older ones leave
+/// state and live on in the journal. A peer that missed an outcome asks again within seconds
+/// of reconnecting, long before a thousand other transfers finish.
+pub const RECENT_FINISHED: usize = 1000;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub node: Option<NodeInfo>,
     pub peers: BTreeMap<DeviceId, PeerState>,
     pub transfers: BTreeMap<TransferId, TransferState>,
+    /// The finished transfers still in `transfers`, oldest finish first (at most
+    /// [`RECENT_FINISHED`]). Absent from snapshots of earlier builds; [`State::normalize`]
+    /// rebuilds it.
+    #[serde(default)]
+    pub finished: VecDeque<TransferId>,
     /// Starts of this node, counting restarts after crashes too.
     pub starts: u64,
     /// How many policy decisions were recorded.
@@ -463,7 +479,45 @@ impl State {
         if let Some(t) = self.live_transfer(id, now) {
             t.status = status;
             t.reason = reason;
+            self.finished.push_back(*id);
+            self.forget_old_finished();
         }
+    }
+
+    /// Drops the finished transfers beyond the [`RECENT_FINISHED`] newest.
+    fn forget_old_finished(&mut self) {
+        while self.finished.len() > RECENT_FINISHED {
+            if let Some(old) = self.finished.pop_front() {
+                self.transfers.remove(&old);
+            }
+        }
+    }
+
+    /// Brings a state read from a snapshot into shape: a snapshot of an earlier build kept
+    /// every finished transfer and no finish order, so the order is rebuilt (by last update,
+    /// then id) and the oldest are dropped. Deterministic, so replays agree.
+    pub fn normalize(&mut self) {
+        let listed: std::collections::BTreeSet<TransferId> =
+            self.finished.iter().copied().collect();
+        self.finished.retain(|id| {
+            self.transfers
+                .get(id)
+                .is_some_and(|t| t.status.is_finished())
+        });
+        let mut unlisted: Vec<(i64, TransferId)> = self
+            .transfers
+            .iter()
+            .filter(|(id, t)| t.status.is_finished() && !listed.contains(id))
+            .map(|(id, t)| (t.updated_at_ms, *id))
+            .collect();
+        if !unlisted.is_empty() {
+            unlisted.sort_unstable();
+            // Unlisted ones finished before anything listed (they come from an older build).
+            for (_, id) in unlisted.into_iter().rev() {
+                self.finished.push_front(id);
+            }
+        }
+        self.forget_old_finished();
     }
 
     /// Devices the operator trusts, in id order.
@@ -481,6 +535,18 @@ impl State {
     /// Whether the operator (or a policy) currently trusts `peer`.
     pub fn is_trusted(&self, peer: &DeviceId) -> bool {
         self.peers.get(peer).is_some_and(|p| p.trusted)
+    }
+
+    /// Everything but the devices and transfers (the small head of a snapshot).
+    pub fn clone_without_maps(&self) -> State {
+        State {
+            node: self.node.clone(),
+            peers: BTreeMap::new(),
+            transfers: BTreeMap::new(),
+            finished: self.finished.clone(),
+            starts: self.starts,
+            policy_decisions: self.policy_decisions,
+        }
     }
 
     /// Folds a sequence of events into a fresh state.

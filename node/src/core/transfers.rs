@@ -58,6 +58,11 @@ pub enum StoreOp {
         sha256: [u8; 32],
         mode: Option<u32>,
         mtime: Option<i64>,
+        /// The journal said every chunk was durable before this start, but the `.part` was gone:
+        /// the node stopped between the final rename and journaling the completion. A file
+        /// already under the final name (or a numbered variant) with this size and SHA-256 is
+        /// this transfer's own, finished file, taken as the result instead of a `name (1).ext`.
+        adopt_identical: bool,
     },
     /// Receiver: delete the `.part`.
     DeletePart,
@@ -128,11 +133,31 @@ struct Outgoing {
     peer: DeviceId,
     path: PathBuf,
     sender: Sender,
+    /// What it counts against the bytes-in-flight caps ([`flight_cost`]).
+    cost: u64,
+}
+
+/// How many sends run at once to one peer; the rest wait in queue order.
+pub const MAX_RUNNING_PER_PEER: usize = 32;
+/// Bytes in flight to one peer at most (each running send counts [`flight_cost`]); one send
+/// always may run, however large.
+pub const MAX_FLIGHT_PER_PEER: u64 = 16 * 1024 * 1024;
+/// Bytes in flight to all peers together at most; one send always may run.
+pub const MAX_FLIGHT_TOTAL: u64 = 64 * 1024 * 1024;
+
+/// What a running send may hold in memory and in the IO queues: the rest of its file, at most
+/// one receiver window.
+pub fn flight_cost(t: &super::TransferState) -> u64 {
+    t.size
+        .saturating_sub(t.durable_bytes())
+        .clamp(1, WINDOW_BYTES)
 }
 
 struct Incoming {
     peer: DeviceId,
     receiver: Receiver,
+    /// See [`StoreOp::Finalize`]'s `adopt_identical`.
+    finished_before: bool,
 }
 
 #[derive(Default)]
@@ -147,6 +172,10 @@ pub struct Transfers {
     max_message_size: BTreeMap<DeviceId, Option<u64>>,
     /// Sends paused because the receiver's disk was full, and when to `start` them again.
     paused: BTreeMap<TransferId, Instant>,
+    /// Sends waiting for a slot, per connected peer, in the order policy gave.
+    waiting: BTreeMap<DeviceId, std::collections::VecDeque<TransferId>>,
+    /// A send stopped since the last [`Transfers::fill`]: a slot may be free.
+    slot_freed: bool,
 }
 
 /// The journal's record of an incoming file, as its `start` describes it (`dir`: where policy
@@ -272,14 +301,14 @@ impl Transfers {
                 queued_at_ms: t.queued_at_ms,
             })
             .collect();
-        let rank = order(facts);
-        queued.sort_by_key(|(id, t)| {
-            (
-                rank.iter().position(|r| r == *id).unwrap_or(usize::MAX),
-                t.queued_at_ms,
-            )
-        });
-        let mut starts = Vec::new();
+        let rank: BTreeMap<TransferId, usize> = order(facts)
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .rev() // the first place wins if policy names an id twice
+            .collect();
+        queued.sort_by_key(|(id, t)| (rank.get(id).copied().unwrap_or(usize::MAX), t.queued_at_ms));
+        let mut ranked = std::collections::VecDeque::new();
         for (id, t) in queued {
             if t.status == TransferStatus::Cancelled && t.chunk_size > 0 {
                 // Cancelled while the peer was away after it had started: tell it now, so
@@ -296,13 +325,90 @@ impl Transfers {
             if t.status.is_finished() || self.sending.contains_key(id) {
                 continue;
             }
-            if self.spawn_sender(id, t, peer) {
-                starts.push(*id);
+            ranked.push_back(*id);
+        }
+        self.waiting.insert(peer.clone(), ranked);
+        self.fill(state, now, work);
+    }
+
+    /// Whether a send stopped since the last [`fill`](Self::fill) (the node then calls it).
+    pub fn slot_freed(&self) -> bool {
+        self.slot_freed
+    }
+
+    /// Starts waiting sends, in their queue order, while the caps allow: per peer at most
+    /// [`MAX_RUNNING_PER_PEER`] sends and [`MAX_FLIGHT_PER_PEER`] bytes in flight, and
+    /// [`MAX_FLIGHT_TOTAL`] over all peers. Peers take turns, one start each per round.
+    pub fn fill(&mut self, state: &State, now: Instant, work: &mut Vec<Work>) {
+        self.slot_freed = false;
+        let mut per_peer: BTreeMap<DeviceId, (usize, u64)> = BTreeMap::new();
+        let mut total = 0u64;
+        for outgoing in self.sending.values() {
+            let entry = per_peer.entry(outgoing.peer.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += outgoing.cost;
+            total += outgoing.cost;
+        }
+        let mut starts = Vec::new();
+        loop {
+            let mut progressed = false;
+            let peers: Vec<DeviceId> = self.waiting.keys().cloned().collect();
+            for peer in peers {
+                let Some(queue) = self.waiting.get_mut(&peer) else {
+                    continue;
+                };
+                let (count, bytes) = per_peer.get(&peer).copied().unwrap_or_default();
+                if count >= MAX_RUNNING_PER_PEER {
+                    continue;
+                }
+                // The next that can still start (finished or running ones leave the queue).
+                let next = loop {
+                    let Some(id) = queue.front().copied() else {
+                        break None;
+                    };
+                    match state.transfers.get(&id) {
+                        Some(t) if !t.status.is_finished() && !self.sending.contains_key(&id) => {
+                            break Some((id, flight_cost(t)));
+                        }
+                        _ => {
+                            queue.pop_front();
+                        }
+                    }
+                };
+                let Some((id, cost)) = next else {
+                    continue;
+                };
+                let fits_peer = count == 0 || bytes + cost <= MAX_FLIGHT_PER_PEER;
+                let fits_total = total == 0 || total + cost <= MAX_FLIGHT_TOTAL;
+                if !(fits_peer && fits_total) {
+                    continue;
+                }
+                queue.pop_front();
+                let Some(t) = state.transfers.get(&id) else {
+                    continue;
+                };
+                if self.spawn_sender(&id, t, &peer) {
+                    let entry = per_peer.entry(peer.clone()).or_default();
+                    entry.0 += 1;
+                    entry.1 += cost;
+                    total += cost;
+                    starts.push(id);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
             }
         }
+        self.waiting.retain(|_, queue| !queue.is_empty());
         for id in starts {
             self.feed_sender(&id, SendInput::Connected, now, work);
         }
+    }
+
+    /// Sends running and waiting, per peer (for tests and status).
+    pub fn running_to(&self, peer: &DeviceId) -> usize {
+        self.sending.values().filter(|o| &o.peer == peer).count()
     }
 
     /// Builds the sender machine of queued transfer `id` from what the journal holds; false
@@ -337,6 +443,7 @@ impl Transfers {
                 peer: peer.clone(),
                 path,
                 sender,
+                cost: flight_cost(t),
             },
         );
         true
@@ -345,6 +452,8 @@ impl Transfers {
     /// The peer's channel closed: its machines go; the journal keeps what resumes them.
     pub fn disconnected(&mut self, peer: &DeviceId, work: &mut Vec<Work>) {
         self.connected.remove(peer);
+        self.waiting.remove(peer);
+        self.slot_freed = true;
         let gone: Vec<TransferId> = self
             .sending
             .iter()
@@ -524,9 +633,19 @@ impl Transfers {
                     let journaled = state.transfers.get(&id).map_or(0, |t| t.next);
                     let held = part_len / u64::from(start.chunk_size.max(1));
                     let durable_next = journaled.min(held);
+                    let finished_before = state.transfers.get(&id).is_some_and(|t| {
+                        t.chunk_size > 0 && t.next >= t.chunks && part_len < start.size
+                    });
                     let window = window_for(start.chunk_size);
                     let receiver = Receiver::new(start, durable_next, window);
-                    self.receiving.insert(id, Incoming { peer, receiver });
+                    self.receiving.insert(
+                        id,
+                        Incoming {
+                            peer,
+                            receiver,
+                            finished_before,
+                        },
+                    );
                     self.pump_receiver(&id, work);
                 }
                 StoreResult::PrepareFailed { reason } => {
@@ -669,6 +788,7 @@ impl Transfers {
         }
         if outgoing.sender.is_finished() {
             self.sending.remove(id);
+            self.slot_freed = true;
             work.push(Work::Store {
                 id: *id,
                 op: StoreOp::Close,
@@ -723,6 +843,7 @@ impl Transfers {
                     sha256,
                     mode: incoming.receiver.info().mode,
                     mtime: incoming.receiver.info().mtime,
+                    adopt_identical: incoming.finished_before,
                 },
                 RecvOutput::DeletePart => StoreOp::DeletePart,
             };
@@ -833,5 +954,125 @@ mod tests {
         transfers.handle_timeout(now + PAUSE_RETRY, &state, &mut work);
         assert_eq!(starts(&work), 1, "the same id, started again");
         assert_eq!(transfers.poll_timeout(), None);
+    }
+
+    fn queue_send(state: &mut State, peer: &DeviceId, n: u64, size: u64) -> TransferId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        let id = TransferId(b);
+        state.apply(&Stamped {
+            time_ms: i64::try_from(n).unwrap(),
+            event: Event::TransferQueued {
+                id,
+                peer: peer.clone(),
+                direction: Direction::Send,
+                name: format!("f{n}"),
+                size,
+                path: Some(format!("/tmp/f{n}").into()),
+                mime: None,
+                mode: None,
+                mtime: None,
+                sha256: Some([0; 32]),
+                dir: None,
+            },
+        });
+        id
+    }
+
+    fn started(work: &[Work]) -> Vec<TransferId> {
+        work.iter()
+            .filter_map(|w| match w {
+                Work::Channel {
+                    message: Message::Start { id, .. },
+                    ..
+                } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Many files at once: per peer at most 32 sends run, the rest wait in the order policy
+    /// gave, and each one that stops lets the next start.
+    #[test]
+    fn sends_start_within_the_per_peer_count_cap_in_policy_order() {
+        let peer = DeviceId::from_sha256(&[1; 32]);
+        let mut state = State::default();
+        let ids: Vec<TransferId> = (0..100)
+            .map(|n| queue_send(&mut state, &peer, n, 4096))
+            .collect();
+        let mut transfers = Transfers::default();
+        let now = Instant::now();
+        let mut work = Vec::new();
+        // Policy: newest first.
+        transfers.connected(&peer, &state, now, &mut work, &mut |facts| {
+            facts.iter().rev().map(|f| f.id).collect()
+        });
+        let first = started(&work);
+        assert_eq!(first.len(), MAX_RUNNING_PER_PEER);
+        assert_eq!(first[..3], [ids[99], ids[98], ids[97]]);
+        apply(&mut state, &work);
+        assert!(!transfers.slot_freed());
+
+        // One is refused by the receiver: its slot goes to the next in policy order.
+        let mut work = Vec::new();
+        transfers.on_message(
+            &peer,
+            Message::Reject {
+                id: ids[99],
+                reason: "not wanted".into(),
+            },
+            &state,
+            now,
+            &mut work,
+            &mut |_, _| crate::core::policy::AcceptAnswer::Accept { dir: None },
+        );
+        apply(&mut state, &work);
+        assert!(transfers.slot_freed());
+        let mut work = Vec::new();
+        transfers.fill(&state, now, &mut work);
+        assert_eq!(started(&work), vec![ids[99 - MAX_RUNNING_PER_PEER]]);
+        assert_eq!(transfers.running_to(&peer), MAX_RUNNING_PER_PEER);
+    }
+
+    /// Bytes in flight are capped per peer and across peers; one send always runs.
+    #[test]
+    fn large_sends_are_capped_by_bytes_in_flight_per_peer_and_in_total() {
+        let mut state = State::default();
+        let peers: Vec<DeviceId> = (0..16u8)
+            .map(|n| DeviceId::from_sha256(&[n + 1; 32]))
+            .collect();
+        let mut n = 0;
+        for peer in &peers {
+            for _ in 0..4 {
+                queue_send(&mut state, peer, n, 1 << 30);
+                n += 1;
+            }
+        }
+        let mut transfers = Transfers::default();
+        let now = Instant::now();
+        let mut total = 0;
+        for peer in &peers {
+            let mut work = Vec::new();
+            transfers.connected(peer, &state, now, &mut work, &mut |_| Vec::new());
+            total += started(&work).len();
+            apply(&mut state, &work);
+        }
+        let per_peer = (MAX_FLIGHT_PER_PEER / WINDOW_BYTES) as usize;
+        assert_eq!(transfers.running_to(&peers[0]), per_peer);
+        assert_eq!(total, (MAX_FLIGHT_TOTAL / WINDOW_BYTES) as usize);
+        assert_eq!(
+            transfers.running_to(&peers[15]),
+            0,
+            "waits for room across peers"
+        );
+
+        // A file larger than the per-peer cap still goes alone.
+        let mut state = State::default();
+        let peer = DeviceId::from_sha256(&[99; 32]);
+        let big = queue_send(&mut state, &peer, 1, 1 << 40);
+        let mut transfers = Transfers::default();
+        let mut work = Vec::new();
+        transfers.connected(&peer, &state, now, &mut work, &mut |_| Vec::new());
+        assert_eq!(started(&work), vec![big]);
     }
 }

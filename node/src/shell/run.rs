@@ -6,7 +6,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::Context;
-use fsnode_journal::{Journal, Options};
+use fsnode_journal::Journal;
 use futures_lite::StreamExt;
 use tracing::{debug, info, warn};
 
@@ -87,7 +87,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     let control_listener = control::bind(&dirs.control_socket())?;
 
     let journal_dir = dirs.journal();
-    let (journal, report) = Journal::<JournalEntry>::open(&journal_dir, Options::default())
+    let (journal, report) = Journal::<JournalEntry>::open(&journal_dir, config.journal.clone())
         .with_context(|| format!("opening the journal at {}", journal_dir.display()))?;
     if let Some(torn) = &report.truncated_tail {
         warn!(
@@ -97,7 +97,13 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     }
     let (mut state, _) = record::fold(journal.replay()?, None)?;
     if report.records > COMPACT_AFTER_RECORDS {
-        compact(&journal, &state, clock.wall_ms())?;
+        // A snapshot only saves time at the next start: failing to write one is no reason
+        // not to start now.
+        if let Err(e) = compact(&journal, &state, clock.wall_ms()) {
+            warn!(
+                "could not compact the journal (the node runs on; it tries again at the next start): {e:#}"
+            );
+        }
     }
 
     // Signal handlers before `NodeStarted` is journaled: whoever sees the node started (a
@@ -623,13 +629,13 @@ fn record_event(
     Ok(())
 }
 
-fn compact(journal: &Journal<JournalEntry>, state: &State, time_ms: i64) -> anyhow::Result<()> {
-    let snapshot = JournalEntry::Snapshot {
-        time_ms,
-        state: state.clone(),
-    };
-    let seq = journal.snapshot(&snapshot)?.wait()?;
-    info!(seq, "compacted the journal into a snapshot");
+/// Writes a snapshot of `state` (in parts when large), after which older segments are history
+/// kept under the journal's retention.
+pub fn compact(journal: &Journal<JournalEntry>, state: &State, time_ms: i64) -> anyhow::Result<()> {
+    let parts = record::snapshot_parts(state, time_ms);
+    let count = parts.len();
+    let seq = journal.snapshot_parts(&parts)?.wait()?;
+    info!(seq, parts = count, "compacted the journal into a snapshot");
     Ok(())
 }
 
@@ -649,7 +655,7 @@ async fn wait_for_stop_signal(mut signals: async_signal::Signals) -> anyhow::Res
 
 /// Creates `dir` (and parents) readable by this user only: it holds the private key, the
 /// journal and the control socket.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -323,6 +323,49 @@ impl PartFile {
         Ok(final_path)
     }
 
+    /// [`finalize_hashed`](Self::finalize_hashed) for a transfer that had finished before
+    /// (its completion was not journaled when the node stopped): if the final name or one of
+    /// its numbered variants already holds a regular file of the same size and SHA-256, that
+    /// file is the result and the `.part` is deleted; otherwise it finalizes as usual.
+    pub fn finalize_adopting(
+        &self,
+        expected: &[u8; 32],
+        mode: u32,
+        mtime: Option<i64>,
+        hashed: WholeFileHash,
+    ) -> Result<PathBuf, StoreError> {
+        let io_error = |source| StoreError::Io {
+            path: self.shown.clone(),
+            source,
+        };
+        let size = self.len().map_err(io_error)?;
+        for n in 0..=MAX_VARIANTS {
+            let name = match n {
+                0 => self.final_name.clone(),
+                n => names::numbered(&self.final_name, n),
+            };
+            let target = self.dir.join(&name);
+            let Ok(meta) = fs::symlink_metadata(&target) else {
+                // The first free name: the finished file would have taken an earlier one.
+                break;
+            };
+            if !meta.file_type().is_file() || meta.len() != size {
+                continue;
+            }
+            let same = File::open(&target)
+                .and_then(|file| WholeFileHash::new().finish(&file))
+                .is_ok_and(|sha| sha == *expected);
+            if same {
+                self.delete().map_err(io_error)?;
+                File::open(&self.dir)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(io_error)?;
+                return Ok(target);
+            }
+        }
+        self.finalize_hashed(expected, mode, mtime, hashed)
+    }
+
     /// Renames the `.part` file to the first free name of `final_name`, `numbered(final_name, 1)`,
     /// …; `None` if none of the first [`MAX_VARIANTS`] is free. Atomic no-replace rename
     /// (`renameat2(RENAME_NOREPLACE)`); on file systems without it, link then unlink, which
@@ -699,6 +742,37 @@ mod tests {
         assert_eq!(again.len().unwrap(), 5);
         assert!(writer.write_chunk(5, b"second", &sha(b"second")).unwrap());
         assert_eq!(fs::read(&part.part_path).unwrap(), b"firstsecond");
+    }
+
+    /// The crash window at completion: the file was renamed into place, then the node stopped
+    /// before journaling the completion; the resumed transfer receives the file again. It must
+    /// end as the same file, not as `name (1).ext`, while a different file of the same name
+    /// still gets a numbered variant.
+    #[test]
+    fn a_transfer_finished_before_a_crash_adopts_its_own_file() {
+        let (_dir, store) = store();
+        let first = receive(&store, "photo.jpg", b"pixels")
+            .finalize(&sha(b"pixels"), 0o644, None)
+            .unwrap();
+        assert_eq!(first, store.root().join("photo.jpg"));
+        // A stranger's file under the next name: same size, other bytes; skipped, not adopted.
+        fs::write(store.root().join("photo (1).jpg"), b"PIXELS").unwrap();
+
+        let again = receive(&store, "photo.jpg", b"pixels");
+        let path = again
+            .finalize_adopting(&sha(b"pixels"), 0o644, None, WholeFileHash::new())
+            .unwrap();
+        assert_eq!(path, first);
+        assert!(!again.part_path.exists(), "the .part is gone");
+        assert!(!store.root().join("photo (2).jpg").exists());
+        assert_eq!(fs::read(&first).unwrap(), b"pixels");
+
+        // Other contents under the same name: finalized as usual, never over the old file.
+        let other = receive(&store, "photo.jpg", b"other!")
+            .finalize_adopting(&sha(b"other!"), 0o644, None, WholeFileHash::new())
+            .unwrap();
+        assert_eq!(other, store.root().join("photo (2).jpg"));
+        assert_eq!(fs::read(&first).unwrap(), b"pixels");
     }
 
     #[test]

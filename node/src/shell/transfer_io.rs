@@ -165,6 +165,7 @@ impl Files {
                 sha256,
                 mode,
                 mtime,
+                adopt_identical,
             } => {
                 self.writer = None;
                 let Some(part) = &self.part else {
@@ -173,12 +174,17 @@ impl Files {
                     });
                 };
                 let hashed = std::mem::take(&mut self.hashed);
-                match part.finalize_hashed(
-                    &sha256,
-                    names::mode_for(mode, self.umask),
-                    mtime,
-                    hashed,
-                ) {
+                let finalized = if adopt_identical {
+                    part.finalize_adopting(
+                        &sha256,
+                        names::mode_for(mode, self.umask),
+                        mtime,
+                        hashed,
+                    )
+                } else {
+                    part.finalize_hashed(&sha256, names::mode_for(mode, self.umask), mtime, hashed)
+                };
+                match finalized {
                     Ok(path) => StoreResult::Finalized { path },
                     Err(StoreError::HashMismatch) => StoreResult::FinalizeFailed {
                         reason: "the whole file's SHA-256 differs from the sender's".into(),

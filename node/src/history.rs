@@ -1,0 +1,120 @@
+//! Finished transfers read back from the journal's history, for `fsnode transfers --all` and
+//! `--since`: the node's state keeps only the most recent finished ones (`core::state`), the
+//! journal keeps the rest for as long as its retention says.
+
+use std::collections::VecDeque;
+
+use fsnode_journal::{JournalError, Reader, RecordKind, Seq};
+
+use crate::control::TransferRow;
+use crate::core::{Direction, Event, State, TransferId, TransferState, TransferStatus};
+use crate::record::{Fold, JournalEntry};
+
+/// One page of finished transfers, newest first.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub rows: Vec<TransferRow>,
+    /// Finished transfers in the history that match (all pages).
+    pub total: usize,
+    /// The first sequence number the history holds.
+    pub history_from: Option<Seq>,
+}
+
+/// Reads the whole history once, keeping only the newest `skip + limit` matches in memory, so
+/// a journal of a million transfers is paged through in bounded memory.
+pub fn finished(
+    reader: &Reader<JournalEntry>,
+    since_ms: Option<i64>,
+    skip: usize,
+    limit: usize,
+) -> Result<Page, JournalError> {
+    let keep = skip.saturating_add(limit);
+    let mut newest: VecDeque<TransferRow> = VecDeque::new();
+    let mut page = Page::default();
+    let mut fold = Fold::default();
+    let mut take = |state: &State, id: &TransferId, t: &TransferState, page: &mut Page| {
+        if !t.status.is_finished() || since_ms.is_some_and(|since| t.updated_at_ms < since) {
+            return;
+        }
+        page.total += 1;
+        newest.push_back(row(state, id, t));
+        if newest.len() > keep {
+            newest.pop_front();
+        }
+    };
+    // Whether the history so far began with events (then every finish is an event here).
+    let mut started = false;
+    for record in reader.replay_from(0)? {
+        let record = record?;
+        page.history_from.get_or_insert(record.seq);
+        let finishing = match &record.payload {
+            JournalEntry::Event(stamped) => finished_id(&stamped.event),
+            _ => None,
+        };
+        let kind = record.kind;
+        fold.apply(record.seq, record.payload);
+        match kind {
+            RecordKind::Event => {
+                started = true;
+                if let Some(id) = finishing
+                    && let Some(t) = fold.state.transfers.get(&id)
+                {
+                    take(&fold.state, &id, t, &mut page);
+                }
+            }
+            // History that starts at a snapshot: the finished transfers it remembers come
+            // first (their own events were retired).
+            RecordKind::Snapshot if !started => {
+                started = true;
+                let state = &fold.state;
+                for id in &state.finished {
+                    if let Some(t) = state.transfers.get(id) {
+                        take(state, id, t, &mut page);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    page.rows = newest.into_iter().rev().skip(skip).collect();
+    Ok(page)
+}
+
+/// The transfer an event finishes, if it is a finishing event.
+fn finished_id(event: &Event) -> Option<TransferId> {
+    match event {
+        Event::TransferCompleted { id, .. }
+        | Event::TransferFailed { id, .. }
+        | Event::TransferRejected { id, .. }
+        | Event::TransferCancelled { id, .. } => Some(*id),
+        _ => None,
+    }
+}
+
+/// A finished transfer as `fsnode transfers` shows it.
+fn row(state: &State, id: &TransferId, t: &TransferState) -> TransferRow {
+    TransferRow {
+        id: id.to_string(),
+        peer: t.peer.clone(),
+        peer_name: state
+            .peers
+            .get(&t.peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+        direction: match t.direction {
+            Direction::Send => "send".into(),
+            Direction::Receive => "receive".into(),
+        },
+        name: t.name.clone(),
+        size: t.size,
+        done_bytes: if t.status == TransferStatus::Completed {
+            t.size
+        } else {
+            t.durable_bytes()
+        },
+        status: format!("{:?}", t.status).to_lowercase(),
+        reason: t.reason.clone(),
+        rate: t.rate(),
+        path: t.path.as_ref().map(|p| p.display().to_string()),
+    }
+}
