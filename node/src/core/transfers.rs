@@ -1020,6 +1020,7 @@ mod tests {
             Message::Reject {
                 id: ids[99],
                 reason: "not wanted".into(),
+                code: Some(crate::core::transfer::wire::RejectCode::Policy),
             },
             &state,
             now,
