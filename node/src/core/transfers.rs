@@ -35,8 +35,9 @@ pub fn window_for(chunk_size: u32) -> u32 {
     let chunks = WINDOW_BYTES / u64::from(chunk_size.max(1));
     u32::try_from(chunks.clamp(4, 1024)).unwrap_or(1024)
 }
-/// Largest data-channel message decoded (a chunk of 4 MiB plus its envelope).
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024 + 64 * 1024;
+/// The `a=max-message-size` fsnode advertises, and so the largest data-channel message it
+/// accepts: spec 4 closes the channel on anything larger (peers choose chunks to fit it).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// File IO the shell does for a transfer, off the node's loop, in order per transfer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -56,7 +56,7 @@ pub const ICE_MAX_BINDING_REQUESTS: u16 = 28;
 /// The largest message webrtc-rs can take, and what fsnode advertises in offers and answers:
 /// spec 4 then gives 128 KiB chunks between fsnode nodes (64 KiB would give 32 KiB ones, with
 /// four times the messages, store operations and progress round trips per byte).
-pub const MAX_MESSAGE_SIZE: u32 = 256 * 1024;
+pub const MAX_MESSAGE_SIZE: u32 = crate::core::transfers::MAX_MESSAGE_BYTES as u32;
 
 /// The remote description as webrtc-rs is given it: its `a=max-message-size` raised to ours
 /// ([`sdp::with_max_message_size_at_least`] says why), so webrtc-rs receives every message a
