@@ -153,8 +153,10 @@ pub struct QueuedFile {
 /// A signaling connection, as the shell numbers them.
 pub type ConnId = u64;
 
-/// How often an untrusted device's repeated offers are journaled as requests.
-pub const REQUEST_JOURNAL_INTERVAL_MS: i64 = 60_000;
+/// How often an untrusted device's repeated offers are journaled as requests (and the same
+/// plugin answer to the same question): once an hour, like any sighting of an untrusted
+/// device (spec 3.4: what unauthenticated input makes the node record is bounded).
+pub const REQUEST_JOURNAL_INTERVAL_MS: i64 = 3_600_000;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {

@@ -628,7 +628,7 @@ fn an_offer_whose_fingerprint_is_not_its_senders_id_is_journaled_and_closed() {
 }
 
 #[test]
-fn an_untrusted_offer_is_recorded_once_a_minute_and_refused() {
+fn an_untrusted_offer_is_recorded_once_an_hour_and_refused() {
     let mut h = Harness::new();
     h.handle(Input::Announced(announcement(2, "10.77.0.3")));
     let offer = |seq| Input::Signal {
@@ -651,7 +651,7 @@ fn an_untrusted_offer_is_recorded_once_a_minute_and_refused() {
     let again = h.handle(offer(2));
     assert!(
         Harness::events(&again).is_empty(),
-        "not journaled twice within a minute"
+        "not journaled twice within an hour"
     );
     assert_eq!(effects(&again), vec![&bye]);
     assert!(h.core.state().peers[&id(2)].requested_at_ms.is_some());
