@@ -109,6 +109,7 @@ impl PerAddress {
     }
 
     fn take(&mut self, ip: IpAddr, burst: u32, every: Duration, now: Instant) -> bool {
+        let ip = budget_key(ip);
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max {
             // Forget the address used least recently; a forgotten address starts full again,
             // which costs at most one burst per eviction.
@@ -127,6 +128,20 @@ impl PerAddress {
             .or_insert_with(|| (Bucket::full(burst, now), now));
         *used = now;
         bucket.take(burst, every, now)
+    }
+}
+
+/// The address a budget is kept for: an IPv4 address, or an IPv6 address's /64 (one host picks
+/// any address in its /64 at will, so per-address budgets would be per-attempt).
+fn budget_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -445,6 +460,25 @@ mod tests {
         }
         assert_eq!(admission.held(), 4);
         assert!(admission.order.len() <= 8);
+    }
+
+    #[test]
+    fn an_ipv6_host_gets_one_budget_for_its_whole_64() {
+        let t0 = Instant::now();
+        let limits = Limits::default();
+        let mut budgets = ConnectionBudgets::new(limits);
+        let admitted = (0..1000u16)
+            .filter(|n| {
+                let ip: IpAddr = format!("fd00:77::{n:x}:1").parse().unwrap();
+                budgets.admit(ip, t0)
+            })
+            .count();
+        assert_eq!(admitted, limits.connection_burst as usize);
+        // Another /64 is another host.
+        assert!(budgets.admit("fd00:78::1".parse().unwrap(), t0));
+        // An IPv4-mapped address is that IPv4 address.
+        let mapped: IpAddr = "::ffff:10.77.0.1".parse().unwrap();
+        assert_eq!(budget_key(mapped), ip(1));
     }
 
     #[test]
