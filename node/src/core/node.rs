@@ -181,6 +181,9 @@ pub enum Effect {
     Signal { peer: DeviceId, message: Message },
     /// Close a signaling connection (e.g. after a fingerprint mismatch).
     CloseSignaling { conn: ConnId },
+    /// A trusted device was heard of at an address not stored for it (a candidate, see
+    /// [`Core::route`]): what waits for it may be dialled there now.
+    PeerSeen { peer: DeviceId },
     /// Ask the WebRTC adapter to act for `peer`.
     Rtc { peer: DeviceId, action: Action },
     /// Send a binary message on `peer`'s data channel.
@@ -574,11 +577,16 @@ impl Core {
             return;
         }
         let candidates = self.candidates.entry(id.clone()).or_default();
+        let before = candidates.clone();
         for addr in dialable.into_iter().rev() {
             candidates.retain(|a| *a != addr);
             candidates.push_front(addr);
         }
         candidates.truncate(MAX_CANDIDATES);
+        if *candidates != before {
+            self.out
+                .push_back(Output::Effect(Effect::PeerSeen { peer: id.clone() }));
+        }
         self.maybe_start(&id, now);
     }
 

@@ -428,6 +428,10 @@ impl NodeLoop<'_> {
                     let line = message.encode();
                     self.route(RouterInput::Send { peer, line, route }, self.now());
                 }
+                Output::Effect(Effect::PeerSeen { peer }) => {
+                    let route = self.core.route(&peer);
+                    self.route(RouterInput::Seen { peer, route }, self.now());
+                }
                 Output::Effect(Effect::CloseSignaling { conn }) => {
                     self.route(RouterInput::Close { conn }, self.now());
                 }

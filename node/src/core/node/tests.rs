@@ -522,6 +522,10 @@ fn a_hello_impostor_of_a_trusted_device_changes_nothing_stored() {
     };
     let out = h.handle(impostor);
     assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert!(
+        effects(&out).contains(&&Effect::PeerSeen { peer: id(1) }),
+        "what waits for it may be tried at the candidate: {out:?}"
+    );
     assert_eq!(h.core.state().peers[&id(1)], before);
     assert_eq!(
         h.core.dial_addresses(&id(1)),
