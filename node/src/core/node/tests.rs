@@ -1204,3 +1204,74 @@ fn a_start_missing_a_key_gets_reject_invalid_when_its_id_is_readable() {
     });
     assert!(channel_replies(&out).is_empty(), "{out:?}");
 }
+
+/// Spec 4: a `start` for a transfer this receiver already finished is answered again with
+/// its outcome, never ignored: `reject` `cancelled` for a cancelled one, `reject` `finished`
+/// for a failed one (the sender lost the first answer to a disconnect).
+#[test]
+fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
+    use transfer::wire::RejectCode;
+    let mut state = State::default();
+    let stamp = |event| Stamped { time_ms: 1, event };
+    state.apply(&stamp(Event::PeerAuthorized {
+        peer: id(1),
+        name: None,
+        by: Authority::Operator,
+    }));
+    let (failed, cancelled) = (TransferId([1; 16]), TransferId([2; 16]));
+    for (id_, name) in [(failed, "failed.bin"), (cancelled, "cancelled.bin")] {
+        state.apply(&stamp(Event::TransferQueued {
+            id: id_,
+            peer: id(1),
+            direction: Direction::Receive,
+            name: name.into(),
+            size: 10,
+            path: None,
+            mime: None,
+            mode: None,
+            mtime: None,
+            sha256: None,
+            dir: None,
+        }));
+    }
+    state.apply(&stamp(Event::TransferFailed {
+        id: failed,
+        reason: "the whole-file SHA-256 does not match".into(),
+    }));
+    state.apply(&stamp(Event::TransferCancelled {
+        id: cancelled,
+        by: super::super::Side::Remote,
+        reason: "cancelled".into(),
+    }));
+    let mut h = Harness::new();
+    h.core = Core::new(me(), state, h.start);
+    let start_of = |id_: TransferId, name: &str| {
+        transfer::encode(&transfer::Message::Start {
+            id: id_,
+            name: name.into(),
+            size: 10,
+            chunk_size: 1024,
+            chunks: 1,
+            mime: "application/octet-stream".into(),
+            mode: None,
+            mtime: None,
+            start_chunk: 0,
+        })
+    };
+    for (id_, name, code) in [
+        (failed, "failed.bin", RejectCode::Finished),
+        (cancelled, "cancelled.bin", RejectCode::Cancelled),
+    ] {
+        for _ in 0..2 {
+            let out = h.handle(Input::Channel {
+                peer: id(1),
+                data: start_of(id_, name),
+            });
+            assert!(
+                matches!(&channel_replies(&out)[..],
+                    [transfer::Message::Reject { id: i, code: Some(c), .. }] if *i == id_ && *c == code),
+                "{name}: {out:?}"
+            );
+        }
+    }
+}
