@@ -38,6 +38,8 @@ pub struct Limits {
     pub journal_every: Duration,
     /// Source addresses whose budgets are remembered; the least recently used is forgotten.
     pub max_addresses: usize,
+    /// Policy is asked about an untrusted device's offers at most once per this interval.
+    pub offer_question_every: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             new_id_every: Duration::from_secs(10),
             journal_every: Duration::from_secs(3600),
             max_addresses: 4096,
+            offer_question_every: Duration::from_secs(60),
         }
     }
 }
@@ -209,6 +212,8 @@ pub struct Dropped {
 struct Held {
     /// When a sighting of it was last journaled (`None`: never).
     journaled_at: Option<Instant>,
+    /// When policy was last asked about an offer of it (`None`: never).
+    asked_at: Option<Instant>,
 }
 
 /// Untrusted devices held in memory, and the per-address budget of new ones.
@@ -254,6 +259,7 @@ impl Admission {
             id.clone(),
             Held {
                 journaled_at: Some(now),
+                asked_at: None,
             },
         );
         self.order.push_back(id);
@@ -290,7 +296,13 @@ impl Admission {
             return Verdict::Dropped;
         }
         self.make_room();
-        self.held.insert(id.clone(), Held { journaled_at: None });
+        self.held.insert(
+            id.clone(),
+            Held {
+                journaled_at: None,
+                asked_at: None,
+            },
+        );
         self.order.push_back(id.clone());
         Verdict::Record
     }
@@ -300,6 +312,25 @@ impl Admission {
         if let Some(held) = self.held.get_mut(id) {
             held.journaled_at = Some(now);
         }
+    }
+
+    /// May policy be asked about an offer of the held device `id` now? At most once per
+    /// [`Limits::offer_question_every`]: a device repeating offers on an open connection, at
+    /// any rate, costs one plugin call per interval, the rest are refused outright.
+    pub fn may_ask(&mut self, id: &DeviceId, now: Instant) -> bool {
+        let every = self.limits.offer_question_every;
+        let Some(held) = self.held.get_mut(id) else {
+            return false;
+        };
+        let due = held
+            .asked_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= every);
+        if due {
+            held.asked_at = Some(now);
+        } else {
+            self.dropped.sightings += 1;
+        }
+        due
     }
 
     /// Is `id` held (admitted and not evicted)?
@@ -479,6 +510,17 @@ mod tests {
         // An IPv4-mapped address is that IPv4 address.
         let mapped: IpAddr = "::ffff:10.77.0.1".parse().unwrap();
         assert_eq!(budget_key(mapped), ip(1));
+    }
+
+    #[test]
+    fn policy_is_asked_about_a_devices_offers_once_a_minute() {
+        let t0 = Instant::now();
+        let mut admission = Admission::default();
+        assert!(!admission.may_ask(&id(1), t0), "not held: never asked");
+        admission.sighting(&id(1), Some(ip(1)), false, t0);
+        assert!(admission.may_ask(&id(1), t0));
+        assert!((1..60).all(|s| !admission.may_ask(&id(1), t0 + Duration::from_secs(s))));
+        assert!(admission.may_ask(&id(1), t0 + Duration::from_secs(60)));
     }
 
     #[test]

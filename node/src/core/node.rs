@@ -884,9 +884,10 @@ impl Core {
                 reason: "unauthorized".into(),
             },
         });
-        if !self.admission.holds(peer) {
-            // Not admitted (its address brought too many new ids, or it was evicted): refused
-            // without asking policy or recording anything.
+        if !self.admission.may_ask(peer, now.instant) {
+            // Not admitted (its address brought too many new ids, or it was evicted), or
+            // asked about within the minute: refused without asking policy or recording
+            // anything, whatever the rate of its offers.
             self.out.push_back(bye);
             return false;
         }
