@@ -50,6 +50,9 @@ pub const MAX_UNTRUSTED_PEERS: usize = admission::MAX_UNTRUSTED;
 pub const DATA_MID: &str = "0";
 /// Addresses learned from unauthenticated input kept per trusted device, to try.
 pub const MAX_CANDIDATES: usize = 8;
+/// Fingerprint mismatches remembered so that each (claimed device, source) is journaled once
+/// an hour: more than the untrusted devices held plus a generous number of trusted ones.
+const MISMATCH_MEMORY: usize = 2048;
 /// Signaling connections whose peer address the core remembers (the shell caps inbound ones
 /// at 64; dialled ones are few).
 const MAX_CONNS: usize = 1024;
@@ -232,6 +235,8 @@ pub struct Core {
     /// The address of the connection that carried each peer's latest offer or answer: the one
     /// a session that comes up was negotiated through.
     negotiated_via: BTreeMap<DeviceId, SocketAddr>,
+    /// Fingerprint mismatches journaled lately (claimed device, source address, when).
+    recent_mismatches: VecDeque<((DeviceId, Option<IpAddr>), i64)>,
 }
 
 impl Core {
@@ -263,6 +268,7 @@ impl Core {
             candidates: BTreeMap::new(),
             conns: HashMap::new(),
             negotiated_via: BTreeMap::new(),
+            recent_mismatches: VecDeque::new(),
         };
         // Untrusted devices from the journal are held, oldest first, and count as recorded.
         let mut known: Vec<_> = core
@@ -819,20 +825,32 @@ impl Core {
                 .ok()
                 .and_then(|ids| ids.into_iter().find(|id| *id != peer))
                 .map_or_else(|| "missing or malformed".to_owned(), |id| id.to_string());
-            let address = self
-                .state
-                .peers
-                .get(&peer)
-                .and_then(|p| p.addresses.first())
-                .map(|ip| SocketAddr::new(*ip, 0));
-            self.emit(
-                Event::FingerprintMismatch {
-                    claimed: peer,
-                    fingerprint,
-                    address,
-                },
-                now,
-            );
+            // Where the connection came from (not where the claimed device is known to be:
+            // that is the point of an impostor).
+            let address = self.conns.get(&conn).copied();
+            // Journaled once per claimed device and source address per hour, and for an
+            // untrusted claim only if admission holds it: a host reconnecting to repeat a
+            // bad offer cannot grow the journal (spec 3.4). The connection closes each time.
+            let trusted = self.state.is_trusted(&peer);
+            let key = (peer.clone(), address.map(|a| a.ip()));
+            let recent = self
+                .recent_mismatches
+                .iter()
+                .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
+            if !recent && (trusted || self.admission.holds(&peer)) {
+                if self.recent_mismatches.len() >= MISMATCH_MEMORY {
+                    self.recent_mismatches.pop_front();
+                }
+                self.recent_mismatches.push_back((key, now.wall_ms));
+                self.emit(
+                    Event::FingerprintMismatch {
+                        claimed: peer,
+                        fingerprint,
+                        address,
+                    },
+                    now,
+                );
+            }
             self.out
                 .push_back(Output::Effect(Effect::CloseSignaling { conn }));
             return;

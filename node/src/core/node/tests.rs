@@ -620,6 +620,9 @@ fn an_offer_whose_fingerprint_is_not_its_senders_id_is_journaled_and_closed() {
     assert_eq!(Harness::events(&out), ["FingerprintMismatch"]);
     assert_eq!(effects(&out), vec![&Effect::CloseSignaling { conn: 42 }]);
     // No fingerprint at all is a mismatch too.
+    // No fingerprint at all is a mismatch too: closed. From the same source within the
+    // hour it is not journaled again (a host reconnecting to repeat it cannot grow the
+    // journal); from another source it is.
     let out = h.handle(Input::Signal {
         conn: 43,
         peer: id(1),
@@ -628,7 +631,43 @@ fn an_offer_whose_fingerprint_is_not_its_senders_id_is_journaled_and_closed() {
             seq: 1,
         },
     });
-    assert_eq!(Harness::events(&out), ["FingerprintMismatch"]);
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert_eq!(effects(&out), vec![&Effect::CloseSignaling { conn: 43 }]);
+    h.handle(Input::Hello {
+        conn: 44,
+        from: "10.77.0.66:50000".parse().unwrap(),
+        hello: Hello {
+            id: id(1),
+            name: "impostor".into(),
+            device_type: DeviceType::Desktop,
+            port: 4001,
+        },
+        token: None,
+    });
+    let out = h.handle(Input::Signal {
+        conn: 44,
+        peer: id(1),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(9),
+            seq: 2,
+        },
+    });
+    assert!(
+        matches!(&out[0], Output::Event(Stamped { event: Event::FingerprintMismatch { address: Some(a), .. }, .. })
+            if a.ip() == "10.77.0.66".parse::<IpAddr>().unwrap()),
+        "the impostor's own address is recorded: {out:?}"
+    );
+    // Claims of ids admission does not hold are not journaled at all.
+    let out = h.handle(Input::Signal {
+        conn: 45,
+        peer: id(77),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(9),
+            seq: 1,
+        },
+    });
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert_eq!(effects(&out), vec![&Effect::CloseSignaling { conn: 45 }]);
 }
 
 #[test]
