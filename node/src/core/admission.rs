@@ -40,6 +40,11 @@ pub struct Limits {
     pub max_addresses: usize,
     /// Policy is asked about an untrusted device's offers at most once per this interval.
     pub offer_question_every: Duration,
+    /// Distinct ignored (spec-breaking) announcements journaled at once...
+    pub ignored_burst: u32,
+    /// ...and then one per this interval (mDNS carries no trustworthy source address, so
+    /// this budget is the node's, not per address).
+    pub ignored_every: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +58,8 @@ impl Default for Limits {
             journal_every: Duration::from_secs(3600),
             max_addresses: 4096,
             offer_question_every: Duration::from_secs(60),
+            ignored_burst: 64,
+            ignored_every: Duration::from_secs(60),
         }
     }
 }
@@ -224,6 +231,8 @@ pub struct Admission {
     /// Held devices, oldest admitted first (may name devices already removed: skipped).
     order: VecDeque<DeviceId>,
     new_ids: PerAddress,
+    /// The budget of ignored announcements journaled (`None` until the first).
+    ignored: Option<Bucket>,
     dropped: Dropped,
 }
 
@@ -240,6 +249,7 @@ impl Admission {
             held: HashMap::new(),
             order: VecDeque::new(),
             new_ids: PerAddress::new(limits.max_addresses),
+            ignored: None,
             dropped: Dropped::default(),
         }
     }
@@ -331,6 +341,20 @@ impl Admission {
             self.dropped.sightings += 1;
         }
         due
+    }
+
+    /// May one more ignored announcement be journaled now? Beyond the budget they are
+    /// counted as dropped sightings.
+    pub fn may_record_ignored(&mut self, now: Instant) -> bool {
+        let (burst, every) = (self.limits.ignored_burst, self.limits.ignored_every);
+        let ok = self
+            .ignored
+            .get_or_insert_with(|| Bucket::full(burst, now))
+            .take(burst, every, now);
+        if !ok {
+            self.dropped.sightings += 1;
+        }
+        ok
     }
 
     /// Is `id` held (admitted and not evicted)?

@@ -691,7 +691,8 @@ impl Core {
         }
     }
 
-    /// Journals an ignored announcement once per (instance, reason) within a bounded memory.
+    /// Journals an ignored announcement once per (instance, reason) within a bounded memory,
+    /// and within admission's budget of ignored announcements.
     fn ignore(&mut self, instance: &str, reason: String, now: Now) {
         let key = format!("{instance}\n{reason}");
         if self.ignored.contains(&key) {
@@ -701,6 +702,9 @@ impl Core {
             self.ignored.pop_front();
         }
         self.ignored.push_back(key);
+        if !self.admission.may_record_ignored(now.instant) {
+            return; // a flood of distinct bad announcements: counted, not journaled
+        }
         let instance: String = instance.chars().take(128).collect();
         self.emit(Event::AnnouncementIgnored { instance, reason }, now);
     }

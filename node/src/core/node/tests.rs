@@ -120,13 +120,19 @@ fn a_burst_of_bad_announcements_is_journaled_once_each_and_bounded() {
     for _ in 0..1000 {
         assert!(h.handle(Input::Announced(bad.clone())).is_empty());
     }
-    // 1,000 distinct bad instances: memory of them stays bounded.
+    // 1,000 distinct bad instances: memory of them stays bounded, and so does what is
+    // journaled (admission's budget of ignored announcements).
+    let mut journaled = 1;
     for i in 0..1000 {
         let mut other = bad.clone();
         other.instance = format!("Peer-garbage-{i}");
-        h.handle(Input::Announced(other));
+        journaled += Harness::events(&h.handle(Input::Announced(other))).len();
     }
     assert!(h.core.ignored.len() <= IGNORED_MEMORY);
+    assert_eq!(
+        journaled,
+        h.core.admission().limits().ignored_burst as usize
+    );
     assert!(h.core.state().peers.is_empty());
 }
 
