@@ -38,6 +38,13 @@ pub struct Limits {
     pub journal_every: Duration,
     /// Source addresses whose budgets are remembered; the least recently used is forgotten.
     pub max_addresses: usize,
+    /// Policy is asked about an untrusted device's offers at most once per this interval.
+    pub offer_question_every: Duration,
+    /// Distinct ignored (spec-breaking) announcements journaled at once...
+    pub ignored_burst: u32,
+    /// ...and then one per this interval (mDNS carries no trustworthy source address, so
+    /// this budget is the node's, not per address).
+    pub ignored_every: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +57,9 @@ impl Default for Limits {
             new_id_every: Duration::from_secs(10),
             journal_every: Duration::from_secs(3600),
             max_addresses: 4096,
+            offer_question_every: Duration::from_secs(60),
+            ignored_burst: 64,
+            ignored_every: Duration::from_secs(60),
         }
     }
 }
@@ -109,6 +119,7 @@ impl PerAddress {
     }
 
     fn take(&mut self, ip: IpAddr, burst: u32, every: Duration, now: Instant) -> bool {
+        let ip = budget_key(ip);
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max {
             // Forget the address used least recently; a forgotten address starts full again,
             // which costs at most one burst per eviction.
@@ -127,6 +138,20 @@ impl PerAddress {
             .or_insert_with(|| (Bucket::full(burst, now), now));
         *used = now;
         bucket.take(burst, every, now)
+    }
+}
+
+/// The address a budget is kept for: an IPv4 address, or an IPv6 address's /64 (one host picks
+/// any address in its /64 at will, so per-address budgets would be per-attempt).
+fn budget_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -194,6 +219,8 @@ pub struct Dropped {
 struct Held {
     /// When a sighting of it was last journaled (`None`: never).
     journaled_at: Option<Instant>,
+    /// When policy was last asked about an offer of it (`None`: never).
+    asked_at: Option<Instant>,
 }
 
 /// Untrusted devices held in memory, and the per-address budget of new ones.
@@ -204,6 +231,8 @@ pub struct Admission {
     /// Held devices, oldest admitted first (may name devices already removed: skipped).
     order: VecDeque<DeviceId>,
     new_ids: PerAddress,
+    /// The budget of ignored announcements journaled (`None` until the first).
+    ignored: Option<Bucket>,
     dropped: Dropped,
 }
 
@@ -220,6 +249,7 @@ impl Admission {
             held: HashMap::new(),
             order: VecDeque::new(),
             new_ids: PerAddress::new(limits.max_addresses),
+            ignored: None,
             dropped: Dropped::default(),
         }
     }
@@ -239,6 +269,7 @@ impl Admission {
             id.clone(),
             Held {
                 journaled_at: Some(now),
+                asked_at: None,
             },
         );
         self.order.push_back(id);
@@ -275,7 +306,13 @@ impl Admission {
             return Verdict::Dropped;
         }
         self.make_room();
-        self.held.insert(id.clone(), Held { journaled_at: None });
+        self.held.insert(
+            id.clone(),
+            Held {
+                journaled_at: None,
+                asked_at: None,
+            },
+        );
         self.order.push_back(id.clone());
         Verdict::Record
     }
@@ -285,6 +322,39 @@ impl Admission {
         if let Some(held) = self.held.get_mut(id) {
             held.journaled_at = Some(now);
         }
+    }
+
+    /// May policy be asked about an offer of the held device `id` now? At most once per
+    /// [`Limits::offer_question_every`]: a device repeating offers on an open connection, at
+    /// any rate, costs one plugin call per interval, the rest are refused outright.
+    pub fn may_ask(&mut self, id: &DeviceId, now: Instant) -> bool {
+        let every = self.limits.offer_question_every;
+        let Some(held) = self.held.get_mut(id) else {
+            return false;
+        };
+        let due = held
+            .asked_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= every);
+        if due {
+            held.asked_at = Some(now);
+        } else {
+            self.dropped.sightings += 1;
+        }
+        due
+    }
+
+    /// May one more ignored announcement be journaled now? Beyond the budget they are
+    /// counted as dropped sightings.
+    pub fn may_record_ignored(&mut self, now: Instant) -> bool {
+        let (burst, every) = (self.limits.ignored_burst, self.limits.ignored_every);
+        let ok = self
+            .ignored
+            .get_or_insert_with(|| Bucket::full(burst, now))
+            .take(burst, every, now);
+        if !ok {
+            self.dropped.sightings += 1;
+        }
+        ok
     }
 
     /// Is `id` held (admitted and not evicted)?
@@ -445,6 +515,36 @@ mod tests {
         }
         assert_eq!(admission.held(), 4);
         assert!(admission.order.len() <= 8);
+    }
+
+    #[test]
+    fn an_ipv6_host_gets_one_budget_for_its_whole_64() {
+        let t0 = Instant::now();
+        let limits = Limits::default();
+        let mut budgets = ConnectionBudgets::new(limits);
+        let admitted = (0..1000u16)
+            .filter(|n| {
+                let ip: IpAddr = format!("fd00:77::{n:x}:1").parse().unwrap();
+                budgets.admit(ip, t0)
+            })
+            .count();
+        assert_eq!(admitted, limits.connection_burst as usize);
+        // Another /64 is another host.
+        assert!(budgets.admit("fd00:78::1".parse().unwrap(), t0));
+        // An IPv4-mapped address is that IPv4 address.
+        let mapped: IpAddr = "::ffff:10.77.0.1".parse().unwrap();
+        assert_eq!(budget_key(mapped), ip(1));
+    }
+
+    #[test]
+    fn policy_is_asked_about_a_devices_offers_once_a_minute() {
+        let t0 = Instant::now();
+        let mut admission = Admission::default();
+        assert!(!admission.may_ask(&id(1), t0), "not held: never asked");
+        admission.sighting(&id(1), Some(ip(1)), false, t0);
+        assert!(admission.may_ask(&id(1), t0));
+        assert!((1..60).all(|s| !admission.may_ask(&id(1), t0 + Duration::from_secs(s))));
+        assert!(admission.may_ask(&id(1), t0 + Duration::from_secs(60)));
     }
 
     #[test]

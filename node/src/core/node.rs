@@ -50,6 +50,9 @@ pub const MAX_UNTRUSTED_PEERS: usize = admission::MAX_UNTRUSTED;
 pub const DATA_MID: &str = "0";
 /// Addresses learned from unauthenticated input kept per trusted device, to try.
 pub const MAX_CANDIDATES: usize = 8;
+/// Fingerprint mismatches remembered so that each (claimed device, source) is journaled once
+/// an hour: more than the untrusted devices held plus a generous number of trusted ones.
+const MISMATCH_MEMORY: usize = 2048;
 /// Signaling connections whose peer address the core remembers (the shell caps inbound ones
 /// at 64; dialled ones are few).
 const MAX_CONNS: usize = 1024;
@@ -153,8 +156,10 @@ pub struct QueuedFile {
 /// A signaling connection, as the shell numbers them.
 pub type ConnId = u64;
 
-/// How often an untrusted device's repeated offers are journaled as requests.
-pub const REQUEST_JOURNAL_INTERVAL_MS: i64 = 60_000;
+/// How often an untrusted device's repeated offers are journaled as requests (and the same
+/// plugin answer to the same question): once an hour, like any sighting of an untrusted
+/// device (spec 3.4: what unauthenticated input makes the node record is bounded).
+pub const REQUEST_JOURNAL_INTERVAL_MS: i64 = 3_600_000;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
@@ -179,6 +184,9 @@ pub enum Effect {
     Signal { peer: DeviceId, message: Message },
     /// Close a signaling connection (e.g. after a fingerprint mismatch).
     CloseSignaling { conn: ConnId },
+    /// A trusted device was heard of at an address not stored for it (a candidate, see
+    /// [`Core::route`]): what waits for it may be dialled there now.
+    PeerSeen { peer: DeviceId },
     /// Ask the WebRTC adapter to act for `peer`.
     Rtc { peer: DeviceId, action: Action },
     /// Send a binary message on `peer`'s data channel.
@@ -227,6 +235,8 @@ pub struct Core {
     /// The address of the connection that carried each peer's latest offer or answer: the one
     /// a session that comes up was negotiated through.
     negotiated_via: BTreeMap<DeviceId, SocketAddr>,
+    /// Fingerprint mismatches journaled lately (claimed device, source address, when).
+    recent_mismatches: VecDeque<((DeviceId, Option<IpAddr>), i64)>,
 }
 
 impl Core {
@@ -258,6 +268,7 @@ impl Core {
             candidates: BTreeMap::new(),
             conns: HashMap::new(),
             negotiated_via: BTreeMap::new(),
+            recent_mismatches: VecDeque::new(),
         };
         // Untrusted devices from the journal are held, oldest first, and count as recorded.
         let mut known: Vec<_> = core
@@ -583,11 +594,16 @@ impl Core {
             return;
         }
         let candidates = self.candidates.entry(id.clone()).or_default();
+        let before = candidates.clone();
         for addr in dialable.into_iter().rev() {
             candidates.retain(|a| *a != addr);
             candidates.push_front(addr);
         }
         candidates.truncate(MAX_CANDIDATES);
+        if *candidates != before {
+            self.out
+                .push_back(Output::Effect(Effect::PeerSeen { peer: id.clone() }));
+        }
         self.maybe_start(&id, now);
     }
 
@@ -686,7 +702,8 @@ impl Core {
         }
     }
 
-    /// Journals an ignored announcement once per (instance, reason) within a bounded memory.
+    /// Journals an ignored announcement once per (instance, reason) within a bounded memory,
+    /// and within admission's budget of ignored announcements.
     fn ignore(&mut self, instance: &str, reason: String, now: Now) {
         let key = format!("{instance}\n{reason}");
         if self.ignored.contains(&key) {
@@ -696,6 +713,9 @@ impl Core {
             self.ignored.pop_front();
         }
         self.ignored.push_back(key);
+        if !self.admission.may_record_ignored(now.instant) {
+            return; // a flood of distinct bad announcements: counted, not journaled
+        }
         let instance: String = instance.chars().take(128).collect();
         self.emit(Event::AnnouncementIgnored { instance, reason }, now);
     }
@@ -820,20 +840,32 @@ impl Core {
                 .ok()
                 .and_then(|ids| ids.into_iter().find(|id| *id != peer))
                 .map_or_else(|| "missing or malformed".to_owned(), |id| id.to_string());
-            let address = self
-                .state
-                .peers
-                .get(&peer)
-                .and_then(|p| p.addresses.first())
-                .map(|ip| SocketAddr::new(*ip, 0));
-            self.emit(
-                Event::FingerprintMismatch {
-                    claimed: peer,
-                    fingerprint,
-                    address,
-                },
-                now,
-            );
+            // Where the connection came from (not where the claimed device is known to be:
+            // that is the point of an impostor).
+            let address = self.conns.get(&conn).copied();
+            // Journaled once per claimed device and source address per hour, and for an
+            // untrusted claim only if admission holds it: a host reconnecting to repeat a
+            // bad offer cannot grow the journal (spec 3.4). The connection closes each time.
+            let trusted = self.state.is_trusted(&peer);
+            let key = (peer.clone(), address.map(|a| a.ip()));
+            let recent = self
+                .recent_mismatches
+                .iter()
+                .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
+            if !recent && (trusted || self.admission.holds(&peer)) {
+                if self.recent_mismatches.len() >= MISMATCH_MEMORY {
+                    self.recent_mismatches.pop_front();
+                }
+                self.recent_mismatches.push_back((key, now.wall_ms));
+                self.emit(
+                    Event::FingerprintMismatch {
+                        claimed: peer,
+                        fingerprint,
+                        address,
+                    },
+                    now,
+                );
+            }
             self.out
                 .push_back(Output::Effect(Effect::CloseSignaling { conn }));
             return;
@@ -885,9 +917,10 @@ impl Core {
                 reason: "unauthorized".into(),
             },
         });
-        if !self.admission.holds(peer) {
-            // Not admitted (its address brought too many new ids, or it was evicted): refused
-            // without asking policy or recording anything.
+        if !self.admission.may_ask(peer, now.instant) {
+            // Not admitted (its address brought too many new ids, or it was evicted), or
+            // asked about within the minute: refused without asking policy or recording
+            // anything, whatever the rate of its offers.
             self.out.push_back(bye);
             return false;
         }

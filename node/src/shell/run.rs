@@ -434,6 +434,10 @@ impl NodeLoop<'_> {
                     let line = message.encode();
                     self.route(RouterInput::Send { peer, line, route }, self.now());
                 }
+                Output::Effect(Effect::PeerSeen { peer }) => {
+                    let route = self.core.route(&peer);
+                    self.route(RouterInput::Seen { peer, route }, self.now());
+                }
                 Output::Effect(Effect::CloseSignaling { conn }) => {
                     self.route(RouterInput::Close { conn }, self.now());
                 }
@@ -493,7 +497,9 @@ impl NodeLoop<'_> {
                     match tx.try_send(line) {
                         Ok(()) => {}
                         Err(async_channel::TrySendError::Full(_)) => {
-                            warn!(conn, "signaling connection not draining; message dropped");
+                            // Debug, not a warning: a host that floods offers and never reads
+                            // would otherwise flood the log (the negotiation retries anyway).
+                            debug!(conn, "signaling connection not draining; message dropped");
                         }
                         Err(async_channel::TrySendError::Closed(_)) => {
                             // Its reader's `Down` is on the way; the core's retries resend.

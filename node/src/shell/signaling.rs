@@ -334,3 +334,122 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::DeviceType;
+
+    fn hello(n: u8, port: u16) -> Hello {
+        Hello {
+            id: DeviceId::from_sha256(&[n; 32]),
+            name: format!("node{n}"),
+            device_type: DeviceType::Desktop,
+            port,
+        }
+    }
+
+    async fn read_some(stream: &mut TcpStream) -> Vec<u8> {
+        let mut buf = vec![0; 4096];
+        let n = runtime::timeout(Duration::from_secs(5), async {
+            stream.read(&mut buf).await.map_err(anyhow::Error::from)
+        })
+        .await
+        .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    /// Spec 3.1: closing is graceful. When the node drops a connection's writer, it stops
+    /// writing (the peer reads end of stream) but still handles what the peer sends until the
+    /// peer closes too.
+    #[test]
+    fn a_closed_connection_stops_writing_and_still_reads_until_the_peer_closes() {
+        runtime::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (inputs_tx, inputs) = async_channel::unbounded();
+            let (conns_tx, conns) = async_channel::unbounded();
+            let reporter = Reporter::new(hello(1, 4001), inputs_tx, conns_tx);
+            let peer = DeviceId::from_sha256(&[2; 32]);
+            let dialing = runtime::spawn(dial(addr, Some(peer.clone()), None, reporter));
+            let (mut remote, _) = listener.accept().await.unwrap();
+            let first = read_some(&mut remote).await;
+            assert!(matches!(
+                Message::decode(&first[..first.len() - 1]),
+                Ok(Message::Hello(_))
+            ));
+            remote
+                .write_all(&Message::Hello(hello(2, 4002)).encode())
+                .await
+                .unwrap();
+            let Ok(ConnEvent::Up { conn, tx, .. }) = conns.recv().await else {
+                panic!("the connection comes up");
+            };
+            // The node closes it: writing stops, so the peer reads the end of the stream.
+            drop(tx);
+            assert!(read_some(&mut remote).await.is_empty(), "end of stream");
+            // What the peer still sends is handled.
+            let bye = Message::Bye {
+                reason: "shutdown".into(),
+            };
+            remote.write_all(&bye.encode()).await.unwrap();
+            let input = runtime::timeout(Duration::from_secs(5), async {
+                inputs.recv().await.map_err(anyhow::Error::from)
+            })
+            .await
+            .unwrap();
+            assert!(
+                matches!(&input, Input::Signal { conn: c, message, .. } if *c == conn && *message == bye),
+                "{input:?}"
+            );
+            // The peer closes too: the connection is down.
+            drop(remote);
+            let down = runtime::timeout(Duration::from_secs(5), async {
+                conns.recv().await.map_err(anyhow::Error::from)
+            })
+            .await
+            .unwrap();
+            assert!(matches!(down, ConnEvent::Down { conn: c } if c == conn));
+            dialing.await;
+        });
+    }
+
+    /// A peer that does not close after the node stopped writing is cut off
+    /// [`GRACEFUL_CLOSE`] later.
+    #[test]
+    fn a_peer_that_never_closes_is_cut_off_after_the_graceful_close() {
+        runtime::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (inputs_tx, _inputs) = async_channel::unbounded();
+            let (conns_tx, conns) = async_channel::unbounded();
+            let reporter = Reporter::new(hello(1, 4001), inputs_tx, conns_tx);
+            let dialing = runtime::spawn(dial(addr, None, None, reporter));
+            let (mut remote, _) = listener.accept().await.unwrap();
+            read_some(&mut remote).await;
+            remote
+                .write_all(&Message::Hello(hello(2, 4002)).encode())
+                .await
+                .unwrap();
+            let Ok(ConnEvent::Up { tx, .. }) = conns.recv().await else {
+                panic!("the connection comes up");
+            };
+            let closed_at = SystemClock.now();
+            drop(tx);
+            let down = runtime::timeout(GRACEFUL_CLOSE * 3, async {
+                conns.recv().await.map_err(anyhow::Error::from)
+            })
+            .await
+            .unwrap();
+            assert!(matches!(down, ConnEvent::Down { .. }));
+            let took = closed_at.elapsed();
+            assert!(
+                took >= GRACEFUL_CLOSE - Duration::from_millis(100),
+                "{took:?}"
+            );
+            dialing.await;
+            drop(remote);
+        });
+    }
+}

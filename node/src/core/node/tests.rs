@@ -120,13 +120,19 @@ fn a_burst_of_bad_announcements_is_journaled_once_each_and_bounded() {
     for _ in 0..1000 {
         assert!(h.handle(Input::Announced(bad.clone())).is_empty());
     }
-    // 1,000 distinct bad instances: memory of them stays bounded.
+    // 1,000 distinct bad instances: memory of them stays bounded, and so does what is
+    // journaled (admission's budget of ignored announcements).
+    let mut journaled = 1;
     for i in 0..1000 {
         let mut other = bad.clone();
         other.instance = format!("Peer-garbage-{i}");
-        h.handle(Input::Announced(other));
+        journaled += Harness::events(&h.handle(Input::Announced(other))).len();
     }
     assert!(h.core.ignored.len() <= IGNORED_MEMORY);
+    assert_eq!(
+        journaled,
+        h.core.admission().limits().ignored_burst as usize
+    );
     assert!(h.core.state().peers.is_empty());
 }
 
@@ -522,6 +528,10 @@ fn a_hello_impostor_of_a_trusted_device_changes_nothing_stored() {
     };
     let out = h.handle(impostor);
     assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert!(
+        effects(&out).contains(&&Effect::PeerSeen { peer: id(1) }),
+        "what waits for it may be tried at the candidate: {out:?}"
+    );
     assert_eq!(h.core.state().peers[&id(1)], before);
     assert_eq!(
         h.core.dial_addresses(&id(1)),
@@ -616,6 +626,9 @@ fn an_offer_whose_fingerprint_is_not_its_senders_id_is_journaled_and_closed() {
     assert_eq!(Harness::events(&out), ["FingerprintMismatch"]);
     assert_eq!(effects(&out), vec![&Effect::CloseSignaling { conn: 42 }]);
     // No fingerprint at all is a mismatch too.
+    // No fingerprint at all is a mismatch too: closed. From the same source within the
+    // hour it is not journaled again (a host reconnecting to repeat it cannot grow the
+    // journal); from another source it is.
     let out = h.handle(Input::Signal {
         conn: 43,
         peer: id(1),
@@ -624,11 +637,47 @@ fn an_offer_whose_fingerprint_is_not_its_senders_id_is_journaled_and_closed() {
             seq: 1,
         },
     });
-    assert_eq!(Harness::events(&out), ["FingerprintMismatch"]);
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert_eq!(effects(&out), vec![&Effect::CloseSignaling { conn: 43 }]);
+    h.handle(Input::Hello {
+        conn: 44,
+        from: "10.77.0.66:50000".parse().unwrap(),
+        hello: Hello {
+            id: id(1),
+            name: "impostor".into(),
+            device_type: DeviceType::Desktop,
+            port: 4001,
+        },
+        token: None,
+    });
+    let out = h.handle(Input::Signal {
+        conn: 44,
+        peer: id(1),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(9),
+            seq: 2,
+        },
+    });
+    assert!(
+        matches!(&out[0], Output::Event(Stamped { event: Event::FingerprintMismatch { address: Some(a), .. }, .. })
+            if a.ip() == "10.77.0.66".parse::<IpAddr>().unwrap()),
+        "the impostor's own address is recorded: {out:?}"
+    );
+    // Claims of ids admission does not hold are not journaled at all.
+    let out = h.handle(Input::Signal {
+        conn: 45,
+        peer: id(77),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(9),
+            seq: 1,
+        },
+    });
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    assert_eq!(effects(&out), vec![&Effect::CloseSignaling { conn: 45 }]);
 }
 
 #[test]
-fn an_untrusted_offer_is_recorded_once_a_minute_and_refused() {
+fn an_untrusted_offer_is_recorded_once_an_hour_and_refused() {
     let mut h = Harness::new();
     h.handle(Input::Announced(announcement(2, "10.77.0.3")));
     let offer = |seq| Input::Signal {
@@ -651,7 +700,7 @@ fn an_untrusted_offer_is_recorded_once_a_minute_and_refused() {
     let again = h.handle(offer(2));
     assert!(
         Harness::events(&again).is_empty(),
-        "not journaled twice within a minute"
+        "not journaled twice within an hour"
     );
     assert_eq!(effects(&again), vec![&bye]);
     assert!(h.core.state().peers[&id(2)].requested_at_ms.is_some());
@@ -1233,4 +1282,75 @@ fn a_start_missing_a_key_gets_reject_invalid_when_its_id_is_readable() {
         data: no_id,
     });
     assert!(channel_replies(&out).is_empty(), "{out:?}");
+}
+
+/// Spec 4: a `start` for a transfer this receiver already finished is answered again with
+/// its outcome, never ignored: `reject` `cancelled` for a cancelled one, `reject` `finished`
+/// for a failed one (the sender lost the first answer to a disconnect).
+#[test]
+fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
+    use transfer::wire::RejectCode;
+    let mut state = State::default();
+    let stamp = |event| Stamped { time_ms: 1, event };
+    state.apply(&stamp(Event::PeerAuthorized {
+        peer: id(1),
+        name: None,
+        by: Authority::Operator,
+    }));
+    let (failed, cancelled) = (TransferId([1; 16]), TransferId([2; 16]));
+    for (id_, name) in [(failed, "failed.bin"), (cancelled, "cancelled.bin")] {
+        state.apply(&stamp(Event::TransferQueued {
+            id: id_,
+            peer: id(1),
+            direction: Direction::Receive,
+            name: name.into(),
+            size: 10,
+            path: None,
+            mime: None,
+            mode: None,
+            mtime: None,
+            sha256: None,
+            dir: None,
+        }));
+    }
+    state.apply(&stamp(Event::TransferFailed {
+        id: failed,
+        reason: "the whole-file SHA-256 does not match".into(),
+    }));
+    state.apply(&stamp(Event::TransferCancelled {
+        id: cancelled,
+        by: super::super::Side::Remote,
+        reason: "cancelled".into(),
+    }));
+    let mut h = Harness::new();
+    h.core = Core::new(me(), state, h.start);
+    let start_of = |id_: TransferId, name: &str| {
+        transfer::encode(&transfer::Message::Start {
+            id: id_,
+            name: name.into(),
+            size: 10,
+            chunk_size: 1024,
+            chunks: 1,
+            mime: "application/octet-stream".into(),
+            mode: None,
+            mtime: None,
+            start_chunk: 0,
+        })
+    };
+    for (id_, name, code) in [
+        (failed, "failed.bin", RejectCode::Finished),
+        (cancelled, "cancelled.bin", RejectCode::Cancelled),
+    ] {
+        for _ in 0..2 {
+            let out = h.handle(Input::Channel {
+                peer: id(1),
+                data: start_of(id_, name),
+            });
+            assert!(
+                matches!(&channel_replies(&out)[..],
+                    [transfer::Message::Reject { id: i, code: Some(c), .. }] if *i == id_ && *c == code),
+                "{name}: {out:?}"
+            );
+        }
+    }
 }
