@@ -113,6 +113,8 @@ let trusted = null; // null unknown, false refused, true connected once
 // Offer numbers only grow, across sessions and reloads: the node answers a repeated `seq`
 // with the answer it gave before (spec 3.3), so a new session must never reuse one.
 let lastSeq = Date.now();
+// What the page signaled, for tests and for curious operators (devtools console).
+globalThis.fsnodeDebug = { candidates: [] };
 
 function setState(state, text) {
   const el = $('state');
@@ -228,6 +230,7 @@ class Session {
     this.pc.onicecandidate = ({ candidate }) => {
       if (this.closed) return;
       if (candidate && candidate.candidate) {
+        if (fsnodeDebug.candidates.length < 32) fsnodeDebug.candidates.push(candidate.candidate);
         signal({ type: 'candidate', candidate: candidate.candidate,
           sdpMid: candidate.sdpMid ?? '0', sdpMLineIndex: candidate.sdpMLineIndex ?? 0 });
       } else {
