@@ -477,7 +477,7 @@ async fn bridge(
         ws_tx.close(Some(frame)).await.map_err(anyhow::Error::from)
     })
     .await;
-    let result = runtime::timeout(Duration::from_secs(2), async { connection.await }).await;
+    let result = runtime::timeout(Duration::from_secs(2), connection).await;
     debug!(%from, "WebSocket signaling ended");
     match ended {
         Ended::Broken(_, reason) => bail!("WebSocket closed: {reason}"),
