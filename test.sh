@@ -26,12 +26,19 @@ done
 #   iproute2      ip netns, veth, tc: the end-to-end tests build their own LANs in namespaces
 #   nftables      packet-loss injection (nft numgen random; this kernel has no netem)
 #   iputils-ping  the test harness's reachability checks
-debian_packages=(iproute2 nftables iputils-ping)
+#   chromium      the browser-peer test drives the node's page in Debian's headless Chromium
+#   nodejs, npm   the page's unit tests (node --test) and the Playwright driver of that test
+debian_packages=(iproute2 nftables iputils-ping chromium nodejs)
+command -v npm >/dev/null 2>&1 || debian_packages+=(npm)
 #   zeroconf      python-zeroconf: the independent mDNS implementation discovery is checked against
 #   aiortc        the independent WebRTC stack of the interop peer (tests/interop/peer.py)
 #   cbor2         the interop peer's CBOR for the transfer protocol (spec 4)
 python_modules=("zeroconf:zeroconf>=0.130" "aiortc:aiortc==1.16.0" "cbor2:cbor2==6.3.0")
 wasm_target=wasm32-unknown-unknown
+#   playwright-core  drives Chromium for tests/e2e/browser.rs (never downloads a browser: it
+#                    runs Debian's /usr/bin/chromium); kept in a cache, not installed globally
+playwright_version=1.65.1
+export FSNODE_PLAYWRIGHT_DIR=${FSNODE_PLAYWRIGHT_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fsnode/playwright}
 
 section() { printf '\n=== %s ===\n' "$*"; }
 
@@ -58,6 +65,9 @@ for entry in "${python_modules[@]}"; do
   module=${entry%%:*}
   python3 -c "import $module" >/dev/null 2>&1 || missing_py+=("${entry#*:}")
 done
+missing_playwright=0
+[ "$(node -p "require('$FSNODE_PLAYWRIGHT_DIR/node_modules/playwright-core/package.json').version" 2>/dev/null)" = "$playwright_version" ] \
+  || missing_playwright=1
 missing_fuzz=0
 if [ "$fuzz" -eq 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then missing_fuzz=1; fi
 
@@ -66,6 +76,7 @@ summary=()
 [ "$missing_target" -eq 1 ] && summary+=("the $wasm_target target (rustup)")
 [ ${#missing_debs[@]} -gt 0 ] && summary+=("Debian packages ${missing_debs[*]} (apt-get)")
 [ ${#missing_py[@]} -gt 0 ] && summary+=("Python modules ${missing_py[*]} (pip)")
+[ "$missing_playwright" -eq 1 ] && summary+=("playwright-core $playwright_version (npm, into $FSNODE_PLAYWRIGHT_DIR)")
 [ "$missing_fuzz" -eq 1 ] && summary+=("cargo-fuzz 0.13.2 (cargo install)")
 if [ ${#summary[@]} -gt 0 ]; then
   printf 'test.sh: installing %s\n' "$(IFS=';'; echo "${summary[*]}" | sed 's/;/, /g')"
@@ -90,6 +101,12 @@ fi
 if [ ${#missing_py[@]} -gt 0 ]; then
   section "Python modules: ${missing_py[*]}"
   python3 -m pip install --quiet --disable-pip-version-check "${missing_py[@]}"
+fi
+if [ "$missing_playwright" -eq 1 ]; then
+  section "playwright-core $playwright_version"
+  mkdir -p "$FSNODE_PLAYWRIGHT_DIR"
+  npm install --prefix "$FSNODE_PLAYWRIGHT_DIR" --no-audit --no-fund --silent \
+    "playwright-core@$playwright_version"
 fi
 if [ "$missing_fuzz" -eq 1 ]; then
   section "cargo-fuzz"

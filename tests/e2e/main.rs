@@ -2,6 +2,7 @@
 // These tests bound real processes in real time; the clock rule is for the node's core.
 #![allow(clippy::disallowed_methods)]
 
+mod browser;
 mod connection;
 mod discovery;
 mod faults;

@@ -13,3 +13,4 @@ pub mod sources;
 pub mod store;
 pub mod transfer_io;
 pub mod trust_file;
+pub mod web;

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::shell::runtime::net::{TcpListener, TcpStream};
+use crate::shell::runtime::net::{TcpListener, TcpStream, UnixStream};
 use anyhow::{Context, bail};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::core::DeviceId;
@@ -134,8 +134,13 @@ pub async fn accept(
         }
         let (reporter, inbound) = (reporter.clone(), inbound.clone());
         runtime::spawn(async move {
-            let side = Side::Accepted;
-            if let Err(err) = serve(stream, from, side, &reporter).await {
+            // Browsers speak HTTP and WebSocket on the same port (spec 3.5): `GET ` first.
+            let result = match first_byte(&stream).await {
+                Ok(b'G') => crate::shell::web::serve(stream, from, &reporter).await,
+                Ok(_) => serve(stream, from, Side::Accepted, &reporter).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
                 debug!(%from, "signaling connection closed: {err:#}");
             }
             inbound.fetch_sub(1, Ordering::AcqRel);
@@ -186,6 +191,58 @@ pub async fn dial(
     }
 }
 
+/// The first byte of an accepted connection, left unread, waiting at most the `hello` time.
+async fn first_byte(stream: &TcpStream) -> anyhow::Result<u8> {
+    let mut byte = [0u8; 1];
+    let n = runtime::timeout(HELLO_TIMEOUT, async {
+        stream.peek(&mut byte).await.map_err(anyhow::Error::from)
+    })
+    .await?;
+    if n == 0 {
+        bail!("connection closed before the first byte");
+    }
+    Ok(byte[0])
+}
+
+/// Serves an accepted connection that carries line-delimited JSON from a source other than a
+/// TCP socket: the WebSocket bridge (`shell::web`) hands its end of a socket pair here, so
+/// every rule of spec 3.1-3.4 runs the same code as for TCP.
+pub async fn serve_bridged(
+    stream: UnixStream,
+    from: SocketAddr,
+    reporter: &Reporter,
+) -> anyhow::Result<()> {
+    serve(stream, from, Side::Accepted, reporter).await
+}
+
+/// A byte stream a signaling connection runs over: TCP, or one end of a socket pair.
+pub trait Duplex: AsyncRead + AsyncWrite + Clone + Unpin + Send + 'static {
+    /// Stops writing (the peer reads an end of stream) while reading goes on: a graceful close.
+    fn shutdown_write(&self);
+    /// Shuts both directions, which ends a reader blocked on the stream.
+    fn shutdown_both(&self);
+}
+
+impl Duplex for TcpStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn shutdown_both(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Duplex for UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn shutdown_both(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 enum Side {
     Accepted,
     Dialed {
@@ -196,8 +253,8 @@ enum Side {
 
 /// One connection: `hello` exchange, then messages in both directions until either side
 /// closes, a limit is hit, or the node drops the connection's writer.
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: Duplex>(
+    stream: S,
     from: SocketAddr,
     side: Side,
     reporter: &Reporter,
@@ -264,9 +321,9 @@ async fn serve(
             }
         }
         let _ = write_half.flush().await;
-        let _ = stream.shutdown(std::net::Shutdown::Write);
+        stream.shutdown_write();
         runtime::sleep(GRACEFUL_CLOSE).await;
-        let _ = stream.shutdown(std::net::Shutdown::Both);
+        stream.shutdown_both();
     });
     let result = async {
         let mut timeout = IDLE_TIMEOUT;
@@ -276,7 +333,7 @@ async fn serve(
                 Err(err) if err.is::<runtime::TimedOut>() && timeout == IDLE_TIMEOUT => {
                     // Idle: stop writing, and still handle what arrives for a moment.
                     debug!(%from, "signaling connection idle; closing");
-                    let _ = reader.stream.shutdown(std::net::Shutdown::Write);
+                    reader.stream.shutdown_write();
                     timeout = GRACEFUL_CLOSE;
                     continue;
                 }
@@ -299,15 +356,15 @@ async fn serve(
 }
 
 /// A connection's read side: bytes in, decoded messages out.
-struct Reader {
-    stream: TcpStream,
+struct Reader<S> {
+    stream: S,
     framer: LineFramer,
     lines: std::collections::VecDeque<Vec<u8>>,
     buf: Box<[u8]>,
 }
 
-impl Reader {
-    fn new(stream: TcpStream) -> Self {
+impl<S: Duplex> Reader<S> {
+    fn new(stream: S) -> Self {
         Self {
             stream,
             framer: LineFramer::default(),

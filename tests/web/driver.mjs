@@ -1,0 +1,151 @@
+// Drives the node's real page in headless Chromium for tests/e2e/browser.rs. Runs inside the
+// browser host's network namespace. Reads one command per line on stdin, answers with one
+// JSON line per command on stdout (`{"ok":true,...}` or `{"ok":false,"error":...}`).
+//
+// Environment: FSNODE_URL (the page), PLAYWRIGHT_DIR (where npm installed playwright-core),
+// CHROMIUM (the browser binary), WORK_DIR (profile, downloads).
+//
+// Commands:
+//   id                         -> {id, code, node}        once the page shows its identity
+//   state STATE SECONDS        -> {state}                 waits for #state[data-state=STATE]
+//   upload PATH                -> {ms, meta}              picks PATH, waits for the send to be done
+//   upload-reload PATH FRACTION-> {ms, meta, reloadedAt}  reloads the tab mid-send, picks it again
+//   download NAME OUT          -> {ms, bytes}             waits for NAME to be received, saves it
+//   screenshot PATH            -> {checks}                360-px-wide screenshot + DOM checks
+//   memory                     -> {jsHeap}                the tab's JS heap in use (bytes)
+//   candidates                 -> {candidates}            the ICE candidates the page signaled
+//   quit
+import { createRequire } from 'node:module';
+import { createInterface } from 'node:readline';
+import path from 'node:path';
+
+const require = createRequire(path.join(process.env.PLAYWRIGHT_DIR, 'node_modules') + '/');
+const { chromium } = require('playwright-core');
+
+const url = process.env.FSNODE_URL;
+const work = process.env.WORK_DIR;
+const context = await chromium.launchPersistentContext(path.join(work, 'profile'), {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  acceptDownloads: true,
+  downloadsPath: path.join(work, 'downloads'),
+  viewport: { width: 360, height: 800 },
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--disable-default-apps', '--disable-features=Translate,MediaRouter,OptimizationHints',
+  ],
+});
+const page = context.pages()[0] || (await context.newPage());
+const consoleLines = [];
+page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`.slice(0, 300)));
+page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
+await page.goto(url);
+
+const reply = (value) => process.stdout.write(JSON.stringify(value) + '\n');
+const text = (selector) => page.locator(selector).first().textContent();
+
+async function waitState(state, seconds) {
+  await page.waitForSelector(`#state[data-state="${state}"]`, { timeout: seconds * 1000 });
+  return { state };
+}
+
+async function identity() {
+  await page.waitForFunction(() => /^[a-z2-7]{52}$/.test(document.getElementById('device-id').textContent), null, { timeout: 20000 });
+  await page.waitForFunction(() => /^\d{4} \d{4}$/.test(document.getElementById('code').textContent), null, { timeout: 20000 });
+  return { id: await text('#device-id'), code: await text('#code'), node: await text('#node-name') };
+}
+
+function sendRow(name) {
+  return page.locator('#sends li').filter({ has: page.locator('.name', { hasText: name }) }).first();
+}
+
+async function upload(file) {
+  const started = Date.now();
+  const name = path.basename(file);
+  await page.setInputFiles('#pick-files', file);
+  const row = sendRow(name);
+  await row.and(page.locator('[data-state="done"]')).waitFor({ timeout: 120000 });
+  return { ms: Date.now() - started, meta: await row.locator('.meta').textContent() };
+}
+
+async function uploadReload(file, fraction) {
+  const started = Date.now();
+  const name = path.basename(file);
+  await page.setInputFiles('#pick-files', file);
+  await page.waitForFunction(
+    ({ name, fraction }) => [...document.querySelectorAll('#sends li')].some(
+      (li) => li.querySelector('.name').textContent === name && li.querySelector('progress').value >= fraction),
+    { name, fraction }, { timeout: 60000, polling: 50 });
+  const reloadedAt = await sendRow(name).locator('progress').evaluate((p) => p.value);
+  const reloading = Date.now();
+  await page.reload();
+  await waitState('connected', 30);
+  const reconnectMs = Date.now() - reloading;
+  const paused = await sendRow(name).locator('.meta').textContent();
+  await page.setInputFiles('#pick-files', file);
+  const row = sendRow(name);
+  await row.and(page.locator('[data-state="done"]')).waitFor({ timeout: 120000 });
+  return { ms: Date.now() - started, reloadedAt, reconnectMs, paused, meta: await row.locator('.meta').textContent() };
+}
+
+async function download(name, out) {
+  const started = Date.now();
+  const row = page.locator('#receives li').filter({ has: page.locator('.name', { hasText: name }) }).first();
+  await row.and(page.locator('[data-state="done"]')).waitFor({ timeout: 120000 });
+  const received = Date.now() - started;
+  const [dl] = await Promise.all([page.waitForEvent('download', { timeout: 60000 }), row.locator('a.download').click()]);
+  await dl.saveAs(out);
+  return { ms: received, suggested: dl.suggestedFilename() };
+}
+
+async function screenshot(file) {
+  await page.screenshot({ path: file, fullPage: true });
+  const checks = await page.evaluate(() => {
+    const box = (id) => document.getElementById(id)?.getBoundingClientRect();
+    const visible = (id) => { const b = box(id); return !!b && b.width > 0 && b.height > 0; };
+    return {
+      nodeName: document.getElementById('node-name').textContent,
+      state: document.getElementById('state').dataset.state,
+      deviceIdVisible: visible('device-id'),
+      codeVisible: visible('code'),
+      dropVisible: visible('drop'),
+      sends: document.querySelectorAll('#sends li').length,
+      receives: document.querySelectorAll('#receives li').length,
+      // Nothing wider than a 360-px phone screen.
+      scrollWidth: document.documentElement.scrollWidth,
+    };
+  });
+  return { checks };
+}
+
+async function memory() {
+  const session = await context.newCDPSession(page);
+  await session.send('Performance.enable');
+  const { metrics } = await session.send('Performance.getMetrics');
+  const used = metrics.find((m) => m.name === 'JSHeapUsedSize')?.value;
+  return { jsHeap: used };
+}
+
+const lines = createInterface({ input: process.stdin });
+for await (const line of lines) {
+  const [command, ...args] = line.trim().split(' ');
+  try {
+    let result;
+    if (command === 'id') result = await identity();
+    else if (command === 'state') result = await waitState(args[0], Number(args[1] || 30));
+    else if (command === 'upload') result = await upload(args[0]);
+    else if (command === 'upload-reload') result = await uploadReload(args[0], Number(args[1]));
+    else if (command === 'download') result = await download(args[0], args[1]);
+    else if (command === 'screenshot') result = await screenshot(args[0]);
+    else if (command === 'memory') result = await memory();
+    else if (command === 'candidates') result = { candidates: await page.evaluate(() => globalThis.fsnodeDebug.candidates) };
+    else if (command === 'quit') break;
+    else throw new Error(`unknown command ${command}`);
+    reply({ ok: true, ...result });
+  } catch (err) {
+    reply({ ok: false, error: String(err.message || err), console: consoleLines.slice(-30),
+      state: await page.locator('#state').textContent().catch(() => '?') });
+  }
+}
+await context.close();
