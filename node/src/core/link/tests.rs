@@ -504,3 +504,39 @@ fn spec5_larger_datagrams_only_when_both_advertise() {
     a2.apply_answer(&plain_answer, now).unwrap();
     assert_eq!(a2.sctp_mtu(), DEFAULT_MAX_DATAGRAM - DTLS_RECORD_OVERHEAD);
 }
+
+/// Spec 4: a peer may send us messages up to the max-message-size *we* advertise, whatever it
+/// advertised for itself; what we send it stays within its own.
+#[test]
+fn each_side_sends_within_the_others_max_message_size() {
+    let ca = certificate();
+    let cb = certificate();
+    let now = Instant::now();
+    let (a, offer) = Link::offer(config(&ca, device_id(&cb), A_ADDR, 1), now).unwrap();
+    let small = LinkConfig {
+        max_message_size: 64 * 1024,
+        ..config(&cb, device_id(&ca), B_ADDR, 2)
+    };
+    let (b, answer) = Link::answer(small, &offer, now).unwrap();
+    assert!(answer.contains("a=max-message-size:65536\r\n"));
+    let mut w = World {
+        start: now,
+        now,
+        net: SimNet::new(Conditions::gigabit(), 17),
+        a: Side::new(a, A_ADDR, now),
+        b: Side::new(b, B_ADDR, now),
+        steps: 0,
+    };
+    w.a.link.apply_answer(&answer, now).unwrap();
+    w.open();
+    assert_eq!(w.a.link.max_message_size(), 64 * 1024);
+    assert_eq!(w.b.link.max_message_size(), MAX_MESSAGE_SIZE as usize);
+    let now = w.now;
+    assert!(matches!(
+        w.a.link.send(&vec![1; 64 * 1024 + 1], now),
+        Err(SendError::MessageTooLarge { .. })
+    ));
+    w.b.link.send(&vec![2; 128 * 1024], now).unwrap();
+    assert!(w.run(Duration::from_secs(5), |w| !w.a.received.is_empty()));
+    assert_eq!(w.a.received[0], vec![2; 128 * 1024]);
+}
