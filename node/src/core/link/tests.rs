@@ -333,6 +333,12 @@ fn a_dtls_certificate_other_than_the_expected_device_is_a_typed_error() {
     assert!(w.a.opened_at.is_none());
 }
 
+/// CPU time of this thread: the simulation (both links, the network) runs on it alone.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// Moves `total` bytes A -> B in 128 KiB messages of seeded random content; returns the
 /// virtual-time goodput in MB/s from channel open to the last byte.
 fn bulk(conditions: Conditions, seed: u64, total: usize) -> (f64, World) {
@@ -340,6 +346,7 @@ fn bulk(conditions: Conditions, seed: u64, total: usize) -> (f64, World) {
     w.b.keep_messages = false;
     w.open();
     let start = w.now;
+    let cpu_start = thread_cpu();
     let mut content = StdRng::seed_from_u64(seed);
     let mut sent = 0usize;
     let mut sender_hash = Sha256::new();
@@ -389,6 +396,13 @@ fn bulk(conditions: Conditions, seed: u64, total: usize) -> (f64, World) {
         "bytes differ"
     );
     let seconds = (w.now - start).as_secs_f64();
+    let cpu = (thread_cpu() - cpu_start).as_secs_f64();
+    println!(
+        "  CPU: {:.2} CPU-s per GiB for both links' ICE+DTLS+SCTP, the simulated network and \
+         the test's content generation and hashing (no syscalls; this build's fsnode code is \
+         unoptimised, its dependencies opt-level 2)",
+        cpu / (total as f64 / (1u64 << 30) as f64)
+    );
     (total as f64 / seconds / 1e6, w)
 }
 
