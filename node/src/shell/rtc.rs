@@ -674,6 +674,114 @@ mod tests {
         assert_eq!(sctp_receive_window(32 << 20), 8 << 20);
     }
 
+    /// A fresh identity in a temporary directory (kept alive by the returned guard).
+    fn test_identity() -> (tempfile::TempDir, Identity) {
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, _) = Identity::load_or_create(
+            &dir.path().join("id.pem"),
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000),
+        )
+        .unwrap();
+        (dir, identity)
+    }
+
+    async fn next_rtc(inputs: &async_channel::Receiver<Input>) -> NegotiationInput {
+        loop {
+            let input = runtime::timeout(std::time::Duration::from_secs(10), async {
+                inputs.recv().await.map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .await
+            .unwrap();
+            if let Input::Rtc { event, .. } = input {
+                return event;
+            }
+        }
+    }
+
+    /// Two adapters on loopback, signaling passed by hand: the offer's fingerprint is the
+    /// node's device id (spec 1), candidates name only the served address and the data
+    /// m-line, the channel opens and carries a message, and `Close` ends it.
+    #[test]
+    fn two_adapters_connect_over_loopback_udp() {
+        let (_da, ia) = test_identity();
+        let (_db, ib) = test_identity();
+        let (id_a, id_b) = (ia.device_id.clone(), ib.device_id.clone());
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (tx_a, rx_a) = async_channel::unbounded();
+        let (tx_b, rx_b) = async_channel::unbounded();
+        let mut a = RtcAdapter::new(Arc::new(ia), vec![lo], tx_a);
+        let mut b = RtcAdapter::new(Arc::new(ib), vec![lo], tx_b);
+        runtime::block_on(async {
+            a.act(&id_b, Action::CreateOffer);
+            let NegotiationInput::LocalOffer { sdp: offer } = next_rtc(&rx_a).await else {
+                panic!("no offer");
+            };
+            assert_eq!(
+                crate::core::sdp::sha256_fingerprints(&offer).unwrap(),
+                vec![id_a.clone()]
+            );
+            let mut candidates = Vec::new();
+            loop {
+                match next_rtc(&rx_a).await {
+                    NegotiationInput::LocalCandidate(c) if c.candidate.is_empty() => break,
+                    NegotiationInput::LocalCandidate(c) => candidates.push(c),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(!candidates.is_empty());
+            for c in &candidates {
+                assert!(c.candidate.contains(" 127.0.0.1 "), "{c:?}");
+                assert!(!c.candidate.contains(".local"), "{c:?}");
+                assert_eq!(
+                    (c.sdp_mid.as_deref(), c.sdp_mline_index),
+                    (Some("0"), Some(0))
+                );
+            }
+            b.act(&id_a, Action::AnswerOffer { sdp: offer });
+            assert_eq!(next_rtc(&rx_b).await, NegotiationInput::RemoteApplied);
+            let NegotiationInput::LocalAnswer { sdp: answer } = next_rtc(&rx_b).await else {
+                panic!("no answer");
+            };
+            a.act(&id_b, Action::ApplyAnswer { sdp: answer });
+            for c in candidates {
+                b.act(&id_a, Action::AddCandidate(c));
+            }
+            let mut open = (false, false);
+            while open != (true, true) {
+                let (side, event) =
+                    futures_lite::future::or(async { (0, next_rtc(&rx_a).await) }, async {
+                        (1, next_rtc(&rx_b).await)
+                    })
+                    .await;
+                match (side, event) {
+                    (0, NegotiationInput::ChannelOpen) => open.0 = true,
+                    (1, NegotiationInput::ChannelOpen) => open.1 = true,
+                    (_, NegotiationInput::Lost { reason }) => panic!("lost: {reason}"),
+                    _ => {}
+                }
+            }
+            assert!(a.send(&id_b, vec![9; 100_000]));
+            let message = runtime::timeout(std::time::Duration::from_secs(10), async {
+                loop {
+                    if let Ok(Input::Channel { data, .. }) = rx_b.recv().await {
+                        return Ok(data);
+                    }
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(message, vec![9; 100_000]);
+            a.act(&id_b, Action::Close);
+            assert!(!a.send(&id_b, vec![1]), "no channel after Close");
+            // B hears of the close at once (DTLS close_notify), not after ICE's timeout.
+            loop {
+                if let NegotiationInput::Lost { .. } = next_rtc(&rx_b).await {
+                    break;
+                }
+            }
+        });
+    }
+
     #[test]
     fn sessions_bind_only_the_served_addresses() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();

@@ -56,10 +56,11 @@ pub fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard 
         .lossy(true)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(std::io::stderr());
+    // dcsctp logs every SCTP packet in hex at `info`: kept out unless asked for by name.
     let default = match verbose {
         0 => "off,fsnode=info",
-        1 => "info,fsnode=debug",
-        _ => "debug,fsnode=trace",
+        1 => "info,dcsctp=warn,fsnode=debug",
+        _ => "debug,dcsctp=warn,fsnode=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FSNODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
