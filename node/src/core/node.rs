@@ -235,6 +235,9 @@ pub struct Core {
     /// The address of the connection that carried each peer's latest offer or answer: the one
     /// a session that comes up was negotiated through.
     negotiated_via: BTreeMap<DeviceId, SocketAddr>,
+    /// Trusted devices whose mDNS goodbye arrived while their session was up: lost once the
+    /// session ends (bounded by the trusted devices).
+    goodbyes_while_connected: std::collections::BTreeSet<DeviceId>,
     /// Fingerprint mismatches journaled lately (claimed device, source address, when).
     recent_mismatches: VecDeque<((DeviceId, Option<IpAddr>), i64)>,
 }
@@ -269,6 +272,7 @@ impl Core {
             conns: HashMap::new(),
             negotiated_via: BTreeMap::new(),
             recent_mismatches: VecDeque::new(),
+            goodbyes_while_connected: Default::default(),
         };
         // Untrusted devices from the journal are held, oldest first, and count as recorded.
         let mut known: Vec<_> = core
@@ -789,6 +793,12 @@ impl Core {
                     if connected {
                         self.authenticated(peer, now);
                     }
+                    if disconnected
+                        && self.goodbyes_while_connected.remove(peer)
+                        && self.state.peers.get(peer).is_some_and(|p| p.discovered)
+                    {
+                        self.emit(Event::PeerLost { peer: peer.clone() }, now);
+                    }
                     let mut work = Vec::new();
                     if connected {
                         self.connect_transfers(peer, now, &mut work);
@@ -978,7 +988,17 @@ impl Core {
         let Some(id) = discovery::instance_device_id(instance) else {
             return;
         };
-        if self.state.peers.get(&id).is_some_and(|p| p.discovered) {
+        let Some(known) = self.state.peers.get(&id) else {
+            return;
+        };
+        // An mDNS goodbye is unauthenticated: while a trusted device's session is up, that
+        // session is the better evidence, so a forged goodbye changes nothing (spec 3.4).
+        if known.trusted && known.connection == super::ConnectionState::Connected {
+            // Held until the session ends: if it does, the goodbye was likely true.
+            self.goodbyes_while_connected.insert(id);
+            return;
+        }
+        if known.discovered {
             self.emit(Event::PeerLost { peer: id }, now);
         }
     }

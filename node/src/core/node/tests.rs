@@ -588,6 +588,21 @@ fn a_trusted_device_at_a_new_address_is_recorded_once_its_session_opens() {
     let peer = &h.core.state().peers[&id(1)];
     assert_eq!(peer.addresses[0], "10.77.0.20".parse::<IpAddr>().unwrap());
     assert_eq!(peer.port, 4001);
+    // A goodbye (unauthenticated) while its session is up changes nothing.
+    let out = h.handle(Input::Withdrawn {
+        instance: instance_name(&id(1)),
+    });
+    assert!(out.is_empty(), "{out:?}");
+    assert!(h.core.state().peers[&id(1)].discovered);
+    // If the session then ends, the goodbye was true after all: lost (and probed again).
+    let out = h.handle(Input::Rtc {
+        peer: id(1),
+        event: negotiation::Input::Lost {
+            reason: "connection failed".into(),
+        },
+    });
+    assert!(Harness::events(&out).contains(&"PeerLost"), "{out:?}");
+    assert!(!h.core.state().peers[&id(1)].discovered);
 }
 
 fn sdp_with_fingerprint(id_bytes: u8) -> String {
