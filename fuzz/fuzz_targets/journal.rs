@@ -185,13 +185,25 @@ fuzz_target!(|data: &[u8]| {
         let _ = std::fs::remove_file(dir.join("journal.lock"));
         let (journal, open) = Journal::<JournalEntry>::open(&dir, opts.clone())
             .unwrap_or_else(|e| panic!("verify passed ({report:?}) but open failed: {e}"));
-        assert_eq!(open.truncated_tail, report.torn_tail);
+        // A snapshot in parts whose last part is missing reads as records to a reader, but
+        // open drops it whole (journal/README.md): then fewer records remain.
+        let dropped_snapshot = open
+            .truncated_tail
+            .as_ref()
+            .is_some_and(|t| t.reason.contains("snapshot written in parts"));
+        if !dropped_snapshot {
+            assert_eq!(open.truncated_tail, report.torn_tail);
+        }
         journal.close().expect("close");
         let again = Reader::<JournalEntry>::open(&dir, opts)
             .unwrap()
             .verify()
             .expect("verifies after recovery");
         assert_eq!(again.torn_tail, None);
-        assert_eq!(again.last_seq, report.last_seq);
+        if dropped_snapshot {
+            assert!(again.last_seq <= report.last_seq);
+        } else {
+            assert_eq!(again.last_seq, report.last_seq);
+        }
     }
 });

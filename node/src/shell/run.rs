@@ -36,8 +36,9 @@ use crate::shell::store::Store;
 use crate::shell::transfer_io::TransferIo;
 use crate::shell::{network, signaling, trust_file};
 
-/// Once the journal holds more records than this at startup, the node writes a snapshot of its
-/// state, which lets the journal drop everything before it.
+/// Once the journal holds more records than this since its newest snapshot at startup (and
+/// every time this many more are written while running), the node writes a snapshot of its
+/// state; replay starts there, and the records before it become history.
 pub const COMPACT_AFTER_RECORDS: u64 = 100_000;
 
 /// Log lines that may wait for a slow stderr; more are dropped.
@@ -354,6 +355,25 @@ impl NodeLoop<'_> {
         Ok(())
     }
 
+    /// A node that runs for years without a restart still starts in constant time: every
+    /// [`COMPACT_AFTER_RECORDS`] records it writes a snapshot. Everything appended is in the
+    /// core's state by now (the core applies an event before emitting it), as a snapshot needs.
+    async fn compact_running(&mut self) {
+        let parts = record::snapshot_parts(self.core.state(), self.clock.wall_ms());
+        let written = match self.journal.snapshot_parts(&parts) {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(seq) => info!(
+                seq,
+                parts = parts.len(),
+                "compacted the journal into a snapshot"
+            ),
+            Err(e) => warn!("could not compact the journal (the node runs on): {e:#}"),
+        }
+    }
+
     /// Feeds the core the inputs that are already waiting (at most [`MAX_INPUT_BATCH`]), so
     /// that their events share one journal commit (the `drain` that follows): with many
     /// transfers at once (a directory of small files), one fsync per input was the limit.
@@ -394,6 +414,11 @@ impl NodeLoop<'_> {
         if let Some(pending) = last_pending {
             // Records become durable in order, so the last one's ticket covers them all.
             pending.await.context("writing to the journal")?;
+        }
+        if let (Some((first, _)), Some((last, _))) = (journaled.first(), journaled.last())
+            && first / COMPACT_AFTER_RECORDS != last / COMPACT_AFTER_RECORDS
+        {
+            self.compact_running().await;
         }
         for (_, stamped) in &journaled {
             if let Event::PeerDiscovered { peer, .. } = &stamped.event {
