@@ -9,7 +9,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const TARGET: &str = "wasm32-unknown-unknown";
+// The one copy of "add the wasm target if rustup lacks it", shared with `fsnode plugins build`:
+// a fresh machine whose toolchain came without the target still builds with `cargo run`.
+mod wasm_target {
+    include!("src/wasm_target.rs");
+}
+use wasm_target::WASM_TARGET as TARGET;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -25,6 +30,11 @@ fn main() {
         crate_dir.join("Cargo.lock").display()
     );
 
+    println!("cargo:rerun-if-changed=src/wasm_target.rs");
+    if let Err(why) = wasm_target::ensure_wasm_target(&mut |line| println!("cargo:warning={line}"))
+    {
+        panic!("{why}");
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = out_dir.join("sha256-wasm-target");
     let mut command = Command::new(cargo);

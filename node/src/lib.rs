@@ -15,3 +15,4 @@ pub mod identity;
 pub mod policy;
 pub mod record;
 pub mod shell;
+pub mod wasm_target;

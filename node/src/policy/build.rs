@@ -22,48 +22,20 @@ pub enum BuildError {
     Encode { module: PathBuf, message: String },
     #[error("cargo built no wasm module from {0}")]
     Nothing(PathBuf),
-    #[error(
-        "the Rust target {TARGET} is not installed and `rustup target add {TARGET}` failed: {0}; \
-         install it with `rustup target add {TARGET}` and build again"
-    )]
+    #[error("{0}")]
     NoTarget(String),
 }
 
 /// The target plugins are compiled for.
-pub const TARGET: &str = "wasm32-unknown-unknown";
+pub const TARGET: &str = crate::wasm_target::WASM_TARGET;
 
-/// Makes sure the compiler can build for [`TARGET`]: where rustup manages the toolchain and
-/// the target is missing (rustup installs a `rust-toolchain.toml`'s targets only together with
-/// the toolchain itself), adds it, saying so on `log` in one line. Without rustup nothing is
-/// checked, and cargo's own error says what is missing.
+/// Makes sure the compiler can build for [`TARGET`], adding it through rustup where it is
+/// missing and saying so on `log` in one line (`wasm_target::ensure_wasm_target`).
 pub fn ensure_target(log: &mut dyn std::io::Write) -> Result<(), BuildError> {
-    let Ok(installed) = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-    else {
-        return Ok(());
-    };
-    if !installed.status.success()
-        || String::from_utf8_lossy(&installed.stdout)
-            .lines()
-            .any(|line| line.trim() == TARGET)
-    {
-        return Ok(());
-    }
-    let _ = writeln!(
-        log,
-        "installing the Rust target {TARGET} (rustup target add {TARGET})"
-    );
-    let added = Command::new("rustup")
-        .args(["target", "add", TARGET])
-        .output()
-        .map_err(|e| BuildError::NoTarget(e.to_string()))?;
-    if !added.status.success() {
-        return Err(BuildError::NoTarget(
-            String::from_utf8_lossy(&added.stderr).trim().to_owned(),
-        ));
-    }
-    Ok(())
+    crate::wasm_target::ensure_wasm_target(&mut |line| {
+        let _ = writeln!(log, "{line}");
+    })
+    .map_err(BuildError::NoTarget)
 }
 
 /// Turns a core wasm module built with the guest crate into a component.

@@ -568,7 +568,7 @@ mod tests {
     struct Listener {
         addr: SocketAddr,
         inputs: async_channel::Receiver<Input>,
-        _conns: async_channel::Receiver<ConnEvent>,
+        conns: async_channel::Receiver<ConnEvent>,
         _task: runtime::Task<()>,
     }
 
@@ -600,7 +600,7 @@ mod tests {
         Listener {
             addr,
             inputs,
-            _conns: conns,
+            conns,
             _task: task,
         }
     }
@@ -710,13 +710,13 @@ mod tests {
             assert!(
                 matches!(Message::decode(answer.as_bytes()).unwrap(), Message::Hello(h) if h.id == node_id())
             );
-            match node.inputs.recv().await.unwrap() {
-                Input::Hello { from, hello, .. } => {
+            match node.conns.recv().await.unwrap() {
+                ConnEvent::Up { from, hello, .. } => {
                     assert_eq!(hello.id, browser);
                     assert_eq!(hello.port, 0);
                     assert_eq!(from.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
                 }
-                other => panic!("{other:?}"),
+                _ => panic!("the connection's first event is not Up"),
             }
             // Messages after it reach the node too.
             let bye = "{\"type\":\"bye\",\"reason\":\"shutdown\"}";
