@@ -389,6 +389,7 @@ mod bounded {
                 2 => Event::TransferRejected {
                     id: id(n),
                     reason: "no".into(),
+                    code: None,
                 },
                 _ => Event::TransferCancelled {
                     id: id(n),

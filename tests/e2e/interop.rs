@@ -756,9 +756,6 @@ fn closing_cases(peer: &mut Peer, cases: Vec<(&str, Value)>) -> Vec<String> {
 /// Spec 4, `reject.code`: every `reject` carries the code of its cause, and a `start` for a
 /// transfer that was refused or cancelled gets that code again.
 #[test]
-#[ignore = "fsnode deviates: every reject now carries a code, but a repeated `start` for a \
-            transfer refused by name is answered `finished`, not the code it ended with (spec 4, \
-            finished transfers)"]
 fn interop_every_reject_carries_the_code_spec_4_names() {
     let s = Setup::new();
     let mut peer = s.connected_peer(&[]);

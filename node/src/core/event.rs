@@ -175,6 +175,10 @@ pub enum Event {
     TransferRejected {
         id: TransferId,
         reason: String,
+        /// The `reject.code` (spec 4), so a repeated `start` is answered with the same one.
+        /// Absent in journals of builds before codes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<super::transfer::wire::RejectCode>,
     },
     /// Chunks `start..end` are verified and durably written (receiver) or acknowledged as such
     /// by the receiver (sender). Written once per group commit, not per chunk.

@@ -119,6 +119,10 @@ pub struct TransferState {
     #[serde(default)]
     pub accepted_next: u64,
     pub updated_at_ms: i64,
+    /// Receiver: the `reject.code` it refused the transfer with (answered again to a repeated
+    /// `start`).
+    #[serde(default)]
+    pub reject_code: Option<super::transfer::wire::RejectCode>,
 }
 
 impl TransferState {
@@ -379,6 +383,7 @@ impl State {
                     accepted_at_ms: None,
                     accepted_next: 0,
                     updated_at_ms: now,
+                    reject_code: None,
                 });
             }
             Event::TransferHashed { id, sha256 } => {
@@ -420,7 +425,10 @@ impl State {
                     t.mark_durable(*start, end);
                 }
             }
-            Event::TransferRejected { id, reason } => {
+            Event::TransferRejected { id, reason, code } => {
+                if let Some(t) = self.transfers.get_mut(id) {
+                    t.reject_code = *code;
+                }
                 self.finish(id, TransferStatus::Rejected, Some(reason.clone()), now);
             }
             Event::TransferCompleted { id, path } => {

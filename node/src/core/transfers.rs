@@ -199,11 +199,18 @@ fn incoming(peer: &DeviceId, start: &StartInfo, dir: Option<String>) -> Event {
 
 /// Journals an incoming file refused at `start` (a hostile name, sizes that disagree, a
 /// symbolic link on the way), so the operator sees what was offered and why it was refused.
-fn refused(peer: &DeviceId, start: &StartInfo, reason: &str, work: &mut Vec<Work>) {
+fn refused(
+    peer: &DeviceId,
+    start: &StartInfo,
+    reason: &str,
+    code: RejectCode,
+    work: &mut Vec<Work>,
+) {
     work.push(Work::Record(incoming(peer, start, None)));
     work.push(Work::Record(Event::TransferRejected {
         id: start.id,
         reason: reason.to_owned(),
+        code: Some(code),
     }));
 }
 
@@ -531,7 +538,7 @@ impl Transfers {
         let offered = start.clone();
         let reject = |reason: String, code: RejectCode, work: &mut Vec<Work>| {
             if !state.transfers.contains_key(&id) {
-                refused(peer, &offered, &reason, work);
+                refused(peer, &offered, &reason, code, work);
             }
             work.push(Work::Channel {
                 peer: peer.clone(),
@@ -563,8 +570,11 @@ impl Transfers {
                     return;
                 }
                 TransferStatus::Failed | TransferStatus::Rejected => {
+                    // Spec 4: answered again with the code it ended with (`finished` for a
+                    // failure, and for refusals journaled by builds before codes).
                     let reason = known.reason.clone().unwrap_or_else(|| "failed".into());
-                    return reject(reason, RejectCode::Finished, work);
+                    let code = known.reject_code.unwrap_or(RejectCode::Finished);
+                    return reject(reason, code, work);
                 }
                 _ => {}
             }
@@ -654,15 +664,15 @@ impl Transfers {
                     // later, so nothing is recorded that would answer that retry. (The
                     // store's own text says which; the wire says it with `code`.)
                     let no_space = transfer::is_no_space(&reason);
-                    if !state.transfers.contains_key(&id) && !no_space {
-                        refused(&peer, &start, &reason, work);
-                    }
                     let code = if no_space {
                         RejectCode::NoSpace
                     } else {
                         // The name could not be stored (a symbolic link on the way, ...).
                         RejectCode::Name
                     };
+                    if !state.transfers.contains_key(&id) && !no_space {
+                        refused(&peer, &start, &reason, code, work);
+                    }
                     work.push(Work::Channel {
                         peer,
                         message: Message::Reject {

@@ -718,16 +718,20 @@ mod tests {
                 }
                 _ => panic!("the connection's first event is not Up"),
             }
-            // Messages after it reach the node too.
-            let bye = "{\"type\":\"bye\",\"reason\":\"shutdown\"}";
-            ws.send(WsMessage::text(bye)).await.unwrap();
+            // Messages after it reach the node too. (Not a `bye`: the connection closes
+            // gracefully after one, spec 3.1.)
+            let end =
+                "{\"type\":\"candidate\",\"candidate\":\"\",\"sdpMid\":\"0\",\"sdpMLineIndex\":0}";
+            ws.send(WsMessage::text(end)).await.unwrap();
             match node.inputs.recv().await.unwrap() {
                 Input::Signal { message, .. } => {
                     assert_eq!(
                         message,
-                        Message::Bye {
-                            reason: "shutdown".into()
-                        }
+                        Message::Candidate(crate::core::signal::Candidate {
+                            candidate: String::new(),
+                            sdp_mid: Some("0".into()),
+                            sdp_mline_index: Some(0),
+                        })
                     )
                 }
                 other => panic!("{other:?}"),

@@ -1301,7 +1301,9 @@ fn a_start_missing_a_key_gets_reject_invalid_when_its_id_is_readable() {
 
 /// Spec 4: a `start` for a transfer this receiver already finished is answered again with
 /// its outcome, never ignored: `reject` `cancelled` for a cancelled one, `reject` `finished`
-/// for a failed one (the sender lost the first answer to a disconnect).
+/// for a failed one, the code it was refused with for a refused one (`name` here), and
+/// `finished` for a refusal journaled by a build before codes (the sender lost the first
+/// answer to a disconnect).
 #[test]
 fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
     use transfer::wire::RejectCode;
@@ -1313,7 +1315,13 @@ fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
         by: Authority::Operator,
     }));
     let (failed, cancelled) = (TransferId([1; 16]), TransferId([2; 16]));
-    for (id_, name) in [(failed, "failed.bin"), (cancelled, "cancelled.bin")] {
+    let (refused, refused_before_codes) = (TransferId([3; 16]), TransferId([4; 16]));
+    for (id_, name) in [
+        (failed, "failed.bin"),
+        (cancelled, "cancelled.bin"),
+        (refused, "refused.bin"),
+        (refused_before_codes, "old.bin"),
+    ] {
         state.apply(&stamp(Event::TransferQueued {
             id: id_,
             peer: id(1),
@@ -1337,6 +1345,16 @@ fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
         by: super::super::Side::Remote,
         reason: "cancelled".into(),
     }));
+    state.apply(&stamp(Event::TransferRejected {
+        id: refused,
+        reason: "a symbolic link on the way".into(),
+        code: Some(RejectCode::Name),
+    }));
+    state.apply(&stamp(Event::TransferRejected {
+        id: refused_before_codes,
+        reason: "refused".into(),
+        code: None,
+    }));
     let mut h = Harness::new();
     h.core = Core::new(me(), state, h.start);
     let start_of = |id_: TransferId, name: &str| {
@@ -1355,6 +1373,8 @@ fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
     for (id_, name, code) in [
         (failed, "failed.bin", RejectCode::Finished),
         (cancelled, "cancelled.bin", RejectCode::Cancelled),
+        (refused, "refused.bin", RejectCode::Name),
+        (refused_before_codes, "old.bin", RejectCode::Finished),
     ] {
         for _ in 0..2 {
             let out = h.handle(Input::Channel {

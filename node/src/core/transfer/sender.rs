@@ -280,6 +280,7 @@ impl Sender {
                     self.record(Event::TransferRejected {
                         id: self.info.id,
                         reason,
+                        code,
                     });
                 }
                 // The receiver refusing a transfer we are cancelling answers the cancel.

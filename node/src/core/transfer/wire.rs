@@ -251,7 +251,8 @@ impl WireError {
 
 /// The `code` of a `reject` (spec 4). `reason` is for humans and never parsed; programs
 /// (the sender's pause on a full disk) look at this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RejectCode {
     /// The name is refused (its form, or a symbolic link on the way).
     Name,

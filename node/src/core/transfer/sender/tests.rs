@@ -515,7 +515,8 @@ fn a_reject_ends_the_transfer() {
         drain(&mut s),
         vec![record(Event::TransferRejected {
             id: ID,
-            reason: "policy: no executables".into()
+            reason: "policy: no executables".into(),
+            code: Some(RejectCode::Policy),
         })]
     );
     assert!(s.is_finished());
