@@ -121,7 +121,7 @@ pub struct TransferState {
     pub updated_at_ms: i64,
     /// Receiver: the `reject.code` it refused the transfer with (answered again to a repeated
     /// `start`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reject_code: Option<super::transfer::wire::RejectCode>,
 }
 

@@ -710,14 +710,17 @@ mod tests {
             assert!(
                 matches!(Message::decode(answer.as_bytes()).unwrap(), Message::Hello(h) if h.id == node_id())
             );
-            match node.conns.recv().await.unwrap() {
-                ConnEvent::Up { from, hello, .. } => {
+            // The connection's writer is kept, as the node loop keeps it: dropping it closes
+            // the connection gracefully.
+            let _writer = match node.conns.recv().await.unwrap() {
+                ConnEvent::Up { from, hello, tx, .. } => {
                     assert_eq!(hello.id, browser);
                     assert_eq!(hello.port, 0);
                     assert_eq!(from.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+                    tx
                 }
                 _ => panic!("the connection's first event is not Up"),
-            }
+            };
             // Messages after it reach the node too. (Not a `bye`: the connection closes
             // gracefully after one, spec 3.1.)
             let end =
