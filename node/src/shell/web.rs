@@ -713,7 +713,9 @@ mod tests {
             // The connection's writer is kept, as the node loop keeps it: dropping it closes
             // the connection gracefully.
             let _writer = match node.conns.recv().await.unwrap() {
-                ConnEvent::Up { from, hello, tx, .. } => {
+                ConnEvent::Up {
+                    from, hello, tx, ..
+                } => {
                     assert_eq!(hello.id, browser);
                     assert_eq!(hello.port, 0);
                     assert_eq!(from.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
