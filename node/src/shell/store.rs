@@ -6,7 +6,7 @@
 //! Names are checked by [`crate::core::names`]; this module adds what needs the file system:
 //! no component under the receive directory may be a symbolic link.
 
-use std::fs::{self, DirBuilder, File, FileTimes, Permissions};
+use std::fs::{DirBuilder, File, FileTimes, Permissions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
@@ -317,9 +317,7 @@ impl PartFile {
                 path: self.shown.clone(),
             });
         };
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error)?;
+        rustix::fs::fsync(&*self.dir_fd).map_err(|e| io_error(e.into()))?;
         Ok(final_path)
     }
 
@@ -344,23 +342,32 @@ impl PartFile {
                 0 => self.final_name.clone(),
                 n => names::numbered(&self.final_name, n),
             };
-            let target = self.dir.join(&name);
-            let Ok(meta) = fs::symlink_metadata(&target) else {
+            // Looked at relative to the directory the `.part` lives in, never by path: a
+            // symbolic link swapped in on the way is not followed.
+            let Ok(stat) =
+                rustix::fs::statat(&*self.dir_fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            else {
                 // The first free name: the finished file would have taken an earlier one.
                 break;
             };
-            if !meta.file_type().is_file() || meta.len() != size {
+            if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
+                || u64::try_from(stat.st_size).ok() != Some(size)
+            {
                 continue;
             }
-            let same = File::open(&target)
-                .and_then(|file| WholeFileHash::new().finish(&file))
-                .is_ok_and(|sha| sha == *expected);
+            let same = rustix::fs::openat(
+                &*self.dir_fd,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io::Error::from)
+            .and_then(|fd| WholeFileHash::new().finish(&File::from(fd)))
+            .is_ok_and(|sha| sha == *expected);
             if same {
                 self.delete().map_err(io_error)?;
-                File::open(&self.dir)
-                    .and_then(|dir| dir.sync_all())
-                    .map_err(io_error)?;
-                return Ok(target);
+                rustix::fs::fsync(&*self.dir_fd).map_err(|e| io_error(e.into()))?;
+                return Ok(self.dir.join(&name));
             }
         }
         self.finalize_hashed(expected, mode, mtime, hashed)
@@ -369,35 +376,37 @@ impl PartFile {
     /// Renames the `.part` file to the first free name of `final_name`, `numbered(final_name, 1)`,
     /// …; `None` if none of the first [`MAX_VARIANTS`] is free. Atomic no-replace rename
     /// (`renameat2(RENAME_NOREPLACE)`); on file systems without it, link then unlink, which
-    /// cannot replace either (`use_link` starts there).
+    /// cannot replace either (`use_link` starts there). Both names are relative to the final
+    /// directory's descriptor, never paths: nothing swapped in on the way is followed.
     fn rename_into_place(&self, mut use_link: bool) -> io::Result<Option<PathBuf>> {
+        let dir = &*self.dir_fd;
+        let part = self.part_name.as_str();
         for n in 0..=MAX_VARIANTS {
             let name = match n {
                 0 => self.final_name.clone(),
                 n => names::numbered(&self.final_name, n),
             };
-            let target = self.dir.join(&name);
             if !use_link {
                 match rustix::fs::renameat_with(
-                    CWD,
-                    &self.part_path,
-                    CWD,
-                    &target,
+                    dir,
+                    part,
+                    dir,
+                    name.as_str(),
                     RenameFlags::NOREPLACE,
                 ) {
-                    Ok(()) => return Ok(Some(target)),
+                    Ok(()) => return Ok(Some(self.dir.join(&name))),
                     Err(Errno::EXIST) => continue,
                     Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => use_link = true,
                     Err(e) => return Err(e.into()),
                 }
             }
-            match fs::hard_link(&self.part_path, &target) {
+            match rustix::fs::linkat(dir, part, dir, name.as_str(), AtFlags::empty()) {
                 Ok(()) => {
-                    fs::remove_file(&self.part_path)?;
-                    return Ok(Some(target));
+                    rustix::fs::unlinkat(dir, part, AtFlags::empty())?;
+                    return Ok(Some(self.dir.join(&name)));
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(None)
@@ -541,6 +550,7 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, symlink};
 
     use super::*;
+    use std::fs;
 
     const ID: TransferId = TransferId([
         0xc0, 0xff, 0xee, 0x01, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
@@ -609,9 +619,10 @@ mod tests {
     }
 
     /// A directory swapped for a symbolic link to outside while files are being received into
-    /// it (the check-then-use race): nothing is ever written outside the receive directory,
-    /// whatever the interleaving, because the `.part` is opened relative to the directory
-    /// descriptor that was resolved without following links.
+    /// it (the check-then-use race): nothing is ever written, renamed or linked outside the
+    /// receive directory, whatever the interleaving, because the `.part` is opened, renamed
+    /// into place and synced relative to the directory descriptor that was resolved without
+    /// following links.
     #[test]
     fn a_directory_swapped_for_a_symlink_mid_receive_never_leaks_outside() {
         let (dir, store) = store();
@@ -646,7 +657,10 @@ mod tests {
             if let Ok(writer) = part.open() {
                 let data = b"payload";
                 if writer.write_chunk(0, data, &sha(data)).unwrap_or(false) {
-                    received += 1;
+                    drop(writer);
+                    if part.finalize(&sha(data), 0o600, None).is_ok() {
+                        received += 1;
+                    }
                 }
             }
         }
@@ -657,6 +671,7 @@ mod tests {
             0,
             "nothing written through the link ({received} files received inside)"
         );
+        assert!(received > 0, "no file was finalized: the race was not exercised");
     }
 
     #[test]
