@@ -671,7 +671,10 @@ mod tests {
             0,
             "nothing written through the link ({received} files received inside)"
         );
-        assert!(received > 0, "no file was finalized: the race was not exercised");
+        assert!(
+            received > 0,
+            "no file was finalized: the race was not exercised"
+        );
     }
 
     #[test]
