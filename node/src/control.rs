@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{DeviceId, DeviceType};
+use crate::core::{
+    DeviceId, DeviceType, Direction, State, TransferId, TransferState, TransferStatus,
+};
 
 pub const CONTROL_VERSION: u32 = 1;
 /// Longest request line the node reads; longer ones get an error reply.
@@ -153,6 +155,37 @@ pub struct TransferRow {
     /// Average rate since the transfer was accepted, bytes per second.
     pub rate: Option<u64>,
     pub path: Option<String>,
+}
+
+impl TransferRow {
+    /// A transfer as `fsnode transfers` shows it, from the state that holds it (the running
+    /// node's, or one folded from the journal's history).
+    pub fn of(state: &State, id: &TransferId, t: &TransferState) -> Self {
+        TransferRow {
+            id: id.to_string(),
+            peer: t.peer.clone(),
+            peer_name: state
+                .peers
+                .get(&t.peer)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            direction: match t.direction {
+                Direction::Send => "send".into(),
+                Direction::Receive => "receive".into(),
+            },
+            name: t.name.clone(),
+            size: t.size,
+            done_bytes: if t.status == TransferStatus::Completed {
+                t.size
+            } else {
+                t.durable_bytes()
+            },
+            status: format!("{:?}", t.status).to_lowercase(),
+            reason: t.reason.clone(),
+            rate: t.rate(),
+            path: t.path.as_ref().map(|p| p.display().to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use fsnode_journal::{JournalError, Reader, RecordKind, Seq};
 
 use crate::control::TransferRow;
-use crate::core::{Direction, Event, State, TransferId, TransferState, TransferStatus};
+use crate::core::{Event, State, TransferId, TransferState};
 use crate::record::{Fold, JournalEntry};
 
 /// One page of finished transfers, newest first.
@@ -37,7 +37,7 @@ pub fn finished(
             return;
         }
         page.total += 1;
-        newest.push_back(row(state, id, t));
+        newest.push_back(TransferRow::of(state, id, t));
         if newest.len() > keep {
             newest.pop_front();
         }
@@ -88,33 +88,5 @@ fn finished_id(event: &Event) -> Option<TransferId> {
         | Event::TransferRejected { id, .. }
         | Event::TransferCancelled { id, .. } => Some(*id),
         _ => None,
-    }
-}
-
-/// A finished transfer as `fsnode transfers` shows it.
-fn row(state: &State, id: &TransferId, t: &TransferState) -> TransferRow {
-    TransferRow {
-        id: id.to_string(),
-        peer: t.peer.clone(),
-        peer_name: state
-            .peers
-            .get(&t.peer)
-            .map(|p| p.name.clone())
-            .unwrap_or_default(),
-        direction: match t.direction {
-            Direction::Send => "send".into(),
-            Direction::Receive => "receive".into(),
-        },
-        name: t.name.clone(),
-        size: t.size,
-        done_bytes: if t.status == TransferStatus::Completed {
-            t.size
-        } else {
-            t.durable_bytes()
-        },
-        status: format!("{:?}", t.status).to_lowercase(),
-        reason: t.reason.clone(),
-        rate: t.rate(),
-        path: t.path.as_ref().map(|p| p.display().to_string()),
     }
 }

@@ -25,7 +25,7 @@ use super::transfers::{StoreOp, StoreResult, Transfers, Work};
 use super::trust::{self, ResolveError};
 use super::{
     Authority, DeviceId, DeviceType, Direction, Event, PeerState, Stamped, State, TransferId,
-    TransferState, TransferStatus,
+    TransferState,
 };
 use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Request, TransferRow};
 
@@ -1570,31 +1570,7 @@ impl Core {
 
     /// A transfer as `fsnode transfers` shows it.
     pub fn transfer_row(&self, id: &TransferId, t: &TransferState) -> TransferRow {
-        TransferRow {
-            id: id.to_string(),
-            peer: t.peer.clone(),
-            peer_name: self
-                .state
-                .peers
-                .get(&t.peer)
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-            direction: match t.direction {
-                Direction::Send => "send".into(),
-                Direction::Receive => "receive".into(),
-            },
-            name: t.name.clone(),
-            size: t.size,
-            done_bytes: if t.status == TransferStatus::Completed {
-                t.size
-            } else {
-                t.durable_bytes()
-            },
-            status: format!("{:?}", t.status).to_lowercase(),
-            reason: t.reason.clone(),
-            rate: t.rate(),
-            path: t.path.as_ref().map(|p| p.display().to_string()),
-        }
+        TransferRow::of(&self.state, id, t)
     }
 
     /// The trusted devices with their verification codes, for the projection file.

@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::*;
+use crate::core::TransferStatus;
 use crate::core::discovery::{instance_name, txt_records};
 use sha2::{Digest, Sha256};
 
