@@ -337,11 +337,7 @@ impl PartFile {
             source,
         };
         let size = self.len().map_err(io_error)?;
-        for n in 0..=MAX_VARIANTS {
-            let name = match n {
-                0 => self.final_name.clone(),
-                n => names::numbered(&self.final_name, n),
-            };
+        for name in self.final_names() {
             // Looked at relative to the directory the `.part` lives in, never by path: a
             // symbolic link swapped in on the way is not followed.
             let Ok(stat) =
@@ -373,6 +369,15 @@ impl PartFile {
         self.finalize_hashed(expected, mode, mtime, hashed)
     }
 
+    /// The names the file may get, in order: `final_name`, then its numbered variants up to
+    /// [`MAX_VARIANTS`] (spec 4: the final name never overwrites an existing file).
+    fn final_names(&self) -> impl Iterator<Item = String> + '_ {
+        (0..=MAX_VARIANTS).map(|n| match n {
+            0 => self.final_name.clone(),
+            n => names::numbered(&self.final_name, n),
+        })
+    }
+
     /// Renames the `.part` file to the first free name of `final_name`, `numbered(final_name, 1)`,
     /// …; `None` if none of the first [`MAX_VARIANTS`] is free. Atomic no-replace rename
     /// (`renameat2(RENAME_NOREPLACE)`); on file systems without it, link then unlink, which
@@ -381,11 +386,7 @@ impl PartFile {
     fn rename_into_place(&self, mut use_link: bool) -> io::Result<Option<PathBuf>> {
         let dir = &*self.dir_fd;
         let part = self.part_name.as_str();
-        for n in 0..=MAX_VARIANTS {
-            let name = match n {
-                0 => self.final_name.clone(),
-                n => names::numbered(&self.final_name, n),
-            };
+        for name in self.final_names() {
             if !use_link {
                 match rustix::fs::renameat_with(
                     dir,
