@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use webrtc::peer_connection::RTCCertificate;
-use webrtc::peer_connection::crypto::{self, SignatureScheme};
+use rtc::crypto::{self, SignatureScheme};
+use rtc::peer_connection::certificate::RTCCertificate;
 
 use crate::core::DeviceId;
 use crate::shell::atomic_file::{self, Replace};

@@ -704,10 +704,6 @@ fn interop_undecodable_messages_close_the_channel() {
 /// Spec 4, strictness: a message larger than the receiver's advertised `a=max-message-size`
 /// closes the data channel.
 #[test]
-#[ignore = "fsnode deviates: webrtc-rs itself drops a message over the advertised \
-            a=max-message-size without telling fsnode, so the channel stays open (spec 4 \
-            strictness; the core refuses it once it sees it); fixed by issue 15 (the new link \
-            hands every message to the core)"]
 fn interop_a_message_over_max_message_size_closes_the_channel() {
     let s = Setup::new();
     let mut peer = s.connected_peer(&[]);
@@ -1005,10 +1001,6 @@ fn interop_transfers_resume_after_the_peer_is_killed() {
 /// Spec 3.3: a peer that restarted offers again (new ICE credentials) while fsnode still believes
 /// the old session is up; fsnode answers with a fresh session and the transfer resumes on it.
 #[test]
-#[ignore = "fsnode deviates: it answers the restarted peer's offer (new ICE credentials) at once, \
-            but that session never connects; the channel opens ~16 s later, on fsnode's own \
-            offer after the old session failed (spec 3.3, a new offer is a new session); fixed \
-            by issue 15 (the new link)"]
 fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected() {
     let s = Setup::new();
     let mut peer = s.connected_peer(&["--window", "4"]);

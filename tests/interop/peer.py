@@ -1405,4 +1405,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
+    import logging, os as _os
+    if _os.environ.get('PEER_DEBUG_LOG'):
+        logging.basicConfig(level=logging.DEBUG, filename=_os.environ['PEER_DEBUG_LOG'])
     asyncio.run(main(parse_args()))

@@ -136,6 +136,12 @@ pub struct Negotiation {
     answering: Option<u64>,
     /// The latest answer we gave, for a repeated offer with the same seq.
     last_answer: Option<(u64, String)>,
+    /// The offer being answered or last answered: a "repeat" must be this very offer (a
+    /// restarted peer numbers its offers from 1 again, with new ICE credentials).
+    answered_offer: Option<String>,
+    /// A new session is being negotiated while the old one is connected (spec 3.3): when its
+    /// channel opens, the old session has ended for everything that ran on it.
+    replacing: bool,
     remote_applied: bool,
     /// Impolite side ignoring a colliding offer: its candidates are ignored too.
     ignoring_offer: bool,
@@ -160,6 +166,8 @@ impl Negotiation {
             offer: None,
             answering: None,
             last_answer: None,
+            answered_offer: None,
+            replacing: false,
             remote_applied: false,
             ignoring_offer: false,
             buffered: VecDeque::new(),
@@ -294,6 +302,12 @@ impl Negotiation {
             Input::ChannelOpen => {
                 self.open_deadline = None;
                 if self.status != Status::Connected {
+                    if std::mem::take(&mut self.replacing) {
+                        self.record(Event::Disconnected {
+                            peer: self.peer.clone(),
+                            reason: "replaced by a new session".into(),
+                        });
+                    }
                     self.status = Status::Connected;
                     self.losses = 0;
                     self.record(Event::Connected {
@@ -391,6 +405,7 @@ impl Negotiation {
     fn on_remote_offer(&mut self, sdp: String, seq: u64) {
         if let Some((answered, answer)) = &self.last_answer
             && *answered == seq
+            && self.answered_offer.as_deref() == Some(sdp.as_str())
         {
             // A resend of an offer we already answered: the same answer again.
             self.out.push_back(Output::Send(Message::Answer {
@@ -417,6 +432,10 @@ impl Negotiation {
         self.remote_applied = false;
         self.answering = Some(seq);
         self.has_connection = true;
+        if self.status == Status::Connected {
+            self.replacing = true;
+        }
+        self.answered_offer = Some(sdp.clone());
         self.status = Status::Negotiating;
         self.act(Action::AnswerOffer { sdp });
     }
@@ -447,6 +466,8 @@ impl Negotiation {
         self.offer = None;
         self.answering = None;
         self.last_answer = None;
+        self.answered_offer = None;
+        self.replacing = false;
         self.remote_applied = false;
         self.ignoring_offer = false;
         self.buffered.clear();

@@ -1,11 +1,10 @@
 //! Everything runtime-specific in the IO shell lives here: the one real clock, spawning,
-//! timers, timeouts and the runtime webrtc-rs runs on (smol). The core never reads time; the
-//! shell reads it here and passes it in. Swapping this module (webrtc-rs's `MockRuntime` and a
-//! virtual clock) is how the shell can run on virtual time.
+//! timers and timeouts (smol). The core never reads time; the
+//! shell reads it here and passes it in. Swapping this module (a virtual clock) is how the shell can
+//! run on virtual time.
 #![allow(clippy::disallowed_methods)]
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The runtime's sockets.
@@ -61,12 +60,6 @@ pub async fn timeout<T>(
 #[error("timed out after {0:?}")]
 pub struct TimedOut(pub Duration);
 
-/// The runtime webrtc-rs drives its peer connections on: smol, with every UDP socket's kernel
-/// buffers enlarged (see [`udp_buffer_bytes`]).
-pub fn webrtc() -> Arc<dyn webrtc::runtime::Runtime> {
-    Arc::new(SizedSockets(webrtc::runtime::SmolRuntime))
-}
-
 /// Kernel buffer fsnode asks for on each WebRTC UDP socket, each direction. A data channel at
 /// LAN rates delivers bursts of a whole SCTP window back to back; the 208 KiB default of
 /// `net.core.rmem_default` overflows (`RcvbufErrors` in /proc/net/snmp), every drop costs a
@@ -112,83 +105,6 @@ pub fn udp_buffer_bytes() -> usize {
         }
         obtained
     })
-}
-
-/// smol, with [`size_udp_buffers`] applied to each UDP socket webrtc-rs opens.
-#[derive(Debug)]
-struct SizedSockets(webrtc::runtime::SmolRuntime);
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-impl webrtc::runtime::Runtime for SizedSockets {
-    fn spawn(
-        &self,
-        future: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Box<dyn webrtc::runtime::JoinHandle> {
-        self.0.spawn(future)
-    }
-
-    fn spawn_reactor(
-        &self,
-        reactor_pool_size: usize,
-        future: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Box<dyn webrtc::runtime::JoinHandle> {
-        self.0.spawn_reactor(reactor_pool_size, future)
-    }
-
-    fn wrap_udp_socket(
-        &self,
-        socket: std::net::UdpSocket,
-    ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncUdpSocket>> {
-        let obtained = size_udp_buffers(&socket);
-        tracing::trace!(obtained, "sized a WebRTC UDP socket");
-        self.0.wrap_udp_socket(socket)
-    }
-
-    fn wrap_tcp_listener(
-        &self,
-        listener: std::net::TcpListener,
-    ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
-        self.0.wrap_tcp_listener(listener)
-    }
-
-    fn connect_tcp<'a>(
-        &'a self,
-        remote_addr: std::net::SocketAddr,
-    ) -> BoxFuture<'a, std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpStream>>> {
-        self.0.connect_tcp(remote_addr)
-    }
-
-    fn resolve_host<'a>(
-        &'a self,
-        host: &'a str,
-    ) -> BoxFuture<'a, std::io::Result<Vec<std::net::SocketAddr>>> {
-        self.0.resolve_host(host)
-    }
-
-    fn now(&self) -> Instant {
-        self.0.now()
-    }
-
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        self.0.sleep(duration)
-    }
-
-    fn interval(&self, period: Duration) -> Box<dyn webrtc::runtime::AsyncInterval> {
-        self.0.interval(period)
-    }
-
-    fn block_on(&self, future: std::pin::Pin<Box<dyn Future<Output = ()> + '_>>) {
-        self.0.block_on(future)
-    }
-
-    fn yield_now(&self) -> BoxFuture<'static, ()> {
-        self.0.yield_now()
-    }
-
-    fn name(&self) -> &'static str {
-        "smol+sized-udp-buffers"
-    }
 }
 
 /// Time as the shell sees it: monotonic for timers, wall clock for journal stamps.

@@ -41,6 +41,7 @@ use dcsctp::api::{
 };
 use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig};
 use rtc_dtls::endpoint::{Endpoint as DtlsEndpoint, EndpointEvent};
+use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc_ice::agent::Agent;
 use rtc_ice::agent::agent_config::AgentConfig;
 use rtc_ice::candidate::candidate_host::CandidateHostConfig;
@@ -638,6 +639,13 @@ impl Link {
             .with_insecure_skip_verify(true)
             .with_verify_peer_certificate(Some(verify))
             .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            // fsnode carries no media, but WebRTC stacks expect `use_srtp` in every handshake
+            // (aiortc's DTLS fails one without a negotiated profile, either role); the keys
+            // are simply never used.
+            .with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ])
             .with_flight_interval(DTLS_FLIGHT_INTERVAL)
             .build(is_client, None)
             .map_err(dtls_error)

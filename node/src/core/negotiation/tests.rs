@@ -353,6 +353,99 @@ fn a_repeated_offer_gets_the_same_answer_again() {
     );
 }
 
+/// A restarted peer numbers its offers from 1 again: the same seq with another SDP is a new
+/// offer, answered afresh, not with the answer to the old one.
+#[test]
+fn a_new_offer_reusing_an_answered_seq_is_answered_afresh() {
+    let (_, mut n, t0) = pair();
+    n.handle(
+        Input::RemoteOffer {
+            sdp: "before-restart".into(),
+            seq: 1,
+        },
+        t0,
+    );
+    n.handle(
+        Input::LocalAnswer {
+            sdp: "ans-1".into(),
+        },
+        t0,
+    );
+    drain(&mut n);
+    n.handle(
+        Input::RemoteOffer {
+            sdp: "after-restart".into(),
+            seq: 1,
+        },
+        t0 + secs(3.0),
+    );
+    assert_eq!(
+        drain(&mut n),
+        vec![Output::Act(Action::AnswerOffer {
+            sdp: "after-restart".into()
+        })]
+    );
+}
+
+/// Spec 3.3: a new session negotiated while connected replaces the old one when its channel
+/// opens: the journal shows the old one ending there (so transfers restart on the new one),
+/// and nothing is closed before.
+#[test]
+fn a_session_replacing_a_connected_one_ends_it_only_when_it_opens() {
+    let (_, mut n, t0) = pair();
+    let peer = n.peer.clone();
+    n.handle(
+        Input::RemoteOffer {
+            sdp: "first".into(),
+            seq: 1,
+        },
+        t0,
+    );
+    n.handle(Input::LocalAnswer { sdp: "a1".into() }, t0);
+    n.handle(Input::RemoteApplied, t0);
+    n.handle(Input::ChannelOpen, t0);
+    drain(&mut n);
+    n.handle(
+        Input::RemoteOffer {
+            sdp: "second".into(),
+            seq: 1,
+        },
+        t0 + secs(5.0),
+    );
+    let outputs = drain(&mut n);
+    assert!(
+        !outputs.contains(&Output::Act(Action::Close)),
+        "{outputs:?}"
+    );
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, Output::Record(Event::Disconnected { .. }))),
+        "{outputs:?}"
+    );
+    n.handle(Input::LocalAnswer { sdp: "a2".into() }, t0 + secs(5.0));
+    n.handle(Input::RemoteApplied, t0 + secs(5.0));
+    n.handle(Input::ChannelOpen, t0 + secs(5.1));
+    let records: Vec<_> = drain(&mut n)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Record(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            Event::Disconnected {
+                peer: peer.clone(),
+                reason: "replaced by a new session".into()
+            },
+            Event::Connected { peer }
+        ]
+    );
+    assert_eq!(n.status(), &Status::Connected);
+}
+
 #[test]
 fn a_remote_hang_up_mid_negotiation_fails_or_disconnects_and_closes() {
     let (_, mut n, t0) = pair();
