@@ -28,6 +28,8 @@ use fsnode_testkit::{Host, Lan, NodeHome};
 use rustix::process::Signal;
 use serde_json::Value;
 
+mod loss;
+
 const MIB: u64 = 1024 * 1024;
 const BASE_PORT: u16 = 7101;
 const TCP_PORT: u16 = 7199;
@@ -45,7 +47,7 @@ struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: fsnode-throughput [--fsnode PATH] [--runs N] [--size-mib N] [--dir DIR] \
-         [--small-files N] [--many-files N] [--only loopback|gigabit|small|many|fanout]...\n\
+         [--small-files N] [--many-files N] [--only loopback|gigabit|small|many|fanout|loss]...\n\
          (needs root: it creates network namespaces)"
     );
     std::process::exit(2)
@@ -134,6 +136,9 @@ fn main() -> anyhow::Result<()> {
     }
     if want("fanout") {
         fanout(&opts, work.path(), &big)?;
+    }
+    if want("loss") {
+        loss::loss_benchmark(&opts, work.path())?;
     }
     Ok(())
 }
