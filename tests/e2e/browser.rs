@@ -1,7 +1,10 @@
 //! A browser tab as a peer (spec 3.5): headless Chromium (Debian's `chromium`, driven by
 //! Playwright's `playwright-core`, tests/web/driver.mjs) in one namespace of a test LAN opens
 //! the page an fsnode serves from another, gets trusted like any device, sends and receives
-//! 20 MiB byte-identical, and resumes a send after the tab is reloaded mid-transfer.
+//! 20 MiB byte-identical, sends a folder picked on its folder input, resumes a send after the tab
+//! is reloaded mid-transfer, and has its `.local` candidate resolved by the node; a second test
+//! receives a large file (128 MiB; `FSNODE_BROWSER_RECEIVE_MIB=1024` for the BENCHMARKS.md
+//! figure) and checks that the tab's memory does not grow with it.
 //!
 //! Needs `chromium` (Debian) and `playwright-core` in `FSNODE_PLAYWRIGHT_DIR` (default
 //! `~/.cache/fsnode/playwright`); `./test.sh` installs both.

@@ -172,7 +172,9 @@ function processRss() {
       const rss = /RssAnon:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${entry}/status`, 'utf8'));
       const cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8');
       parents.set(Number(entry), ppid);
-      info.set(Number(entry), { rss: rss ? Number(rss[1]) * 1024 : 0, renderer: cmdline.includes('--type=renderer') });
+      const kind = /--type=([a-z-]+)/.exec(cmdline)?.[1] ?? (/--utility-sub-type=([\w.]+)/.exec(cmdline)?.[1] || 'browser');
+      const sub = /--utility-sub-type=([\w.]+)/.exec(cmdline)?.[1];
+      info.set(Number(entry), { rss: rss ? Number(rss[1]) * 1024 : 0, renderer: kind === 'renderer', kind: sub ? sub.split('.').pop() : kind });
     } catch { /* the process ended meanwhile */ }
   }
   const mine = (pid) => {
@@ -181,12 +183,14 @@ function processRss() {
   };
   let rendererRss = 0;
   let browserRss = 0;
-  for (const [pid, { rss, renderer }] of info) {
+  const byKind = {};
+  for (const [pid, { rss, renderer, kind }] of info) {
     if (!mine(pid)) continue;
     browserRss += rss;
     if (renderer) rendererRss += rss;
+    byKind[kind] = (byKind[kind] || 0) + Math.round(rss / 1048576);
   }
-  return { rendererRss, browserRss };
+  return { rendererRss, browserRss, byKind };
 }
 
 async function memory() {
@@ -210,7 +214,7 @@ function watchMemory() {
       for (const key of ['jsHeap', 'rendererRss', 'browserRss']) peaks[key] = Math.max(peaks[key], now[key]);
       if (peaks.samples % 25 === 1 && peaks.timeline.length < 200) {
         const mib = (v) => Math.round(v / 1048576);
-        peaks.timeline.push([Math.round((Date.now() - started) / 1000), mib(now.rendererRss), mib(now.browserRss)]);
+        peaks.timeline.push([Math.round((Date.now() - started) / 1000), mib(now.rendererRss), mib(now.browserRss), now.byKind]);
       }
     } catch { /* the page is navigating */ } finally {
       busy = false;
