@@ -387,8 +387,10 @@ fn large_receive_bytes() -> u64 {
 
 /// The most the tab's renderer may grow while receiving, whatever the file's size: chunks go
 /// to IndexedDB (on disk) as they are verified, and the whole-file hash runs alongside.
-/// (Measured: about 40 MiB of growth for 1 GiB, BENCHMARKS.md.)
-const RENDERER_GROWTH_BOUND: u64 = 64 << 20;
+/// Measured: 35 to 44 MiB of growth for 128 MiB to 1 GiB (BENCHMARKS.md), the garbage V8 lets
+/// the data channel's buffers pile up to before it collects; the bound leaves room for a slow,
+/// loaded CI machine and is still well below the 128 MiB a tab holding the file would add.
+const RENDERER_GROWTH_BOUND: u64 = 80 << 20;
 
 #[test]
 fn a_chromium_tab_receives_a_large_file_to_disk_in_bounded_memory() {
