@@ -309,6 +309,15 @@ fn a_chromium_tab_is_trusted_then_sends_receives_and_resumes_after_a_reload() {
     assert_eq!(checks["sends"], 2 + folder_files.len(), "{checks}");
     assert_eq!(checks["receives"], 1, "{checks}");
     assert!(checks["scrollWidth"].as_u64().unwrap() <= 360, "{checks}");
+    let desktop = &checks["desktop"];
+    assert!(desktop["scrollWidth"].as_u64().unwrap() <= 1280, "{checks}");
+    assert_eq!(desktop["dropVisible"], true, "{checks}");
+    let column = desktop["mainWidth"].as_u64().unwrap();
+    assert!((400..=800).contains(&column), "a readable column: {checks}");
+    assert!(
+        desktop["mainLeft"].as_u64().unwrap() > 200,
+        "centred: {checks}"
+    );
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
 

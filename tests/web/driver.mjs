@@ -12,7 +12,7 @@
 //   upload-reload PATH FRACTION-> {ms, meta, reloadedAt}  reloads the tab mid-send, picks it again
 //   upload-folder DIR          -> {ms, names}             picks DIR on the folder input, waits for every file
 //   download NAME OUT [SECONDS]-> {ms, suggested}         waits (120 s) for NAME to be received, saves it
-//   screenshot PATH            -> {checks}                360-px-wide screenshot + DOM checks
+//   screenshot PATH            -> {checks}                360-px-wide screenshot + DOM checks, and at 1280 px
 //   memory                     -> {jsHeap, rendererRss, browserRss}  now, in bytes
 //   watch-memory               -> {}                      starts sampling memory every 200 ms
 //   memory-peaks               -> {samples, jsHeap, rendererRss, browserRss}  peaks since watch-memory
@@ -145,6 +145,19 @@ async function screenshot(file) {
       scrollWidth: document.documentElement.scrollWidth,
     };
   });
+  // The same page on a desktop screen: no overflow, and the content a readable column
+  // (centred, not stretched across 1280 px).
+  await page.setViewportSize({ width: 1280, height: 800 });
+  checks.desktop = await page.evaluate(() => {
+    const main = document.querySelector('main').getBoundingClientRect();
+    return {
+      scrollWidth: document.documentElement.scrollWidth,
+      mainWidth: Math.round(main.width),
+      mainLeft: Math.round(main.left),
+      dropVisible: document.getElementById('drop').getBoundingClientRect().width > 0,
+    };
+  });
+  await page.setViewportSize({ width: 360, height: 800 });
   return { checks };
 }
 
