@@ -374,6 +374,30 @@ fn streamed_random_file(path: &Path, size: u64, seed: u64) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
+/// The bytes of the files under the profile's `*.indexeddb.blob` directories.
+fn indexeddb_blob_bytes(profile: &Path) -> u64 {
+    fn walk(dir: &Path, inside_blobs: bool, total: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                let blobs = inside_blobs || path.to_string_lossy().ends_with(".indexeddb.blob");
+                walk(&path, blobs, total);
+            } else if kind.is_file() && inside_blobs {
+                *total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    let mut total = 0;
+    walk(profile, false, &mut total);
+    total
+}
+
 /// A file's SHA-256, read in pieces.
 fn streamed_digest(path: &Path) -> Vec<u8> {
     use sha2::{Digest, Sha256};
@@ -452,6 +476,16 @@ fn a_chromium_tab_receives_a_large_file_to_disk_in_bounded_memory() {
         peaks["timeline"]
     );
     assert_eq!(streamed_digest(&saved), expected, "byte-identical");
+    // Where the chunks went: Chromium keeps IndexedDB Blobs as files beside its database.
+    let on_disk = indexeddb_blob_bytes(&work.path().join("profile"));
+    eprintln!(
+        "browser: IndexedDB blob files in the profile: {} MiB",
+        on_disk >> 20
+    );
+    assert!(
+        on_disk >= size,
+        "only {on_disk} bytes of Blob files for {size}"
+    );
     assert!(peaks["samples"].as_u64().unwrap() > 5, "{peaks}");
     let growth = peaks["rendererRss"]
         .as_u64()
