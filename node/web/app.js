@@ -1085,8 +1085,9 @@ function wireInputs() {
     event.preventDefault();
     drop.classList.remove('over');
     const items = event.dataTransfer.items;
-    const entries = items && items.length && items[0].webkitGetAsEntry
-      ? await droppedFiles(items)
+    const walked = items && items.length && items[0].webkitGetAsEntry ? await droppedFiles(items) : [];
+    // Without entries (an older browser, or a drop made by a script) the plain file list.
+    const entries = walked.length ? walked
       : [...event.dataTransfer.files].map((file) => ({ file, name: file.name }));
     addFiles(entries);
   };

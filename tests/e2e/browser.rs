@@ -235,6 +235,19 @@ fn a_chromium_tab_is_trusted_then_sends_receives_and_resumes_after_a_reload() {
         assert_eq!(digest(&arrived), digest(file), "{}", relative.display());
     }
 
+    // A file dropped on the drop zone (a synthesized drop: only files, no folder entries).
+    browser.ask("drop dropped.bin 300000", Duration::from_secs(70));
+    wait_for(
+        "the node has the dropped file",
+        Duration::from_secs(10),
+        || received(&node, "dropped.bin").exists(),
+    );
+    let pattern: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        std::fs::read(received(&node, "dropped.bin")).unwrap(),
+        pattern
+    );
+
     // Node -> browser: `fsnode send --to` the browser; verified, then saved from the page.
     let down = random_file(files.path(), "to-phone.bin", SIZE, 17);
     let out = node
@@ -306,7 +319,7 @@ fn a_chromium_tab_is_trusted_then_sends_receives_and_resumes_after_a_reload() {
     for element in ["deviceIdVisible", "codeVisible", "dropVisible"] {
         assert_eq!(checks[element], true, "{element}: {checks}");
     }
-    assert_eq!(checks["sends"], 2 + folder_files.len(), "{checks}");
+    assert_eq!(checks["sends"], 3 + folder_files.len(), "{checks}");
     assert_eq!(checks["receives"], 1, "{checks}");
     assert!(checks["scrollWidth"].as_u64().unwrap() <= 360, "{checks}");
     let desktop = &checks["desktop"];

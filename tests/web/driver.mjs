@@ -10,6 +10,7 @@
 //   state STATE SECONDS        -> {state}                 waits for #state[data-state=STATE]
 //   upload PATH                -> {ms, meta}              picks PATH, waits for the send to be done
 //   upload-reload PATH FRACTION-> {ms, meta, reloadedAt}  reloads the tab mid-send, picks it again
+//   drop NAME SIZE             -> {ms}                    drops a made-up file on the drop zone, waits for the send
 //   upload-folder DIR          -> {ms, names}             picks DIR on the folder input, waits for every file
 //   download NAME OUT [SECONDS]-> {ms, suggested}         waits (120 s) for NAME to be received, saves it
 //   screenshot PATH            -> {checks}                360-px-wide screenshot + DOM checks, and at 1280 px
@@ -95,6 +96,23 @@ async function uploadFolder(dir) {
       (li) => li.querySelector('.name').textContent === name && li.dataset.state === 'done')),
     names, { timeout: 120000, polling: 100 });
   return { ms: Date.now() - started, names };
+}
+
+/** Drops a file made in the page (`size` bytes, byte i = i % 251) on the drop zone, as a script
+ * can (real drag and drop of folders cannot be synthesized), and waits for its send. */
+async function dropFile(name, size) {
+  const started = Date.now();
+  const dataTransfer = await page.evaluateHandle(({ name, size }) => {
+    const bytes = new Uint8Array(size);
+    for (let i = 0; i < size; i++) bytes[i] = i % 251;
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, { type: 'application/octet-stream' }));
+    return transfer;
+  }, { name, size });
+  await page.dispatchEvent('#drop', 'dragover', { dataTransfer });
+  await page.dispatchEvent('#drop', 'drop', { dataTransfer });
+  await sendRow(name).and(page.locator('[data-state="done"]')).waitFor({ timeout: 60000 });
+  return { ms: Date.now() - started };
 }
 
 async function uploadReload(file, fraction) {
@@ -252,6 +270,7 @@ for await (const line of lines) {
     else if (command === 'state') result = await waitState(args[0], Number(args[1] || 30));
     else if (command === 'upload') result = await upload(args[0]);
     else if (command === 'upload-folder') result = await uploadFolder(args[0]);
+    else if (command === 'drop') result = await dropFile(args[0], Number(args[1]));
     else if (command === 'upload-reload') result = await uploadReload(args[0], Number(args[1]));
     else if (command === 'download') result = await download(args[0], args[1], Number(args[2] || 120));
     else if (command === 'screenshot') result = await screenshot(args[0]);
