@@ -25,6 +25,9 @@ const SEND_BUFFER_LOW = 1024 * 1024;
 const ACTIVE_SENDS = 4;
 const MAX_MESSAGE_DEFAULT = 64 * 1024;
 const HASH_READ_BYTES = 4 * 1024 * 1024;
+// Verified chunks kept in memory until the whole-file hash has taken them (more are read back
+// from IndexedDB): the hash runs alongside the receive without holding the file.
+const HASH_IN_HAND = 8;
 const CERT_LIFETIME_MS = 365 * 24 * 3600 * 1000;
 
 const $ = (id) => document.getElementById(id);
@@ -693,6 +696,13 @@ class Incoming {
     this.record = record;
     this.id = fromHex(record.idHex);
     this.have = new Set(); // verified and stored indexes at or after `next`
+    // The whole-file hash, fed in order as `next` advances: chunks [0, hashed) are in it. A
+    // reloaded page starts it again from the stored chunks.
+    this.hasher = null;
+    this.hashed = 0;
+    this.hashError = null;
+    this.hashing = Promise.resolve();
+    this.inHand = new Map(); // index -> verified bytes not yet hashed (at most HASH_IN_HAND)
     this.failures = new Map();
     this.sinceProgress = 0;
     this.expected = null;
@@ -765,10 +775,12 @@ class Incoming {
     await done(tx);
     if (this.record.state !== 'receiving') return;
     this.have.add(index);
+    if (this.inHand.size < HASH_IN_HAND) this.inHand.set(index, m.data);
     while (this.have.has(r.next)) {
       this.have.delete(r.next);
       r.next += 1;
     }
+    this.hashTo(r.next);
     this.meter.sample(Math.min(r.size, r.next * r.chunkSize));
     this.sinceProgress += 1;
     if (this.sinceProgress >= Math.max(1, Math.floor(RECEIVE_WINDOW / 4))) {
@@ -803,7 +815,38 @@ class Incoming {
     }
   }
 
-  /** Checks the whole-file hash over the stored chunks (read back one at a time). */
+  /** Feeds chunks [hashed, upto) to the whole-file hash, in order, one at a time: from memory
+   * when still in hand, else read back from IndexedDB. Calls are chained, never concurrent. */
+  hashTo(upto) {
+    this.hashing = this.hashing.then(async () => {
+      if (this.hashError) return;
+      try {
+        if (!this.hasher) {
+          this.hasher = new Sha256();
+          this.hashed = 0;
+        }
+        while (this.hashed < upto && this.hasher && ['receiving', 'verifying'].includes(this.record.state)) {
+          const index = this.hashed;
+          let data = this.inHand.get(index);
+          if (data) {
+            this.inHand.delete(index);
+          } else {
+            const blob = await get('chunks', [this.record.idHex, index]);
+            if (!blob) throw new Error(`chunk ${index} is missing from storage`);
+            data = await blob.arrayBuffer();
+          }
+          if (!this.hasher) return;
+          this.hasher.update(data);
+          this.hashed = index + 1;
+        }
+      } catch (err) {
+        this.hashError = String(err.message || err);
+      }
+    });
+    return this.hashing;
+  }
+
+  /** Completes the whole-file hash (already fed up to `next` while receiving) and checks it. */
   async finish(s) {
     if (this.finishing) return;
     this.finishing = true;
@@ -811,20 +854,17 @@ class Incoming {
     const r = this.record;
     r.state = 'verifying';
     this.render();
-    const hasher = new Sha256();
-    try {
-      for (let i = 0; i < r.chunks; i++) {
-        const blob = await get('chunks', [r.idHex, i]);
-        if (!blob) throw new Error(`chunk ${i} is missing from storage`);
-        hasher.update(await blob.arrayBuffer());
-      }
-    } catch (err) {
-      hasher.discard();
-      s.send({ t: 'done', id: this.id, ok: false, reason: String(err.message || err) });
-      await this.fail(String(err.message || err), 'failed');
+    await this.hashTo(r.chunks);
+    if (this.hashError || !this.hasher || this.hashed !== r.chunks) {
+      const reason = this.hashError || 'the whole-file hash was interrupted';
+      s.send({ t: 'done', id: this.id, ok: false, reason });
+      await this.fail(reason, 'failed');
       return;
     }
+    const hasher = this.hasher;
+    this.hasher = null;
     const digest = hasher.finish();
+    this.inHand.clear();
     if (!equalBytes(digest, this.expected)) {
       const reason = 'the whole-file hash differs';
       s.send({ t: 'done', id: this.id, ok: false, reason });
@@ -843,6 +883,9 @@ class Incoming {
   async fail(reason, state) {
     this.record.state = state;
     this.record.reason = reason;
+    this.hasher?.discard();
+    this.hasher = null;
+    this.inHand.clear();
     await deleteChunks(this.record.idHex);
     await this.persist();
     this.render();
@@ -962,6 +1005,7 @@ const transfers = {
     }
     t.sinceProgress = 0;
     t.have.clear();
+    for (const index of t.inHand.keys()) if (index >= t.record.next) t.inHand.delete(index);
     t.finishing = false;
     t.meter.sample(t.record.next * t.record.chunkSize);
     s.send({ t: 'accept', id: m.id, start_chunk: t.record.next, window: RECEIVE_WINDOW });
@@ -1041,8 +1085,9 @@ function wireInputs() {
     event.preventDefault();
     drop.classList.remove('over');
     const items = event.dataTransfer.items;
-    const entries = items && items.length && items[0].webkitGetAsEntry
-      ? await droppedFiles(items)
+    const walked = items && items.length && items[0].webkitGetAsEntry ? await droppedFiles(items) : [];
+    // Without entries (an older browser, or a drop made by a script) the plain file list.
+    const entries = walked.length ? walked
       : [...event.dataTransfer.files].map((file) => ({ file, name: file.name }));
     addFiles(entries);
   };

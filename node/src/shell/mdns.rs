@@ -60,6 +60,11 @@ impl Mdns {
         Ok(Self { daemon, fullname })
     }
 
+    /// The daemon, confined to the served interfaces (for `.local` lookups: `local_names`).
+    pub fn daemon(&self) -> ServiceDaemon {
+        self.daemon.clone()
+    }
+
     /// Sends goodbyes (TTL 0) and stops the daemon, waiting at most a second for each.
     pub fn shutdown(self) {
         match self.daemon.unregister(&self.fullname) {

@@ -3,6 +3,7 @@
 
 pub mod atomic_file;
 pub mod control;
+pub mod local_names;
 pub mod mdns;
 pub mod network;
 pub mod rtc;

@@ -27,6 +27,7 @@ use crate::identity::{Identity, Origin};
 use crate::record::{self, JournalEntry};
 use crate::shell::atomic_file::{self, Replace};
 use crate::shell::control::{self, ControlRequest};
+use crate::shell::local_names::LocalNames;
 use crate::shell::mdns::Mdns;
 use crate::shell::rtc::RtcAdapter;
 use crate::shell::runtime::{self, Clock, SystemClock};
@@ -172,6 +173,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             trust_file: dirs.trust_file(),
             reporter,
             rtc,
+            local_names: LocalNames::new(mdns.daemon(), inputs_tx.clone()),
             io,
             inputs: inputs_tx.clone(),
             pending: HashMap::new(),
@@ -238,6 +240,8 @@ struct NodeLoop<'a> {
     trust_file: PathBuf,
     reporter: Reporter,
     rtc: RtcAdapter,
+    /// Rewrites browsers' `.local` candidates on their way to `rtc`.
+    local_names: LocalNames,
     io: TransferIo,
     inputs: async_channel::Sender<Input>,
     pending: HashMap<Token, async_channel::Sender<Reply>>,
@@ -467,7 +471,9 @@ impl NodeLoop<'_> {
                 Output::Effect(Effect::CloseSignaling { conn }) => {
                     self.route(RouterInput::Close { conn }, self.now());
                 }
-                Output::Effect(Effect::Rtc { peer, action }) => self.rtc.act(&peer, action),
+                Output::Effect(Effect::Rtc { peer, action }) => {
+                    self.rtc.act(&peer, self.local_names.map(&peer, action))
+                }
                 Output::Effect(Effect::ChannelSend { peer, data }) => {
                     if !self.rtc.send(&peer, data) {
                         debug!(%peer, "no open channel; transfer message dropped");

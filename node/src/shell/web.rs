@@ -9,6 +9,8 @@
 //! Limits, each the HTTP/WebSocket counterpart of a TCP one (README "Limits"):
 //! - the request head: at most [`MAX_REQUEST_HEAD`] bytes (else `431`), complete within
 //!   `HELLO_TIMEOUT` of the connection (else `408`): a slowloris client gains nothing;
+//! - a `/signal` upgrade from another origin gets `403` (see [`origin_allowed`]): a page on
+//!   another host must not open the node's signaling socket from a visitor's browser;
 //! - one request per connection (`Connection: close`); methods other than `GET` get `405`,
 //!   other paths `404`;
 //! - WebSocket messages (and frames) of at most `MAX_LINE_BYTES` (256 KiB; larger closes with
@@ -119,6 +121,8 @@ impl std::fmt::Debug for Asset {
 pub enum Status {
     BadRequest,
     NotFound,
+    /// A cross-origin WebSocket upgrade (see [`origin_allowed`]).
+    Forbidden,
     MethodNotAllowed,
     Timeout,
     UpgradeRequired,
@@ -129,6 +133,7 @@ impl Status {
     pub fn line(self) -> &'static str {
         match self {
             Status::BadRequest => "400 Bad Request",
+            Status::Forbidden => "403 Forbidden",
             Status::NotFound => "404 Not Found",
             Status::MethodNotAllowed => "405 Method Not Allowed",
             Status::Timeout => "408 Request Timeout",
@@ -186,6 +191,9 @@ pub fn route(head: &[u8]) -> Route {
         if header("sec-websocket-version") != Some(b"13".as_slice()) {
             return Route::Refuse(Status::UpgradeRequired);
         }
+        if !origin_allowed(header("origin"), header("host")) {
+            return Route::Refuse(Status::Forbidden);
+        }
         return match header("sec-websocket-key") {
             Some(key) if !key.is_empty() && key.len() <= 64 => Route::Upgrade { key: key.to_vec() },
             _ => Route::Refuse(Status::BadRequest),
@@ -196,6 +204,25 @@ pub fn route(head: &[u8]) -> Route {
         Some(asset) => Route::Asset(asset),
         None => Route::Refuse(Status::NotFound),
     }
+}
+
+/// Whether a WebSocket upgrade's `Origin` may open the signaling socket. Browsers send the
+/// origin of the page that asks; only the node's own page (served from the very `Host` the
+/// request names) may, so a page on another host cannot make a visitor's browser talk to the
+/// node. Clients that send no `Origin` are not browsers (nothing a web page can make), and
+/// are allowed as on the TCP port. `Origin: null` (sandboxed frames, `file:` pages) and any
+/// origin that is not `http(s)://` + the request's `Host` are refused.
+pub fn origin_allowed(origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix(b"http://")
+        .or_else(|| origin.strip_prefix(b"https://"));
+    authority.is_some_and(|authority| authority.eq_ignore_ascii_case(host))
 }
 
 /// The response to an asset request, head and body.
@@ -548,6 +575,63 @@ mod tests {
     }
 
     #[test]
+    fn only_the_nodes_own_page_or_a_non_browser_may_open_the_signaling_socket() {
+        let upgrade = |extra: &str| {
+            route(&head(&format!(
+                "GET /signal HTTP/1.1\n{extra}Upgrade: websocket\nConnection: Upgrade\n\
+                 Sec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n"
+            )))
+        };
+        let accepted = Route::Upgrade {
+            key: b"dGhlIHNhbXBsZSBub25jZQ==".to_vec(),
+        };
+        // Same origin: the page the node served from this host and port (any letter case).
+        assert_eq!(
+            upgrade("Host: 10.77.0.1:4780\nOrigin: http://10.77.0.1:4780\n"),
+            accepted
+        );
+        assert_eq!(
+            upgrade("Host: Depot.local:4780\nOrigin: http://depot.LOCAL:4780\n"),
+            accepted
+        );
+        assert_eq!(
+            upgrade("Host: depot.example\nOrigin: https://depot.example\n"),
+            accepted
+        );
+        // No Origin: not a browser (fsnode's own clients, scripts), as on the TCP port.
+        assert_eq!(upgrade("Host: 10.77.0.1:4780\n"), accepted);
+        assert_eq!(upgrade(""), accepted);
+        // Cross-origin: another host, another port, another scheme, `null`, or an Origin
+        // without a Host to compare it with: 403, and no WebSocket.
+        for refused in [
+            "Host: 10.77.0.1:4780\nOrigin: http://evil.example\n",
+            "Host: 10.77.0.1:4780\nOrigin: http://10.77.0.1:8080\n",
+            "Host: 10.77.0.1:4780\nOrigin: http://10.77.0.1\n",
+            "Host: 10.77.0.1:4780\nOrigin: http://10.77.0.1:4780.evil.example\n",
+            "Host: 10.77.0.1:4780\nOrigin: ftp://10.77.0.1:4780\n",
+            "Host: 10.77.0.1:4780\nOrigin: null\n",
+            "Host: 10.77.0.1:4780\nOrigin: \n",
+            "Origin: http://10.77.0.1:4780\n",
+        ] {
+            assert_eq!(
+                upgrade(refused),
+                Route::Refuse(Status::Forbidden),
+                "{refused}"
+            );
+        }
+        let response = String::from_utf8(error_response(Status::Forbidden)).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{response}"
+        );
+        // The check is for the WebSocket only: any page may link to or load the page itself.
+        assert!(matches!(
+            route(&head("GET / HTTP/1.1\nHost: n\nOrigin: http://other\n\n")),
+            Route::Asset(a) if a.path == "/"
+        ));
+    }
+
+    #[test]
     fn a_message_with_newlines_becomes_one_line_or_a_framing_error() {
         assert_eq!(
             message_line("{\"type\":\"bye\"}").unwrap(),
@@ -673,6 +757,15 @@ mod tests {
             }
             let too_large = exchange(node.addr, &huge).await;
             assert!(too_large.starts_with("HTTP/1.1 431"), "{too_large}");
+            // A cross-origin upgrade is answered 403 on the wire and reaches nothing.
+            let cross = exchange(
+                node.addr,
+                b"GET /signal HTTP/1.1\r\nHost: n\r\nOrigin: http://evil.example\r\n\
+                  Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            )
+            .await;
+            assert!(cross.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{cross}");
             // Line-delimited JSON still works on the same port.
             assert!(node.inputs.is_empty());
         });
