@@ -15,7 +15,8 @@ use super::admission::{self, Admission, Verdict};
 use super::discovery::{self, Announcement};
 use super::negotiation::{self, Action, Negotiation};
 use super::policy::{
-    Asker, FileFacts, NoPlugins, NodeFacts, PeerFacts, Platform, Policy, TrustAnswer,
+    AcceptAnswer, Decision, Disabled, FileFacts, NodeFacts, PeerFacts, Platform, PolicyAnswer,
+    PolicyRequest, Question, QuestionId, TrustAnswer,
 };
 use super::router::Route;
 use super::sdp;
@@ -58,6 +59,12 @@ const MISMATCH_MEMORY: usize = 2048;
 const MAX_CONNS: usize = 1024;
 /// Distinct ignored announcements remembered, so a flood is journaled once, not per packet.
 const IGNORED_MEMORY: usize = 256;
+/// How long the core waits for policy's answer before it applies the built-in default: well
+/// past the plugins' deadlines (100 ms per plugin and call) for the questions queued before it.
+pub const POLICY_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Questions out to policy at once; a further one gets the built-in default at once, so a flood
+/// of offers or files cannot queue unbounded work for the plugins or state in the core.
+pub const MAX_QUESTIONS: usize = 256;
 
 /// The current time, as the shell read it: monotonic for timers, wall clock for the journal.
 #[derive(Clone, Copy, Debug)]
@@ -130,6 +137,8 @@ pub enum Input {
         ids: Vec<TransferId>,
         result: Result<[u8; 32], String>,
     },
+    /// The plugins' answer to an `AskPolicy`.
+    PolicyAnswer(PolicyAnswer),
     /// What the WebRTC adapter reports for `peer` (local descriptions and candidates,
     /// remote description applied, channel open, connection lost).
     Rtc {
@@ -206,6 +215,39 @@ pub enum Effect {
         paths: Vec<std::path::PathBuf>,
         peers: Vec<DeviceId>,
     },
+    /// Ask the plugins, off the node's loop; answer `PolicyAnswer` (an answer that does not
+    /// come within [`POLICY_ANSWER_TIMEOUT`] is replaced by the built-in default).
+    AskPolicy(PolicyRequest),
+}
+
+/// A question out to policy and what waits for its answer.
+#[derive(Debug)]
+struct Asked {
+    question: Question,
+    deadline: Instant,
+    waiting: Waiting,
+}
+
+/// What the core was doing when it asked policy: resumed with the decision.
+#[derive(Debug)]
+enum Waiting {
+    /// An untrusted device was discovered (or changed).
+    Discovered { peer: DeviceId },
+    /// An untrusted device's offer, handled again if policy trusts it.
+    Offer {
+        conn: ConnId,
+        peer: DeviceId,
+        message: Message,
+    },
+    /// A trusted device's `start` of a new file, fed to the transfers again with the answer.
+    Start {
+        peer: DeviceId,
+        message: transfer::Message,
+    },
+    /// A peer connected: its queued sends start in the order policy gives.
+    Schedule { peer: DeviceId },
+    /// A received file's `Finalize`, sent to the store with the mode policy gives.
+    Finalize { id: TransferId, op: StoreOp },
 }
 
 pub struct Core {
@@ -219,7 +261,12 @@ pub struct Core {
     startup_probes: usize,
     negotiations: BTreeMap<DeviceId, Negotiation>,
     transfers: Transfers,
-    policy: Box<dyn Policy>,
+    /// Whether plugins are configured; without, the core asks nothing and applies the
+    /// built-in defaults at once.
+    asks_plugins: bool,
+    /// Questions out to policy (at most [`MAX_QUESTIONS`]).
+    questions: BTreeMap<QuestionId, Asked>,
+    next_question: QuestionId,
     /// Plugin answers journaled lately (question and answer, when), so a device repeating
     /// an offer cannot grow the journal with the same decision.
     recent_decisions: VecDeque<(String, i64)>,
@@ -265,7 +312,9 @@ impl Core {
             startup_probes: 0,
             negotiations: BTreeMap::new(),
             transfers: Transfers::default(),
-            policy: Box::new(NoPlugins),
+            asks_plugins: false,
+            questions: BTreeMap::new(),
+            next_question: 0,
             recent_decisions: VecDeque::new(),
             admission: Admission::default(),
             candidates: BTreeMap::new(),
@@ -290,18 +339,150 @@ impl Core {
         core
     }
 
-    /// Hands the questions to `policy` (the plugin host) instead of the built-in default, and
-    /// journals the plugins it could not load.
-    pub fn set_policy(&mut self, policy: Box<dyn Policy>, now: Now) {
-        self.policy = policy;
-        for disabled in self.policy.take_disabled() {
-            self.emit(
-                Event::PluginDisabled {
-                    plugin: disabled.plugin,
-                    reason: disabled.reason,
+    /// From now on the questions go to the plugins (as `AskPolicy` effects) instead of the
+    /// built-in default; journals the plugins the host could not load.
+    pub fn use_plugins(&mut self, disabled: Vec<Disabled>, now: Now) {
+        self.asks_plugins = true;
+        self.journal_disabled(disabled, now);
+    }
+
+    fn journal_disabled(&mut self, disabled: Vec<Disabled>, now: Now) {
+        for Disabled { plugin, reason } in disabled {
+            self.emit(Event::PluginDisabled { plugin, reason }, now);
+        }
+    }
+
+    /// The one way the core asks policy: `question` goes out as an `AskPolicy` effect and
+    /// `waiting` resumes with the decision when the answer comes (or, after
+    /// [`POLICY_ANSWER_TIMEOUT`], with the default). Without plugins, with nothing to choose,
+    /// or with [`MAX_QUESTIONS`] out, the default decides at once.
+    fn ask(&mut self, question: Question, waiting: Waiting, now: Now) {
+        let asks = self.asks_plugins && question.needs_asking();
+        if !asks || self.questions.len() >= MAX_QUESTIONS {
+            let (decision, _) = question.decide(None);
+            self.resume(waiting, decision, now);
+            return;
+        }
+        let id = self.next_question;
+        self.next_question += 1;
+        self.out
+            .push_back(Output::Effect(Effect::AskPolicy(PolicyRequest {
+                id,
+                node: self.node_facts(now),
+                question: question.clone(),
+            })));
+        self.questions.insert(
+            id,
+            Asked {
+                question,
+                deadline: now.instant + POLICY_ANSWER_TIMEOUT,
+                waiting,
+            },
+        );
+    }
+
+    /// The plugins answered: the decision is journaled, then what waited resumes. An answer
+    /// after its timeout finds nothing waiting (the default was applied).
+    fn on_policy_answer(&mut self, answer: PolicyAnswer, now: Now) {
+        self.journal_disabled(answer.disabled, now);
+        let Some(asked) = self.questions.remove(&answer.id) else {
+            return;
+        };
+        let (decision, event) = asked.question.decide(Some(answer.answer));
+        self.emit_all(event.into_iter().collect(), now);
+        self.resume(asked.waiting, decision, now);
+    }
+
+    /// Questions unanswered past their deadline get the built-in default.
+    fn expire_questions(&mut self, now: Now) {
+        let expired: Vec<QuestionId> = self
+            .questions
+            .iter()
+            .filter(|(_, asked)| asked.deadline <= now.instant)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(asked) = self.questions.remove(&id) {
+                tracing::debug!(question = %asked.question.label(), "no policy answer in time; the default decides");
+                let (decision, _) = asked.question.decide(None);
+                self.resume(asked.waiting, decision, now);
+            }
+        }
+    }
+
+    /// Carries on with what waited for `decision`.
+    fn resume(&mut self, waiting: Waiting, decision: Decision, now: Now) {
+        match (waiting, decision) {
+            (Waiting::Discovered { peer }, Decision::Trust { answer, plugin }) => {
+                match (answer, plugin) {
+                    (TrustAnswer::Trust, Some(plugin)) => {
+                        self.trust_by_policy(&peer, plugin, now);
+                        self.maybe_start(&peer, now);
+                    }
+                    (TrustAnswer::Ask, _) => self.request_authorization(&peer, now),
+                    _ => {}
+                }
+            }
+            (
+                Waiting::Offer {
+                    conn,
+                    peer,
+                    message,
                 },
-                now,
-            );
+                Decision::Trust { answer, plugin },
+            ) => match (answer, plugin) {
+                (TrustAnswer::Trust, Some(plugin)) => {
+                    self.trust_by_policy(&peer, plugin, now);
+                    // Trusted now: the offer proceeds.
+                    self.on_signal(conn, peer, message, now);
+                }
+                (answer, _) => {
+                    if answer != TrustAnswer::Ignore {
+                        self.request_authorization(&peer, now);
+                    }
+                    self.out.push_back(Output::Effect(Effect::Signal {
+                        peer,
+                        message: Message::Bye {
+                            reason: "unauthorized".into(),
+                        },
+                    }));
+                }
+            },
+            (Waiting::Start { peer, message }, Decision::Accept(answer)) => {
+                // (A sender that left meanwhile sends its `start` again on reconnecting, and
+                // that one rebuilds the receiver, as for any reconnect the node noticed late.)
+                if self.state.is_trusted(&peer) {
+                    self.feed_transfers(&peer, message, Some(answer), now);
+                }
+            }
+            (Waiting::Schedule { peer }, Decision::Order(order)) => {
+                let connected = self
+                    .state
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.connection == super::ConnectionState::Connected);
+                if connected {
+                    let mut work = Vec::new();
+                    self.transfers.connected(
+                        &peer,
+                        &self.state,
+                        now.instant,
+                        &mut work,
+                        &mut |_| Some(order.clone()),
+                    );
+                    self.run(work, now);
+                }
+            }
+            (Waiting::Finalize { id, mut op }, Decision::Mode(decided)) => {
+                if let StoreOp::Finalize { mode, .. } = &mut op {
+                    *mode = decided.or(*mode);
+                }
+                self.out.push_back(Output::Effect(Effect::Store { id, op }));
+            }
+            // `Question::decide` answers each question with a decision of its own kind.
+            (waiting, decision) => {
+                tracing::warn!(?waiting, ?decision, "a policy decision of the wrong kind")
+            }
         }
     }
 
@@ -393,6 +574,7 @@ impl Core {
             .filter_map(Negotiation::poll_timeout)
             .chain(self.next_probe)
             .chain(self.transfers.poll_timeout())
+            .chain(self.questions.values().map(|asked| asked.deadline))
             .min()
     }
 
@@ -433,6 +615,7 @@ impl Core {
             }
             Input::SendPrepared { token, result } => self.on_send_prepared(token, result, now),
             Input::SourceHashed { ids, result } => self.on_source_hashed(ids, result, now),
+            Input::PolicyAnswer(answer) => self.on_policy_answer(answer, now),
             Input::Rtc { peer, event } => {
                 if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                     negotiation.handle(event, now.instant);
@@ -455,6 +638,7 @@ impl Core {
     /// Timers: negotiation deadlines, transfer deadlines, and probing trusted devices that
     /// mDNS does not show.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.expire_questions(now);
         let mut work = Vec::new();
         self.transfers
             .handle_timeout(now.instant, &self.state, &mut work);
@@ -692,20 +876,6 @@ impl Core {
         );
     }
 
-    fn ask_about_discovered(&mut self, id: &DeviceId, now: Now) {
-        let (node, peer) = (self.node_facts(now), self.peer_facts(id));
-        let mut asker = Asker::new(self.policy.as_mut(), node);
-        let answer = asker.on_discovered(&peer);
-        let plugin = asker.last_plugin.take();
-        let events = std::mem::take(&mut asker.events);
-        self.emit_all(events, now);
-        match (answer, plugin) {
-            (TrustAnswer::Trust, Some(plugin)) => self.trust_by_policy(id, plugin, now),
-            (TrustAnswer::Ask, _) => self.request_authorization(id, now),
-            _ => {}
-        }
-    }
-
     /// Journals an ignored announcement once per (instance, reason) within a bounded memory,
     /// and within admission's budget of ignored announcements.
     fn ignore(&mut self, instance: &str, reason: String, now: Now) {
@@ -754,7 +924,10 @@ impl Core {
             );
             // Asked when what is known of an untrusted device changes, not per announcement.
             if !self.state.is_trusted(&id) {
-                self.ask_about_discovered(&id, now);
+                let question = Question::OnDiscovered {
+                    peer: self.peer_facts(&id),
+                };
+                self.ask(question, Waiting::Discovered { peer: id.clone() }, now);
             }
         }
         self.maybe_start(&id, now);
@@ -799,13 +972,13 @@ impl Core {
                     {
                         self.emit(Event::PeerLost { peer: peer.clone() }, now);
                     }
-                    let mut work = Vec::new();
                     if connected {
-                        self.connect_transfers(peer, now, &mut work);
+                        self.connect_transfers(peer, now);
                     } else if disconnected {
+                        let mut work = Vec::new();
                         self.transfers.disconnected(peer, &mut work);
+                        self.run(work, now);
                     }
-                    self.run(work, now);
                 }
                 negotiation::Output::Send(mut message) => {
                     if let Message::Candidate(candidate) = &mut message {
@@ -881,10 +1054,12 @@ impl Core {
             return;
         }
         if !self.state.is_trusted(&peer) {
-            // Answers and candidates from an untrusted device concern nothing we started.
-            if !is_offer || !self.on_untrusted_offer(&peer, now) {
-                return;
+            // Answers and candidates from an untrusted device concern nothing we started; an
+            // offer waits for policy.
+            if is_offer {
+                self.on_untrusted_offer(conn, peer, message, now);
             }
+            return;
         }
         if matches!(message, Message::Offer { .. } | Message::Candidate(_))
             && self.live_elsewhere(&peer, conn)
@@ -919,39 +1094,30 @@ impl Core {
 
     /// An offer from a device the operator has not trusted: policy decides (spec 3.4). The
     /// built-in default records an authorization request, answers `bye unauthorized` and
-    /// connects nothing; a plugin may trust the device, and then the offer proceeds (true).
-    fn on_untrusted_offer(&mut self, peer: &DeviceId, now: Now) -> bool {
-        let bye = Output::Effect(Effect::Signal {
-            peer: peer.clone(),
-            message: Message::Bye {
-                reason: "unauthorized".into(),
-            },
-        });
-        if !self.admission.may_ask(peer, now.instant) {
+    /// connects nothing; a plugin may trust the device, and then the offer proceeds (see
+    /// [`Core::resume`]).
+    fn on_untrusted_offer(&mut self, conn: ConnId, peer: DeviceId, message: Message, now: Now) {
+        if !self.admission.may_ask(&peer, now.instant) {
             // Not admitted (its address brought too many new ids, or it was evicted), or
             // asked about within the minute: refused without asking policy or recording
             // anything, whatever the rate of its offers.
-            self.out.push_back(bye);
-            return false;
+            self.out.push_back(Output::Effect(Effect::Signal {
+                peer,
+                message: Message::Bye {
+                    reason: "unauthorized".into(),
+                },
+            }));
+            return;
         }
-        let (node, facts) = (self.node_facts(now), self.peer_facts(peer));
-        let mut asker = Asker::new(self.policy.as_mut(), node);
-        let answer = asker.on_offer(&facts);
-        let plugin = asker.last_plugin.take();
-        let events = std::mem::take(&mut asker.events);
-        self.emit_all(events, now);
-        match (answer, plugin) {
-            (TrustAnswer::Trust, Some(plugin)) => {
-                self.trust_by_policy(peer, plugin, now);
-                return true;
-            }
-            (TrustAnswer::Ask, _) | (TrustAnswer::Trust, None) => {
-                self.request_authorization(peer, now)
-            }
-            (TrustAnswer::Ignore, _) => {}
-        }
-        self.out.push_back(bye);
-        false
+        let question = Question::OnOffer {
+            peer: self.peer_facts(&peer),
+        };
+        let waiting = Waiting::Offer {
+            conn,
+            peer,
+            message,
+        };
+        self.ask(question, waiting, now);
     }
 
     /// Records that an untrusted device asked to connect, at most once per interval.
@@ -1193,9 +1359,10 @@ impl Core {
             },
             // Served by the shell, which streams journaled events to the client.
             Request::Watch => Reply::error(ErrorKind::BadRequest, "watch is a stream"),
-            Request::Plugins => Reply::Plugins {
-                plugins: self.policy.describe(),
-            },
+            // Served by the shell, whose policy thread holds the plugins.
+            Request::Plugins => {
+                Reply::error(ErrorKind::BadRequest, "plugins is served by the shell")
+            }
             Request::PeersAdd { address } => {
                 self.out.push_back(Output::Effect(Effect::Dial {
                     addr: address,
@@ -1245,26 +1412,25 @@ impl Core {
         }
     }
 
-    /// Starts `peer`'s queued sends in the order policy gives.
-    fn connect_transfers(&mut self, peer: &DeviceId, now: Now, work: &mut Vec<Work>) {
-        let node = self.node_facts(now);
+    /// Starts `peer`'s queued sends in the order policy gives (once it gave it).
+    fn connect_transfers(&mut self, peer: &DeviceId, now: Now) {
+        let mut queue = Vec::new();
+        let mut work = Vec::new();
+        self.transfers
+            .connected(peer, &self.state, now.instant, &mut work, &mut |facts| {
+                queue = facts;
+                None
+            });
+        self.run(work, now);
         let connected: Vec<DeviceId> = self
             .state
             .peers
-            .iter()
-            .filter(|(id, _)| self.transfers.is_connected(id))
-            .map(|(id, _)| id.clone())
+            .keys()
+            .filter(|id| self.transfers.is_connected(id))
+            .cloned()
             .collect();
-        let mut asker = Asker::new(self.policy.as_mut(), node);
-        self.transfers
-            .connected(peer, &self.state, now.instant, work, &mut |queue| {
-                asker.schedule(&queue, &connected)
-            });
-        let events = std::mem::take(&mut asker.events);
-        // Journaled before the starts the order caused.
-        for (i, event) in events.into_iter().enumerate() {
-            work.insert(i, Work::Record(event));
-        }
+        let question = Question::Schedule { queue, connected };
+        self.ask(question, Waiting::Schedule { peer: peer.clone() }, now);
     }
 
     /// Does the work the transfer manager asked for, in order.
@@ -1274,23 +1440,36 @@ impl Core {
                 Work::Record(event) => self.emit(event, now),
                 Work::Store {
                     id,
-                    op:
-                        StoreOp::Finalize {
-                            sha256,
+                    op: op @ StoreOp::Finalize { mode, mtime, .. },
+                } => match self.state.transfers.get(&id) {
+                    Some(t) => {
+                        let file = FileFacts {
+                            id,
+                            name: t.name.clone(),
+                            size: t.size,
+                            mime: t.mime.clone().unwrap_or_default(),
                             mode,
                             mtime,
-                            adopt_identical,
-                        },
+                        };
+                        self.ask(
+                            Question::MapMode { file },
+                            Waiting::Finalize { id, op },
+                            now,
+                        );
+                    }
+                    None => self.out.push_back(Output::Effect(Effect::Store { id, op })),
+                },
+                Work::Store {
+                    id,
+                    op: StoreOp::Close,
                 } => {
-                    let mode = self.ask_mode(&id, mode, mtime, now).or(mode);
+                    // Over here: a finalize still waiting for its mode is moot.
+                    self.questions.retain(
+                        |_, asked| !matches!(&asked.waiting, Waiting::Finalize { id: f, .. } if *f == id),
+                    );
                     self.out.push_back(Output::Effect(Effect::Store {
                         id,
-                        op: StoreOp::Finalize {
-                            sha256,
-                            mode,
-                            mtime,
-                            adopt_identical,
-                        },
+                        op: StoreOp::Close,
                     }))
                 }
                 Work::Channel { peer, message } => {
@@ -1306,65 +1485,12 @@ impl Core {
         }
     }
 
-    /// The mode policy gives a received file (`None`: the default mapping of `mode`).
-    fn ask_mode(
-        &mut self,
-        id: &TransferId,
-        mode: Option<u32>,
-        mtime: Option<i64>,
-        now: Now,
-    ) -> Option<u32> {
-        let t = self.state.transfers.get(id)?;
-        let file = FileFacts {
-            id: *id,
-            name: t.name.clone(),
-            size: t.size,
-            mime: t.mime.clone().unwrap_or_default(),
-            mode,
-            mtime,
-        };
-        let node = self.node_facts(now);
-        let mut asker = Asker::new(self.policy.as_mut(), node);
-        let answer = asker.map_mode(&file);
-        let events = std::mem::take(&mut asker.events);
-        self.emit_all(events, now);
-        answer
-    }
-
     fn on_channel(&mut self, peer: DeviceId, data: &[u8], now: Now) {
         if !self.state.is_trusted(&peer) {
             return; // never accept data from a device that is not trusted (spec 3.4)
         }
         match transfer::wire::decode_within(data, super::transfers::MAX_MESSAGE_BYTES) {
-            Ok(Some(message)) => {
-                let mut work = Vec::new();
-                let node = self.node_facts(now);
-                let facts = self.peer_facts(&peer);
-                let mut asker = Asker::new(self.policy.as_mut(), node);
-                self.transfers.on_message(
-                    &peer,
-                    message,
-                    &self.state,
-                    now.instant,
-                    &mut work,
-                    &mut |_, start| {
-                        asker.on_transfer(
-                            &facts,
-                            &FileFacts {
-                                id: start.id,
-                                name: start.name.clone(),
-                                size: start.size,
-                                mime: start.mime.clone(),
-                                mode: start.mode,
-                                mtime: start.mtime,
-                            },
-                        )
-                    },
-                );
-                let events = std::mem::take(&mut asker.events);
-                self.emit_all(events, now);
-                self.run(work, now);
-            }
+            Ok(Some(message)) => self.feed_transfers(&peer, message, None, now),
             Ok(None) => {} // an unknown kind: ignored (spec 4)
             Err(error) => match error.readable_id() {
                 // Spec 4: a known kind with a key missing or mistyped, whose `id` is readable,
@@ -1391,6 +1517,59 @@ impl Core {
                 }
             },
         }
+    }
+
+    /// A message from `peer`'s channel for the transfers. A `start` of a new file waits for
+    /// policy unless `accept` already is its answer.
+    fn feed_transfers(
+        &mut self,
+        peer: &DeviceId,
+        message: transfer::Message,
+        accept: Option<AcceptAnswer>,
+        now: Now,
+    ) {
+        let start = matches!(message, transfer::Message::Start { .. }).then(|| message.clone());
+        let mut offered = None;
+        let mut work = Vec::new();
+        self.transfers.on_message(
+            peer,
+            message,
+            &self.state,
+            now.instant,
+            &mut work,
+            &mut |_, start| {
+                if accept.is_none() {
+                    offered = Some(FileFacts {
+                        id: start.id,
+                        name: start.name.clone(),
+                        size: start.size,
+                        mime: start.mime.clone(),
+                        mode: start.mode,
+                        mtime: start.mtime,
+                    });
+                }
+                accept.clone()
+            },
+        );
+        self.run(work, now);
+        let (Some(file), Some(message)) = (offered, start) else {
+            return;
+        };
+        let asked_already = self.questions.values().any(|asked| {
+            matches!(&asked.waiting, Waiting::Start { message: transfer::Message::Start { id, .. }, .. } if *id == file.id)
+        });
+        if asked_already {
+            return; // a repeated `start`: the first one's answer serves it
+        }
+        let question = Question::OnTransfer {
+            peer: self.peer_facts(peer),
+            file,
+        };
+        let waiting = Waiting::Start {
+            peer: peer.clone(),
+            message,
+        };
+        self.ask(question, waiting, now);
     }
 
     fn on_send_prepared(
@@ -1453,9 +1632,7 @@ impl Core {
         // Peers already connected start at once; the others when they connect.
         for peer in peers {
             if self.transfers.is_connected(&peer) {
-                let mut work = Vec::new();
-                self.connect_transfers(&peer, now, &mut work);
-                self.run(work, now);
+                self.connect_transfers(&peer, now);
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod atomic_file;
 pub mod control;
 pub mod mdns;
 pub mod network;
+pub mod policy;
 pub mod rtc;
 pub mod run;
 pub mod runtime;

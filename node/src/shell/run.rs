@@ -21,6 +21,7 @@ use crate::core::DeviceId;
 use crate::core::TransferId;
 use crate::core::admission::{ConnectionBudgets, Limits};
 use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, QueuedFile, Token};
+use crate::core::policy::Policy;
 use crate::core::router::{Input as RouterInput, Output as RouterOutput, Router};
 use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
@@ -28,6 +29,7 @@ use crate::record::{self, JournalEntry};
 use crate::shell::atomic_file::{self, Replace};
 use crate::shell::control::{self, ControlRequest};
 use crate::shell::mdns::Mdns;
+use crate::shell::policy::PolicyThread;
 use crate::shell::rtc::RtcAdapter;
 use crate::shell::runtime::{self, Clock, SystemClock};
 use crate::shell::signaling::{ConnEvent, Reporter};
@@ -165,8 +167,17 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             "fsnode running; stop with Ctrl-C or SIGTERM"
         );
 
+        // Plugins load before the first input: a plugin that fails to load is journaled
+        // (`PluginDisabled`) and the node runs on without it.
+        let mut host = crate::policy::PluginHost::load(&config.plugins)
+            .context("starting the policy plugin host")?;
+        let has_plugins = !Policy::describe(&host).is_empty();
+        let load_failures = host.take_disabled();
+        let policy = PolicyThread::start(Box::new(host), inputs_tx.clone())
+            .context("starting the policy thread")?;
         let mut node = NodeLoop {
             core: Core::new(me, state, clock.now()),
+            policy,
             journal: &journal,
             clock: &clock,
             trust_file: dirs.trust_file(),
@@ -181,15 +192,13 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             watchers: Vec::new(),
             collected: Collected::default(),
         };
-        // Plugins load before the first input: a plugin that fails to load is journaled
-        // (`PluginDisabled`) and the node runs on without it.
-        let host = crate::policy::PluginHost::load(&config.plugins)
-            .context("starting the policy plugin host")?;
-        let now = Now {
-            instant: clock.now(),
-            wall_ms: clock.wall_ms(),
-        };
-        node.core.set_policy(Box::new(host), now);
+        if has_plugins {
+            let now = Now {
+                instant: clock.now(),
+                wall_ms: clock.wall_ms(),
+            };
+            node.core.use_plugins(load_failures, now);
+        }
         node.drain().await?;
         node.write_trust_file();
         let reason = node.serve(inputs, conns, requests, signals).await?;
@@ -233,6 +242,8 @@ struct Collected {
 /// its replies and effects (event first, then effect).
 struct NodeLoop<'a> {
     core: Core,
+    /// Runs the plugins off this loop.
+    policy: PolicyThread,
     journal: &'a Journal<JournalEntry>,
     clock: &'a SystemClock,
     trust_file: PathBuf,
@@ -317,6 +328,13 @@ impl NodeLoop<'_> {
                     reply,
                 }) => {
                     self.watchers.push(reply);
+                    continue;
+                }
+                Wake::Request(ControlRequest {
+                    request: Request::Plugins,
+                    reply,
+                }) => {
+                    self.policy.describe(reply);
                     continue;
                 }
                 Wake::Request(ControlRequest { request, reply }) => {
@@ -468,6 +486,7 @@ impl NodeLoop<'_> {
                     self.route(RouterInput::Close { conn }, self.now());
                 }
                 Output::Effect(Effect::Rtc { peer, action }) => self.rtc.act(&peer, action),
+                Output::Effect(Effect::AskPolicy(request)) => self.policy.ask(request),
                 Output::Effect(Effect::ChannelSend { peer, data }) => {
                     if !self.rtc.send(&peer, data) {
                         debug!(%peer, "no open channel; transfer message dropped");

@@ -4,6 +4,7 @@
 use super::*;
 use crate::core::TransferStatus;
 use crate::core::discovery::{instance_name, txt_records};
+use crate::core::policy::{Policy, PolicyRequest};
 use sha2::{Digest, Sha256};
 
 fn id(n: u8) -> DeviceId {
@@ -22,6 +23,8 @@ fn me() -> Me {
 struct Harness {
     core: Core,
     start: Instant,
+    /// Answers the core's questions at once (the shell's policy thread, without the thread).
+    policy: Option<Box<dyn Policy>>,
 }
 
 impl Harness {
@@ -30,7 +33,16 @@ impl Harness {
         Self {
             core: Core::new(me(), State::default(), start),
             start,
+            policy: None,
         }
+    }
+
+    /// Plugins from now on: `policy` answers every question before [`Harness::handle`]
+    /// returns; the plugins it could not load are journaled now.
+    fn set_policy(&mut self, mut policy: Box<dyn Policy>) {
+        let disabled = policy.take_disabled();
+        self.core.use_plugins(disabled, self.at(1));
+        self.policy = Some(policy);
     }
 
     fn at(&self, secs: u64) -> Now {
@@ -41,9 +53,22 @@ impl Harness {
     }
 
     fn handle(&mut self, input: Input) -> Vec<Output> {
-        let now = self.at(1);
+        self.handle_at(input, self.at(1))
+    }
+
+    fn handle_at(&mut self, input: Input, now: Now) -> Vec<Output> {
         self.core.handle(input, now);
-        std::iter::from_fn(|| self.core.poll_output()).collect()
+        let mut out = Vec::new();
+        while let Some(output) = self.core.poll_output() {
+            match (output, self.policy.as_mut()) {
+                (Output::Effect(Effect::AskPolicy(request)), Some(policy)) => {
+                    let answer = request.ask(policy.as_mut());
+                    self.core.handle(Input::PolicyAnswer(answer), now);
+                }
+                (output, _) => out.push(output),
+            }
+        }
+        out
     }
 
     fn events(outputs: &[Output]) -> Vec<&'static str> {
@@ -939,14 +964,10 @@ impl Policy for Scripted {
 #[test]
 fn a_policy_that_trusts_an_offer_authorizes_the_device_and_the_offer_proceeds() {
     let mut h = Harness::new();
-    let now = h.at(1);
-    h.core.set_policy(
-        Box::new(Scripted {
-            offer: Some(TrustAnswer::Trust),
-            ..Scripted::default()
-        }),
-        now,
-    );
+    h.set_policy(Box::new(Scripted {
+        offer: Some(TrustAnswer::Trust),
+        ..Scripted::default()
+    }));
     h.handle(Input::Announced(announcement(2, "10.77.0.3")));
     let out = h.handle(Input::Signal {
         conn: 1,
@@ -994,14 +1015,10 @@ fn a_policy_that_trusts_an_offer_authorizes_the_device_and_the_offer_proceeds() 
 #[test]
 fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
     let mut h = Harness::new();
-    let now = h.at(1);
-    h.core.set_policy(
-        Box::new(Scripted {
-            offer: Some(TrustAnswer::Ignore),
-            ..Scripted::default()
-        }),
-        now,
-    );
+    h.set_policy(Box::new(Scripted {
+        offer: Some(TrustAnswer::Ignore),
+        ..Scripted::default()
+    }));
     h.handle(Input::Announced(announcement(2, "10.77.0.3")));
     let out = h.handle(Input::Signal {
         conn: 1,
@@ -1036,20 +1053,16 @@ fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
 #[test]
 fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journaled() {
     let mut h = Harness::new();
-    let now = h.at(1);
-    h.core.set_policy(
-        Box::new(Scripted {
-            transfer: Some(crate::core::policy::AcceptAnswer::Reject {
-                reason: "too large".into(),
-            }),
-            disabled: vec![crate::core::policy::Disabled {
-                plugin: "broken".into(),
-                reason: "trapped: unreachable".into(),
-            }],
-            ..Scripted::default()
+    h.set_policy(Box::new(Scripted {
+        transfer: Some(crate::core::policy::AcceptAnswer::Reject {
+            reason: "too large".into(),
         }),
-        now,
-    );
+        disabled: vec![crate::core::policy::Disabled {
+            plugin: "broken".into(),
+            reason: "trapped: unreachable".into(),
+        }],
+        ..Scripted::default()
+    }));
     let startup: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
     assert_eq!(Harness::events(&startup), ["PluginDisabled"]);
     h.handle(Input::Announced(announcement(1, "10.77.0.2")));
@@ -1079,16 +1092,12 @@ fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journale
     );
 
     let mut h = Harness::new();
-    let now = h.at(1);
-    h.core.set_policy(
-        Box::new(Scripted {
-            transfer: Some(crate::core::policy::AcceptAnswer::Accept {
-                dir: Some("Pictures".into()),
-            }),
-            ..Scripted::default()
+    h.set_policy(Box::new(Scripted {
+        transfer: Some(crate::core::policy::AcceptAnswer::Accept {
+            dir: Some("Pictures".into()),
         }),
-        now,
-    );
+        ..Scripted::default()
+    }));
     h.handle(Input::Announced(announcement(1, "10.77.0.2")));
     h.handle(request(
         1,
@@ -1167,6 +1176,7 @@ fn large_files_are_hashed_once_per_file_after_queueing() {
     // A restart before the hashes came asks again.
     let restarted = Core::new(me(), h.core.state().clone(), h.start);
     let mut restarted = Harness {
+        policy: None,
         core: restarted,
         start: h.start,
     };
@@ -1389,4 +1399,280 @@ fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
             );
         }
     }
+}
+
+/// The questions the core asked (its `AskPolicy` effects).
+fn asked(outputs: &[Output]) -> Vec<PolicyRequest> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Effect(Effect::AskPolicy(request)) => Some(request.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prepares(outputs: &[Output]) -> Vec<String> {
+    effects(outputs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Store {
+                op: StoreOp::Prepare { name, .. },
+                ..
+            } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn accepted(id: QuestionId, plugin: &str) -> Input {
+    Input::PolicyAnswer(PolicyAnswer {
+        id,
+        answer: crate::core::policy::Answer::Accept(Some(crate::core::policy::Decided {
+            plugin: plugin.into(),
+            answer: AcceptAnswer::Accept { dir: None },
+        })),
+        disabled: Vec::new(),
+    })
+}
+
+/// A node with plugins whose answers the test gives by hand, trusting devices 1 and 2.
+fn thinking_node() -> Harness {
+    let mut h = Harness::new();
+    let now = h.at(1);
+    h.core.use_plugins(Vec::new(), now);
+    for n in [1, 2] {
+        h.handle(Input::Announced(announcement(
+            n,
+            &format!("10.77.0.{}", n + 1),
+        )));
+        h.handle(request(
+            u64::from(n),
+            Request::TrustAdd {
+                device: id(n).to_string(),
+            },
+        ));
+    }
+    h
+}
+
+fn transfer_id_of(data: &[u8]) -> TransferId {
+    transfer::wire::decode_within(data, usize::MAX)
+        .unwrap()
+        .unwrap()
+        .id()
+}
+
+/// While policy thinks 90 ms about peer 1's file, peer 2's accepted transfer goes on: its
+/// `accept` and its chunk's write go out at once; peer 1's file is prepared when the answer
+/// comes, after its `PolicyDecision` is journaled.
+#[test]
+fn a_file_waits_for_policy_while_another_peers_chunks_flow() {
+    let mut h = thinking_node();
+    let t0 = h.at(2);
+    let later = |ms: u64| Now {
+        instant: t0.instant + Duration::from_millis(ms),
+        wall_ms: t0.wall_ms + ms as i64,
+    };
+    let a_start = start("a.bin", 10, 1024, 1);
+    let out = h.handle_at(
+        Input::Channel {
+            peer: id(1),
+            data: a_start.clone(),
+        },
+        later(0),
+    );
+    let [question_a] = &asked(&out)[..] else {
+        panic!("one question for a.bin: {out:?}")
+    };
+    assert!(matches!(
+        &question_a.question,
+        Question::OnTransfer { file, .. } if file.name == "a.bin"
+    ));
+    assert!(prepares(&out).is_empty(), "a.bin waits for policy");
+    // The same `start` again while policy thinks: no second question.
+    let again = h.handle_at(
+        Input::Channel {
+            peer: id(1),
+            data: a_start.clone(),
+        },
+        later(5),
+    );
+    assert!(asked(&again).is_empty() && prepares(&again).is_empty());
+
+    // Peer 2's file: answered at once (another plugin call), prepared, its chunk written.
+    let b_start = start("b.bin", 4, 1024, 1);
+    let b = transfer_id_of(&b_start);
+    let out = h.handle_at(
+        Input::Channel {
+            peer: id(2),
+            data: b_start,
+        },
+        later(10),
+    );
+    let question_b = asked(&out)[0].id;
+    let out = h.handle_at(accepted(question_b, "slow"), later(11));
+    assert_eq!(prepares(&out), ["b.bin"]);
+    let out = h.handle_at(
+        Input::Store {
+            id: b,
+            result: StoreResult::Prepared { part_len: 0 },
+        },
+        later(12),
+    );
+    assert!(
+        channel_replies(&out)
+            .iter()
+            .any(|m| matches!(m, transfer::Message::Accept { .. })),
+        "{out:?}"
+    );
+    let data = vec![1, 2, 3, 4];
+    let chunk = transfer::encode(&transfer::Message::Chunk {
+        id: b,
+        index: 0,
+        sha256: Sha256::digest(&data).into(),
+        data,
+    });
+    let out = h.handle_at(
+        Input::Channel {
+            peer: id(2),
+            data: chunk,
+        },
+        later(13),
+    );
+    assert!(
+        effects(&out)
+            .iter()
+            .any(|e| matches!(e, Effect::Store { id, op: StoreOp::Write { .. } } if *id == b)),
+        "peer 2's chunk is written while peer 1's question is out: {out:?}"
+    );
+
+    // 90 ms later policy answers for a.bin: journaled, then prepared.
+    let out = h.handle_at(accepted(question_a.id, "slow"), later(90));
+    assert_eq!(Harness::events(&out), ["PolicyDecision"]);
+    assert_eq!(prepares(&out), ["a.bin"]);
+    assert!(
+        !h.core
+            .questions
+            .values()
+            .any(|asked| matches!(asked.question, Question::OnTransfer { .. }))
+    );
+}
+
+/// An answer that does not come in time: the default decides (a file is accepted, an offer
+/// from an untrusted device becomes a request and a `bye`), nothing is journaled as a plugin's
+/// decision, and the late answer changes nothing (the plugins it disabled are journaled).
+#[test]
+fn an_unanswered_question_gets_the_default_at_its_timeout_and_a_late_answer_is_moot() {
+    let mut h = thinking_node();
+    let now = h.at(2);
+    let out = h.handle_at(
+        Input::Channel {
+            peer: id(1),
+            data: start("late.bin", 10, 1024, 1),
+        },
+        now,
+    );
+    let question = asked(&out)[0].id;
+    let deadline = now.instant + POLICY_ANSWER_TIMEOUT;
+    assert_eq!(h.core.poll_timeout().map(|at| at <= deadline), Some(true));
+    // Just before the deadline: still waiting.
+    let before = Now {
+        instant: deadline - Duration::from_millis(1),
+        wall_ms: now.wall_ms + 9_999,
+    };
+    h.core.handle_timeout(before);
+    let out: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert!(prepares(&out).is_empty());
+    let at = Now {
+        instant: deadline,
+        wall_ms: now.wall_ms + 10_000,
+    };
+    h.core.handle_timeout(at);
+    let out: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert_eq!(prepares(&out), ["late.bin"]);
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    let late = h.handle_at(
+        Input::PolicyAnswer(PolicyAnswer {
+            id: question,
+            answer: crate::core::policy::Answer::Accept(Some(crate::core::policy::Decided {
+                plugin: "slow".into(),
+                answer: AcceptAnswer::Reject {
+                    reason: "too late".into(),
+                },
+            })),
+            disabled: vec![Disabled {
+                plugin: "slow".into(),
+                reason: "ran past the wall-clock deadline".into(),
+            }],
+        }),
+        at,
+    );
+    assert_eq!(Harness::events(&late), ["PluginDisabled"]);
+    assert!(effects(&late).is_empty(), "{late:?}");
+
+    // An untrusted device's offer.
+    h.handle(Input::Announced(announcement(3, "10.77.0.4")));
+    let out = h.handle_at(
+        Input::Signal {
+            conn: 1,
+            peer: id(3),
+            message: Message::Offer {
+                sdp: sdp_with_fingerprint(3),
+                seq: 1,
+            },
+        },
+        at,
+    );
+    assert!(
+        matches!(
+            &asked(&out)[..],
+            [PolicyRequest {
+                question: Question::OnOffer { .. },
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert!(
+        effects(&out).len() == 1,
+        "no bye before policy answers: {out:?}"
+    );
+    let expired = Now {
+        instant: at.instant + POLICY_ANSWER_TIMEOUT,
+        wall_ms: at.wall_ms + 10_000,
+    };
+    h.core.handle_timeout(expired);
+    let out: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert_eq!(Harness::events(&out), ["AuthorizationRequested"]);
+    assert!(effects(&out).iter().any(|e| matches!(
+        e,
+        Effect::Signal {
+            message: Message::Bye { .. },
+            ..
+        }
+    )));
+}
+
+/// At most [`MAX_QUESTIONS`] questions are out; a further one is decided by the default at
+/// once, so a flood of `start`s cannot queue unbounded work for the plugins.
+#[test]
+fn questions_out_are_bounded_and_a_further_one_gets_the_default_at_once() {
+    let mut h = thinking_node();
+    // Questions the announcements of untrusted devices 1 and 2 raised are still out.
+    let already = h.core.questions.len();
+    for n in already..MAX_QUESTIONS {
+        let out = h.handle(Input::Channel {
+            peer: id(1),
+            data: start(&format!("f{n}.bin"), 10, 1024, 1),
+        });
+        assert_eq!(asked(&out).len(), 1);
+    }
+    let out = h.handle(Input::Channel {
+        peer: id(1),
+        data: start("one-too-many.bin", 10, 1024, 1),
+    });
+    assert!(asked(&out).is_empty());
+    assert_eq!(prepares(&out), ["one-too-many.bin"]);
+    assert_eq!(h.core.questions.len(), MAX_QUESTIONS);
 }
