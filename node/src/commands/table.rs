@@ -3,6 +3,28 @@
 use std::io::Write;
 
 use crate::control::TransferRow;
+use crate::core::{Direction, TransferStatus};
+
+/// A transfer's status as the CLI prints it (the same word as its JSON form).
+pub fn status_word(status: TransferStatus) -> &'static str {
+    match status {
+        TransferStatus::Queued => "queued",
+        TransferStatus::Starting => "starting",
+        TransferStatus::Active => "active",
+        TransferStatus::Completed => "completed",
+        TransferStatus::Rejected => "rejected",
+        TransferStatus::Cancelled => "cancelled",
+        TransferStatus::Failed => "failed",
+        TransferStatus::Paused => "paused",
+    }
+}
+
+fn direction_word(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Send => "send",
+        Direction::Receive => "receive",
+    }
+}
 
 /// The transfers as `fsnode transfers` and `fsnode peers show` print them.
 pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Result<()> {
@@ -17,7 +39,11 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
     )?;
     for t in transfers {
         let percent = if t.size == 0 {
-            if t.status == "completed" { 100.0 } else { 0.0 }
+            if t.status == TransferStatus::Completed {
+                100.0
+            } else {
+                0.0
+            }
         } else {
             t.done_bytes as f64 * 100.0 / t.size as f64
         };
@@ -30,13 +56,13 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
             out,
             "{:<10} {:<8} {:<14} {:<28} {:>10} {:>5.1}% {:>11} {}{}",
             &t.id[..8],
-            t.direction,
+            direction_word(t.direction),
             peer,
             t.name.chars().take(28).collect::<String>(),
             bytes(t.size),
             percent,
             t.rate.map_or("-".into(), |r| format!("{}/s", bytes(r))),
-            t.status,
+            status_word(t.status),
             t.reason
                 .as_ref()
                 .map(|r| format!(": {r}"))

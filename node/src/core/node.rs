@@ -18,17 +18,14 @@ use super::policy::{
     AcceptAnswer, Decision, Disabled, FileFacts, NodeFacts, PeerFacts, Platform, PolicyAnswer,
     PolicyRequest, Question, QuestionId, TrustAnswer,
 };
+use super::request::{Command, Outcome, Refusal, RefusalKind};
 use super::router::Route;
 use super::sdp;
 use super::signal::{Hello, Message};
 use super::transfer;
 use super::transfers::{StoreOp, StoreResult, Transfers, Work};
 use super::trust::{self, ResolveError};
-use super::{
-    Authority, DeviceId, DeviceType, Direction, Event, PeerState, Stamped, State, TransferId,
-    TransferState,
-};
-use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Request, TransferRow};
+use super::{Authority, DeviceId, DeviceType, Direction, Event, Stamped, State, TransferId};
 
 /// How often trusted devices that mDNS does not show are probed by unicast at their last
 /// known addresses.
@@ -94,7 +91,7 @@ impl Me {
     }
 }
 
-/// A request from the control socket, with the token its reply carries.
+/// An operator's command, with the token its outcome carries.
 pub type Token = u64;
 
 #[derive(Clone, Debug)]
@@ -103,8 +100,8 @@ pub enum Input {
     Announced(Announcement),
     /// mDNS saw a goodbye, or the record expired.
     Withdrawn { instance: String },
-    /// A control-socket request.
-    Request { token: Token, request: Request },
+    /// An operator's command (from the control socket).
+    Command { token: Token, command: Command },
     /// A signaling connection exchanged `hello`s with a node at `from`; `token` is set when
     /// the operator asked for the dial.
     Hello {
@@ -174,8 +171,8 @@ pub const REQUEST_JOURNAL_INTERVAL_MS: i64 = 3_600_000;
 pub enum Output {
     /// Journal it (it is already in `state()`).
     Event(Stamped),
-    /// Answer a control request.
-    Reply { token: Token, reply: Reply },
+    /// What came of command `token`.
+    Outcome { token: Token, outcome: Outcome },
     /// Do something in the world.
     Effect(Effect),
 }
@@ -582,10 +579,9 @@ impl Core {
         match input {
             Input::Announced(announcement) => self.on_announced(&announcement, now),
             Input::Withdrawn { instance } => self.on_withdrawn(&instance, now),
-            Input::Request { token, request } => {
-                let reply = self.on_request(request, token, now);
-                if let Some(reply) = reply {
-                    self.out.push_back(Output::Reply { token, reply });
+            Input::Command { token, command } => {
+                if let Some(outcome) = self.on_command(command, token, now) {
+                    self.out.push_back(Output::Outcome { token, outcome });
                 }
             }
             Input::Hello {
@@ -597,9 +593,9 @@ impl Core {
             Input::ConnClosed { conn } => {
                 self.conns.remove(&conn);
             }
-            Input::DialFailed { token, error } => self.out.push_back(Output::Reply {
+            Input::DialFailed { token, error } => self.out.push_back(Output::Outcome {
                 token,
-                reply: Reply::error(ErrorKind::Unreachable, error),
+                outcome: Outcome::refused(RefusalKind::Unreachable, error),
             }),
             Input::Signal {
                 conn,
@@ -1183,9 +1179,9 @@ impl Core {
         }
         if hello.id == self.me.id {
             if let Some(token) = token {
-                self.out.push_back(Output::Reply {
+                self.out.push_back(Output::Outcome {
                     token,
-                    reply: Reply::error(ErrorKind::BadRequest, "that address is this node"),
+                    outcome: Outcome::refused(RefusalKind::BadRequest, "that address is this node"),
                 });
             }
             return;
@@ -1198,10 +1194,9 @@ impl Core {
             self.hello_from_untrusted(from, hello, now);
         }
         if let Some(token) = token {
-            let row = self.row(&id);
-            self.out.push_back(Output::Reply {
+            self.out.push_back(Output::Outcome {
                 token,
-                reply: Reply::Peers { peers: vec![row] },
+                outcome: Outcome::Reached(id),
             });
         }
     }
@@ -1229,36 +1224,16 @@ impl Core {
         );
     }
 
-    fn on_request(&mut self, request: Request, token: Token, now: Now) -> Option<Reply> {
-        Some(match request {
-            Request::Status => Reply::Status(NodeStatus {
-                device_id: self.me.id.clone(),
-                name: self.me.name.clone(),
-                device_type: self.me.device_type,
-                signaling_port: self.me.signaling_port,
-                version: env!("CARGO_PKG_VERSION").into(),
-            }),
-            Request::Peers => Reply::Peers {
-                peers: self
-                    .state
-                    .peers
-                    .keys()
-                    .filter(|id| **id != self.me.id)
-                    .map(|id| self.row(id))
-                    .collect(),
-            },
-            Request::TrustList => Reply::TrustList {
-                trusted: self.state.trusted().map(|(id, _)| self.row(id)).collect(),
-                requests: self.state.requests().map(|(id, _)| self.row(id)).collect(),
-            },
-            Request::TrustAdd { device } => {
+    fn on_command(&mut self, command: Command, token: Token, now: Now) -> Option<Outcome> {
+        Some(match command {
+            Command::TrustAdd { device } => {
                 let id = match self.resolve(&device, false) {
                     Ok(id) => id,
-                    Err(error) => return Some(Reply::Error(error)),
+                    Err(refusal) => return Some(Outcome::Refused(refusal)),
                 };
                 if id == self.me.id {
-                    return Some(Reply::error(
-                        ErrorKind::BadRequest,
+                    return Some(Outcome::refused(
+                        RefusalKind::BadRequest,
                         "that is this node's own id",
                     ));
                 }
@@ -1275,14 +1250,12 @@ impl Core {
                 }
                 // Authorizing a device makes this node the initiator towards it (spec 3.4).
                 self.maybe_start(&id, now);
-                Reply::Trusted {
-                    peer: self.row(&id),
-                }
+                Outcome::Trusted(id)
             }
-            Request::TrustRemove { device } => {
+            Command::TrustRemove { device } => {
                 let id = match self.resolve(&device, true) {
                     Ok(id) => id,
-                    Err(error) => return Some(Reply::Error(error)),
+                    Err(refusal) => return Some(Outcome::Refused(refusal)),
                 };
                 if self.state.is_trusted(&id) {
                     self.emit(
@@ -1314,28 +1287,26 @@ impl Core {
                         );
                     }
                 }
-                Reply::Revoked {
-                    peer: self.row(&id),
-                }
+                Outcome::Revoked(id)
             }
-            Request::Send { paths, to } => {
+            Command::Send { paths, to } => {
                 let mut peers = Vec::new();
                 for typed in &to {
                     match self.resolve(typed, true) {
                         Ok(peer) => peers.push(peer),
-                        Err(mut error) => {
-                            if error.kind == ErrorKind::NotFound {
-                                error.message = format!(
+                        Err(mut refusal) => {
+                            if refusal.kind == RefusalKind::NotFound {
+                                refusal.message = format!(
                                     "{} (send goes to trusted devices only: `fsnode trust add` first)",
-                                    error.message
+                                    refusal.message
                                 );
                             }
-                            return Some(Reply::Error(error));
+                            return Some(Outcome::Refused(refusal));
                         }
                     }
                 }
                 if paths.is_empty() || peers.is_empty() {
-                    return Some(Reply::error(ErrorKind::BadRequest, "nothing to send"));
+                    return Some(Outcome::refused(RefusalKind::BadRequest, "nothing to send"));
                 }
                 // `--to A --to B --to A` sends once to A: keep each device's first mention.
                 let mut seen = std::collections::HashSet::new();
@@ -1348,22 +1319,8 @@ impl Core {
                 // Answered once the files are hashed and queued.
                 return None;
             }
-            Request::Cancel { transfer } => return Some(self.on_cancel(&transfer, now)),
-            Request::Transfers => Reply::Transfers {
-                transfers: self
-                    .state
-                    .transfers
-                    .iter()
-                    .map(|(id, t)| self.transfer_row(id, t))
-                    .collect(),
-            },
-            // Served by the shell, which streams journaled events to the client.
-            Request::Watch => Reply::error(ErrorKind::BadRequest, "watch is a stream"),
-            // Served by the shell, whose policy thread holds the plugins.
-            Request::Plugins => {
-                Reply::error(ErrorKind::BadRequest, "plugins is served by the shell")
-            }
-            Request::PeersAdd { address } => {
+            Command::Cancel { transfer } => self.on_cancel(&transfer, now),
+            Command::Dial { address } => {
                 self.out.push_back(Output::Effect(Effect::Dial {
                     addr: address,
                     token: Some(token),
@@ -1376,7 +1333,7 @@ impl Core {
 
     /// Resolves an operator-typed device among known devices (only trusted ones if
     /// `trusted_only`); the error is the reply.
-    fn resolve(&self, typed: &str, trusted_only: bool) -> Result<DeviceId, ControlError> {
+    fn resolve(&self, typed: &str, trusted_only: bool) -> Result<DeviceId, Refusal> {
         let known = self
             .state
             .peers
@@ -1384,32 +1341,14 @@ impl Core {
             .filter(|(_, p)| !trusted_only || p.trusted)
             .map(|(id, _)| id);
         trust::resolve(typed, known).map_err(|err| match &err {
-            ResolveError::Ambiguous { candidates, .. } => ControlError {
-                kind: ErrorKind::Ambiguous,
+            ResolveError::Ambiguous { candidates, .. } => Refusal {
+                kind: RefusalKind::Ambiguous,
                 message: err.to_string(),
-                candidates: candidates.iter().map(|id| self.row(id)).collect(),
+                candidates: candidates.clone(),
             },
-            ResolveError::NoMatch(_) => ControlError::new(ErrorKind::NotFound, err.to_string()),
-            ResolveError::Invalid(_) => ControlError::new(ErrorKind::BadRequest, err.to_string()),
+            ResolveError::NoMatch(_) => Refusal::new(RefusalKind::NotFound, err.to_string()),
+            ResolveError::Invalid(_) => Refusal::new(RefusalKind::BadRequest, err.to_string()),
         })
-    }
-
-    /// A device as `fsnode peers` shows it.
-    pub fn row(&self, id: &DeviceId) -> PeerRow {
-        let default = PeerState::default();
-        let peer = self.state.peers.get(id).unwrap_or(&default);
-        PeerRow {
-            id: id.clone(),
-            name: peer.name.clone(),
-            device_type: peer.device_type,
-            addresses: peer.addresses.iter().map(|a| a.to_string()).collect(),
-            port: peer.port,
-            discovered: peer.discovered,
-            trusted: peer.trusted,
-            requested: !peer.trusted && peer.requested_at_ms.is_some(),
-            connection: peer.connection.label(),
-            verification_code: trust::verification_code(&self.me.id, id),
-        }
     }
 
     /// Starts `peer`'s queued sends in the order policy gives (once it gave it).
@@ -1581,9 +1520,9 @@ impl Core {
         let files = match result {
             Ok(files) => files,
             Err(message) => {
-                self.out.push_back(Output::Reply {
+                self.out.push_back(Output::Outcome {
                     token,
-                    reply: Reply::error(ErrorKind::BadRequest, message),
+                    outcome: Outcome::refused(RefusalKind::BadRequest, message),
                 });
                 return;
             }
@@ -1616,18 +1555,9 @@ impl Core {
                 .filter(|f| f.sha256.is_none())
                 .map(|f| (f.path.clone(), f.id)),
         );
-        let rows = files
-            .iter()
-            .filter_map(|f| {
-                self.state
-                    .transfers
-                    .get(&f.id)
-                    .map(|t| self.transfer_row(&f.id, t))
-            })
-            .collect();
-        self.out.push_back(Output::Reply {
+        self.out.push_back(Output::Outcome {
             token,
-            reply: Reply::Queued { transfers: rows },
+            outcome: Outcome::Queued(files.iter().map(|f| f.id).collect()),
         });
         // Peers already connected start at once; the others when they connect.
         for peer in peers {
@@ -1695,7 +1625,7 @@ impl Core {
         }
     }
 
-    fn on_cancel(&mut self, typed: &str, now: Now) -> Reply {
+    fn on_cancel(&mut self, typed: &str, now: Now) -> Outcome {
         let typed = typed.trim().to_ascii_lowercase();
         let matches: Vec<TransferId> = self
             .state
@@ -1706,18 +1636,18 @@ impl Core {
             .collect();
         let id = match (typed.len() >= 4, matches.as_slice()) {
             (false, _) => {
-                return Reply::error(
-                    ErrorKind::BadRequest,
+                return Outcome::refused(
+                    RefusalKind::BadRequest,
                     "type at least 4 hex digits of the transfer id (`fsnode transfers`)",
                 );
             }
             (true, [id]) => *id,
             (true, []) => {
-                return Reply::error(ErrorKind::NotFound, format!("no transfer {typed}"));
+                return Outcome::refused(RefusalKind::NotFound, format!("no transfer {typed}"));
             }
             (true, _) => {
-                return Reply::error(
-                    ErrorKind::Ambiguous,
+                return Outcome::refused(
+                    RefusalKind::Ambiguous,
                     format!("{typed} matches {} transfers; type more", matches.len()),
                 );
             }
@@ -1739,23 +1669,7 @@ impl Core {
                 );
             }
         }
-        let t = &self.state.transfers[&id];
-        Reply::Cancelled {
-            transfer: self.transfer_row(&id, t),
-        }
-    }
-
-    /// A transfer as `fsnode transfers` shows it.
-    pub fn transfer_row(&self, id: &TransferId, t: &TransferState) -> TransferRow {
-        TransferRow::of(&self.state, id, t)
-    }
-
-    /// The trusted devices with their verification codes, for the projection file.
-    pub fn trusted_rows(&self) -> BTreeMap<DeviceId, PeerRow> {
-        self.state
-            .trusted()
-            .map(|(id, _)| (id.clone(), self.row(id)))
-            .collect()
+        Outcome::Cancelled(id)
     }
 }
 

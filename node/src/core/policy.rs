@@ -12,8 +12,25 @@
 
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
 use super::{DeviceId, DeviceType, TransferId};
-use crate::control::PluginRow;
+
+/// One policy plugin as the host holds it (for `fsnode plugins list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// Its position in the order in which plugins are asked (1 first).
+    pub order: usize,
+    pub name: String,
+    pub path: String,
+    /// The contract version it exports (`0.1.0`), when it loaded that far.
+    pub version: Option<String>,
+    /// Why the host stopped using it; `None` while it is in use.
+    pub disabled: Option<String>,
+    /// Questions it was asked, and the fuel they cost in total.
+    pub calls: u64,
+    pub fuel: u64,
+}
 
 /// The family of platform the node runs on, for permission mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +162,7 @@ pub trait Policy: Send {
     fn take_disabled(&mut self) -> Vec<Disabled>;
 
     /// The plugins, in order, for `fsnode plugins list`.
-    fn describe(&self) -> Vec<PluginRow>;
+    fn describe(&self) -> Vec<PluginStatus>;
 }
 
 /// The node without plugins: every question goes to the built-in default.
@@ -187,7 +204,7 @@ impl Policy for NoPlugins {
         Vec::new()
     }
 
-    fn describe(&self) -> Vec<PluginRow> {
+    fn describe(&self) -> Vec<PluginStatus> {
         Vec::new()
     }
 }

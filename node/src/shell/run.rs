@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::control::{Reply, Request};
+use crate::control::{
+    ErrorKind, Reply, Request, TransferRow, reply as control_reply, view as control_view,
+};
 use crate::core::DeviceId;
 use crate::core::TransferId;
 use crate::core::admission::{ConnectionBudgets, Limits};
@@ -190,6 +192,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             router: Router::new(),
             writers: HashMap::new(),
             watchers: Vec::new(),
+            followers: Vec::new(),
             collected: Collected::default(),
         };
         if has_plugins {
@@ -260,6 +263,8 @@ struct NodeLoop<'a> {
     writers: HashMap<ConnId, async_channel::Sender<Vec<u8>>>,
     /// `fsnode watch` clients: every journaled event goes to each.
     watchers: Vec<async_channel::Sender<Reply>>,
+    /// `send --wait` clients: the rows of their transfers, each time some changed.
+    followers: Vec<Follower>,
     collected: Collected,
 }
 
@@ -337,11 +342,28 @@ impl NodeLoop<'_> {
                     self.policy.describe(reply);
                     continue;
                 }
+                Wake::Request(ControlRequest {
+                    request: Request::Follow { transfers },
+                    reply,
+                }) => {
+                    self.follow(&transfers, reply);
+                    continue;
+                }
                 Wake::Request(ControlRequest { request, reply }) => {
-                    let token = self.next_token;
-                    self.next_token += 1;
-                    self.pending.insert(token, reply);
-                    self.core.handle(Input::Request { token, request }, now);
+                    if let Some(command) = request.command() {
+                        let token = self.next_token;
+                        self.next_token += 1;
+                        self.pending.insert(token, reply);
+                        self.core.handle(Input::Command { token, command }, now);
+                    } else {
+                        // Only reads state, which is durable here (the last drain waited).
+                        let answer = control_view(&request, self.core.state(), self.core.me())
+                            .unwrap_or_else(|| {
+                                Reply::error(ErrorKind::BadRequest, "not a request for this node")
+                            });
+                        let _ = reply.try_send(answer);
+                        continue;
+                    }
                 }
                 Wake::Timer => {
                     self.core.handle_timeout(now);
@@ -450,6 +472,9 @@ impl NodeLoop<'_> {
                 );
             }
         }
+        if !journaled.is_empty() {
+            self.tell_followers();
+        }
         if !self.watchers.is_empty() {
             for (seq, stamped) in journaled {
                 let reply = Reply::Event {
@@ -463,8 +488,9 @@ impl NodeLoop<'_> {
         }
         for action in actions {
             match action {
-                Output::Reply { token, reply } => {
+                Output::Outcome { token, outcome } => {
                     if let Some(tx) = self.pending.remove(&token) {
+                        let reply = control_reply(outcome, self.core.state(), &self.core.me().id);
                         let _ = tx.try_send(reply);
                     }
                 }
@@ -521,6 +547,34 @@ impl NodeLoop<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Starts following `transfers` for a client: their rows now, then their changes.
+    fn follow(&mut self, transfers: &[String], reply: async_channel::Sender<Reply>) {
+        let ids: Result<Vec<TransferId>, _> = transfers.iter().map(|t| t.parse()).collect();
+        let Ok(ids) = ids else {
+            let _ = reply.try_send(Reply::error(
+                ErrorKind::BadRequest,
+                "follow takes full transfer ids",
+            ));
+            return;
+        };
+        let ids = ids.into_iter().take(MAX_FOLLOWED).collect();
+        let mut follower = Follower {
+            ids,
+            shown: HashMap::new(),
+            reply,
+        };
+        if follower.tell(self.core.state()) {
+            self.followers.push(follower);
+        }
+    }
+
+    /// Sends each follower the rows of its transfers that changed; drops those that went
+    /// away or do not keep up.
+    fn tell_followers(&mut self) {
+        let state = self.core.state();
+        self.followers.retain_mut(|f| f.tell(state));
     }
 
     fn now(&self) -> Now {
@@ -605,12 +659,46 @@ impl NodeLoop<'_> {
 
     /// The human-readable projection of the trusted list (the journal is the source of truth).
     fn write_trust_file(&self) {
-        let text = trust_file::render(self.core.trusted_rows().values());
+        let rows = crate::control::trusted_rows(self.core.state(), &self.core.me().id);
+        let text = trust_file::render(rows.iter());
         if let Err(err) =
             atomic_file::write(&self.trust_file, text.as_bytes(), 0o600, Replace::Allowed)
         {
             warn!(file = %self.trust_file.display(), "cannot write the trusted-devices file: {err}");
         }
+    }
+}
+
+/// Transfers one `follow` request may name (a `send` of a large directory names many).
+const MAX_FOLLOWED: usize = 100_000;
+
+/// A client following transfers: what it was last shown of each.
+struct Follower {
+    ids: Vec<TransferId>,
+    shown: HashMap<TransferId, TransferRow>,
+    reply: async_channel::Sender<Reply>,
+}
+
+impl Follower {
+    /// Sends the rows that changed since the last time; false once the client is gone or
+    /// does not keep up.
+    fn tell(&mut self, state: &State) -> bool {
+        let mut changed = Vec::new();
+        for id in &self.ids {
+            let Some(t) = state.transfers.get(id) else {
+                continue;
+            };
+            let row = TransferRow::of(state, id, t);
+            if self.shown.get(id) != Some(&row) {
+                self.shown.insert(*id, row.clone());
+                changed.push(row);
+            }
+        }
+        changed.is_empty()
+            || self
+                .reply
+                .try_send(Reply::Transfers { transfers: changed })
+                .is_ok()
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::*;
+use crate::control::Request;
 use crate::core::TransferStatus;
 use crate::core::discovery::{instance_name, txt_records};
 use crate::core::policy::{Policy, PolicyRequest};
@@ -93,18 +94,27 @@ fn announcement(n: u8, addr: &str) -> Announcement {
     }
 }
 
+/// The core's command for a control-socket request.
 fn request(token: Token, request: Request) -> Input {
-    Input::Request { token, request }
+    let command = request.command().expect("a command");
+    Input::Command { token, command }
 }
 
-fn reply(outputs: &[Output]) -> &Reply {
+fn reply(outputs: &[Output]) -> &Outcome {
     outputs
         .iter()
         .find_map(|o| match o {
-            Output::Reply { reply, .. } => Some(reply),
+            Output::Outcome { outcome, .. } => Some(outcome),
             _ => None,
         })
-        .expect("a reply")
+        .expect("an outcome")
+}
+
+fn refused(outcome: &Outcome) -> Option<RefusalKind> {
+    match outcome {
+        Outcome::Refused(refusal) => Some(refusal.kind),
+        _ => None,
+    }
 }
 
 #[test]
@@ -204,16 +214,23 @@ fn trust_add_journals_before_it_replies_and_is_idempotent() {
     ));
     assert!(matches!(&out[0], Output::Event(s) if s.event.kind() == "PeerAuthorized"));
     assert_eq!(out[1], Output::Effect(Effect::TrustChanged));
-    let Output::Reply {
+    let Output::Outcome {
         token: 7,
-        reply: Reply::Trusted { peer },
+        outcome: Outcome::Trusted(peer),
     } = &out[2]
     else {
         panic!("{out:?}")
     };
-    assert!(peer.trusted);
+    assert!(h.core.state().is_trusted(peer));
+    // Rendered beside the control socket, with the pair's verification code.
+    let crate::control::Reply::Trusted { peer: row } =
+        crate::control::reply(Outcome::Trusted(peer.clone()), h.core.state(), &id(0))
+    else {
+        panic!("a trusted reply")
+    };
+    assert!(row.trusted);
     assert_eq!(
-        peer.verification_code,
+        row.verification_code,
         trust::verification_code(&id(0), &id(1))
     );
     let again = h.handle(request(
@@ -223,7 +240,7 @@ fn trust_add_journals_before_it_replies_and_is_idempotent() {
         },
     ));
     assert!(Harness::events(&again).is_empty());
-    assert!(matches!(reply(&again), Reply::Trusted { .. }));
+    assert!(matches!(reply(&again), Outcome::Trusted(_)));
 }
 
 #[test]
@@ -250,9 +267,9 @@ fn ambiguous_unknown_and_self_trust_requests_are_refused() {
         },
     ));
     match reply(&out) {
-        Reply::Error(e) => {
-            assert_eq!(e.kind, ErrorKind::Ambiguous);
-            assert_eq!(e.candidates.len(), 2);
+        Outcome::Refused(refusal) => {
+            assert_eq!(refusal.kind, RefusalKind::Ambiguous);
+            assert_eq!(refusal.candidates.len(), 2);
         }
         other => panic!("{other:?}"),
     }
@@ -263,21 +280,21 @@ fn ambiguous_unknown_and_self_trust_requests_are_refused() {
             device: "zzzzzzzzzz".into(),
         },
     ));
-    assert!(matches!(reply(&unknown), Reply::Error(e) if e.kind == ErrorKind::NotFound));
+    assert_eq!(refused(reply(&unknown)), Some(RefusalKind::NotFound));
     let short = h.handle(request(
         3,
         Request::TrustAdd {
             device: "abc".into(),
         },
     ));
-    assert!(matches!(reply(&short), Reply::Error(e) if e.kind == ErrorKind::BadRequest));
+    assert_eq!(refused(reply(&short)), Some(RefusalKind::BadRequest));
     let me = h.handle(request(
         4,
         Request::TrustAdd {
             device: id(0).to_string(),
         },
     ));
-    assert!(matches!(reply(&me), Reply::Error(e) if e.kind == ErrorKind::BadRequest));
+    assert_eq!(refused(reply(&me)), Some(RefusalKind::BadRequest));
 }
 
 #[test]
@@ -290,7 +307,7 @@ fn trust_remove_only_matches_trusted_devices() {
             device: id(1).as_str()[..9].into(),
         },
     ));
-    assert!(matches!(reply(&out), Reply::Error(e) if e.kind == ErrorKind::NotFound));
+    assert_eq!(refused(reply(&out)), Some(RefusalKind::NotFound));
     h.handle(request(
         2,
         Request::TrustAdd {
@@ -332,16 +349,20 @@ fn peers_add_dials_and_replies_when_the_hello_arrives() {
         token: Some(9),
     });
     assert_eq!(Harness::events(&out), ["PeerDiscovered"]);
-    let Reply::Peers { peers } = reply(&out) else {
+    let Outcome::Reached(peer) = reply(&out) else {
         panic!("{out:?}")
     };
-    assert_eq!(peers[0].addresses, vec!["10.77.0.5"]);
-    assert_eq!(peers[0].port, 4005);
+    let known = &h.core.state().peers[peer];
+    assert_eq!(
+        known.addresses,
+        vec!["10.77.0.5".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(known.port, 4005);
     let failed = h.handle(Input::DialFailed {
         token: 10,
         error: "connection refused".into(),
     });
-    assert!(matches!(reply(&failed), Reply::Error(e) if e.kind == ErrorKind::Unreachable));
+    assert_eq!(refused(reply(&failed)), Some(RefusalKind::Unreachable));
 }
 
 #[test]
