@@ -38,15 +38,7 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
         "ID", "WAY", "PEER", "NAME", "SIZE", "DONE", "RATE"
     )?;
     for t in transfers {
-        let percent = if t.size == 0 {
-            if t.status == TransferStatus::Completed {
-                100.0
-            } else {
-                0.0
-            }
-        } else {
-            t.done_bytes as f64 * 100.0 / t.size as f64
-        };
+        let percent = percent_done(t.done_bytes, t.size, t.status);
         let peer = if t.peer_name.is_empty() {
             t.peer.as_str()[..12].to_owned()
         } else {
@@ -70,6 +62,19 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
         )?;
     }
     Ok(())
+}
+
+/// How much of a transfer is done, in percent (an empty file is done once completed).
+pub fn percent_done(done_bytes: u64, size: u64, status: TransferStatus) -> f64 {
+    if size == 0 {
+        if status == TransferStatus::Completed {
+            100.0
+        } else {
+            0.0
+        }
+    } else {
+        done_bytes as f64 * 100.0 / size as f64
+    }
 }
 
 /// Bytes for humans: 1.5 MB, 820 kB (decimal units, like the MB/s figures in BENCHMARKS.md).

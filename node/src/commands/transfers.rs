@@ -108,16 +108,12 @@ pub fn send(home: Option<&Path>, args: &SendArgs) -> anyhow::Result<()> {
 /// Shows progress until every transfer in `ids` has finished, from the node's stream of
 /// their changes (`follow`: their rows at once, then each row that changed).
 fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<()> {
-    let socket = resolve_dirs(home)?.control_socket();
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(&socket).map_err(|_| client::NoNode {
-            socket: socket.clone(),
-        })?;
-    stream
-        .write_all(&control::encode_request(Request::Follow {
+    let stream = client::stream(
+        home,
+        Request::Follow {
             transfers: ids.clone(),
-        }))
-        .context("sending the follow request")?;
+        },
+    )?;
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template(
         "{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
@@ -222,14 +218,7 @@ pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
 
 /// Streams the node's journaled events until the node stops or the pipe closes.
 pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
-    let socket = resolve_dirs(home)?.control_socket();
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(&socket).map_err(|_| client::NoNode {
-            socket: socket.clone(),
-        })?;
-    stream
-        .write_all(&control::encode_request(Request::Watch))
-        .context("sending the watch request")?;
+    let stream = client::stream(home, Request::Watch)?;
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(&stream).lines() {
         let line = line.context("reading events from the node")?;

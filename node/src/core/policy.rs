@@ -133,81 +133,61 @@ pub struct Disabled {
 }
 
 /// The questions. Each returns the first plugin's (checked) answer, or `None` when no plugin
-/// has an opinion; the core then applies the built-in default.
+/// has an opinion; the core then applies the built-in default. Every question defaults to no
+/// opinion, so a policy answers only what it cares about.
 pub trait Policy: Send {
-    fn on_discovered(&mut self, node: &NodeFacts, peer: &PeerFacts)
-    -> Option<Decided<TrustAnswer>>;
+    fn on_discovered(
+        &mut self,
+        _node: &NodeFacts,
+        _peer: &PeerFacts,
+    ) -> Option<Decided<TrustAnswer>> {
+        None
+    }
 
-    fn on_offer(&mut self, node: &NodeFacts, peer: &PeerFacts) -> Option<Decided<TrustAnswer>>;
+    fn on_offer(&mut self, _node: &NodeFacts, _peer: &PeerFacts) -> Option<Decided<TrustAnswer>> {
+        None
+    }
 
     fn on_transfer(
         &mut self,
-        node: &NodeFacts,
-        peer: &PeerFacts,
-        file: &FileFacts,
-    ) -> Option<Decided<AcceptAnswer>>;
+        _node: &NodeFacts,
+        _peer: &PeerFacts,
+        _file: &FileFacts,
+    ) -> Option<Decided<AcceptAnswer>> {
+        None
+    }
 
     /// An order for (some of) `queue`: only ids from `queue`, each at most once.
     fn schedule(
         &mut self,
-        node: &NodeFacts,
-        queue: &[QueuedFacts],
-        connected: &[DeviceId],
-    ) -> Option<Decided<Vec<TransferId>>>;
+        _node: &NodeFacts,
+        _queue: &[QueuedFacts],
+        _connected: &[DeviceId],
+    ) -> Option<Decided<Vec<TransferId>>> {
+        None
+    }
 
     /// Permission bits (no setuid, setgid or sticky: at most `0o777`).
-    fn map_mode(&mut self, node: &NodeFacts, file: &FileFacts) -> Option<Decided<u32>>;
+    fn map_mode(&mut self, _node: &NodeFacts, _file: &FileFacts) -> Option<Decided<u32>> {
+        None
+    }
 
     /// Plugins disabled since the last call (at load, or by misbehaving), to journal.
-    fn take_disabled(&mut self) -> Vec<Disabled>;
+    fn take_disabled(&mut self) -> Vec<Disabled> {
+        Vec::new()
+    }
 
     /// The plugins, in order, for `fsnode plugins list`.
-    fn describe(&self) -> Vec<PluginStatus>;
+    fn describe(&self) -> Vec<PluginStatus> {
+        Vec::new()
+    }
 }
 
 /// The node without plugins: every question goes to the built-in default.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoPlugins;
 
-impl Policy for NoPlugins {
-    fn on_discovered(&mut self, _: &NodeFacts, _: &PeerFacts) -> Option<Decided<TrustAnswer>> {
-        None
-    }
-
-    fn on_offer(&mut self, _: &NodeFacts, _: &PeerFacts) -> Option<Decided<TrustAnswer>> {
-        None
-    }
-
-    fn on_transfer(
-        &mut self,
-        _: &NodeFacts,
-        _: &PeerFacts,
-        _: &FileFacts,
-    ) -> Option<Decided<AcceptAnswer>> {
-        None
-    }
-
-    fn schedule(
-        &mut self,
-        _: &NodeFacts,
-        _: &[QueuedFacts],
-        _: &[DeviceId],
-    ) -> Option<Decided<Vec<TransferId>>> {
-        None
-    }
-
-    fn map_mode(&mut self, _: &NodeFacts, _: &FileFacts) -> Option<Decided<u32>> {
-        None
-    }
-
-    fn take_disabled(&mut self) -> Vec<Disabled> {
-        Vec::new()
-    }
-
-    fn describe(&self) -> Vec<PluginStatus> {
-        Vec::new()
-    }
-}
+impl Policy for NoPlugins {}
 
 /// The built-in answers, where no plugin gave one.
 pub mod default {

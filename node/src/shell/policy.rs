@@ -79,12 +79,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::core::DeviceId;
     use crate::core::DeviceType;
     use crate::core::policy::{
-        Answer, Decided, Disabled, FileFacts, NodeFacts, PeerFacts, Platform, Question,
-        QueuedFacts, TrustAnswer,
+        Answer, Decided, NodeFacts, PeerFacts, Platform, Question, TrustAnswer,
     };
-    use crate::core::{DeviceId, TransferId};
 
     /// Trusts every offer after thinking for 90 ms, and counts its instances' calls.
     struct Slow {
@@ -92,9 +91,6 @@ mod tests {
     }
 
     impl Policy for Slow {
-        fn on_discovered(&mut self, _: &NodeFacts, _: &PeerFacts) -> Option<Decided<TrustAnswer>> {
-            None
-        }
         fn on_offer(&mut self, _: &NodeFacts, _: &PeerFacts) -> Option<Decided<TrustAnswer>> {
             std::thread::sleep(Duration::from_millis(90));
             self.calls += 1;
@@ -103,28 +99,7 @@ mod tests {
                 answer: TrustAnswer::Trust,
             })
         }
-        fn on_transfer(
-            &mut self,
-            _: &NodeFacts,
-            _: &PeerFacts,
-            _: &FileFacts,
-        ) -> Option<Decided<crate::core::policy::AcceptAnswer>> {
-            None
-        }
-        fn schedule(
-            &mut self,
-            _: &NodeFacts,
-            _: &[QueuedFacts],
-            _: &[DeviceId],
-        ) -> Option<Decided<Vec<TransferId>>> {
-            None
-        }
-        fn map_mode(&mut self, _: &NodeFacts, _: &FileFacts) -> Option<Decided<u32>> {
-            None
-        }
-        fn take_disabled(&mut self) -> Vec<Disabled> {
-            Vec::new()
-        }
+
         fn describe(&self) -> Vec<crate::control::PluginRow> {
             vec![crate::control::PluginRow {
                 order: 1,

@@ -38,12 +38,14 @@ impl Harness {
         }
     }
 
-    /// Plugins from now on: `policy` answers every question before [`Harness::handle`]
-    /// returns; the plugins it could not load are journaled now.
-    fn set_policy(&mut self, mut policy: Box<dyn Policy>) {
+    /// A node with plugins: `policy` answers every question before [`Harness::handle`]
+    /// returns; the plugins it could not load are journaled at once.
+    fn with_policy(mut policy: impl Policy + 'static) -> Self {
+        let mut h = Self::new();
         let disabled = policy.take_disabled();
-        self.core.use_plugins(disabled, self.at(1));
-        self.policy = Some(policy);
+        h.core.use_plugins(disabled, h.at(1));
+        h.policy = Some(Box::new(policy));
+        h
     }
 
     fn at(&self, secs: u64) -> Now {
@@ -368,13 +370,7 @@ fn peers_add_dials_and_replies_when_the_hello_arrives() {
 #[test]
 fn unseen_trusted_devices_are_probed_at_their_last_address_on_a_timer() {
     let mut h = Harness::new();
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     h.handle(Input::Withdrawn {
         instance: instance_name(&id(1)),
     });
@@ -657,6 +653,18 @@ fn sdp_with_fingerprint(id_bytes: u8) -> String {
     format!("v=0\r\na=fingerprint:sha-256 {}\r\n", fp.join(":"))
 }
 
+/// Device `n` offers (on connection 1) with a fingerprint that matches its id.
+fn offer(h: &mut Harness, n: u8, seq: u64) -> Vec<Output> {
+    h.handle(Input::Signal {
+        conn: 1,
+        peer: id(n),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(n),
+            seq,
+        },
+    })
+}
+
 fn effects(outputs: &[Output]) -> Vec<&Effect> {
     outputs
         .iter()
@@ -670,13 +678,7 @@ fn effects(outputs: &[Output]) -> Vec<&Effect> {
 #[test]
 fn an_offer_whose_fingerprint_is_not_its_senders_id_is_journaled_and_closed() {
     let mut h = Harness::new();
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     let out = h.handle(Input::Signal {
         conn: 42,
         peer: id(1),
@@ -846,13 +848,7 @@ fn start(name: &str, size: u64, chunk_size: u32, chunks: u64) -> Vec<u8> {
 #[test]
 fn hostile_starts_are_rejected_with_a_reason_before_any_file_io() {
     let mut h = Harness::new();
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     use transfer::wire::RejectCode;
     for (data, why, code) in [
         (start("../escape", 10, 1024, 1), "..", RejectCode::Name),
@@ -931,14 +927,6 @@ impl Scripted {
 }
 
 impl Policy for Scripted {
-    fn on_discovered(
-        &mut self,
-        _: &NodeFacts,
-        _: &PeerFacts,
-    ) -> Option<crate::core::policy::Decided<TrustAnswer>> {
-        None
-    }
-
     fn on_offer(
         &mut self,
         _: &NodeFacts,
@@ -956,48 +944,19 @@ impl Policy for Scripted {
         Self::decided(self.transfer.clone())
     }
 
-    fn schedule(
-        &mut self,
-        _: &NodeFacts,
-        _: &[crate::core::policy::QueuedFacts],
-        _: &[DeviceId],
-    ) -> Option<crate::core::policy::Decided<Vec<TransferId>>> {
-        None
-    }
-
-    fn map_mode(
-        &mut self,
-        _: &NodeFacts,
-        _: &FileFacts,
-    ) -> Option<crate::core::policy::Decided<u32>> {
-        None
-    }
-
     fn take_disabled(&mut self) -> Vec<crate::core::policy::Disabled> {
         std::mem::take(&mut self.disabled)
-    }
-
-    fn describe(&self) -> Vec<crate::control::PluginRow> {
-        Vec::new()
     }
 }
 
 #[test]
 fn a_policy_that_trusts_an_offer_authorizes_the_device_and_the_offer_proceeds() {
-    let mut h = Harness::new();
-    h.set_policy(Box::new(Scripted {
+    let mut h = Harness::with_policy(Scripted {
         offer: Some(TrustAnswer::Trust),
         ..Scripted::default()
-    }));
-    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
-    let out = h.handle(Input::Signal {
-        conn: 1,
-        peer: id(2),
-        message: Message::Offer {
-            sdp: sdp_with_fingerprint(2),
-            seq: 1,
-        },
     });
+    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
+    let out = offer(&mut h, 2, 1);
     let events = Harness::events(&out);
     assert_eq!(
         events[..2],
@@ -1035,20 +994,12 @@ fn a_policy_that_trusts_an_offer_authorizes_the_device_and_the_offer_proceeds() 
 
 #[test]
 fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
-    let mut h = Harness::new();
-    h.set_policy(Box::new(Scripted {
+    let mut h = Harness::with_policy(Scripted {
         offer: Some(TrustAnswer::Ignore),
         ..Scripted::default()
-    }));
-    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
-    let out = h.handle(Input::Signal {
-        conn: 1,
-        peer: id(2),
-        message: Message::Offer {
-            sdp: sdp_with_fingerprint(2),
-            seq: 1,
-        },
     });
+    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
+    let out = offer(&mut h, 2, 1);
     assert_eq!(Harness::events(&out), ["PolicyDecision"]);
     assert!(matches!(
         effects(&out)[..],
@@ -1059,22 +1010,14 @@ fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
     ));
     assert!(!h.core.state().is_trusted(&id(2)));
     // The same offer again: refused again, the same decision not journaled twice.
-    let again = h.handle(Input::Signal {
-        conn: 1,
-        peer: id(2),
-        message: Message::Offer {
-            sdp: sdp_with_fingerprint(2),
-            seq: 2,
-        },
-    });
+    let again = offer(&mut h, 2, 2);
     assert!(Harness::events(&again).is_empty(), "{again:?}");
     assert_eq!(effects(&again).len(), 1);
 }
 
 #[test]
 fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journaled() {
-    let mut h = Harness::new();
-    h.set_policy(Box::new(Scripted {
+    let mut h = Harness::with_policy(Scripted {
         transfer: Some(crate::core::policy::AcceptAnswer::Reject {
             reason: "too large".into(),
         }),
@@ -1083,16 +1026,10 @@ fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journale
             reason: "trapped: unreachable".into(),
         }],
         ..Scripted::default()
-    }));
+    });
     let startup: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
     assert_eq!(Harness::events(&startup), ["PluginDisabled"]);
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     let out = h.handle(Input::Channel {
         peer: id(1),
         data: start("big.iso", 10, 1024, 1),
@@ -1112,20 +1049,13 @@ fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journale
             .any(|e| matches!(e, Effect::Store { .. }))
     );
 
-    let mut h = Harness::new();
-    h.set_policy(Box::new(Scripted {
+    let mut h = Harness::with_policy(Scripted {
         transfer: Some(crate::core::policy::AcceptAnswer::Accept {
             dir: Some("Pictures".into()),
         }),
         ..Scripted::default()
-    }));
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    });
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     let out = h.handle(Input::Channel {
         peer: id(1),
         data: start("cat.png", 10, 1024, 1),
