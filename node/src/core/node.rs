@@ -377,7 +377,7 @@ impl Core {
             Input::Rtc { peer, event } => {
                 if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                     negotiation.handle(event, now.instant);
-                    self.pump(&peer, now);
+                    self.drain_negotiation(&peer, now);
                 }
             }
         }
@@ -403,7 +403,7 @@ impl Core {
             if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                 negotiation.handle_timeout(now.instant);
             }
-            self.pump(&peer, now);
+            self.drain_negotiation(&peer, now);
         }
         let Some(due) = self.next_probe else { return };
         if now.instant < due {

@@ -14,12 +14,12 @@ impl Core {
             .entry(peer.clone())
             .or_insert_with(|| Negotiation::new(&self.me.id, peer.clone()))
             .handle(negotiation::Input::Start, now.instant);
-        self.pump(peer, now);
+        self.drain_negotiation(peer, now);
     }
 
     /// Moves a negotiation's outputs into the core's: events journaled, messages and actions
     /// as effects.
-    pub(super) fn pump(&mut self, peer: &DeviceId, now: Now) {
+    pub(super) fn drain_negotiation(&mut self, peer: &DeviceId, now: Now) {
         while let Some(output) = self
             .negotiations
             .get_mut(peer)

@@ -88,7 +88,7 @@ impl Core {
             .entry(peer.clone())
             .or_insert_with(|| Negotiation::new(&self.me.id, peer.clone()))
             .handle(input, now.instant);
-        self.pump(&peer, now);
+        self.drain_negotiation(&peer, now);
     }
 
     /// An offer from a device the operator has not trusted: policy decides (spec 3.4). The

@@ -113,7 +113,7 @@ impl Core {
                             },
                             now.instant,
                         );
-                        self.pump(&peer, now);
+                        self.drain_negotiation(&peer, now);
                     }
                 }
             },
