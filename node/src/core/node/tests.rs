@@ -1627,3 +1627,89 @@ fn questions_out_are_bounded_and_a_further_one_gets_the_default_at_once() {
     assert_eq!(prepares(&out), ["one-too-many.bin"]);
     assert_eq!(h.core.questions.len(), MAX_QUESTIONS);
 }
+
+/// Accepts every file after thinking for 90 ms (as a plugin at its limits would).
+struct SlowAccept;
+
+impl Policy for SlowAccept {
+    fn on_transfer(
+        &mut self,
+        _: &NodeFacts,
+        _: &PeerFacts,
+        _: &FileFacts,
+    ) -> Option<crate::core::policy::Decided<AcceptAnswer>> {
+        std::thread::sleep(Duration::from_millis(90));
+        Some(crate::core::policy::Decided {
+            plugin: "slow".into(),
+            answer: AcceptAnswer::Accept { dir: None },
+        })
+    }
+}
+
+/// The core with the shell's real policy thread and a plugin that takes 90 ms per call, in
+/// real time: while the plugin thinks about peer 1's file, peer 2's chunk is handled at once
+/// (its write goes out before the answer exists), and peer 1's file is prepared once the
+/// answer comes back from the thread.
+#[test]
+fn a_plugin_taking_90_ms_does_not_hold_another_peers_chunks() {
+    use crate::shell::policy::PolicyThread;
+    let mut h = thinking_node();
+    let (answers_tx, answers) = async_channel::bounded(16);
+    let thread = PolicyThread::start(Box::new(SlowAccept), answers_tx).unwrap();
+    let mut ask = |out: &[Output], what: &str| {
+        let [request] = &asked(out)[..] else {
+            panic!("one question for {what}: {out:?}")
+        };
+        thread.ask(request.clone());
+    };
+    let answer = |h: &mut Harness| {
+        let input = answers.recv_blocking().unwrap();
+        h.handle(input)
+    };
+    // Peer 2's file: accepted (after 90 ms), prepared, ready for chunks.
+    let b_start = start("b.bin", 4, 1024, 1);
+    let b = transfer_id_of(&b_start);
+    let out = h.handle(Input::Channel {
+        peer: id(2),
+        data: b_start,
+    });
+    ask(&out, "b.bin");
+    assert_eq!(prepares(&answer(&mut h)), ["b.bin"]);
+    h.handle(Input::Store {
+        id: b,
+        result: StoreResult::Prepared { part_len: 0 },
+    });
+    // Peer 1 offers a file: the plugin starts thinking.
+    let out = h.handle(Input::Channel {
+        peer: id(1),
+        data: start("a.bin", 10, 1024, 1),
+    });
+    let asked_at = Instant::now();
+    ask(&out, "a.bin");
+    // Peer 2's chunk meanwhile: written at once.
+    let data = vec![1, 2, 3, 4];
+    let out = h.handle(Input::Channel {
+        peer: id(2),
+        data: transfer::encode(&transfer::Message::Chunk {
+            id: b,
+            index: 0,
+            sha256: Sha256::digest(&data).into(),
+            data,
+        }),
+    });
+    let handled_after = asked_at.elapsed();
+    assert!(
+        effects(&out)
+            .iter()
+            .any(|e| matches!(e, Effect::Store { id, op: StoreOp::Write { .. } } if *id == b)),
+        "{out:?}"
+    );
+    assert!(
+        handled_after < Duration::from_millis(90) && answers.is_empty(),
+        "peer 2's chunk was handled {handled_after:?} after the question, before its answer"
+    );
+    let out = answer(&mut h);
+    assert!(asked_at.elapsed() >= Duration::from_millis(90));
+    assert_eq!(Harness::events(&out), ["PolicyDecision"]);
+    assert_eq!(prepares(&out), ["a.bin"]);
+}
