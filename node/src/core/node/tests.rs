@@ -1656,7 +1656,7 @@ fn a_plugin_taking_90_ms_does_not_hold_another_peers_chunks() {
     let mut h = thinking_node();
     let (answers_tx, answers) = async_channel::bounded(16);
     let thread = PolicyThread::start(Box::new(SlowAccept), answers_tx).unwrap();
-    let mut ask = |out: &[Output], what: &str| {
+    let ask = |out: &[Output], what: &str| {
         let [request] = &asked(out)[..] else {
             panic!("one question for {what}: {out:?}")
         };
