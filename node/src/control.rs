@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::core::node::Me;
 use crate::core::request::{Command, Outcome, Refusal, RefusalKind};
 use crate::core::{
-    DeviceId, DeviceType, Direction, PeerState, State, TransferId, TransferState, TransferStatus,
-    trust,
+    ConnectionState, DeviceId, DeviceType, Direction, PeerState, State, TransferId, TransferState,
+    TransferStatus, trust,
 };
 
 pub const CONTROL_VERSION: u32 = 1;
@@ -128,7 +128,12 @@ pub struct PeerRow {
     pub trusted: bool,
     /// Asked to connect and not trusted.
     pub requested: bool,
+    /// The connection as people read it (`connected`, `failed: why`).
     pub connection: String,
+    /// The same, typed (`not_connected`, `negotiating`, `connected`, `{"failed": why}`), for
+    /// programs; absent from older nodes' replies.
+    #[serde(default)]
+    pub connection_state: ConnectionState,
     /// The code both operators see for this pair of devices.
     pub verification_code: String,
 }
@@ -197,6 +202,7 @@ impl PeerRow {
             trusted: peer.trusted,
             requested: !peer.trusted && peer.requested_at_ms.is_some(),
             connection: peer.connection.label(),
+            connection_state: peer.connection.clone(),
             verification_code: trust::verification_code(me, id),
         }
     }
