@@ -2,11 +2,17 @@
 //! line on a Unix socket (mode 0600) in the runtime directory, one JSON reply line back.
 //! Versioned: every message carries `"v": 1`; a node answers requests of another version with
 //! an error naming both.
+//!
+//! The rows and replies are built here, beside the socket, from the core's typed state and
+//! outcomes ([`view`], [`reply`]); the core knows nothing of this protocol.
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::node::Me;
+use crate::core::request::{Command, Outcome, Refusal, RefusalKind};
 use crate::core::{
-    DeviceId, DeviceType, Direction, State, TransferId, TransferState, TransferStatus,
+    ConnectionState, DeviceId, DeviceType, Direction, PeerState, State, TransferId, TransferState,
+    TransferStatus, trust,
 };
 
 pub const CONTROL_VERSION: u32 = 1;
@@ -42,6 +48,10 @@ pub enum Request {
     Watch,
     /// The policy plugins, in the order they are asked, and the disabled ones with why.
     Plugins,
+    /// Follow transfers (full ids): the node answers at once with their rows, then with a
+    /// `transfers` reply holding the rows that changed each time some did, until the client
+    /// disconnects.
+    Follow { transfers: Vec<String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,26 +128,18 @@ pub struct PeerRow {
     pub trusted: bool,
     /// Asked to connect and not trusted.
     pub requested: bool,
+    /// The connection as people read it (`connected`, `failed: why`).
     pub connection: String,
+    /// The same, typed (`not_connected`, `negotiating`, `connected`, `{"failed": why}`), for
+    /// programs; absent from older nodes' replies.
+    #[serde(default)]
+    pub connection_state: ConnectionState,
     /// The code both operators see for this pair of devices.
     pub verification_code: String,
 }
 
 /// One policy plugin, as `fsnode plugins list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PluginRow {
-    /// Its position in the order in which plugins are asked (1 first).
-    pub order: usize,
-    pub name: String,
-    pub path: String,
-    /// The contract version it exports (`0.1.0`), when it loaded that far.
-    pub version: Option<String>,
-    /// Why the host stopped using it; `None` while it is in use.
-    pub disabled: Option<String>,
-    /// Questions it was asked, and the fuel they cost in total.
-    pub calls: u64,
-    pub fuel: u64,
-}
+pub type PluginRow = crate::core::policy::PluginStatus;
 
 /// One transfer, as `fsnode transfers` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,12 +147,12 @@ pub struct TransferRow {
     pub id: String,
     pub peer: DeviceId,
     pub peer_name: String,
-    pub direction: String,
+    pub direction: Direction,
     pub name: String,
     pub size: u64,
     /// Bytes verified and durable at the receiver.
     pub done_bytes: u64,
-    pub status: String,
+    pub status: TransferStatus,
     pub reason: Option<String>,
     /// Average rate since the transfer was accepted, bytes per second.
     pub rate: Option<u64>,
@@ -169,10 +171,7 @@ impl TransferRow {
                 .get(&t.peer)
                 .map(|p| p.name.clone())
                 .unwrap_or_default(),
-            direction: match t.direction {
-                Direction::Send => "send".into(),
-                Direction::Receive => "receive".into(),
-            },
+            direction: t.direction,
             name: t.name.clone(),
             size: t.size,
             done_bytes: if t.status == TransferStatus::Completed {
@@ -180,11 +179,155 @@ impl TransferRow {
             } else {
                 t.durable_bytes()
             },
-            status: format!("{:?}", t.status).to_lowercase(),
+            status: t.status,
             reason: t.reason.clone(),
             rate: t.rate(),
             path: t.path.as_ref().map(|p| p.display().to_string()),
         }
+    }
+}
+
+impl PeerRow {
+    /// A device as `fsnode peers` shows it (`me`: this node, for the verification code).
+    pub fn of(state: &State, me: &DeviceId, id: &DeviceId) -> Self {
+        let default = PeerState::default();
+        let peer = state.peers.get(id).unwrap_or(&default);
+        PeerRow {
+            id: id.clone(),
+            name: peer.name.clone(),
+            device_type: peer.device_type,
+            addresses: peer.addresses.iter().map(|a| a.to_string()).collect(),
+            port: peer.port,
+            discovered: peer.discovered,
+            trusted: peer.trusted,
+            requested: !peer.trusted && peer.requested_at_ms.is_some(),
+            connection: peer.connection.label(),
+            connection_state: peer.connection.clone(),
+            verification_code: trust::verification_code(me, id),
+        }
+    }
+}
+
+impl NodeStatus {
+    pub fn of(me: &Me) -> Self {
+        NodeStatus {
+            device_id: me.id.clone(),
+            name: me.name.clone(),
+            device_type: me.device_type,
+            signaling_port: me.signaling_port,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// The trusted devices with their verification codes (for the projection file).
+pub fn trusted_rows(state: &State, me: &DeviceId) -> Vec<PeerRow> {
+    state
+        .trusted()
+        .map(|(id, _)| PeerRow::of(state, me, id))
+        .collect()
+}
+
+/// What a request that only reads state is answered with (`None`: it is not one of those).
+pub fn view(request: &Request, state: &State, me: &Me) -> Option<Reply> {
+    let row = |id: &DeviceId| PeerRow::of(state, &me.id, id);
+    Some(match request {
+        Request::Status => Reply::Status(NodeStatus::of(me)),
+        Request::Peers => Reply::Peers {
+            peers: state
+                .peers
+                .keys()
+                .filter(|id| **id != me.id)
+                .map(row)
+                .collect(),
+        },
+        Request::TrustList => Reply::TrustList {
+            trusted: state.trusted().map(|(id, _)| row(id)).collect(),
+            requests: state.requests().map(|(id, _)| row(id)).collect(),
+        },
+        Request::Transfers => Reply::Transfers {
+            transfers: state
+                .transfers
+                .iter()
+                .map(|(id, t)| TransferRow::of(state, id, t))
+                .collect(),
+        },
+        _ => return None,
+    })
+}
+
+impl Request {
+    /// The core's command for a request that changes something (`None`: a view or a stream,
+    /// served beside the socket).
+    pub fn command(&self) -> Option<Command> {
+        Some(match self {
+            Request::TrustAdd { device } => Command::TrustAdd {
+                device: device.clone(),
+            },
+            Request::TrustRemove { device } => Command::TrustRemove {
+                device: device.clone(),
+            },
+            Request::PeersAdd { address } => Command::Dial { address: *address },
+            Request::Send { paths, to } => Command::Send {
+                paths: paths.clone(),
+                to: to.clone(),
+            },
+            Request::Cancel { transfer } => Command::Cancel {
+                transfer: transfer.clone(),
+            },
+            Request::Status
+            | Request::Peers
+            | Request::TrustList
+            | Request::Transfers
+            | Request::Watch
+            | Request::Plugins
+            | Request::Follow { .. } => return None,
+        })
+    }
+}
+
+/// The reply for what came of a command, with rows from `state`.
+pub fn reply(outcome: Outcome, state: &State, me: &DeviceId) -> Reply {
+    let transfer_row = |id: &TransferId| {
+        state
+            .transfers
+            .get(id)
+            .map(|t| TransferRow::of(state, id, t))
+    };
+    match outcome {
+        Outcome::Trusted(id) => Reply::Trusted {
+            peer: PeerRow::of(state, me, &id),
+        },
+        Outcome::Revoked(id) => Reply::Revoked {
+            peer: PeerRow::of(state, me, &id),
+        },
+        Outcome::Reached(id) => Reply::Peers {
+            peers: vec![PeerRow::of(state, me, &id)],
+        },
+        Outcome::Queued(ids) => Reply::Queued {
+            transfers: ids.iter().filter_map(transfer_row).collect(),
+        },
+        Outcome::Cancelled(id) => match transfer_row(&id) {
+            Some(transfer) => Reply::Cancelled { transfer },
+            None => Reply::error(ErrorKind::NotFound, format!("no transfer {id}")),
+        },
+        Outcome::Refused(Refusal {
+            kind,
+            message,
+            candidates,
+        }) => Reply::Error(ControlError {
+            kind: match kind {
+                RefusalKind::BadRequest => ErrorKind::BadRequest,
+                RefusalKind::NotFound => ErrorKind::NotFound,
+                RefusalKind::Ambiguous => ErrorKind::Ambiguous,
+                RefusalKind::Unreachable => ErrorKind::Unreachable,
+            },
+            message,
+            candidates: candidates
+                .iter()
+                .map(|id| PeerRow::of(state, me, id))
+                .collect(),
+        }),
     }
 }
 
@@ -291,6 +434,48 @@ mod tests {
             let line = encode_request(request.clone());
             assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), request);
         }
+    }
+
+    /// Rows are built from typed state; the states serialize as the words the README and
+    /// scripts read (`send`, `queued`), from serde, not from `Debug`.
+    #[test]
+    fn transfer_rows_serialize_their_typed_states_as_words() {
+        use crate::core::{Event, Stamped};
+        let peer = DeviceId::from_sha256(&[1; 32]);
+        let id = TransferId([3; 16]);
+        let mut state = State::default();
+        // As an older journal may hold it: the optional facts absent.
+        let queued: Event = serde_json::from_value(serde_json::json!({"TransferQueued": {
+            "id": id, "peer": peer, "direction": "send", "name": "a.bin", "size": 10,
+            "path": null, "mime": null, "mode": null, "mtime": null, "sha256": null,
+        }}))
+        .unwrap();
+        state.apply(&Stamped {
+            time_ms: 1,
+            event: queued,
+        });
+        let Some(Reply::Transfers { transfers }) = view(
+            &Request::Transfers,
+            &state,
+            &Me {
+                id: peer.clone(),
+                name: "me".into(),
+                device_type: DeviceType::Server,
+                signaling_port: 0,
+            },
+        ) else {
+            panic!("a transfers view")
+        };
+        assert_eq!(transfers[0].status, TransferStatus::Queued);
+        let json = serde_json::to_value(&transfers[0]).unwrap();
+        assert_eq!(json["status"], "queued");
+        assert_eq!(json["direction"], "send");
+        assert_eq!(
+            reply(Outcome::Queued(vec![id]), &state, &peer),
+            Reply::Queued { transfers }
+        );
+        assert!(Request::Transfers.command().is_none());
+        assert!(Request::Follow { transfers: vec![] }.command().is_none());
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub fn request(socket: &Path, request: Request) -> anyhow::Result<Reply> {
     Ok(envelope.reply)
 }
 
+/// Opens a stream request (`watch`, `follow`) to the node of `home`; its replies are the lines
+/// that follow on the returned connection, until the node goes.
+pub fn stream(home: Option<&Path>, request: Request) -> anyhow::Result<UnixStream> {
+    let socket = resolve_dirs(home)?.control_socket();
+    let mut stream = UnixStream::connect(&socket).map_err(|_| NoNode { socket })?;
+    stream
+        .write_all(&control::encode_request(request))
+        .context("sending the request to the node")?;
+    Ok(stream)
+}
+
 /// Sends one request to the node of `home` and returns its reply; an error reply becomes an
 /// error whose message lists the candidates of an ambiguous id prefix.
 pub fn ask(home: Option<&Path>, question: Request) -> anyhow::Result<Reply> {

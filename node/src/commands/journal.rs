@@ -9,7 +9,7 @@ use fsnode_journal::{Options, Reader, RecordKind};
 
 use crate::cli::{JournalArgs, JournalCommand};
 use crate::config::resolve_dirs;
-use crate::core::{State, TransferStatus};
+use crate::core::State;
 use crate::record::{self, JournalEntry};
 
 pub fn journal(home: Option<&Path>, args: &JournalArgs) -> anyhow::Result<()> {
@@ -242,15 +242,7 @@ fn print_state(out: &mut impl Write, state: &State, last: Option<u64>) -> anyhow
     }
     writeln!(out, "\ntransfers ({}):", state.transfers.len())?;
     for (id, t) in &state.transfers {
-        let percent = if t.size == 0 {
-            if t.status == TransferStatus::Completed {
-                100.0
-            } else {
-                0.0
-            }
-        } else {
-            t.durable_bytes() as f64 * 100.0 / t.size as f64
-        };
+        let percent = super::table::percent_done(t.durable_bytes(), t.size, t.status);
         writeln!(
             out,
             "  {} {:?} {} {} {} bytes {:.1}% ({}/{} chunks) {:?}{}",

@@ -10,6 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use crate::cli::{PeersArgs, PeersCommand, TrustArgs, TrustCommand};
 use crate::commands::client;
 use crate::control::{PeerRow, Reply, Request};
+use crate::core::ConnectionState;
 
 pub fn peers(home: Option<&Path>, args: &PeersArgs) -> anyhow::Result<()> {
     let request = match &args.command {
@@ -95,14 +96,11 @@ fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
             Some(ip) => format!("{ip}:{}", peer.port),
             None => "-".into(),
         };
-        let state = if peer.requested {
-            "asked to connect".to_owned()
-        } else if peer.connection == "not connected" && peer.discovered {
-            "seen".to_owned()
-        } else if peer.connection == "not connected" {
-            "offline".to_owned()
-        } else {
-            peer.connection.clone()
+        let state = match (&peer.connection_state, peer.requested, peer.discovered) {
+            (_, true, _) => "asked to connect".to_owned(),
+            (ConnectionState::NotConnected, _, true) => "seen".to_owned(),
+            (ConnectionState::NotConnected, _, false) => "offline".to_owned(),
+            _ => peer.connection.clone(),
         };
         writeln!(
             out,

@@ -59,13 +59,13 @@ pub fn trust_offline(home: Option<&Path>, request: &Request) -> anyhow::Result<O
         wall_ms: clock.wall_ms(),
     };
     let mut core = Core::new(me, state, now.instant);
-    core.handle(
-        Input::Request {
-            token: 0,
-            request: request.clone(),
-        },
-        now,
-    );
+    let Some(command) = request.command() else {
+        // `trust list` only reads the replayed state.
+        let reply = crate::control::view(request, core.state(), core.me());
+        journal.close().context("closing the journal")?;
+        return Ok(reply);
+    };
+    core.handle(Input::Command { token: 0, command }, now);
     let mut reply = None;
     let mut last = None;
     while let Some(output) = core.poll_output() {
@@ -80,7 +80,9 @@ pub fn trust_offline(home: Option<&Path>, request: &Request) -> anyhow::Result<O
                     last = Some(journal.append(&JournalEntry::Event(stamped))?);
                 }
             }
-            Output::Reply { reply: r, .. } => reply = Some(r),
+            Output::Outcome { outcome, .. } => {
+                reply = Some(crate::control::reply(outcome, core.state(), &core.me().id))
+            }
             Output::Effect(_) => {}
         }
     }

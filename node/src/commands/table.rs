@@ -3,6 +3,28 @@
 use std::io::Write;
 
 use crate::control::TransferRow;
+use crate::core::{Direction, TransferStatus};
+
+/// A transfer's status as the CLI prints it (the same word as its JSON form).
+pub fn status_word(status: TransferStatus) -> &'static str {
+    match status {
+        TransferStatus::Queued => "queued",
+        TransferStatus::Starting => "starting",
+        TransferStatus::Active => "active",
+        TransferStatus::Completed => "completed",
+        TransferStatus::Rejected => "rejected",
+        TransferStatus::Cancelled => "cancelled",
+        TransferStatus::Failed => "failed",
+        TransferStatus::Paused => "paused",
+    }
+}
+
+fn direction_word(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Send => "send",
+        Direction::Receive => "receive",
+    }
+}
 
 /// The transfers as `fsnode transfers` and `fsnode peers show` print them.
 pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Result<()> {
@@ -16,11 +38,7 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
         "ID", "WAY", "PEER", "NAME", "SIZE", "DONE", "RATE"
     )?;
     for t in transfers {
-        let percent = if t.size == 0 {
-            if t.status == "completed" { 100.0 } else { 0.0 }
-        } else {
-            t.done_bytes as f64 * 100.0 / t.size as f64
-        };
+        let percent = percent_done(t.done_bytes, t.size, t.status);
         let peer = if t.peer_name.is_empty() {
             t.peer.as_str()[..12].to_owned()
         } else {
@@ -30,13 +48,13 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
             out,
             "{:<10} {:<8} {:<14} {:<28} {:>10} {:>5.1}% {:>11} {}{}",
             &t.id[..8],
-            t.direction,
+            direction_word(t.direction),
             peer,
             t.name.chars().take(28).collect::<String>(),
             bytes(t.size),
             percent,
             t.rate.map_or("-".into(), |r| format!("{}/s", bytes(r))),
-            t.status,
+            status_word(t.status),
             t.reason
                 .as_ref()
                 .map(|r| format!(": {r}"))
@@ -44,6 +62,19 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
         )?;
     }
     Ok(())
+}
+
+/// How much of a transfer is done, in percent (an empty file is done once completed).
+pub fn percent_done(done_bytes: u64, size: u64, status: TransferStatus) -> f64 {
+    if size == 0 {
+        if status == TransferStatus::Completed {
+            100.0
+        } else {
+            0.0
+        }
+    } else {
+        done_bytes as f64 * 100.0 / size as f64
+    }
 }
 
 /// Bytes for humans: 1.5 MB, 820 kB (decimal units, like the MB/s figures in BENCHMARKS.md).

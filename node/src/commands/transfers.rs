@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -14,6 +13,7 @@ use crate::cli::{CancelArgs, JsonArg, SendArgs, TransfersArgs};
 use crate::commands::client;
 use crate::config::resolve_dirs;
 use crate::control::{self, Reply, Request, TransferRow};
+use crate::core::TransferStatus;
 
 pub fn transfers(home: Option<&Path>, args: &TransfersArgs) -> anyhow::Result<()> {
     if args.all || args.since.is_some() {
@@ -105,30 +105,33 @@ pub fn send(home: Option<&Path>, args: &SendArgs) -> anyhow::Result<()> {
     )
 }
 
-/// Shows progress until every transfer in `ids` has finished.
+/// Shows progress until every transfer in `ids` has finished, from the node's stream of
+/// their changes (`follow`: their rows at once, then each row that changed).
 fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<()> {
+    let stream = client::stream(
+        home,
+        Request::Follow {
+            transfers: ids.clone(),
+        },
+    )?;
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template(
         "{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let mut latest: BTreeMap<String, TransferRow> = BTreeMap::new();
     let mut out = std::io::stdout().lock();
-    loop {
-        let Reply::Transfers { transfers } = client::ask(home, Request::Transfers)? else {
-            bail!("unexpected reply from the node");
+    for line in BufReader::new(&stream).lines() {
+        let line = line.context("reading the transfers' changes from the node")?;
+        let envelope: control::ReplyEnvelope = serde_json::from_str(&line)
+            .with_context(|| format!("the node's reply is not understood: {line}"))?;
+        let transfers = match envelope.reply {
+            Reply::Transfers { transfers } => transfers,
+            Reply::Error(error) => return Err(client::refusal(&error)),
+            other => bail!("unexpected reply from the node: {other:?}"),
         };
-        let mine: Vec<&TransferRow> = transfers.iter().filter(|t| ids.contains(&t.id)).collect();
-        let mut finished = 0;
-        let mut failed = 0;
-        for t in &mine {
-            // A paused transfer (the receiver's disk is full) resumes by itself: keep waiting.
-            let done = !matches!(
-                t.status.as_str(),
-                "queued" | "starting" | "active" | "paused"
-            );
-            finished += usize::from(done);
-            failed += usize::from(done && t.status != "completed");
+        for t in transfers {
             if json {
                 let line = serde_json::json!({
                     "id": t.id, "peer": t.peer, "name": t.name, "size": t.size,
@@ -136,43 +139,62 @@ fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<(
                     "reason": t.reason,
                 });
                 writeln!(out, "{line}")?;
-                continue;
+            } else {
+                show(&bars, &style, &mut shown, &t);
             }
-            let bar = shown.entry(t.id.clone()).or_insert_with(|| {
-                let bar = bars.add(ProgressBar::new(t.size));
-                bar.set_style(style.clone());
-                let peer = if t.peer_name.is_empty() {
-                    t.peer.as_str()[..12].to_owned()
-                } else {
-                    t.peer_name.clone()
-                };
-                bar.set_prefix(format!("{} → {peer}", t.name));
-                bar
-            });
-            bar.set_position(t.done_bytes);
-            if done && !bar.is_finished() {
-                bar.finish_with_message(match &t.reason {
-                    Some(reason) => format!("{}: {reason}", t.status),
-                    None => t.status.clone(),
-                });
-            } else if !done {
-                bar.set_message(match &t.reason {
-                    Some(reason) => format!("{}: {reason}", t.status),
-                    None => t.status.clone(),
-                });
-            }
+            latest.insert(t.id.clone(), t);
         }
-        if finished == mine.len() {
+        out.flush()?;
+        // A paused transfer (the receiver's disk is full) resumes by itself: keep waiting.
+        let finished = latest.values().filter(|t| t.status.is_finished()).count();
+        if finished == ids.len() {
+            let failed = latest
+                .values()
+                .filter(|t| t.status != TransferStatus::Completed)
+                .count();
             if failed > 0 {
                 return Err(super::TransfersFailed {
                     failed,
-                    total: mine.len(),
+                    total: ids.len(),
                 }
                 .into());
             }
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(if json { 1000 } else { 200 }));
+    }
+    bail!("the node stopped before the transfers finished")
+}
+
+/// One transfer's progress bar, created the first time it is shown.
+fn show(
+    bars: &MultiProgress,
+    style: &ProgressStyle,
+    shown: &mut BTreeMap<String, ProgressBar>,
+    t: &TransferRow,
+) {
+    let bar = shown.entry(t.id.clone()).or_insert_with(|| {
+        let bar = bars.add(ProgressBar::new(t.size));
+        bar.set_style(style.clone());
+        let peer = if t.peer_name.is_empty() {
+            t.peer.as_str()[..12].to_owned()
+        } else {
+            t.peer_name.clone()
+        };
+        bar.set_prefix(format!("{} → {peer}", t.name));
+        bar
+    });
+    bar.set_position(t.done_bytes);
+    let status = super::table::status_word(t.status);
+    let message = match &t.reason {
+        Some(reason) => format!("{status}: {reason}"),
+        None => status.to_owned(),
+    };
+    if t.status.is_finished() {
+        if !bar.is_finished() {
+            bar.finish_with_message(message);
+        }
+    } else {
+        bar.set_message(message);
     }
 }
 
@@ -196,14 +218,7 @@ pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
 
 /// Streams the node's journaled events until the node stops or the pipe closes.
 pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
-    let socket = resolve_dirs(home)?.control_socket();
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(&socket).map_err(|_| client::NoNode {
-            socket: socket.clone(),
-        })?;
-    stream
-        .write_all(&control::encode_request(Request::Watch))
-        .context("sending the watch request")?;
+    let stream = client::stream(home, Request::Watch)?;
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(&stream).lines() {
         let line = line.context("reading events from the node")?;

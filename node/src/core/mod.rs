@@ -14,6 +14,7 @@ pub mod names;
 pub mod negotiation;
 pub mod node;
 pub mod policy;
+pub mod request;
 pub mod router;
 pub mod sdp;
 pub mod signal;

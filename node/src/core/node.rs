@@ -1,7 +1,16 @@
-//! The node's core: discovery and trust (and, as the protocol grows, negotiation and
-//! transfers). A sans-IO state machine in str0m's shape: `handle(input, now)` mutates,
-//! `poll_output()` drains what happened (journal events, replies, effects) until it returns
+//! The node's core: one sans-IO state machine in str0m's shape: `handle(input, now)` mutates,
+//! `poll_output()` drains what happened (journal events, outcomes, effects) until it returns
 //! `None`, `poll_timeout()` says when to call `handle_timeout`.
+//!
+//! This file holds the machine's inputs, outputs and state and routes each input to the box
+//! that handles it, one `impl Core` per box:
+//! - `sightings`: discovery and admission (announcements, goodbyes, `hello`s, addresses);
+//! - `trust_decisions`: trust by the operator or policy, authorization requests;
+//! - `signaling`: peers' signaling messages (fingerprints, untrusted offers);
+//! - `negotiations`: one perfect negotiation per peer, started and drained;
+//! - `transfer_work`: feeding `core::transfers` and carrying out its work;
+//! - `questions`: asking policy and resuming with its decision;
+//! - `commands`: the operator's commands (views are built in `crate::control`).
 //!
 //! Every state change is an `Output::Event`, already folded into `state()`. The shell journals
 //! events before it carries out any reply or effect that follows them in the output order, so
@@ -15,19 +24,17 @@ use super::admission::{self, Admission, Verdict};
 use super::discovery::{self, Announcement};
 use super::negotiation::{self, Action, Negotiation};
 use super::policy::{
-    Asker, FileFacts, NoPlugins, NodeFacts, PeerFacts, Platform, Policy, TrustAnswer,
+    AcceptAnswer, Decision, Disabled, FileFacts, NodeFacts, PeerFacts, Platform, PolicyAnswer,
+    PolicyRequest, Question, QuestionId, TrustAnswer,
 };
+use super::request::{Command, Outcome, Refusal, RefusalKind};
 use super::router::Route;
 use super::sdp;
 use super::signal::{Hello, Message};
 use super::transfer;
 use super::transfers::{StoreOp, StoreResult, Transfers, Work};
 use super::trust::{self, ResolveError};
-use super::{
-    Authority, DeviceId, DeviceType, Direction, Event, PeerState, Stamped, State, TransferId,
-    TransferState,
-};
-use crate::control::{ControlError, ErrorKind, NodeStatus, PeerRow, Reply, Request, TransferRow};
+use super::{Authority, DeviceId, DeviceType, Direction, Event, Stamped, State, TransferId};
 
 /// How often trusted devices that mDNS does not show are probed by unicast at their last
 /// known addresses.
@@ -58,6 +65,12 @@ const MISMATCH_MEMORY: usize = 2048;
 const MAX_CONNS: usize = 1024;
 /// Distinct ignored announcements remembered, so a flood is journaled once, not per packet.
 const IGNORED_MEMORY: usize = 256;
+/// How long the core waits for policy's answer before it applies the built-in default: well
+/// past the plugins' deadlines (100 ms per plugin and call) for the questions queued before it.
+pub const POLICY_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Questions out to policy at once; a further one gets the built-in default at once, so a flood
+/// of offers or files cannot queue unbounded work for the plugins or state in the core.
+pub const MAX_QUESTIONS: usize = 256;
 
 /// The current time, as the shell read it: monotonic for timers, wall clock for the journal.
 #[derive(Clone, Copy, Debug)]
@@ -87,7 +100,7 @@ impl Me {
     }
 }
 
-/// A request from the control socket, with the token its reply carries.
+/// An operator's command, with the token its outcome carries.
 pub type Token = u64;
 
 #[derive(Clone, Debug)]
@@ -96,8 +109,8 @@ pub enum Input {
     Announced(Announcement),
     /// mDNS saw a goodbye, or the record expired.
     Withdrawn { instance: String },
-    /// A control-socket request.
-    Request { token: Token, request: Request },
+    /// An operator's command (from the control socket).
+    Command { token: Token, command: Command },
     /// A signaling connection exchanged `hello`s with a node at `from`; `token` is set when
     /// the operator asked for the dial.
     Hello {
@@ -130,6 +143,8 @@ pub enum Input {
         ids: Vec<TransferId>,
         result: Result<[u8; 32], String>,
     },
+    /// The plugins' answer to an `AskPolicy`.
+    PolicyAnswer(PolicyAnswer),
     /// What the WebRTC adapter reports for `peer` (local descriptions and candidates,
     /// remote description applied, channel open, connection lost).
     Rtc {
@@ -165,8 +180,8 @@ pub const REQUEST_JOURNAL_INTERVAL_MS: i64 = 3_600_000;
 pub enum Output {
     /// Journal it (it is already in `state()`).
     Event(Stamped),
-    /// Answer a control request.
-    Reply { token: Token, reply: Reply },
+    /// What came of command `token`.
+    Outcome { token: Token, outcome: Outcome },
     /// Do something in the world.
     Effect(Effect),
 }
@@ -206,6 +221,9 @@ pub enum Effect {
         paths: Vec<std::path::PathBuf>,
         peers: Vec<DeviceId>,
     },
+    /// Ask the plugins, off the node's loop; answer `PolicyAnswer` (an answer that does not
+    /// come within [`POLICY_ANSWER_TIMEOUT`] is replaced by the built-in default).
+    AskPolicy(PolicyRequest),
 }
 
 pub struct Core {
@@ -219,7 +237,12 @@ pub struct Core {
     startup_probes: usize,
     negotiations: BTreeMap<DeviceId, Negotiation>,
     transfers: Transfers,
-    policy: Box<dyn Policy>,
+    /// Whether plugins are configured; without, the core asks nothing and applies the
+    /// built-in defaults at once.
+    asks_plugins: bool,
+    /// Questions out to policy (at most [`MAX_QUESTIONS`]).
+    questions: BTreeMap<QuestionId, Asked>,
+    next_question: QuestionId,
     /// Plugin answers journaled lately (question and answer, when), so a device repeating
     /// an offer cannot grow the journal with the same decision.
     recent_decisions: VecDeque<(String, i64)>,
@@ -265,7 +288,9 @@ impl Core {
             startup_probes: 0,
             negotiations: BTreeMap::new(),
             transfers: Transfers::default(),
-            policy: Box::new(NoPlugins),
+            asks_plugins: false,
+            questions: BTreeMap::new(),
+            next_question: 0,
             recent_decisions: VecDeque::new(),
             admission: Admission::default(),
             candidates: BTreeMap::new(),
@@ -290,91 +315,6 @@ impl Core {
         core
     }
 
-    /// Hands the questions to `policy` (the plugin host) instead of the built-in default, and
-    /// journals the plugins it could not load.
-    pub fn set_policy(&mut self, policy: Box<dyn Policy>, now: Now) {
-        self.policy = policy;
-        for disabled in self.policy.take_disabled() {
-            self.emit(
-                Event::PluginDisabled {
-                    plugin: disabled.plugin,
-                    reason: disabled.reason,
-                },
-                now,
-            );
-        }
-    }
-
-    fn node_facts(&self, now: Now) -> NodeFacts {
-        NodeFacts {
-            id: self.me.id.clone(),
-            name: self.me.name.clone(),
-            platform: Platform::current(),
-            os: std::env::consts::OS,
-            now_ms: now.wall_ms,
-        }
-    }
-
-    fn peer_facts(&self, id: &DeviceId) -> PeerFacts {
-        let known = self.state.peers.get(id);
-        PeerFacts {
-            id: id.clone(),
-            name: known.map(|p| p.name.clone()).unwrap_or_default(),
-            device_type: known.map_or(DeviceType::Unknown, |p| p.device_type),
-            addresses: known.map(|p| p.addresses.clone()).unwrap_or_default(),
-            port: known.map_or(0, |p| p.port),
-        }
-    }
-
-    /// Journals what a round of questions recorded; the same plugin answer to the same
-    /// question is journaled once per [`REQUEST_JOURNAL_INTERVAL_MS`] within a bounded memory.
-    fn emit_all(&mut self, events: Vec<Event>, now: Now) {
-        for event in events {
-            if let Event::PolicyDecision {
-                plugin,
-                question,
-                answer,
-            } = &event
-            {
-                let key = format!("{plugin}\n{question}\n{answer}");
-                let recent = self
-                    .recent_decisions
-                    .iter()
-                    .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
-                if recent {
-                    continue;
-                }
-                if self.recent_decisions.len() == IGNORED_MEMORY {
-                    self.recent_decisions.pop_front();
-                }
-                self.recent_decisions.push_back((key, now.wall_ms));
-            }
-            self.emit(event, now);
-        }
-    }
-
-    /// Trusts `peer` on a plugin's word: the same event as `fsnode trust add`, by the plugin.
-    fn trust_by_policy(&mut self, peer: &DeviceId, plugin: String, now: Now) {
-        if self.state.is_trusted(peer) {
-            return;
-        }
-        let name = self
-            .state
-            .peers
-            .get(peer)
-            .map(|p| p.name.clone())
-            .filter(|n| !n.is_empty());
-        self.emit(
-            Event::PeerAuthorized {
-                peer: peer.clone(),
-                name,
-                by: Authority::Policy { plugin },
-            },
-            now,
-        );
-        self.out.push_back(Output::Effect(Effect::TrustChanged));
-    }
-
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -393,6 +333,7 @@ impl Core {
             .filter_map(Negotiation::poll_timeout)
             .chain(self.next_probe)
             .chain(self.transfers.poll_timeout())
+            .chain(self.questions.values().map(|asked| asked.deadline))
             .min()
     }
 
@@ -400,10 +341,9 @@ impl Core {
         match input {
             Input::Announced(announcement) => self.on_announced(&announcement, now),
             Input::Withdrawn { instance } => self.on_withdrawn(&instance, now),
-            Input::Request { token, request } => {
-                let reply = self.on_request(request, token, now);
-                if let Some(reply) = reply {
-                    self.out.push_back(Output::Reply { token, reply });
+            Input::Command { token, command } => {
+                if let Some(outcome) = self.on_command(command, token, now) {
+                    self.out.push_back(Output::Outcome { token, outcome });
                 }
             }
             Input::Hello {
@@ -415,9 +355,9 @@ impl Core {
             Input::ConnClosed { conn } => {
                 self.conns.remove(&conn);
             }
-            Input::DialFailed { token, error } => self.out.push_back(Output::Reply {
+            Input::DialFailed { token, error } => self.out.push_back(Output::Outcome {
                 token,
-                reply: Reply::error(ErrorKind::Unreachable, error),
+                outcome: Outcome::refused(RefusalKind::Unreachable, error),
             }),
             Input::Signal {
                 conn,
@@ -433,28 +373,21 @@ impl Core {
             }
             Input::SendPrepared { token, result } => self.on_send_prepared(token, result, now),
             Input::SourceHashed { ids, result } => self.on_source_hashed(ids, result, now),
+            Input::PolicyAnswer(answer) => self.on_policy_answer(answer, now),
             Input::Rtc { peer, event } => {
                 if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                     negotiation.handle(event, now.instant);
-                    self.pump(&peer, now);
+                    self.drain_negotiation(&peer, now);
                 }
             }
         }
         self.start_waiting_sends(now);
     }
 
-    /// A send stopped: the next waiting ones start, within the caps (`core::transfers`).
-    fn start_waiting_sends(&mut self, now: Now) {
-        if self.transfers.slot_freed() {
-            let mut work = Vec::new();
-            self.transfers.fill(&self.state, now.instant, &mut work);
-            self.run(work, now);
-        }
-    }
-
     /// Timers: negotiation deadlines, transfer deadlines, and probing trusted devices that
     /// mDNS does not show.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.expire_questions(now);
         let mut work = Vec::new();
         self.transfers
             .handle_timeout(now.instant, &self.state, &mut work);
@@ -470,7 +403,7 @@ impl Core {
             if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                 negotiation.handle_timeout(now.instant);
             }
-            self.pump(&peer, now);
+            self.drain_negotiation(&peer, now);
         }
         let Some(due) = self.next_probe else { return };
         if now.instant < due {
@@ -511,1076 +444,21 @@ impl Core {
         self.out.push_back(Output::Event(stamped));
     }
 
-    fn on_announced(&mut self, announcement: &Announcement, now: Now) {
-        let peer = match discovery::check(announcement) {
-            Ok(peer) => peer,
-            Err(reason) => {
-                self.ignore(&announcement.instance, reason, now);
-                return;
-            }
-        };
-        if peer.id == self.me.id {
-            return;
-        }
-        if self.state.is_trusted(&peer.id) {
-            let learned = peer
-                .addresses
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, peer.port))
-                .collect();
-            self.seen_trusted(peer.id, peer.name, peer.device_type, learned, now);
-            return;
-        }
-        let from = peer.addresses.first().copied();
-        if !self.admit_sighting(&peer.id, from, false, now) {
-            return;
-        }
-        self.discovered(
-            peer.id,
-            peer.name,
-            peer.device_type,
-            peer.addresses,
-            peer.port,
-            now,
-        );
-    }
-
-    /// Passes one sighting of an untrusted device through admission: true when it may be
-    /// journaled now (then it counts as journaled).
-    fn admit_sighting(
-        &mut self,
-        id: &DeviceId,
-        from: Option<IpAddr>,
-        operator: bool,
-        now: Now,
-    ) -> bool {
-        match self.admission.sighting(id, from, operator, now.instant) {
-            Verdict::Record => {
-                self.admission.journaled(id, now.instant);
-                true
-            }
-            Verdict::Quiet | Verdict::Dropped => false,
-        }
-    }
-
-    /// A trusted device seen through unauthenticated input (`hello` or mDNS) at `learned`
-    /// (spec 3.4). Nothing stored changes unless it is seen where it was already known to be:
-    /// another address is only a candidate to try, recorded once a session authenticated with
-    /// its key is negotiated through it.
-    fn seen_trusted(
-        &mut self,
-        id: DeviceId,
-        name: String,
-        device_type: DeviceType,
-        learned: Vec<SocketAddr>,
-        now: Now,
-    ) {
-        let Some(known) = self.state.peers.get(&id) else {
-            return;
-        };
-        let never_reached = known.port == 0 || known.addresses.is_empty();
-        let dialable: Vec<SocketAddr> = learned.into_iter().filter(|a| a.port() != 0).collect();
-        if never_reached {
-            // Nothing authenticated to protect yet (trusted by id before it was ever seen):
-            // the first address heard of is where to try.
-            if let Some(first) = dialable.first() {
-                let addresses = dialable.iter().map(SocketAddr::ip).collect();
-                self.discovered(id, name, device_type, addresses, first.port(), now);
-            }
-            return;
-        }
-        let (addresses, port) = (known.addresses.clone(), known.port);
-        let at_known = dialable
-            .iter()
-            .any(|a| a.port() == port && addresses.contains(&a.ip()));
-        if at_known {
-            self.discovered(id, name, device_type, addresses, port, now);
-            return;
-        }
-        let candidates = self.candidates.entry(id.clone()).or_default();
-        let before = candidates.clone();
-        for addr in dialable.into_iter().rev() {
-            candidates.retain(|a| *a != addr);
-            candidates.push_front(addr);
-        }
-        candidates.truncate(MAX_CANDIDATES);
-        if *candidates != before {
-            self.out
-                .push_back(Output::Effect(Effect::PeerSeen { peer: id.clone() }));
-        }
-        self.maybe_start(&id, now);
-    }
-
-    /// Where `peer` can be reached: its stored addresses (where an authenticated session last
-    /// was), then the candidates unauthenticated input named. Empty for an untrusted device:
-    /// the node never dials what it does not trust, so no host can make it connect elsewhere.
-    pub fn route(&self, peer: &DeviceId) -> Route {
-        let Some(known) = self.state.peers.get(peer).filter(|p| p.trusted) else {
-            return Route::default();
-        };
-        let stored = if known.port == 0 {
-            Vec::new()
-        } else {
-            known
-                .addresses
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, known.port))
-                .collect()
-        };
-        let candidates = self
-            .candidates
-            .get(peer)
-            .map(|c| c.iter().copied().collect())
-            .unwrap_or_default();
-        Route { stored, candidates }
-    }
-
-    /// The addresses `peer` is dialled at, in order (see [`Core::route`]).
-    pub fn dial_addresses(&self, peer: &DeviceId) -> Vec<SocketAddr> {
-        self.route(peer).dial_order().into()
-    }
-
-    /// Whether `peer`'s session is up while `conn` comes from an address that is not one of
-    /// its stored (authenticated) addresses.
-    fn live_elsewhere(&self, peer: &DeviceId, conn: ConnId) -> bool {
-        let Some(known) = self.state.peers.get(peer) else {
-            return false;
-        };
-        let connected = known.connection == super::ConnectionState::Connected;
-        connected
-            && !self
-                .conns
-                .get(&conn)
-                .is_some_and(|from| known.addresses.contains(&from.ip()))
-    }
-
     /// What admission dropped so far (for tests and measurements).
     pub fn admission(&self) -> &Admission {
         &self.admission
     }
-
-    /// A session with `peer` came up (its data channel opened, so DTLS proved its key): the
-    /// address it was negotiated through becomes its stored address.
-    fn authenticated(&mut self, peer: &DeviceId, now: Now) {
-        let Some(via) = self.negotiated_via.get(peer).copied() else {
-            return;
-        };
-        let Some(known) = self.state.peers.get(peer) else {
-            return;
-        };
-        if via.port() == 0
-            || (known.port == via.port() && known.addresses.first() == Some(&via.ip()))
-        {
-            return;
-        }
-        let mut addresses = vec![via.ip()];
-        addresses.extend(known.addresses.iter().filter(|ip| **ip != via.ip()));
-        addresses.truncate(discovery::MAX_ADDRESSES);
-        let (name, device_type) = (known.name.clone(), known.device_type);
-        if let Some(candidates) = self.candidates.get_mut(peer) {
-            candidates.retain(|a| *a != via);
-        }
-        self.emit(
-            Event::PeerDiscovered {
-                peer: peer.clone(),
-                name,
-                device_type,
-                addresses,
-                port: via.port(),
-            },
-            now,
-        );
-    }
-
-    fn ask_about_discovered(&mut self, id: &DeviceId, now: Now) {
-        let (node, peer) = (self.node_facts(now), self.peer_facts(id));
-        let mut asker = Asker::new(self.policy.as_mut(), node);
-        let answer = asker.on_discovered(&peer);
-        let plugin = asker.last_plugin.take();
-        let events = std::mem::take(&mut asker.events);
-        self.emit_all(events, now);
-        match (answer, plugin) {
-            (TrustAnswer::Trust, Some(plugin)) => self.trust_by_policy(id, plugin, now),
-            (TrustAnswer::Ask, _) => self.request_authorization(id, now),
-            _ => {}
-        }
-    }
-
-    /// Journals an ignored announcement once per (instance, reason) within a bounded memory,
-    /// and within admission's budget of ignored announcements.
-    fn ignore(&mut self, instance: &str, reason: String, now: Now) {
-        let key = format!("{instance}\n{reason}");
-        if self.ignored.contains(&key) {
-            return;
-        }
-        if self.ignored.len() == IGNORED_MEMORY {
-            self.ignored.pop_front();
-        }
-        self.ignored.push_back(key);
-        if !self.admission.may_record_ignored(now.instant) {
-            return; // a flood of distinct bad announcements: counted, not journaled
-        }
-        let instance: String = instance.chars().take(128).collect();
-        self.emit(Event::AnnouncementIgnored { instance, reason }, now);
-    }
-
-    /// Records a peer as seen, unless nothing changed (re-announcements are frequent).
-    fn discovered(
-        &mut self,
-        id: DeviceId,
-        name: String,
-        device_type: DeviceType,
-        addresses: Vec<std::net::IpAddr>,
-        port: u16,
-        now: Now,
-    ) {
-        let unchanged = self.state.peers.get(&id).is_some_and(|known| {
-            known.discovered
-                && known.name == name
-                && known.device_type == device_type
-                && known.addresses == addresses
-                && known.port == port
-        });
-        if !unchanged {
-            self.emit(
-                Event::PeerDiscovered {
-                    peer: id.clone(),
-                    name,
-                    device_type,
-                    addresses,
-                    port,
-                },
-                now,
-            );
-            // Asked when what is known of an untrusted device changes, not per announcement.
-            if !self.state.is_trusted(&id) {
-                self.ask_about_discovered(&id, now);
-            }
-        }
-        self.maybe_start(&id, now);
-    }
-
-    /// Connects to a trusted, reachable peer unless already connected or negotiating.
-    fn maybe_start(&mut self, peer: &DeviceId, now: Now) {
-        let reachable = self.state.peers.get(peer).is_some_and(|p| p.trusted)
-            && !self.dial_addresses(peer).is_empty();
-        if !reachable {
-            return;
-        }
-        self.negotiations
-            .entry(peer.clone())
-            .or_insert_with(|| Negotiation::new(&self.me.id, peer.clone()))
-            .handle(negotiation::Input::Start, now.instant);
-        self.pump(peer, now);
-    }
-
-    /// Moves a negotiation's outputs into the core's: events journaled, messages and actions
-    /// as effects.
-    fn pump(&mut self, peer: &DeviceId, now: Now) {
-        while let Some(output) = self
-            .negotiations
-            .get_mut(peer)
-            .and_then(Negotiation::poll_output)
-        {
-            match output {
-                negotiation::Output::Record(event) => {
-                    let connected = matches!(event, Event::Connected { .. });
-                    let disconnected = matches!(
-                        event,
-                        Event::Disconnected { .. } | Event::NegotiationFailed { .. }
-                    );
-                    self.emit(event, now);
-                    if connected {
-                        self.authenticated(peer, now);
-                    }
-                    if disconnected
-                        && self.goodbyes_while_connected.remove(peer)
-                        && self.state.peers.get(peer).is_some_and(|p| p.discovered)
-                    {
-                        self.emit(Event::PeerLost { peer: peer.clone() }, now);
-                    }
-                    let mut work = Vec::new();
-                    if connected {
-                        self.connect_transfers(peer, now, &mut work);
-                    } else if disconnected {
-                        self.transfers.disconnected(peer, &mut work);
-                    }
-                    self.run(work, now);
-                }
-                negotiation::Output::Send(mut message) => {
-                    if let Message::Candidate(candidate) = &mut message {
-                        // Spec 3.2: every candidate, end-of-candidates included, names the
-                        // data m-line (browsers reject one that does not), whatever the
-                        // WebRTC adapter filled in.
-                        if candidate.sdp_mid.as_deref().is_none_or(str::is_empty) {
-                            candidate.sdp_mid = Some(DATA_MID.into());
-                        }
-                        candidate.sdp_mline_index.get_or_insert(0);
-                    }
-                    self.out.push_back(Output::Effect(Effect::Signal {
-                        peer: peer.clone(),
-                        message,
-                    }))
-                }
-                negotiation::Output::Act(action) => {
-                    self.out.push_back(Output::Effect(Effect::Rtc {
-                        peer: peer.clone(),
-                        action,
-                    }))
-                }
-            }
-        }
-    }
-
-    fn on_signal(&mut self, conn: ConnId, peer: DeviceId, message: Message, now: Now) {
-        if peer == self.me.id {
-            return;
-        }
-        let (sdp, is_offer) = match &message {
-            Message::Offer { sdp, .. } => (Some(sdp), true),
-            Message::Answer { sdp, .. } => (Some(sdp), false),
-            _ => (None, false),
-        };
-        // Spec 3.4: every offer and answer must carry the fingerprint of the id its sender
-        // announced; DTLS then proves the key. Checked before anything else looks at it.
-        if let Some(sdp) = sdp
-            && !sdp::fingerprints_match(sdp, &peer).unwrap_or(false)
-        {
-            let fingerprint = sdp::sha256_fingerprints(sdp)
-                .ok()
-                .and_then(|ids| ids.into_iter().find(|id| *id != peer))
-                .map_or_else(|| "missing or malformed".to_owned(), |id| id.to_string());
-            // Where the connection came from (not where the claimed device is known to be:
-            // that is the point of an impostor).
-            let address = self.conns.get(&conn).copied();
-            // Journaled once per claimed device and source address per hour, and for an
-            // untrusted claim only if admission holds it: a host reconnecting to repeat a
-            // bad offer cannot grow the journal (spec 3.4). The connection closes each time.
-            let trusted = self.state.is_trusted(&peer);
-            let key = (peer.clone(), address.map(|a| a.ip()));
-            let recent = self
-                .recent_mismatches
-                .iter()
-                .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
-            if !recent && (trusted || self.admission.holds(&peer)) {
-                if self.recent_mismatches.len() >= MISMATCH_MEMORY {
-                    self.recent_mismatches.pop_front();
-                }
-                self.recent_mismatches.push_back((key, now.wall_ms));
-                self.emit(
-                    Event::FingerprintMismatch {
-                        claimed: peer,
-                        fingerprint,
-                        address,
-                    },
-                    now,
-                );
-            }
-            self.out
-                .push_back(Output::Effect(Effect::CloseSignaling { conn }));
-            return;
-        }
-        if !self.state.is_trusted(&peer) {
-            // Answers and candidates from an untrusted device concern nothing we started.
-            if !is_offer || !self.on_untrusted_offer(&peer, now) {
-                return;
-            }
-        }
-        if matches!(message, Message::Offer { .. } | Message::Candidate(_))
-            && self.live_elsewhere(&peer, conn)
-        {
-            // Spec 3.4: while a trusted device's session is up, an offer (or its candidates)
-            // on a connection from an address the device was never authenticated at cannot
-            // touch that session: renegotiating it on an unauthenticated word would let any
-            // host cut two devices apart. A device that really moved is answered once its old
-            // session fails (or when the link runs sessions side by side, spec 3.3).
-            return;
-        }
-        if let Message::Offer { sdp, .. } | Message::Answer { sdp, .. } = &message {
-            self.transfers
-                .set_max_message_size(&peer, sdp::max_message_size(sdp));
-            if let Some(via) = self.conns.get(&conn) {
-                self.negotiated_via.insert(peer.clone(), *via);
-            }
-        }
-        let input = match message {
-            Message::Offer { sdp, seq } => negotiation::Input::RemoteOffer { sdp, seq },
-            Message::Answer { sdp, seq } => negotiation::Input::RemoteAnswer { sdp, seq },
-            Message::Candidate(candidate) => negotiation::Input::RemoteCandidate(candidate),
-            Message::Bye { reason } => negotiation::Input::Bye { reason },
-            Message::Hello(_) | Message::HelloWrongVersion | Message::Unknown => return,
-        };
-        self.negotiations
-            .entry(peer.clone())
-            .or_insert_with(|| Negotiation::new(&self.me.id, peer.clone()))
-            .handle(input, now.instant);
-        self.pump(&peer, now);
-    }
-
-    /// An offer from a device the operator has not trusted: policy decides (spec 3.4). The
-    /// built-in default records an authorization request, answers `bye unauthorized` and
-    /// connects nothing; a plugin may trust the device, and then the offer proceeds (true).
-    fn on_untrusted_offer(&mut self, peer: &DeviceId, now: Now) -> bool {
-        let bye = Output::Effect(Effect::Signal {
-            peer: peer.clone(),
-            message: Message::Bye {
-                reason: "unauthorized".into(),
-            },
-        });
-        if !self.admission.may_ask(peer, now.instant) {
-            // Not admitted (its address brought too many new ids, or it was evicted), or
-            // asked about within the minute: refused without asking policy or recording
-            // anything, whatever the rate of its offers.
-            self.out.push_back(bye);
-            return false;
-        }
-        let (node, facts) = (self.node_facts(now), self.peer_facts(peer));
-        let mut asker = Asker::new(self.policy.as_mut(), node);
-        let answer = asker.on_offer(&facts);
-        let plugin = asker.last_plugin.take();
-        let events = std::mem::take(&mut asker.events);
-        self.emit_all(events, now);
-        match (answer, plugin) {
-            (TrustAnswer::Trust, Some(plugin)) => {
-                self.trust_by_policy(peer, plugin, now);
-                return true;
-            }
-            (TrustAnswer::Ask, _) | (TrustAnswer::Trust, None) => {
-                self.request_authorization(peer, now)
-            }
-            (TrustAnswer::Ignore, _) => {}
-        }
-        self.out.push_back(bye);
-        false
-    }
-
-    /// Records that an untrusted device asked to connect, at most once per interval.
-    fn request_authorization(&mut self, peer: &DeviceId, now: Now) {
-        let known = self.state.peers.get(peer);
-        let recently = known
-            .and_then(|p| p.requested_at_ms)
-            .is_some_and(|at| now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
-        if recently {
-            return;
-        }
-        let (name, device_type, address) = known.map_or_else(
-            || (String::new(), DeviceType::Unknown, None),
-            |p| {
-                (
-                    p.name.clone(),
-                    p.device_type,
-                    p.addresses.first().map(|ip| SocketAddr::new(*ip, p.port)),
-                )
-            },
-        );
-        self.emit(
-            Event::AuthorizationRequested {
-                peer: peer.clone(),
-                name,
-                device_type,
-                address,
-            },
-            now,
-        );
-    }
-
-    fn on_withdrawn(&mut self, instance: &str, now: Now) {
-        let Some(id) = discovery::instance_device_id(instance) else {
-            return;
-        };
-        let Some(known) = self.state.peers.get(&id) else {
-            return;
-        };
-        // An mDNS goodbye is unauthenticated: while a trusted device's session is up, that
-        // session is the better evidence, so a forged goodbye changes nothing (spec 3.4).
-        if known.trusted && known.connection == super::ConnectionState::Connected {
-            // Held until the session ends: if it does, the goodbye was likely true.
-            self.goodbyes_while_connected.insert(id);
-            return;
-        }
-        if known.discovered {
-            self.emit(Event::PeerLost { peer: id }, now);
-        }
-    }
-
-    fn on_hello(
-        &mut self,
-        conn: ConnId,
-        from: SocketAddr,
-        hello: Hello,
-        token: Option<Token>,
-        now: Now,
-    ) {
-        if self.conns.len() < MAX_CONNS || self.conns.contains_key(&conn) {
-            self.conns
-                .insert(conn, SocketAddr::new(from.ip(), hello.port));
-        }
-        if hello.id == self.me.id {
-            if let Some(token) = token {
-                self.out.push_back(Output::Reply {
-                    token,
-                    reply: Reply::error(ErrorKind::BadRequest, "that address is this node"),
-                });
-            }
-            return;
-        }
-        let id = hello.id.clone();
-        if self.state.is_trusted(&id) {
-            let learned = vec![SocketAddr::new(from.ip(), hello.port)];
-            self.seen_trusted(id.clone(), hello.name, hello.device_type, learned, now);
-        } else if self.admit_sighting(&id, Some(from.ip()), token.is_some(), now) {
-            self.hello_from_untrusted(from, hello, now);
-        }
-        if let Some(token) = token {
-            let row = self.row(&id);
-            self.out.push_back(Output::Reply {
-                token,
-                reply: Reply::Peers { peers: vec![row] },
-            });
-        }
-    }
-
-    /// A `hello` from an untrusted device that admission let through: recorded.
-    fn hello_from_untrusted(&mut self, from: SocketAddr, hello: Hello, now: Now) {
-        // A direct hello: the address it came from and the port it announces.
-        let mut addresses = self
-            .state
-            .peers
-            .get(&hello.id)
-            .map(|p| p.addresses.clone())
-            .unwrap_or_default();
-        if !addresses.contains(&from.ip()) {
-            addresses.insert(0, from.ip());
-            addresses.truncate(discovery::MAX_ADDRESSES);
-        }
-        self.discovered(
-            hello.id,
-            hello.name,
-            hello.device_type,
-            addresses,
-            hello.port,
-            now,
-        );
-    }
-
-    fn on_request(&mut self, request: Request, token: Token, now: Now) -> Option<Reply> {
-        Some(match request {
-            Request::Status => Reply::Status(NodeStatus {
-                device_id: self.me.id.clone(),
-                name: self.me.name.clone(),
-                device_type: self.me.device_type,
-                signaling_port: self.me.signaling_port,
-                version: env!("CARGO_PKG_VERSION").into(),
-            }),
-            Request::Peers => Reply::Peers {
-                peers: self
-                    .state
-                    .peers
-                    .keys()
-                    .filter(|id| **id != self.me.id)
-                    .map(|id| self.row(id))
-                    .collect(),
-            },
-            Request::TrustList => Reply::TrustList {
-                trusted: self.state.trusted().map(|(id, _)| self.row(id)).collect(),
-                requests: self.state.requests().map(|(id, _)| self.row(id)).collect(),
-            },
-            Request::TrustAdd { device } => {
-                let id = match self.resolve(&device, false) {
-                    Ok(id) => id,
-                    Err(error) => return Some(Reply::Error(error)),
-                };
-                if id == self.me.id {
-                    return Some(Reply::error(
-                        ErrorKind::BadRequest,
-                        "that is this node's own id",
-                    ));
-                }
-                if !self.state.is_trusted(&id) {
-                    self.emit(
-                        Event::PeerAuthorized {
-                            peer: id.clone(),
-                            name: None,
-                            by: Authority::Operator,
-                        },
-                        now,
-                    );
-                    self.out.push_back(Output::Effect(Effect::TrustChanged));
-                }
-                // Authorizing a device makes this node the initiator towards it (spec 3.4).
-                self.maybe_start(&id, now);
-                Reply::Trusted {
-                    peer: self.row(&id),
-                }
-            }
-            Request::TrustRemove { device } => {
-                let id = match self.resolve(&device, true) {
-                    Ok(id) => id,
-                    Err(error) => return Some(Reply::Error(error)),
-                };
-                if self.state.is_trusted(&id) {
-                    self.emit(
-                        Event::PeerRevoked {
-                            peer: id.clone(),
-                            by: Authority::Operator,
-                        },
-                        now,
-                    );
-                    self.out.push_back(Output::Effect(Effect::TrustChanged));
-                }
-                if self.negotiations.remove(&id).is_some() {
-                    self.out.push_back(Output::Effect(Effect::Rtc {
-                        peer: id.clone(),
-                        action: Action::Close,
-                    }));
-                    let connected = self
-                        .state
-                        .peers
-                        .get(&id)
-                        .is_some_and(|p| p.connection != super::ConnectionState::NotConnected);
-                    if connected {
-                        self.emit(
-                            Event::Disconnected {
-                                peer: id.clone(),
-                                reason: "no longer trusted".into(),
-                            },
-                            now,
-                        );
-                    }
-                }
-                Reply::Revoked {
-                    peer: self.row(&id),
-                }
-            }
-            Request::Send { paths, to } => {
-                let mut peers = Vec::new();
-                for typed in &to {
-                    match self.resolve(typed, true) {
-                        Ok(peer) => peers.push(peer),
-                        Err(mut error) => {
-                            if error.kind == ErrorKind::NotFound {
-                                error.message = format!(
-                                    "{} (send goes to trusted devices only: `fsnode trust add` first)",
-                                    error.message
-                                );
-                            }
-                            return Some(Reply::Error(error));
-                        }
-                    }
-                }
-                if paths.is_empty() || peers.is_empty() {
-                    return Some(Reply::error(ErrorKind::BadRequest, "nothing to send"));
-                }
-                // `--to A --to B --to A` sends once to A: keep each device's first mention.
-                let mut seen = std::collections::HashSet::new();
-                peers.retain(|peer| seen.insert(peer.clone()));
-                self.out.push_back(Output::Effect(Effect::PrepareSend {
-                    token,
-                    paths,
-                    peers,
-                }));
-                // Answered once the files are hashed and queued.
-                return None;
-            }
-            Request::Cancel { transfer } => return Some(self.on_cancel(&transfer, now)),
-            Request::Transfers => Reply::Transfers {
-                transfers: self
-                    .state
-                    .transfers
-                    .iter()
-                    .map(|(id, t)| self.transfer_row(id, t))
-                    .collect(),
-            },
-            // Served by the shell, which streams journaled events to the client.
-            Request::Watch => Reply::error(ErrorKind::BadRequest, "watch is a stream"),
-            Request::Plugins => Reply::Plugins {
-                plugins: self.policy.describe(),
-            },
-            Request::PeersAdd { address } => {
-                self.out.push_back(Output::Effect(Effect::Dial {
-                    addr: address,
-                    token: Some(token),
-                }));
-                // Answered when the hello arrives or the dial fails.
-                return None;
-            }
-        })
-    }
-
-    /// Resolves an operator-typed device among known devices (only trusted ones if
-    /// `trusted_only`); the error is the reply.
-    fn resolve(&self, typed: &str, trusted_only: bool) -> Result<DeviceId, ControlError> {
-        let known = self
-            .state
-            .peers
-            .iter()
-            .filter(|(_, p)| !trusted_only || p.trusted)
-            .map(|(id, _)| id);
-        trust::resolve(typed, known).map_err(|err| match &err {
-            ResolveError::Ambiguous { candidates, .. } => ControlError {
-                kind: ErrorKind::Ambiguous,
-                message: err.to_string(),
-                candidates: candidates.iter().map(|id| self.row(id)).collect(),
-            },
-            ResolveError::NoMatch(_) => ControlError::new(ErrorKind::NotFound, err.to_string()),
-            ResolveError::Invalid(_) => ControlError::new(ErrorKind::BadRequest, err.to_string()),
-        })
-    }
-
-    /// A device as `fsnode peers` shows it.
-    pub fn row(&self, id: &DeviceId) -> PeerRow {
-        let default = PeerState::default();
-        let peer = self.state.peers.get(id).unwrap_or(&default);
-        PeerRow {
-            id: id.clone(),
-            name: peer.name.clone(),
-            device_type: peer.device_type,
-            addresses: peer.addresses.iter().map(|a| a.to_string()).collect(),
-            port: peer.port,
-            discovered: peer.discovered,
-            trusted: peer.trusted,
-            requested: !peer.trusted && peer.requested_at_ms.is_some(),
-            connection: peer.connection.label(),
-            verification_code: trust::verification_code(&self.me.id, id),
-        }
-    }
-
-    /// Starts `peer`'s queued sends in the order policy gives.
-    fn connect_transfers(&mut self, peer: &DeviceId, now: Now, work: &mut Vec<Work>) {
-        let node = self.node_facts(now);
-        let connected: Vec<DeviceId> = self
-            .state
-            .peers
-            .iter()
-            .filter(|(id, _)| self.transfers.is_connected(id))
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut asker = Asker::new(self.policy.as_mut(), node);
-        self.transfers
-            .connected(peer, &self.state, now.instant, work, &mut |queue| {
-                asker.schedule(&queue, &connected)
-            });
-        let events = std::mem::take(&mut asker.events);
-        // Journaled before the starts the order caused.
-        for (i, event) in events.into_iter().enumerate() {
-            work.insert(i, Work::Record(event));
-        }
-    }
-
-    /// Does the work the transfer manager asked for, in order.
-    fn run(&mut self, work: Vec<Work>, now: Now) {
-        for item in work {
-            match item {
-                Work::Record(event) => self.emit(event, now),
-                Work::Store {
-                    id,
-                    op:
-                        StoreOp::Finalize {
-                            sha256,
-                            mode,
-                            mtime,
-                            adopt_identical,
-                        },
-                } => {
-                    let mode = self.ask_mode(&id, mode, mtime, now).or(mode);
-                    self.out.push_back(Output::Effect(Effect::Store {
-                        id,
-                        op: StoreOp::Finalize {
-                            sha256,
-                            mode,
-                            mtime,
-                            adopt_identical,
-                        },
-                    }))
-                }
-                Work::Channel { peer, message } => {
-                    self.out.push_back(Output::Effect(Effect::ChannelSend {
-                        peer,
-                        data: transfer::encode(&message),
-                    }))
-                }
-                Work::Store { id, op } => {
-                    self.out.push_back(Output::Effect(Effect::Store { id, op }))
-                }
-            }
-        }
-    }
-
-    /// The mode policy gives a received file (`None`: the default mapping of `mode`).
-    fn ask_mode(
-        &mut self,
-        id: &TransferId,
-        mode: Option<u32>,
-        mtime: Option<i64>,
-        now: Now,
-    ) -> Option<u32> {
-        let t = self.state.transfers.get(id)?;
-        let file = FileFacts {
-            id: *id,
-            name: t.name.clone(),
-            size: t.size,
-            mime: t.mime.clone().unwrap_or_default(),
-            mode,
-            mtime,
-        };
-        let node = self.node_facts(now);
-        let mut asker = Asker::new(self.policy.as_mut(), node);
-        let answer = asker.map_mode(&file);
-        let events = std::mem::take(&mut asker.events);
-        self.emit_all(events, now);
-        answer
-    }
-
-    fn on_channel(&mut self, peer: DeviceId, data: &[u8], now: Now) {
-        if !self.state.is_trusted(&peer) {
-            return; // never accept data from a device that is not trusted (spec 3.4)
-        }
-        match transfer::wire::decode_within(data, super::transfers::MAX_MESSAGE_BYTES) {
-            Ok(Some(message)) => {
-                let mut work = Vec::new();
-                let node = self.node_facts(now);
-                let facts = self.peer_facts(&peer);
-                let mut asker = Asker::new(self.policy.as_mut(), node);
-                self.transfers.on_message(
-                    &peer,
-                    message,
-                    &self.state,
-                    now.instant,
-                    &mut work,
-                    &mut |_, start| {
-                        asker.on_transfer(
-                            &facts,
-                            &FileFacts {
-                                id: start.id,
-                                name: start.name.clone(),
-                                size: start.size,
-                                mime: start.mime.clone(),
-                                mode: start.mode,
-                                mtime: start.mtime,
-                            },
-                        )
-                    },
-                );
-                let events = std::mem::take(&mut asker.events);
-                self.emit_all(events, now);
-                self.run(work, now);
-            }
-            Ok(None) => {} // an unknown kind: ignored (spec 4)
-            Err(error) => match error.readable_id() {
-                // Spec 4: a known kind with a key missing or mistyped, whose `id` is readable,
-                // gets `reject` `invalid`; the channel stays.
-                Some(id) => self.out.push_back(Output::Effect(Effect::ChannelSend {
-                    peer,
-                    data: transfer::encode(&transfer::Message::Reject {
-                        id,
-                        reason: error.into_cause().to_string(),
-                        code: Some(transfer::wire::RejectCode::Invalid),
-                    }),
-                })),
-                // Spec 4: a message that is not valid CBOR closes the data channel.
-                None => {
-                    if let Some(negotiation) = self.negotiations.get_mut(&peer) {
-                        negotiation.handle(
-                            negotiation::Input::Lost {
-                                reason: format!("invalid transfer message: {error}"),
-                            },
-                            now.instant,
-                        );
-                        self.pump(&peer, now);
-                    }
-                }
-            },
-        }
-    }
-
-    fn on_send_prepared(
-        &mut self,
-        token: Token,
-        result: Result<Vec<QueuedFile>, String>,
-        now: Now,
-    ) {
-        let files = match result {
-            Ok(files) => files,
-            Err(message) => {
-                self.out.push_back(Output::Reply {
-                    token,
-                    reply: Reply::error(ErrorKind::BadRequest, message),
-                });
-                return;
-            }
-        };
-        let mut peers = Vec::new();
-        for file in &files {
-            self.emit(
-                Event::TransferQueued {
-                    id: file.id,
-                    peer: file.peer.clone(),
-                    direction: Direction::Send,
-                    name: file.name.clone(),
-                    size: file.size,
-                    path: Some(file.path.clone()),
-                    mime: Some(file.mime.clone()),
-                    mode: Some(file.mode),
-                    mtime: file.mtime,
-                    sha256: file.sha256,
-                    dir: None,
-                },
-                now,
-            );
-            if !peers.contains(&file.peer) {
-                peers.push(file.peer.clone());
-            }
-        }
-        self.hash_sources(
-            files
-                .iter()
-                .filter(|f| f.sha256.is_none())
-                .map(|f| (f.path.clone(), f.id)),
-        );
-        let rows = files
-            .iter()
-            .filter_map(|f| {
-                self.state
-                    .transfers
-                    .get(&f.id)
-                    .map(|t| self.transfer_row(&f.id, t))
-            })
-            .collect();
-        self.out.push_back(Output::Reply {
-            token,
-            reply: Reply::Queued { transfers: rows },
-        });
-        // Peers already connected start at once; the others when they connect.
-        for peer in peers {
-            if self.transfers.is_connected(&peer) {
-                let mut work = Vec::new();
-                self.connect_transfers(&peer, now, &mut work);
-                self.run(work, now);
-            }
-        }
-    }
-
-    /// Asks the shell to hash each file once for all the transfers sending it.
-    fn hash_sources(&mut self, files: impl Iterator<Item = (std::path::PathBuf, TransferId)>) {
-        let mut by_path: BTreeMap<std::path::PathBuf, Vec<TransferId>> = BTreeMap::new();
-        for (path, id) in files {
-            by_path.entry(path).or_default().push(id);
-        }
-        for (path, ids) in by_path {
-            self.out
-                .push_back(Output::Effect(Effect::HashSource { path, ids }));
-        }
-    }
-
-    fn on_source_hashed(
-        &mut self,
-        ids: Vec<TransferId>,
-        result: Result<[u8; 32], String>,
-        now: Now,
-    ) {
-        for id in ids {
-            let pending = self
-                .state
-                .transfers
-                .get(&id)
-                .is_some_and(|t| !t.status.is_finished() && t.sha256.is_none());
-            if !pending {
-                continue;
-            }
-            let mut work = Vec::new();
-            match &result {
-                Ok(sha256) => {
-                    self.emit(
-                        Event::TransferHashed {
-                            id,
-                            sha256: *sha256,
-                        },
-                        now,
-                    );
-                    self.transfers.hashed(&id, *sha256, now.instant, &mut work);
-                }
-                Err(reason) => {
-                    if !self
-                        .transfers
-                        .hash_failed(&id, reason.clone(), now.instant, &mut work)
-                    {
-                        self.emit(
-                            Event::TransferFailed {
-                                id,
-                                reason: format!("sender: {reason}"),
-                            },
-                            now,
-                        );
-                    }
-                }
-            }
-            self.run(work, now);
-        }
-    }
-
-    fn on_cancel(&mut self, typed: &str, now: Now) -> Reply {
-        let typed = typed.trim().to_ascii_lowercase();
-        let matches: Vec<TransferId> = self
-            .state
-            .transfers
-            .keys()
-            .filter(|id| id.to_string().starts_with(&typed))
-            .copied()
-            .collect();
-        let id = match (typed.len() >= 4, matches.as_slice()) {
-            (false, _) => {
-                return Reply::error(
-                    ErrorKind::BadRequest,
-                    "type at least 4 hex digits of the transfer id (`fsnode transfers`)",
-                );
-            }
-            (true, [id]) => *id,
-            (true, []) => {
-                return Reply::error(ErrorKind::NotFound, format!("no transfer {typed}"));
-            }
-            (true, _) => {
-                return Reply::error(
-                    ErrorKind::Ambiguous,
-                    format!("{typed} matches {} transfers; type more", matches.len()),
-                );
-            }
-        };
-        let finished = self.state.transfers[&id].status.is_finished();
-        if !finished {
-            let mut work = Vec::new();
-            let live = self.transfers.cancel_local(&id, now.instant, &mut work);
-            self.run(work, now);
-            if !live {
-                // Not running now: record it; a sender re-sends the cancel on reconnecting.
-                self.emit(
-                    Event::TransferCancelled {
-                        id,
-                        by: super::Side::Local,
-                        reason: "cancelled by the operator".into(),
-                    },
-                    now,
-                );
-            }
-        }
-        let t = &self.state.transfers[&id];
-        Reply::Cancelled {
-            transfer: self.transfer_row(&id, t),
-        }
-    }
-
-    /// A transfer as `fsnode transfers` shows it.
-    pub fn transfer_row(&self, id: &TransferId, t: &TransferState) -> TransferRow {
-        TransferRow::of(&self.state, id, t)
-    }
-
-    /// The trusted devices with their verification codes, for the projection file.
-    pub fn trusted_rows(&self) -> BTreeMap<DeviceId, PeerRow> {
-        self.state
-            .trusted()
-            .map(|(id, _)| (id.clone(), self.row(id)))
-            .collect()
-    }
 }
+
+mod commands;
+mod negotiations;
+mod questions;
+mod sightings;
+mod signaling;
+mod transfer_work;
+mod trust_decisions;
+
+use questions::{Asked, Waiting};
 
 #[cfg(test)]
 mod tests;

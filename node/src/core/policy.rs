@@ -1,15 +1,36 @@
 //! The questions the core asks policy (design.md, "Policy is a question, not a branch"), the
 //! facts it hands over and the answers it takes, plus the built-in default.
 //!
-//! The core calls a [`Policy`] synchronously and journals every answer a plugin gave as a
-//! `PolicyDecision` event (and a disabled plugin as `PluginDisabled`), so replay never calls a
-//! plugin: the events carry the answers. The implementation that runs wasm components is the
-//! host in `crate::policy`; [`NoPlugins`] is the node without plugins.
+//! The core never calls a plugin. It emits a [`PolicyRequest`] (a numbered [`Question`]) as an
+//! effect, keeps what waits for the answer, and takes the [`PolicyAnswer`] back as an input;
+//! the shell asks the [`Policy`] on a thread of its own (`shell::policy`). Every answer a
+//! plugin gave is journaled as a `PolicyDecision` event (and a disabled plugin as
+//! `PluginDisabled`) before what it causes, so replay never calls a plugin: the events carry the
+//! answers. The implementation that runs wasm components is the host in `crate::policy`;
+//! [`NoPlugins`] is the node without plugins (the core then asks nothing and applies
+//! [`default`] at once).
 
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
 use super::{DeviceId, DeviceType, TransferId};
-use crate::control::PluginRow;
+
+/// One policy plugin as the host holds it (for `fsnode plugins list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// Its position in the order in which plugins are asked (1 first).
+    pub order: usize,
+    pub name: String,
+    pub path: String,
+    /// The contract version it exports (`0.1.0`), when it loaded that far.
+    pub version: Option<String>,
+    /// Why the host stopped using it; `None` while it is in use.
+    pub disabled: Option<String>,
+    /// Questions it was asked, and the fuel they cost in total.
+    pub calls: u64,
+    pub fuel: u64,
+}
 
 /// The family of platform the node runs on, for permission mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,81 +133,61 @@ pub struct Disabled {
 }
 
 /// The questions. Each returns the first plugin's (checked) answer, or `None` when no plugin
-/// has an opinion; the core then applies the built-in default.
+/// has an opinion; the core then applies the built-in default. Every question defaults to no
+/// opinion, so a policy answers only what it cares about.
 pub trait Policy: Send {
-    fn on_discovered(&mut self, node: &NodeFacts, peer: &PeerFacts)
-    -> Option<Decided<TrustAnswer>>;
+    fn on_discovered(
+        &mut self,
+        _node: &NodeFacts,
+        _peer: &PeerFacts,
+    ) -> Option<Decided<TrustAnswer>> {
+        None
+    }
 
-    fn on_offer(&mut self, node: &NodeFacts, peer: &PeerFacts) -> Option<Decided<TrustAnswer>>;
+    fn on_offer(&mut self, _node: &NodeFacts, _peer: &PeerFacts) -> Option<Decided<TrustAnswer>> {
+        None
+    }
 
     fn on_transfer(
         &mut self,
-        node: &NodeFacts,
-        peer: &PeerFacts,
-        file: &FileFacts,
-    ) -> Option<Decided<AcceptAnswer>>;
+        _node: &NodeFacts,
+        _peer: &PeerFacts,
+        _file: &FileFacts,
+    ) -> Option<Decided<AcceptAnswer>> {
+        None
+    }
 
     /// An order for (some of) `queue`: only ids from `queue`, each at most once.
     fn schedule(
         &mut self,
-        node: &NodeFacts,
-        queue: &[QueuedFacts],
-        connected: &[DeviceId],
-    ) -> Option<Decided<Vec<TransferId>>>;
+        _node: &NodeFacts,
+        _queue: &[QueuedFacts],
+        _connected: &[DeviceId],
+    ) -> Option<Decided<Vec<TransferId>>> {
+        None
+    }
 
     /// Permission bits (no setuid, setgid or sticky: at most `0o777`).
-    fn map_mode(&mut self, node: &NodeFacts, file: &FileFacts) -> Option<Decided<u32>>;
+    fn map_mode(&mut self, _node: &NodeFacts, _file: &FileFacts) -> Option<Decided<u32>> {
+        None
+    }
 
     /// Plugins disabled since the last call (at load, or by misbehaving), to journal.
-    fn take_disabled(&mut self) -> Vec<Disabled>;
+    fn take_disabled(&mut self) -> Vec<Disabled> {
+        Vec::new()
+    }
 
     /// The plugins, in order, for `fsnode plugins list`.
-    fn describe(&self) -> Vec<PluginRow>;
+    fn describe(&self) -> Vec<PluginStatus> {
+        Vec::new()
+    }
 }
 
 /// The node without plugins: every question goes to the built-in default.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoPlugins;
 
-impl Policy for NoPlugins {
-    fn on_discovered(&mut self, _: &NodeFacts, _: &PeerFacts) -> Option<Decided<TrustAnswer>> {
-        None
-    }
-
-    fn on_offer(&mut self, _: &NodeFacts, _: &PeerFacts) -> Option<Decided<TrustAnswer>> {
-        None
-    }
-
-    fn on_transfer(
-        &mut self,
-        _: &NodeFacts,
-        _: &PeerFacts,
-        _: &FileFacts,
-    ) -> Option<Decided<AcceptAnswer>> {
-        None
-    }
-
-    fn schedule(
-        &mut self,
-        _: &NodeFacts,
-        _: &[QueuedFacts],
-        _: &[DeviceId],
-    ) -> Option<Decided<Vec<TransferId>>> {
-        None
-    }
-
-    fn map_mode(&mut self, _: &NodeFacts, _: &FileFacts) -> Option<Decided<u32>> {
-        None
-    }
-
-    fn take_disabled(&mut self) -> Vec<Disabled> {
-        Vec::new()
-    }
-
-    fn describe(&self) -> Vec<PluginRow> {
-        Vec::new()
-    }
-}
+impl Policy for NoPlugins {}
 
 /// The built-in answers, where no plugin gave one.
 pub mod default {
@@ -219,113 +220,199 @@ impl AcceptAnswer {
     }
 }
 
-/// One round of questions: asks `policy`, falls back to the built-in default, checks what the
-/// core relies on, and collects the events that record it (`PolicyDecision` for each plugin
-/// answer, `PluginDisabled` for each plugin the host gave up on) for the caller to journal
-/// before anything the answer causes.
-pub struct Asker<'a> {
-    pub policy: &'a mut dyn Policy,
-    pub node: NodeFacts,
-    pub events: Vec<super::Event>,
-    /// The plugin whose answer the last question took (`None`: the built-in default).
-    pub last_plugin: Option<String>,
+/// A question the core asks policy, with the facts the plugins see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Question {
+    /// An untrusted device was discovered, or what is known of it changed.
+    OnDiscovered { peer: PeerFacts },
+    /// An untrusted device sent an offer.
+    OnOffer { peer: PeerFacts },
+    /// A trusted device offers a new file.
+    OnTransfer { peer: PeerFacts, file: FileFacts },
+    /// The order in which the sends waiting for connected peers start.
+    Schedule {
+        queue: Vec<QueuedFacts>,
+        connected: Vec<DeviceId>,
+    },
+    /// The permission bits of a received file.
+    MapMode { file: FileFacts },
 }
 
-impl<'a> Asker<'a> {
-    pub fn new(policy: &'a mut dyn Policy, node: NodeFacts) -> Self {
-        Self {
-            policy,
-            node,
-            events: Vec::new(),
-            last_plugin: None,
-        }
-    }
+/// Numbers the questions of one node run, so an answer finds what waits for it.
+pub type QuestionId = u64;
 
-    pub fn on_discovered(&mut self, peer: &PeerFacts) -> TrustAnswer {
-        let decided = self.policy.on_discovered(&self.node, peer);
-        let question = format!("on-discovered {} {:?}", peer.id, peer.name);
-        self.record(question, decided, |a| a.label().into())
-            .unwrap_or(default::ON_DISCOVERED)
-    }
+/// A question on its way to the plugins (the core's `Effect::AskPolicy`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRequest {
+    pub id: QuestionId,
+    pub node: NodeFacts,
+    pub question: Question,
+}
 
-    pub fn on_offer(&mut self, peer: &PeerFacts) -> TrustAnswer {
-        let decided = self.policy.on_offer(&self.node, peer);
-        let question = format!("on-offer {} {:?}", peer.id, peer.name);
-        self.record(question, decided, |a| a.label().into())
-            .unwrap_or(default::ON_OFFER)
-    }
+/// What the plugins said to a question: the first plugin's answer, `None` for no opinion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Trust(Option<Decided<TrustAnswer>>),
+    Accept(Option<Decided<AcceptAnswer>>),
+    Order(Option<Decided<Vec<TransferId>>>),
+    Mode(Option<Decided<u32>>),
+}
 
-    /// Accept (into the receive directory itself) unless a plugin says otherwise.
-    pub fn on_transfer(&mut self, peer: &PeerFacts, file: &FileFacts) -> AcceptAnswer {
-        let decided = self.policy.on_transfer(&self.node, peer, file);
-        let question = format!(
-            "on-transfer {} {:?} size={} mime={} from {}",
-            file.id, file.name, file.size, file.mime, peer.id
-        );
-        self.record(question, decided, AcceptAnswer::label)
-            .unwrap_or(AcceptAnswer::Accept { dir: None })
-    }
+/// The plugins' answer to request `id` (the core's `Input::PolicyAnswer`), with the plugins
+/// the host disabled since its last answer, for the core to journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyAnswer {
+    pub id: QuestionId,
+    pub answer: Answer,
+    pub disabled: Vec<Disabled>,
+}
 
-    /// The whole queue in start order: a plugin's order first (unknown and repeated ids
-    /// dropped; the host already disables a plugin that sends them), then the rest in the
-    /// default order (`queue`'s own).
-    pub fn schedule(&mut self, queue: &[QueuedFacts], connected: &[DeviceId]) -> Vec<TransferId> {
-        let default: Vec<TransferId> = queue.iter().map(|q| q.id).collect();
-        if queue.len() < 2 {
-            return default; // nothing to order: no question
-        }
-        let decided = self.policy.schedule(&self.node, queue, connected);
-        let question = format!("schedule {} queued", queue.len());
-        let Some(first) = self.record(question, decided, |order| {
-            order
-                .iter()
-                .map(TransferId::short)
-                .collect::<Vec<_>>()
-                .join(",")
-        }) else {
-            return default;
-        };
-        let mut order = Vec::with_capacity(default.len());
-        for id in first.into_iter().chain(default) {
-            if queue.iter().any(|q| q.id == id) && !order.contains(&id) {
-                order.push(id);
+impl PolicyRequest {
+    /// Asks `policy` the question. The shell calls this on its policy thread, never on the
+    /// node's loop: a plugin may take up to its deadline.
+    pub fn ask(&self, policy: &mut dyn Policy) -> PolicyAnswer {
+        let node = &self.node;
+        let answer = match &self.question {
+            Question::OnDiscovered { peer } => Answer::Trust(policy.on_discovered(node, peer)),
+            Question::OnOffer { peer } => Answer::Trust(policy.on_offer(node, peer)),
+            Question::OnTransfer { peer, file } => {
+                Answer::Accept(policy.on_transfer(node, peer, file))
             }
+            Question::Schedule { queue, connected } => {
+                Answer::Order(policy.schedule(node, queue, connected))
+            }
+            Question::MapMode { file } => Answer::Mode(policy.map_mode(node, file)),
+        };
+        PolicyAnswer {
+            id: self.id,
+            answer,
+            disabled: policy.take_disabled(),
         }
-        order
+    }
+}
+
+/// What the core does, after policy answered (or did not in time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// `plugin` is who said it (`None`: the built-in default).
+    Trust {
+        answer: TrustAnswer,
+        plugin: Option<String>,
+    },
+    Accept(AcceptAnswer),
+    /// The whole queue in start order.
+    Order(Vec<TransferId>),
+    /// `None`: the default mapping (the sender's bits less the umask).
+    Mode(Option<u32>),
+}
+
+impl Question {
+    /// The question as the journal's `PolicyDecision.question` reads.
+    pub fn label(&self) -> String {
+        match self {
+            Question::OnDiscovered { peer } => format!("on-discovered {} {:?}", peer.id, peer.name),
+            Question::OnOffer { peer } => format!("on-offer {} {:?}", peer.id, peer.name),
+            Question::OnTransfer { peer, file } => format!(
+                "on-transfer {} {:?} size={} mime={} from {}",
+                file.id, file.name, file.size, file.mime, peer.id
+            ),
+            Question::Schedule { queue, .. } => format!("schedule {} queued", queue.len()),
+            Question::MapMode { file } => format!(
+                "map-mode {} {:?} mode={:?}",
+                file.id,
+                file.name,
+                file.mode.map(|m| format!("{m:o}"))
+            ),
+        }
     }
 
-    /// The mode to give the sender's `file` (`None`: the default, the sender's bits less the
-    /// umask). A plugin's answer loses setuid, setgid and sticky bits.
-    pub fn map_mode(&mut self, file: &FileFacts) -> Option<u32> {
-        let decided = self.policy.map_mode(&self.node, file);
-        let question = format!(
-            "map-mode {} {:?} mode={:?}",
-            file.id,
-            file.name,
-            file.mode.map(|m| format!("{m:o}"))
-        );
-        self.record(question, decided, |mode| format!("{:o}", mode & 0o777))
-            .map(|mode| mode & 0o777)
+    /// Whether plugins are asked at all: a queue of fewer than two has no order to choose.
+    pub fn needs_asking(&self) -> bool {
+        !matches!(self, Question::Schedule { queue, .. } if queue.len() < 2)
     }
 
-    fn record<T>(
-        &mut self,
-        question: String,
-        decided: Option<Decided<T>>,
-        label: impl Fn(&T) -> String,
-    ) -> Option<T> {
-        for Disabled { plugin, reason } in self.policy.take_disabled() {
-            self.events
-                .push(super::Event::PluginDisabled { plugin, reason });
+    /// The decision from `answer` (`None`: no answer in time, or no plugins), checked for
+    /// what the core relies on, and the `PolicyDecision` event that records a plugin's answer
+    /// (journaled before anything the decision causes). An answer of the wrong kind counts as
+    /// none.
+    pub fn decide(&self, answer: Option<Answer>) -> (Decision, Option<super::Event>) {
+        let record = |plugin: &str, answer: String| {
+            Some(super::Event::PolicyDecision {
+                plugin: plugin.to_owned(),
+                question: self.label(),
+                answer,
+            })
+        };
+        match (self, answer) {
+            (
+                Question::OnDiscovered { .. } | Question::OnOffer { .. },
+                Some(Answer::Trust(Some(Decided { plugin, answer }))),
+            ) => {
+                let event = record(&plugin, answer.label().into());
+                let decision = Decision::Trust {
+                    answer,
+                    plugin: Some(plugin),
+                };
+                (decision, event)
+            }
+            (Question::OnDiscovered { .. }, _) => (
+                Decision::Trust {
+                    answer: default::ON_DISCOVERED,
+                    plugin: None,
+                },
+                None,
+            ),
+            (Question::OnOffer { .. }, _) => (
+                Decision::Trust {
+                    answer: default::ON_OFFER,
+                    plugin: None,
+                },
+                None,
+            ),
+            (
+                Question::OnTransfer { .. },
+                Some(Answer::Accept(Some(Decided { plugin, answer }))),
+            ) => {
+                let event = record(&plugin, answer.label());
+                (Decision::Accept(answer), event)
+            }
+            // Accept (into the receive directory itself) unless a plugin says otherwise.
+            (Question::OnTransfer { .. }, _) => {
+                (Decision::Accept(AcceptAnswer::Accept { dir: None }), None)
+            }
+            (Question::Schedule { queue, .. }, answer) => {
+                // A plugin's order first (unknown and repeated ids dropped; the host already
+                // disables a plugin that sends them), then the rest in the default order
+                // (`queue`'s own).
+                let default = queue.iter().map(|q| q.id);
+                let (first, event) = match answer {
+                    Some(Answer::Order(Some(Decided { plugin, answer }))) => {
+                        let label = answer
+                            .iter()
+                            .map(TransferId::short)
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        (answer, record(&plugin, label))
+                    }
+                    _ => (Vec::new(), None),
+                };
+                let mut order = Vec::with_capacity(queue.len());
+                for id in first.into_iter().chain(default) {
+                    if queue.iter().any(|q| q.id == id) && !order.contains(&id) {
+                        order.push(id);
+                    }
+                }
+                (Decision::Order(order), event)
+            }
+            // A plugin's answer loses setuid, setgid and sticky bits.
+            (Question::MapMode { .. }, Some(Answer::Mode(Some(Decided { plugin, answer })))) => {
+                let mode = answer & 0o777;
+                (
+                    Decision::Mode(Some(mode)),
+                    record(&plugin, format!("{mode:o}")),
+                )
+            }
+            (Question::MapMode { .. }, _) => (Decision::Mode(None), None),
         }
-        self.last_plugin = None;
-        let decided = decided?;
-        self.last_plugin = Some(decided.plugin.clone());
-        self.events.push(super::Event::PolicyDecision {
-            plugin: decided.plugin,
-            question,
-            answer: label(&decided.answer),
-        });
-        Some(decided.answer)
     }
 }

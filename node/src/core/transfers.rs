@@ -18,10 +18,14 @@ use super::transfer::{
 };
 use super::{DeviceId, Direction, Event, State, TransferId, TransferStatus};
 
-/// Asks policy whether to take a new incoming file (the core's `Asker` behind it).
-pub type AcceptFn<'a> = dyn FnMut(&DeviceId, &StartInfo) -> AcceptAnswer + 'a;
-/// Asks policy for the order in which queued sends start (all of them, in that order).
-pub type OrderFn<'a> = dyn FnMut(Vec<QueuedFacts>) -> Vec<TransferId> + 'a;
+/// Policy's answer on whether to take a new incoming file, when the core has it; `None`: the
+/// question is out (the core asks it and feeds the `start` again with the answer), so the
+/// `start` waits and nothing happens now.
+pub type AcceptFn<'a> = dyn FnMut(&DeviceId, &StartInfo) -> Option<AcceptAnswer> + 'a;
+/// Policy's order in which queued sends start (all of them, in that order), when the core has
+/// it; `None`: the question is out, so the peer's sends wait (the core calls
+/// [`Transfers::connected`] again with the answer).
+pub type OrderFn<'a> = dyn FnMut(Vec<QueuedFacts>) -> Option<Vec<TransferId>> + 'a;
 
 /// Bytes a receiver lets the sender have in flight (spec 4 `window`, in chunks of the transfer's
 /// size): enough to cover the time from a chunk's arrival to its `progress` (hash, write, sync,
@@ -309,7 +313,10 @@ impl Transfers {
                 queued_at_ms: t.queued_at_ms,
             })
             .collect();
-        let rank: BTreeMap<TransferId, usize> = order(facts)
+        let Some(order) = order(facts) else {
+            return; // policy is thinking: started when its answer comes
+        };
+        let rank: BTreeMap<TransferId, usize> = order
             .into_iter()
             .enumerate()
             .map(|(i, id)| (id, i))
@@ -603,10 +610,11 @@ impl Transfers {
         let dir = match state.transfers.get(&id) {
             Some(known) => known.dir.clone(),
             None => match accept(peer, &start) {
-                AcceptAnswer::Accept { dir } => dir,
-                AcceptAnswer::Reject { reason } => {
+                Some(AcceptAnswer::Accept { dir }) => dir,
+                Some(AcceptAnswer::Reject { reason }) => {
                     return reject(reason, RejectCode::Policy, work);
                 }
+                None => return, // policy is thinking: the core feeds this `start` again
             },
         };
         let name = match &dir {
@@ -936,7 +944,7 @@ mod tests {
         let mut transfers = Transfers::default();
         let now = Instant::now();
         let mut work = Vec::new();
-        transfers.connected(&peer, &state, now, &mut work, &mut |_| Vec::new());
+        transfers.connected(&peer, &state, now, &mut work, &mut |_| Some(Vec::new()));
         assert_eq!(starts(&work), 1);
         apply(&mut state, &work);
 
@@ -952,7 +960,7 @@ mod tests {
             &state,
             now,
             &mut work,
-            &mut |_, _| crate::core::policy::AcceptAnswer::Accept { dir: None },
+            &mut |_, _| Some(crate::core::policy::AcceptAnswer::Accept { dir: None }),
         );
         assert!(work.contains(&Work::Record(Event::TransferPaused { id, reason })));
         apply(&mut state, &work);
@@ -1016,7 +1024,7 @@ mod tests {
         let mut work = Vec::new();
         // Policy: newest first.
         transfers.connected(&peer, &state, now, &mut work, &mut |facts| {
-            facts.iter().rev().map(|f| f.id).collect()
+            Some(facts.iter().rev().map(|f| f.id).collect())
         });
         let first = started(&work);
         assert_eq!(first.len(), MAX_RUNNING_PER_PEER);
@@ -1036,7 +1044,7 @@ mod tests {
             &state,
             now,
             &mut work,
-            &mut |_, _| crate::core::policy::AcceptAnswer::Accept { dir: None },
+            &mut |_, _| Some(crate::core::policy::AcceptAnswer::Accept { dir: None }),
         );
         apply(&mut state, &work);
         assert!(transfers.slot_freed());
@@ -1065,7 +1073,7 @@ mod tests {
         let mut total = 0;
         for peer in &peers {
             let mut work = Vec::new();
-            transfers.connected(peer, &state, now, &mut work, &mut |_| Vec::new());
+            transfers.connected(peer, &state, now, &mut work, &mut |_| Some(Vec::new()));
             total += started(&work).len();
             apply(&mut state, &work);
         }
@@ -1084,7 +1092,7 @@ mod tests {
         let big = queue_send(&mut state, &peer, 1, 1 << 40);
         let mut transfers = Transfers::default();
         let mut work = Vec::new();
-        transfers.connected(&peer, &state, now, &mut work, &mut |_| Vec::new());
+        transfers.connected(&peer, &state, now, &mut work, &mut |_| Some(Vec::new()));
         assert_eq!(started(&work), vec![big]);
     }
 }

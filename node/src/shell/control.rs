@@ -18,7 +18,7 @@ use crate::shell::runtime;
 
 /// A client that sends nothing for this long is disconnected (watchers excepted).
 pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
-/// Events queued for one watcher; one that does not keep up is disconnected.
+/// Replies queued for one watcher (or follower); one that does not keep up is disconnected.
 pub const WATCH_QUEUE: usize = 1024;
 
 /// A parsed request and where its reply goes.
@@ -95,14 +95,12 @@ async fn serve_client(
         for line in lines {
             let reply = match control::parse_request(&line) {
                 Err(error) => Reply::Error(error),
-                Ok(Request::Watch) => {
-                    // A stream: every journaled event until the client or the node goes.
+                Ok(request @ (Request::Watch | Request::Follow { .. })) => {
+                    // A stream: every journaled event (or every change of the transfers
+                    // followed) until the client or the node goes.
                     let (tx, rx) = async_channel::bounded(WATCH_QUEUE);
                     requests
-                        .send(ControlRequest {
-                            request: Request::Watch,
-                            reply: tx,
-                        })
+                        .send(ControlRequest { request, reply: tx })
                         .await
                         .context("the node is stopping")?;
                     while let Ok(reply) = rx.recv().await {

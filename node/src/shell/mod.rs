@@ -6,6 +6,7 @@ pub mod control;
 pub mod local_names;
 pub mod mdns;
 pub mod network;
+pub mod policy;
 pub mod rtc;
 pub mod run;
 pub mod runtime;

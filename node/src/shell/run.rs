@@ -16,11 +16,14 @@ use std::sync::Arc;
 
 use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::control::{Reply, Request};
+use crate::control::{
+    ErrorKind, Reply, Request, TransferRow, reply as control_reply, view as control_view,
+};
 use crate::core::DeviceId;
 use crate::core::TransferId;
 use crate::core::admission::{ConnectionBudgets, Limits};
 use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, QueuedFile, Token};
+use crate::core::policy::Policy;
 use crate::core::router::{Input as RouterInput, Output as RouterOutput, Router};
 use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
@@ -29,6 +32,7 @@ use crate::shell::atomic_file::{self, Replace};
 use crate::shell::control::{self, ControlRequest};
 use crate::shell::local_names::LocalNames;
 use crate::shell::mdns::Mdns;
+use crate::shell::policy::PolicyThread;
 use crate::shell::rtc::RtcAdapter;
 use crate::shell::runtime::{self, Clock, SystemClock};
 use crate::shell::signaling::{ConnEvent, Reporter};
@@ -166,8 +170,17 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             "fsnode running; stop with Ctrl-C or SIGTERM"
         );
 
+        // Plugins load before the first input: a plugin that fails to load is journaled
+        // (`PluginDisabled`) and the node runs on without it.
+        let mut host = crate::policy::PluginHost::load(&config.plugins)
+            .context("starting the policy plugin host")?;
+        let has_plugins = !Policy::describe(&host).is_empty();
+        let load_failures = host.take_disabled();
+        let policy = PolicyThread::start(Box::new(host), inputs_tx.clone())
+            .context("starting the policy thread")?;
         let mut node = NodeLoop {
             core: Core::new(me, state, clock.now()),
+            policy,
             journal: &journal,
             clock: &clock,
             trust_file: dirs.trust_file(),
@@ -181,17 +194,16 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             router: Router::new(),
             writers: HashMap::new(),
             watchers: Vec::new(),
+            followers: Vec::new(),
             collected: Collected::default(),
         };
-        // Plugins load before the first input: a plugin that fails to load is journaled
-        // (`PluginDisabled`) and the node runs on without it.
-        let host = crate::policy::PluginHost::load(&config.plugins)
-            .context("starting the policy plugin host")?;
-        let now = Now {
-            instant: clock.now(),
-            wall_ms: clock.wall_ms(),
-        };
-        node.core.set_policy(Box::new(host), now);
+        if has_plugins {
+            let now = Now {
+                instant: clock.now(),
+                wall_ms: clock.wall_ms(),
+            };
+            node.core.use_plugins(load_failures, now);
+        }
         node.drain().await?;
         node.write_trust_file();
         let reason = node.serve(inputs, conns, requests, signals).await?;
@@ -235,6 +247,8 @@ struct Collected {
 /// its replies and effects (event first, then effect).
 struct NodeLoop<'a> {
     core: Core,
+    /// Runs the plugins off this loop.
+    policy: PolicyThread,
     journal: &'a Journal<JournalEntry>,
     clock: &'a SystemClock,
     trust_file: PathBuf,
@@ -253,6 +267,8 @@ struct NodeLoop<'a> {
     writers: HashMap<ConnId, async_channel::Sender<Vec<u8>>>,
     /// `fsnode watch` clients: every journaled event goes to each.
     watchers: Vec<async_channel::Sender<Reply>>,
+    /// `send --wait` clients: the rows of their transfers, each time some changed.
+    followers: Vec<Follower>,
     collected: Collected,
 }
 
@@ -323,11 +339,35 @@ impl NodeLoop<'_> {
                     self.watchers.push(reply);
                     continue;
                 }
+                Wake::Request(ControlRequest {
+                    request: Request::Plugins,
+                    reply,
+                }) => {
+                    self.policy.describe(reply);
+                    continue;
+                }
+                Wake::Request(ControlRequest {
+                    request: Request::Follow { transfers },
+                    reply,
+                }) => {
+                    self.follow(&transfers, reply);
+                    continue;
+                }
                 Wake::Request(ControlRequest { request, reply }) => {
-                    let token = self.next_token;
-                    self.next_token += 1;
-                    self.pending.insert(token, reply);
-                    self.core.handle(Input::Request { token, request }, now);
+                    if let Some(command) = request.command() {
+                        let token = self.next_token;
+                        self.next_token += 1;
+                        self.pending.insert(token, reply);
+                        self.core.handle(Input::Command { token, command }, now);
+                    } else {
+                        // Only reads state, which is durable here (the last drain waited).
+                        let answer = control_view(&request, self.core.state(), self.core.me())
+                            .unwrap_or_else(|| {
+                                Reply::error(ErrorKind::BadRequest, "not a request for this node")
+                            });
+                        let _ = reply.try_send(answer);
+                        continue;
+                    }
                 }
                 Wake::Timer => {
                     self.core.handle_timeout(now);
@@ -436,6 +476,9 @@ impl NodeLoop<'_> {
                 );
             }
         }
+        if !journaled.is_empty() {
+            self.tell_followers();
+        }
         if !self.watchers.is_empty() {
             for (seq, stamped) in journaled {
                 let reply = Reply::Event {
@@ -449,8 +492,9 @@ impl NodeLoop<'_> {
         }
         for action in actions {
             match action {
-                Output::Reply { token, reply } => {
+                Output::Outcome { token, outcome } => {
                     if let Some(tx) = self.pending.remove(&token) {
+                        let reply = control_reply(outcome, self.core.state(), &self.core.me().id);
                         let _ = tx.try_send(reply);
                     }
                 }
@@ -474,6 +518,7 @@ impl NodeLoop<'_> {
                 Output::Effect(Effect::Rtc { peer, action }) => {
                     self.rtc.act(&peer, self.local_names.map(&peer, action))
                 }
+                Output::Effect(Effect::AskPolicy(request)) => self.policy.ask(request),
                 Output::Effect(Effect::ChannelSend { peer, data }) => {
                     if !self.rtc.send(&peer, data) {
                         debug!(%peer, "no open channel; transfer message dropped");
@@ -508,6 +553,34 @@ impl NodeLoop<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Starts following `transfers` for a client: their rows now, then their changes.
+    fn follow(&mut self, transfers: &[String], reply: async_channel::Sender<Reply>) {
+        let ids: Result<Vec<TransferId>, _> = transfers.iter().map(|t| t.parse()).collect();
+        let Ok(ids) = ids else {
+            let _ = reply.try_send(Reply::error(
+                ErrorKind::BadRequest,
+                "follow takes full transfer ids",
+            ));
+            return;
+        };
+        let ids = ids.into_iter().take(MAX_FOLLOWED).collect();
+        let mut follower = Follower {
+            ids,
+            shown: HashMap::new(),
+            reply,
+        };
+        if follower.tell(self.core.state()) {
+            self.followers.push(follower);
+        }
+    }
+
+    /// Sends each follower the rows of its transfers that changed; drops those that went
+    /// away or do not keep up.
+    fn tell_followers(&mut self) {
+        let state = self.core.state();
+        self.followers.retain_mut(|f| f.tell(state));
     }
 
     fn now(&self) -> Now {
@@ -592,12 +665,46 @@ impl NodeLoop<'_> {
 
     /// The human-readable projection of the trusted list (the journal is the source of truth).
     fn write_trust_file(&self) {
-        let text = trust_file::render(self.core.trusted_rows().values());
+        let rows = crate::control::trusted_rows(self.core.state(), &self.core.me().id);
+        let text = trust_file::render(rows.iter());
         if let Err(err) =
             atomic_file::write(&self.trust_file, text.as_bytes(), 0o600, Replace::Allowed)
         {
             warn!(file = %self.trust_file.display(), "cannot write the trusted-devices file: {err}");
         }
+    }
+}
+
+/// Transfers one `follow` request may name (a `send` of a large directory names many).
+const MAX_FOLLOWED: usize = 100_000;
+
+/// A client following transfers: what it was last shown of each.
+struct Follower {
+    ids: Vec<TransferId>,
+    shown: HashMap<TransferId, TransferRow>,
+    reply: async_channel::Sender<Reply>,
+}
+
+impl Follower {
+    /// Sends the rows that changed since the last time; false once the client is gone or
+    /// does not keep up.
+    fn tell(&mut self, state: &State) -> bool {
+        let mut changed = Vec::new();
+        for id in &self.ids {
+            let Some(t) = state.transfers.get(id) else {
+                continue;
+            };
+            let row = TransferRow::of(state, id, t);
+            if self.shown.get(id) != Some(&row) {
+                self.shown.insert(*id, row.clone());
+                changed.push(row);
+            }
+        }
+        changed.is_empty()
+            || self
+                .reply
+                .try_send(Reply::Transfers { transfers: changed })
+                .is_ok()
     }
 }
 

@@ -53,6 +53,7 @@ mod tests {
             trusted: true,
             requested: false,
             connection: "not connected".into(),
+            connection_state: Default::default(),
             verification_code: "1234 5678".into(),
         };
         let text = render([row.clone()].iter());

@@ -2,8 +2,10 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::*;
+use crate::control::Request;
 use crate::core::TransferStatus;
 use crate::core::discovery::{instance_name, txt_records};
+use crate::core::policy::{Policy, PolicyRequest};
 use sha2::{Digest, Sha256};
 
 fn id(n: u8) -> DeviceId {
@@ -22,6 +24,8 @@ fn me() -> Me {
 struct Harness {
     core: Core,
     start: Instant,
+    /// Answers the core's questions at once (the shell's policy thread, without the thread).
+    policy: Option<Box<dyn Policy>>,
 }
 
 impl Harness {
@@ -30,7 +34,18 @@ impl Harness {
         Self {
             core: Core::new(me(), State::default(), start),
             start,
+            policy: None,
         }
+    }
+
+    /// A node with plugins: `policy` answers every question before [`Harness::handle`]
+    /// returns; the plugins it could not load are journaled at once.
+    fn with_policy(mut policy: impl Policy + 'static) -> Self {
+        let mut h = Self::new();
+        let disabled = policy.take_disabled();
+        h.core.use_plugins(disabled, h.at(1));
+        h.policy = Some(Box::new(policy));
+        h
     }
 
     fn at(&self, secs: u64) -> Now {
@@ -41,9 +56,22 @@ impl Harness {
     }
 
     fn handle(&mut self, input: Input) -> Vec<Output> {
-        let now = self.at(1);
+        self.handle_at(input, self.at(1))
+    }
+
+    fn handle_at(&mut self, input: Input, now: Now) -> Vec<Output> {
         self.core.handle(input, now);
-        std::iter::from_fn(|| self.core.poll_output()).collect()
+        let mut out = Vec::new();
+        while let Some(output) = self.core.poll_output() {
+            match (output, self.policy.as_mut()) {
+                (Output::Effect(Effect::AskPolicy(request)), Some(policy)) => {
+                    let answer = request.ask(policy.as_mut());
+                    self.core.handle(Input::PolicyAnswer(answer), now);
+                }
+                (output, _) => out.push(output),
+            }
+        }
+        out
     }
 
     fn events(outputs: &[Output]) -> Vec<&'static str> {
@@ -68,18 +96,27 @@ fn announcement(n: u8, addr: &str) -> Announcement {
     }
 }
 
+/// The core's command for a control-socket request.
 fn request(token: Token, request: Request) -> Input {
-    Input::Request { token, request }
+    let command = request.command().expect("a command");
+    Input::Command { token, command }
 }
 
-fn reply(outputs: &[Output]) -> &Reply {
+fn reply(outputs: &[Output]) -> &Outcome {
     outputs
         .iter()
         .find_map(|o| match o {
-            Output::Reply { reply, .. } => Some(reply),
+            Output::Outcome { outcome, .. } => Some(outcome),
             _ => None,
         })
-        .expect("a reply")
+        .expect("an outcome")
+}
+
+fn refused(outcome: &Outcome) -> Option<RefusalKind> {
+    match outcome {
+        Outcome::Refused(refusal) => Some(refusal.kind),
+        _ => None,
+    }
 }
 
 #[test]
@@ -179,16 +216,23 @@ fn trust_add_journals_before_it_replies_and_is_idempotent() {
     ));
     assert!(matches!(&out[0], Output::Event(s) if s.event.kind() == "PeerAuthorized"));
     assert_eq!(out[1], Output::Effect(Effect::TrustChanged));
-    let Output::Reply {
+    let Output::Outcome {
         token: 7,
-        reply: Reply::Trusted { peer },
+        outcome: Outcome::Trusted(peer),
     } = &out[2]
     else {
         panic!("{out:?}")
     };
-    assert!(peer.trusted);
+    assert!(h.core.state().is_trusted(peer));
+    // Rendered beside the control socket, with the pair's verification code.
+    let crate::control::Reply::Trusted { peer: row } =
+        crate::control::reply(Outcome::Trusted(peer.clone()), h.core.state(), &id(0))
+    else {
+        panic!("a trusted reply")
+    };
+    assert!(row.trusted);
     assert_eq!(
-        peer.verification_code,
+        row.verification_code,
         trust::verification_code(&id(0), &id(1))
     );
     let again = h.handle(request(
@@ -198,7 +242,7 @@ fn trust_add_journals_before_it_replies_and_is_idempotent() {
         },
     ));
     assert!(Harness::events(&again).is_empty());
-    assert!(matches!(reply(&again), Reply::Trusted { .. }));
+    assert!(matches!(reply(&again), Outcome::Trusted(_)));
 }
 
 #[test]
@@ -225,9 +269,9 @@ fn ambiguous_unknown_and_self_trust_requests_are_refused() {
         },
     ));
     match reply(&out) {
-        Reply::Error(e) => {
-            assert_eq!(e.kind, ErrorKind::Ambiguous);
-            assert_eq!(e.candidates.len(), 2);
+        Outcome::Refused(refusal) => {
+            assert_eq!(refusal.kind, RefusalKind::Ambiguous);
+            assert_eq!(refusal.candidates.len(), 2);
         }
         other => panic!("{other:?}"),
     }
@@ -238,21 +282,21 @@ fn ambiguous_unknown_and_self_trust_requests_are_refused() {
             device: "zzzzzzzzzz".into(),
         },
     ));
-    assert!(matches!(reply(&unknown), Reply::Error(e) if e.kind == ErrorKind::NotFound));
+    assert_eq!(refused(reply(&unknown)), Some(RefusalKind::NotFound));
     let short = h.handle(request(
         3,
         Request::TrustAdd {
             device: "abc".into(),
         },
     ));
-    assert!(matches!(reply(&short), Reply::Error(e) if e.kind == ErrorKind::BadRequest));
+    assert_eq!(refused(reply(&short)), Some(RefusalKind::BadRequest));
     let me = h.handle(request(
         4,
         Request::TrustAdd {
             device: id(0).to_string(),
         },
     ));
-    assert!(matches!(reply(&me), Reply::Error(e) if e.kind == ErrorKind::BadRequest));
+    assert_eq!(refused(reply(&me)), Some(RefusalKind::BadRequest));
 }
 
 #[test]
@@ -265,7 +309,7 @@ fn trust_remove_only_matches_trusted_devices() {
             device: id(1).as_str()[..9].into(),
         },
     ));
-    assert!(matches!(reply(&out), Reply::Error(e) if e.kind == ErrorKind::NotFound));
+    assert_eq!(refused(reply(&out)), Some(RefusalKind::NotFound));
     h.handle(request(
         2,
         Request::TrustAdd {
@@ -307,28 +351,26 @@ fn peers_add_dials_and_replies_when_the_hello_arrives() {
         token: Some(9),
     });
     assert_eq!(Harness::events(&out), ["PeerDiscovered"]);
-    let Reply::Peers { peers } = reply(&out) else {
+    let Outcome::Reached(peer) = reply(&out) else {
         panic!("{out:?}")
     };
-    assert_eq!(peers[0].addresses, vec!["10.77.0.5"]);
-    assert_eq!(peers[0].port, 4005);
+    let known = &h.core.state().peers[peer];
+    assert_eq!(
+        known.addresses,
+        vec!["10.77.0.5".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(known.port, 4005);
     let failed = h.handle(Input::DialFailed {
         token: 10,
         error: "connection refused".into(),
     });
-    assert!(matches!(reply(&failed), Reply::Error(e) if e.kind == ErrorKind::Unreachable));
+    assert_eq!(refused(reply(&failed)), Some(RefusalKind::Unreachable));
 }
 
 #[test]
 fn unseen_trusted_devices_are_probed_at_their_last_address_on_a_timer() {
     let mut h = Harness::new();
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     h.handle(Input::Withdrawn {
         instance: instance_name(&id(1)),
     });
@@ -611,6 +653,18 @@ fn sdp_with_fingerprint(id_bytes: u8) -> String {
     format!("v=0\r\na=fingerprint:sha-256 {}\r\n", fp.join(":"))
 }
 
+/// Device `n` offers (on connection 1) with a fingerprint that matches its id.
+fn offer(h: &mut Harness, n: u8, seq: u64) -> Vec<Output> {
+    h.handle(Input::Signal {
+        conn: 1,
+        peer: id(n),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(n),
+            seq,
+        },
+    })
+}
+
 fn effects(outputs: &[Output]) -> Vec<&Effect> {
     outputs
         .iter()
@@ -624,13 +678,7 @@ fn effects(outputs: &[Output]) -> Vec<&Effect> {
 #[test]
 fn an_offer_whose_fingerprint_is_not_its_senders_id_is_journaled_and_closed() {
     let mut h = Harness::new();
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     let out = h.handle(Input::Signal {
         conn: 42,
         peer: id(1),
@@ -800,13 +848,7 @@ fn start(name: &str, size: u64, chunk_size: u32, chunks: u64) -> Vec<u8> {
 #[test]
 fn hostile_starts_are_rejected_with_a_reason_before_any_file_io() {
     let mut h = Harness::new();
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     use transfer::wire::RejectCode;
     for (data, why, code) in [
         (start("../escape", 10, 1024, 1), "..", RejectCode::Name),
@@ -885,14 +927,6 @@ impl Scripted {
 }
 
 impl Policy for Scripted {
-    fn on_discovered(
-        &mut self,
-        _: &NodeFacts,
-        _: &PeerFacts,
-    ) -> Option<crate::core::policy::Decided<TrustAnswer>> {
-        None
-    }
-
     fn on_offer(
         &mut self,
         _: &NodeFacts,
@@ -910,52 +944,19 @@ impl Policy for Scripted {
         Self::decided(self.transfer.clone())
     }
 
-    fn schedule(
-        &mut self,
-        _: &NodeFacts,
-        _: &[crate::core::policy::QueuedFacts],
-        _: &[DeviceId],
-    ) -> Option<crate::core::policy::Decided<Vec<TransferId>>> {
-        None
-    }
-
-    fn map_mode(
-        &mut self,
-        _: &NodeFacts,
-        _: &FileFacts,
-    ) -> Option<crate::core::policy::Decided<u32>> {
-        None
-    }
-
     fn take_disabled(&mut self) -> Vec<crate::core::policy::Disabled> {
         std::mem::take(&mut self.disabled)
-    }
-
-    fn describe(&self) -> Vec<crate::control::PluginRow> {
-        Vec::new()
     }
 }
 
 #[test]
 fn a_policy_that_trusts_an_offer_authorizes_the_device_and_the_offer_proceeds() {
-    let mut h = Harness::new();
-    let now = h.at(1);
-    h.core.set_policy(
-        Box::new(Scripted {
-            offer: Some(TrustAnswer::Trust),
-            ..Scripted::default()
-        }),
-        now,
-    );
-    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
-    let out = h.handle(Input::Signal {
-        conn: 1,
-        peer: id(2),
-        message: Message::Offer {
-            sdp: sdp_with_fingerprint(2),
-            seq: 1,
-        },
+    let mut h = Harness::with_policy(Scripted {
+        offer: Some(TrustAnswer::Trust),
+        ..Scripted::default()
     });
+    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
+    let out = offer(&mut h, 2, 1);
     let events = Harness::events(&out);
     assert_eq!(
         events[..2],
@@ -993,24 +994,12 @@ fn a_policy_that_trusts_an_offer_authorizes_the_device_and_the_offer_proceeds() 
 
 #[test]
 fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
-    let mut h = Harness::new();
-    let now = h.at(1);
-    h.core.set_policy(
-        Box::new(Scripted {
-            offer: Some(TrustAnswer::Ignore),
-            ..Scripted::default()
-        }),
-        now,
-    );
-    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
-    let out = h.handle(Input::Signal {
-        conn: 1,
-        peer: id(2),
-        message: Message::Offer {
-            sdp: sdp_with_fingerprint(2),
-            seq: 1,
-        },
+    let mut h = Harness::with_policy(Scripted {
+        offer: Some(TrustAnswer::Ignore),
+        ..Scripted::default()
     });
+    h.handle(Input::Announced(announcement(2, "10.77.0.3")));
+    let out = offer(&mut h, 2, 1);
     assert_eq!(Harness::events(&out), ["PolicyDecision"]);
     assert!(matches!(
         effects(&out)[..],
@@ -1021,44 +1010,26 @@ fn a_policy_that_ignores_an_offer_refuses_it_without_a_request() {
     ));
     assert!(!h.core.state().is_trusted(&id(2)));
     // The same offer again: refused again, the same decision not journaled twice.
-    let again = h.handle(Input::Signal {
-        conn: 1,
-        peer: id(2),
-        message: Message::Offer {
-            sdp: sdp_with_fingerprint(2),
-            seq: 2,
-        },
-    });
+    let again = offer(&mut h, 2, 2);
     assert!(Harness::events(&again).is_empty(), "{again:?}");
     assert_eq!(effects(&again).len(), 1);
 }
 
 #[test]
 fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journaled() {
-    let mut h = Harness::new();
-    let now = h.at(1);
-    h.core.set_policy(
-        Box::new(Scripted {
-            transfer: Some(crate::core::policy::AcceptAnswer::Reject {
-                reason: "too large".into(),
-            }),
-            disabled: vec![crate::core::policy::Disabled {
-                plugin: "broken".into(),
-                reason: "trapped: unreachable".into(),
-            }],
-            ..Scripted::default()
+    let mut h = Harness::with_policy(Scripted {
+        transfer: Some(crate::core::policy::AcceptAnswer::Reject {
+            reason: "too large".into(),
         }),
-        now,
-    );
+        disabled: vec![crate::core::policy::Disabled {
+            plugin: "broken".into(),
+            reason: "trapped: unreachable".into(),
+        }],
+        ..Scripted::default()
+    });
     let startup: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
     assert_eq!(Harness::events(&startup), ["PluginDisabled"]);
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     let out = h.handle(Input::Channel {
         peer: id(1),
         data: start("big.iso", 10, 1024, 1),
@@ -1078,24 +1049,13 @@ fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journale
             .any(|e| matches!(e, Effect::Store { .. }))
     );
 
-    let mut h = Harness::new();
-    let now = h.at(1);
-    h.core.set_policy(
-        Box::new(Scripted {
-            transfer: Some(crate::core::policy::AcceptAnswer::Accept {
-                dir: Some("Pictures".into()),
-            }),
-            ..Scripted::default()
+    let mut h = Harness::with_policy(Scripted {
+        transfer: Some(crate::core::policy::AcceptAnswer::Accept {
+            dir: Some("Pictures".into()),
         }),
-        now,
-    );
-    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
-    h.handle(request(
-        1,
-        Request::TrustAdd {
-            device: id(1).to_string(),
-        },
-    ));
+        ..Scripted::default()
+    });
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
     let out = h.handle(Input::Channel {
         peer: id(1),
         data: start("cat.png", 10, 1024, 1),
@@ -1167,6 +1127,7 @@ fn large_files_are_hashed_once_per_file_after_queueing() {
     // A restart before the hashes came asks again.
     let restarted = Core::new(me(), h.core.state().clone(), h.start);
     let mut restarted = Harness {
+        policy: None,
         core: restarted,
         start: h.start,
     };
@@ -1389,4 +1350,366 @@ fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
             );
         }
     }
+}
+
+/// The questions the core asked (its `AskPolicy` effects).
+fn asked(outputs: &[Output]) -> Vec<PolicyRequest> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Effect(Effect::AskPolicy(request)) => Some(request.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prepares(outputs: &[Output]) -> Vec<String> {
+    effects(outputs)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Store {
+                op: StoreOp::Prepare { name, .. },
+                ..
+            } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn accepted(id: QuestionId, plugin: &str) -> Input {
+    Input::PolicyAnswer(PolicyAnswer {
+        id,
+        answer: crate::core::policy::Answer::Accept(Some(crate::core::policy::Decided {
+            plugin: plugin.into(),
+            answer: AcceptAnswer::Accept { dir: None },
+        })),
+        disabled: Vec::new(),
+    })
+}
+
+/// A node with plugins whose answers the test gives by hand, trusting devices 1 and 2.
+fn thinking_node() -> Harness {
+    let mut h = Harness::new();
+    let now = h.at(1);
+    h.core.use_plugins(Vec::new(), now);
+    for n in [1, 2] {
+        h.handle(Input::Announced(announcement(
+            n,
+            &format!("10.77.0.{}", n + 1),
+        )));
+        h.handle(request(
+            u64::from(n),
+            Request::TrustAdd {
+                device: id(n).to_string(),
+            },
+        ));
+    }
+    h
+}
+
+fn transfer_id_of(data: &[u8]) -> TransferId {
+    transfer::wire::decode_within(data, usize::MAX)
+        .unwrap()
+        .unwrap()
+        .id()
+}
+
+/// While policy thinks 90 ms about peer 1's file, peer 2's accepted transfer goes on: its
+/// `accept` and its chunk's write go out at once; peer 1's file is prepared when the answer
+/// comes, after its `PolicyDecision` is journaled.
+#[test]
+fn a_file_waits_for_policy_while_another_peers_chunks_flow() {
+    let mut h = thinking_node();
+    let t0 = h.at(2);
+    let later = |ms: u64| Now {
+        instant: t0.instant + Duration::from_millis(ms),
+        wall_ms: t0.wall_ms + ms as i64,
+    };
+    let a_start = start("a.bin", 10, 1024, 1);
+    let out = h.handle_at(
+        Input::Channel {
+            peer: id(1),
+            data: a_start.clone(),
+        },
+        later(0),
+    );
+    let [question_a] = &asked(&out)[..] else {
+        panic!("one question for a.bin: {out:?}")
+    };
+    assert!(matches!(
+        &question_a.question,
+        Question::OnTransfer { file, .. } if file.name == "a.bin"
+    ));
+    assert!(prepares(&out).is_empty(), "a.bin waits for policy");
+    // The same `start` again while policy thinks: no second question.
+    let again = h.handle_at(
+        Input::Channel {
+            peer: id(1),
+            data: a_start.clone(),
+        },
+        later(5),
+    );
+    assert!(asked(&again).is_empty() && prepares(&again).is_empty());
+
+    // Peer 2's file: answered at once (another plugin call), prepared, its chunk written.
+    let b_start = start("b.bin", 4, 1024, 1);
+    let b = transfer_id_of(&b_start);
+    let out = h.handle_at(
+        Input::Channel {
+            peer: id(2),
+            data: b_start,
+        },
+        later(10),
+    );
+    let question_b = asked(&out)[0].id;
+    let out = h.handle_at(accepted(question_b, "slow"), later(11));
+    assert_eq!(prepares(&out), ["b.bin"]);
+    let out = h.handle_at(
+        Input::Store {
+            id: b,
+            result: StoreResult::Prepared { part_len: 0 },
+        },
+        later(12),
+    );
+    assert!(
+        channel_replies(&out)
+            .iter()
+            .any(|m| matches!(m, transfer::Message::Accept { .. })),
+        "{out:?}"
+    );
+    let data = vec![1, 2, 3, 4];
+    let chunk = transfer::encode(&transfer::Message::Chunk {
+        id: b,
+        index: 0,
+        sha256: Sha256::digest(&data).into(),
+        data,
+    });
+    let out = h.handle_at(
+        Input::Channel {
+            peer: id(2),
+            data: chunk,
+        },
+        later(13),
+    );
+    assert!(
+        effects(&out)
+            .iter()
+            .any(|e| matches!(e, Effect::Store { id, op: StoreOp::Write { .. } } if *id == b)),
+        "peer 2's chunk is written while peer 1's question is out: {out:?}"
+    );
+
+    // 90 ms later policy answers for a.bin: journaled, then prepared.
+    let out = h.handle_at(accepted(question_a.id, "slow"), later(90));
+    assert_eq!(Harness::events(&out), ["PolicyDecision"]);
+    assert_eq!(prepares(&out), ["a.bin"]);
+    assert!(
+        !h.core
+            .questions
+            .values()
+            .any(|asked| matches!(asked.question, Question::OnTransfer { .. }))
+    );
+}
+
+/// An answer that does not come in time: the default decides (a file is accepted, an offer
+/// from an untrusted device becomes a request and a `bye`), nothing is journaled as a plugin's
+/// decision, and the late answer changes nothing (the plugins it disabled are journaled).
+#[test]
+fn an_unanswered_question_gets_the_default_at_its_timeout_and_a_late_answer_is_moot() {
+    let mut h = thinking_node();
+    let now = h.at(2);
+    let out = h.handle_at(
+        Input::Channel {
+            peer: id(1),
+            data: start("late.bin", 10, 1024, 1),
+        },
+        now,
+    );
+    let question = asked(&out)[0].id;
+    let deadline = now.instant + POLICY_ANSWER_TIMEOUT;
+    assert_eq!(h.core.poll_timeout().map(|at| at <= deadline), Some(true));
+    // Just before the deadline: still waiting.
+    let before = Now {
+        instant: deadline - Duration::from_millis(1),
+        wall_ms: now.wall_ms + 9_999,
+    };
+    h.core.handle_timeout(before);
+    let out: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert!(prepares(&out).is_empty());
+    let at = Now {
+        instant: deadline,
+        wall_ms: now.wall_ms + 10_000,
+    };
+    h.core.handle_timeout(at);
+    let out: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert_eq!(prepares(&out), ["late.bin"]);
+    assert!(Harness::events(&out).is_empty(), "{out:?}");
+    let late = h.handle_at(
+        Input::PolicyAnswer(PolicyAnswer {
+            id: question,
+            answer: crate::core::policy::Answer::Accept(Some(crate::core::policy::Decided {
+                plugin: "slow".into(),
+                answer: AcceptAnswer::Reject {
+                    reason: "too late".into(),
+                },
+            })),
+            disabled: vec![Disabled {
+                plugin: "slow".into(),
+                reason: "ran past the wall-clock deadline".into(),
+            }],
+        }),
+        at,
+    );
+    assert_eq!(Harness::events(&late), ["PluginDisabled"]);
+    assert!(effects(&late).is_empty(), "{late:?}");
+
+    // An untrusted device's offer.
+    h.handle(Input::Announced(announcement(3, "10.77.0.4")));
+    let out = h.handle_at(
+        Input::Signal {
+            conn: 1,
+            peer: id(3),
+            message: Message::Offer {
+                sdp: sdp_with_fingerprint(3),
+                seq: 1,
+            },
+        },
+        at,
+    );
+    assert!(
+        matches!(
+            &asked(&out)[..],
+            [PolicyRequest {
+                question: Question::OnOffer { .. },
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert!(
+        effects(&out).len() == 1,
+        "no bye before policy answers: {out:?}"
+    );
+    let expired = Now {
+        instant: at.instant + POLICY_ANSWER_TIMEOUT,
+        wall_ms: at.wall_ms + 10_000,
+    };
+    h.core.handle_timeout(expired);
+    let out: Vec<_> = std::iter::from_fn(|| h.core.poll_output()).collect();
+    assert_eq!(Harness::events(&out), ["AuthorizationRequested"]);
+    assert!(effects(&out).iter().any(|e| matches!(
+        e,
+        Effect::Signal {
+            message: Message::Bye { .. },
+            ..
+        }
+    )));
+}
+
+/// At most [`MAX_QUESTIONS`] questions are out; a further one is decided by the default at
+/// once, so a flood of `start`s cannot queue unbounded work for the plugins.
+#[test]
+fn questions_out_are_bounded_and_a_further_one_gets_the_default_at_once() {
+    let mut h = thinking_node();
+    // Questions the announcements of untrusted devices 1 and 2 raised are still out.
+    let already = h.core.questions.len();
+    for n in already..MAX_QUESTIONS {
+        let out = h.handle(Input::Channel {
+            peer: id(1),
+            data: start(&format!("f{n}.bin"), 10, 1024, 1),
+        });
+        assert_eq!(asked(&out).len(), 1);
+    }
+    let out = h.handle(Input::Channel {
+        peer: id(1),
+        data: start("one-too-many.bin", 10, 1024, 1),
+    });
+    assert!(asked(&out).is_empty());
+    assert_eq!(prepares(&out), ["one-too-many.bin"]);
+    assert_eq!(h.core.questions.len(), MAX_QUESTIONS);
+}
+
+/// Accepts every file after thinking for 90 ms (as a plugin at its limits would).
+struct SlowAccept;
+
+impl Policy for SlowAccept {
+    fn on_transfer(
+        &mut self,
+        _: &NodeFacts,
+        _: &PeerFacts,
+        _: &FileFacts,
+    ) -> Option<crate::core::policy::Decided<AcceptAnswer>> {
+        std::thread::sleep(Duration::from_millis(90));
+        Some(crate::core::policy::Decided {
+            plugin: "slow".into(),
+            answer: AcceptAnswer::Accept { dir: None },
+        })
+    }
+}
+
+/// The core with the shell's real policy thread and a plugin that takes 90 ms per call, in
+/// real time: while the plugin thinks about peer 1's file, peer 2's chunk is handled at once
+/// (its write goes out before the answer exists), and peer 1's file is prepared once the
+/// answer comes back from the thread.
+#[test]
+fn a_plugin_taking_90_ms_does_not_hold_another_peers_chunks() {
+    use crate::shell::policy::PolicyThread;
+    let mut h = thinking_node();
+    let (answers_tx, answers) = async_channel::bounded(16);
+    let thread = PolicyThread::start(Box::new(SlowAccept), answers_tx).unwrap();
+    let ask = |out: &[Output], what: &str| {
+        let [request] = &asked(out)[..] else {
+            panic!("one question for {what}: {out:?}")
+        };
+        thread.ask(request.clone());
+    };
+    let answer = |h: &mut Harness| {
+        let input = answers.recv_blocking().unwrap();
+        h.handle(input)
+    };
+    // Peer 2's file: accepted (after 90 ms), prepared, ready for chunks.
+    let b_start = start("b.bin", 4, 1024, 1);
+    let b = transfer_id_of(&b_start);
+    let out = h.handle(Input::Channel {
+        peer: id(2),
+        data: b_start,
+    });
+    ask(&out, "b.bin");
+    assert_eq!(prepares(&answer(&mut h)), ["b.bin"]);
+    h.handle(Input::Store {
+        id: b,
+        result: StoreResult::Prepared { part_len: 0 },
+    });
+    // Peer 1 offers a file: the plugin starts thinking.
+    let out = h.handle(Input::Channel {
+        peer: id(1),
+        data: start("a.bin", 10, 1024, 1),
+    });
+    let asked_at = Instant::now();
+    ask(&out, "a.bin");
+    // Peer 2's chunk meanwhile: written at once.
+    let data = vec![1, 2, 3, 4];
+    let out = h.handle(Input::Channel {
+        peer: id(2),
+        data: transfer::encode(&transfer::Message::Chunk {
+            id: b,
+            index: 0,
+            sha256: Sha256::digest(&data).into(),
+            data,
+        }),
+    });
+    let handled_after = asked_at.elapsed();
+    assert!(
+        effects(&out)
+            .iter()
+            .any(|e| matches!(e, Effect::Store { id, op: StoreOp::Write { .. } } if *id == b)),
+        "{out:?}"
+    );
+    assert!(
+        handled_after < Duration::from_millis(90) && answers.is_empty(),
+        "peer 2's chunk was handled {handled_after:?} after the question, before its answer"
+    );
+    let out = answer(&mut h);
+    assert!(asked_at.elapsed() >= Duration::from_millis(90));
+    assert_eq!(Harness::events(&out), ["PolicyDecision"]);
+    assert_eq!(prepares(&out), ["a.bin"]);
 }
