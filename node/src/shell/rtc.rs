@@ -34,7 +34,6 @@ pub const CHANNEL_LABEL: &str = "fileshare";
 /// gives 128 KiB chunks between fsnode nodes.
 pub const MAX_MESSAGE_SIZE: u32 = link::MAX_MESSAGE_SIZE;
 
-
 /// The largest datagram read from a session's socket (any larger is truncated and dropped by
 /// DTLS): spec 5's larger datagrams stay below it.
 const RECEIVE_BUFFER: usize = 65536;

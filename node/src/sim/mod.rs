@@ -418,6 +418,10 @@ pub struct SimNode {
     /// A kill -9 at this time: the batch of events being journaled is not synced, nothing
     /// after it runs.
     crash_at: Option<Instant>,
+    /// A kill -9 in the middle of the next journal append: its records are not synced.
+    crash_on_append: bool,
+    /// How long a crashed node stays down.
+    down_for: Duration,
     restart_at: Option<Instant>,
     pub crashes: Vec<Instant>,
     pub journal_records_lost: usize,
@@ -494,6 +498,8 @@ impl SimNode {
         self.generation += 1;
         self.crashes.push(env.now);
         self.crash_at = None;
+        self.crash_on_append = false;
+        self.restart_at = Some(env.now + self.down_for);
     }
 
     fn handle(&mut self, input: Input, env: &mut Env<'_>) {
@@ -522,7 +528,9 @@ impl SimNode {
                     other => effects.push(other),
                 }
             }
-            if self.crash_at.is_some_and(|at| at <= env.now) {
+            if self.crash_at.is_some_and(|at| at <= env.now)
+                || (self.crash_on_append && !journaled.is_empty())
+            {
                 self.crash(env);
                 return;
             }
@@ -950,6 +958,8 @@ impl World {
                     inbox: VecDeque::new(),
                     replies: Vec::new(),
                     crash_at: None,
+                    crash_on_append: false,
+                    down_for: Duration::ZERO,
                     restart_at: None,
                     crashes: Vec::new(),
                     journal_records_lost: 0,
@@ -1049,7 +1059,14 @@ impl World {
     /// `kill -9` of `node` at `at`, started again `down` later.
     pub fn kill_at(&mut self, node: usize, at: Instant, down: Duration) {
         self.nodes[node].crash_at = Some(at);
-        self.nodes[node].restart_at = Some(at + down);
+        self.nodes[node].down_for = down;
+    }
+
+    /// `kill -9` of `node` while it appends its next journal records (after the core made
+    /// them, before the fsync), started again `down` later.
+    pub fn kill_at_next_append(&mut self, node: usize, down: Duration) {
+        self.nodes[node].crash_on_append = true;
+        self.nodes[node].down_for = down;
     }
 
     /// Nothing sent on UDP from `start` for `length` arrives; signaling lines wait.

@@ -340,10 +340,17 @@ fn a_cut_mid_transfer_reconnects_and_resumes() {
     report("cut and resume", &world);
 }
 
+/// When a node is killed: at a moment, or in the middle of its next journal append.
+#[derive(Clone, Copy, PartialEq)]
+enum Kill {
+    Now,
+    DuringAppend,
+}
+
 /// kill -9 of `victim` (0 = sender, 1 = receiver) mid-transfer, back 1 s later: the
 /// receiver's unsynced data and the victim's unsynced journal records are gone, the node is
 /// rebuilt from its journal, and the transfer resumes from the durable offset.
-fn kill_mid_transfer(victim: usize, seed: u64) {
+fn kill_mid_transfer(victim: usize, kill: Kill, seed: u64) {
     let mut world = World::new(2, lan(), seed);
     world.start_all();
     assert!(world.run_until(LIMIT, |w| connected(w, 0, 1)));
@@ -368,7 +375,10 @@ fn kill_mid_transfer(victim: usize, seed: u64) {
         describe(&world)
     );
     let now = world.now;
-    world.kill_at(victim, now, Duration::from_secs(1));
+    match kill {
+        Kill::Now => world.kill_at(victim, now, Duration::from_secs(1)),
+        Kill::DuringAppend => world.kill_at_next_append(victim, Duration::from_secs(1)),
+    }
     let writes_before = world.nodes[1].store.writes.len();
     let unsynced = world.nodes[1].store.unsynced_bytes();
     assert!(world.run_until(LIMIT, |w| w.nodes[victim].crashes.len() == 1));
@@ -382,12 +392,20 @@ fn kill_mid_transfer(victim: usize, seed: u64) {
         .iter()
         .map(|(_, _, offset)| *offset)
         .collect();
-    assert!(!offsets.is_empty());
+    if victim == 1 {
+        assert!(!offsets.is_empty());
+    }
     assert!(
         offsets.iter().all(|&o| o > 0),
         "writes after the crash start at a durable offset: {offsets:?}"
     );
-    if victim == 1 {
+    if kill == Kill::DuringAppend {
+        assert!(
+            world.nodes[victim].journal_records_lost > 0,
+            "the records of the append under way were lost"
+        );
+    }
+    if victim == 1 && kill == Kill::Now {
         assert_eq!(
             world.nodes[1].store.unsynced_bytes_lost, unsynced,
             "the crash dropped exactly the unsynced bytes"
@@ -406,12 +424,17 @@ fn kill_mid_transfer(victim: usize, seed: u64) {
 
 #[test]
 fn kill_9_of_the_receiver_resumes_from_the_durable_offset() {
-    kill_mid_transfer(1, 51);
+    kill_mid_transfer(1, Kill::Now, 51);
+}
+
+#[test]
+fn kill_9_of_the_receiver_during_a_journal_append_resumes() {
+    kill_mid_transfer(1, Kill::DuringAppend, 53);
 }
 
 #[test]
 fn kill_9_of_the_sender_resumes_the_transfer() {
-    kill_mid_transfer(0, 52);
+    kill_mid_transfer(0, Kill::DuringAppend, 52);
 }
 
 #[test]
@@ -427,4 +450,45 @@ fn one_sender_to_three_receivers() {
     );
     assert_consistent(&world);
     report("one to three", &world);
+}
+
+/// The receiver cancels mid-transfer: both sides end `Cancelled` and no `.part` is left.
+#[test]
+fn a_cancel_from_the_receiver_leaves_no_part_file() {
+    let mut world = World::new(2, lan(), 71);
+    world.start_all();
+    assert!(world.run_until(LIMIT, |w| connected(w, 0, 1)));
+    let data = contents(71, 1024 * KIB);
+    world.send_file(0, "cancelled.bin", data, &[1]);
+    assert!(world.run_until(LIMIT, |w| w.nodes[1].store.writes.len() >= 2));
+    let id = *world.nodes[1]
+        .state()
+        .transfers
+        .keys()
+        .next()
+        .expect("a transfer on the receiver");
+    let token = world.request(
+        1,
+        Request::Cancel {
+            transfer: id.to_string(),
+        },
+    );
+    let cancelled = |w: &World, n: usize| {
+        w.nodes[n]
+            .state()
+            .transfers
+            .get(&id)
+            .is_some_and(|t| t.status == TransferStatus::Cancelled)
+    };
+    assert!(
+        world.run_until(LIMIT, |w| cancelled(w, 0) && cancelled(w, 1)),
+        "{}",
+        describe(&world)
+    );
+    // Let the store catch up (the delete follows the event).
+    world.run_until(Duration::from_millis(50), |_| false);
+    assert!(world.nodes[1].replies.iter().any(|(t, _)| *t == token));
+    assert!(world.nodes[1].store.files.is_empty());
+    assert_consistent(&world);
+    report("cancel", &world);
 }
