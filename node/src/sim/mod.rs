@@ -63,19 +63,25 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// Identity certificates, made once per process so that every world (and both runs of a
-/// determinism check) has the same device ids.
+/// The nodes' identities: fixed test keys (made once with `generate_self_signed`, for the
+/// simulation only), so device ids, and with them politeness and every ordering by id, are
+/// the same in every run.
+const IDENTITIES: [&str; 4] = [
+    include_str!("identities/a.pem"),
+    include_str!("identities/b.pem"),
+    include_str!("identities/c.pem"),
+    include_str!("identities/d.pem"),
+];
+
 fn certificates() -> &'static [rtc_dtls::crypto::Certificate] {
     static CERTIFICATES: OnceLock<Vec<rtc_dtls::crypto::Certificate>> = OnceLock::new();
     CERTIFICATES.get_or_init(|| {
         let provider = rtc_crypto::default_provider().expect("a crypto provider");
-        (0..4)
-            .map(|_| {
-                rtc_dtls::crypto::Certificate::generate_self_signed(
-                    vec!["fsnode".to_owned()],
-                    provider.crypto(),
-                )
-                .expect("a self-signed certificate")
+        IDENTITIES
+            .iter()
+            .map(|pem| {
+                rtc_dtls::crypto::Certificate::from_pem(pem, provider.crypto())
+                    .expect("a test identity")
             })
             .collect()
     })

@@ -131,9 +131,11 @@ fn describe(world: &World) -> String {
 }
 
 fn report(name: &str, world: &World) {
+    // The virtual epoch is the real time the world was made.
     println!(
-        "{name}: {:.2} s virtual, {} steps, net {:?}",
+        "{name}: {:.2} s virtual, {:.2} s real, {} steps, net {:?}",
         world.elapsed().as_secs_f64(),
+        world.epoch.elapsed().as_secs_f64(),
         world.steps,
         world.net.stats
     );
@@ -491,4 +493,21 @@ fn a_cancel_from_the_receiver_leaves_no_part_file() {
     assert!(world.nodes[1].store.files.is_empty());
     assert_consistent(&world);
     report("cancel", &world);
+}
+
+/// A path whose MTU leaves 1,232 bytes of UDP payload (IPv6's minimum MTU): the links size
+/// their datagrams to it and nothing is dropped as too big.
+#[test]
+fn a_small_mtu_path_carries_the_transfer() {
+    let mut conditions = lan();
+    conditions.max_datagram = 1232;
+    let mut world = World::new(2, conditions, 81);
+    world.start_all();
+    assert!(world.run_until(LIMIT, |w| connected(w, 0, 1)));
+    let data = contents(81, 256 * KIB);
+    world.send_file(1, "small-mtu.bin", data.clone(), &[0]);
+    assert!(world.run_until(LIMIT, |w| received(w, 0, &data) && sends_completed(w, 1)));
+    assert_eq!(world.net.stats.too_big, 0, "{:?}", world.net.stats);
+    assert_consistent(&world);
+    report("small MTU", &world);
 }
