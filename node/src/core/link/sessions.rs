@@ -363,3 +363,296 @@ impl Sessions {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    // One real `Instant::now()` is the virtual epoch.
+    #![allow(clippy::disallowed_methods)]
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::core::DeviceId;
+    use crate::core::link::sim::{Conditions, SimNet};
+    use crate::core::link::{MAX_MESSAGE_SIZE, SctpTuning};
+
+    fn certificate() -> rtc_dtls::crypto::Certificate {
+        let provider = rtc_crypto::default_provider().unwrap();
+        rtc_dtls::crypto::Certificate::generate_self_signed(
+            vec!["fsnode".to_owned()],
+            provider.crypto(),
+        )
+        .unwrap()
+    }
+
+    /// One peer's side: its sessions, its certificate, the port each session was given.
+    struct Side {
+        sessions: Sessions,
+        certificate: rtc_dtls::crypto::Certificate,
+        peer: DeviceId,
+        ip: [u8; 4],
+        next_port: u16,
+        ports: BTreeMap<u16, SessionId>,
+        reported: Vec<NegotiationInput>,
+        messages: Vec<Vec<u8>>,
+    }
+
+    impl Side {
+        fn new(certificate: rtc_dtls::crypto::Certificate, peer: DeviceId, ip: [u8; 4]) -> Self {
+            Self {
+                sessions: Sessions::new(),
+                certificate,
+                peer,
+                ip,
+                next_port: 41_000,
+                ports: BTreeMap::new(),
+                reported: Vec::new(),
+                messages: Vec::new(),
+            }
+        }
+
+        fn act(&mut self, action: Action, net: &mut SimNet, now: Instant) {
+            let port = self.next_port;
+            let config = LinkConfig {
+                certificate: self.certificate.clone(),
+                peer: self.peer.clone(),
+                local_addrs: vec![SocketAddr::from((self.ip, port))],
+                path_max_datagram: 1472,
+                advertise_max_datagram: None,
+                max_message_size: MAX_MESSAGE_SIZE,
+                sctp: SctpTuning::default(),
+                seed: [port as u8 ^ self.ip[3]; 32],
+            };
+            let id = self.sessions.next_id();
+            let mut config = Some(config);
+            self.sessions
+                .act(action, now, &mut || config.take().ok_or_else(String::new))
+                .unwrap();
+            if self.sessions.ids().any(|s| s == id) {
+                self.ports.insert(port, id);
+                self.next_port += 1;
+            }
+            self.flush(net, now);
+        }
+
+        fn flush(&mut self, net: &mut SimNet, now: Instant) {
+            self.sessions.advance(now);
+            while let Some(output) = self.sessions.poll_output() {
+                match output {
+                    SessionOutput::Transmit { transmit, .. } => net.send(transmit, now),
+                    SessionOutput::Negotiation(event) => self.reported.push(event),
+                    SessionOutput::Message(data) => self.messages.push(data),
+                }
+            }
+        }
+
+        /// Reports of kind `pick` taken out of what was reported.
+        fn take<T>(&mut self, mut pick: impl FnMut(&NegotiationInput) -> Option<T>) -> Vec<T> {
+            let mut taken = Vec::new();
+            self.reported.retain(|r| match pick(r) {
+                Some(t) => {
+                    taken.push(t);
+                    false
+                }
+                None => true,
+            });
+            taken
+        }
+
+        fn open_sessions(&self) -> Vec<SessionId> {
+            self.sessions
+                .summary()
+                .into_iter()
+                .filter(|(_, open)| *open)
+                .map(|(id, _)| id)
+                .collect()
+        }
+    }
+
+    struct Pair {
+        now: Instant,
+        net: SimNet,
+        a: Side,
+        b: Side,
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            let (ca, cb) = (certificate(), certificate());
+            let ida = DeviceId::from_certificate_der(ca.certificate[0].as_ref());
+            let idb = DeviceId::from_certificate_der(cb.certificate[0].as_ref());
+            Self {
+                now: Instant::now(),
+                net: SimNet::new(Conditions::gigabit(), 5),
+                a: Side::new(ca, idb, [10, 77, 0, 1]),
+                b: Side::new(cb, ida, [10, 77, 0, 2]),
+            }
+        }
+
+        /// Steps in virtual time (bounded) until `done`.
+        fn run(&mut self, mut done: impl FnMut(&Pair) -> bool) -> bool {
+            let deadline = self.now + Duration::from_secs(60);
+            for _ in 0..100_000 {
+                self.a.flush(&mut self.net, self.now);
+                self.b.flush(&mut self.net, self.now);
+                if done(self) {
+                    return true;
+                }
+                let next = [
+                    self.net.next_arrival(),
+                    self.a.sessions.poll_timeout(),
+                    self.b.sessions.poll_timeout(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                let Some(next) = next else { return done(self) };
+                self.now = self.now.max(next);
+                if self.now > deadline {
+                    return false;
+                }
+                while let Some(d) = self.net.pop_due(self.now) {
+                    let side = if d.to.ip() == SocketAddr::from((self.a.ip, 0)).ip() {
+                        &mut self.a
+                    } else {
+                        &mut self.b
+                    };
+                    if let Some(&session) = side.ports.get(&d.to.port()) {
+                        side.sessions
+                            .deliver(session, d.from, d.to, &d.bytes, self.now);
+                    }
+                }
+            }
+            done(self)
+        }
+
+        /// `offerer` offers, the other answers, candidates go both ways: one negotiation.
+        fn negotiate(&mut self, a_offers: bool) {
+            let now = self.now;
+            let Pair { net, a, b, .. } = self;
+            let (offerer, answerer) = if a_offers { (a, b) } else { (b, a) };
+            offerer.act(Action::CreateOffer, net, now);
+            let offer = offerer.take(|r| match r {
+                NegotiationInput::LocalOffer { sdp } => Some(sdp.clone()),
+                _ => None,
+            });
+            answerer.act(
+                Action::AnswerOffer {
+                    sdp: offer[0].clone(),
+                },
+                net,
+                now,
+            );
+            let answer = answerer.take(|r| match r {
+                NegotiationInput::LocalAnswer { sdp } => Some(sdp.clone()),
+                _ => None,
+            });
+            offerer.act(
+                Action::ApplyAnswer {
+                    sdp: answer[0].clone(),
+                },
+                net,
+                now,
+            );
+            // Candidates gathered so far, both ways.
+            self.a.flush(&mut self.net, now);
+            self.b.flush(&mut self.net, now);
+            for from_a in [true, false] {
+                let Pair { net, a, b, .. } = &mut *self;
+                let (from, to) = if from_a { (a, b) } else { (b, a) };
+                let candidates = from.take(|r| match r {
+                    NegotiationInput::LocalCandidate(c) => Some(c.clone()),
+                    _ => None,
+                });
+                for c in candidates {
+                    to.act(Action::AddCandidate(c), net, now);
+                }
+            }
+        }
+    }
+
+    fn channel_opens(side: &Side) -> usize {
+        side.reported
+            .iter()
+            .filter(|r| **r == NegotiationInput::ChannelOpen)
+            .count()
+    }
+
+    /// A new offer is a new session; the old one carries data until the new one's channel
+    /// opens, then it is closed: exactly one open session on each side, and messages flow on.
+    #[test]
+    fn a_new_session_replaces_the_carrying_one_only_once_it_is_up() {
+        let mut pair = Pair::new();
+        pair.negotiate(true);
+        assert!(pair.run(|p| channel_opens(&p.a) == 1 && channel_opens(&p.b) == 1));
+        assert!(pair.a.sessions.is_carrying() && pair.b.sessions.is_carrying());
+        let first = pair.a.open_sessions();
+        assert_eq!(first.len(), 1);
+
+        // b re-offers (new ICE credentials): until the answer, a's old session still carries.
+        let now = pair.now;
+        pair.b.act(Action::CreateOffer, &mut pair.net, now);
+        assert_eq!(
+            pair.b.sessions.summary().len(),
+            2,
+            "old and new side by side"
+        );
+        assert!(pair.a.sessions.send(vec![1; 1000]));
+        assert!(
+            pair.run(|p| p.b.messages.len() == 1),
+            "the old session carries meanwhile"
+        );
+        // b's offer is rolled back unanswered (a polite side in a glare); a's fresh offer is
+        // the new session that replaces the old one.
+        pair.b.act(Action::Rollback, &mut pair.net, now);
+        pair.b.take(|r| {
+            matches!(
+                r,
+                NegotiationInput::LocalOffer { .. } | NegotiationInput::LocalCandidate(_)
+            )
+            .then_some(())
+        });
+        pair.negotiate(true);
+        assert!(pair.run(|p| channel_opens(&p.a) == 2 && channel_opens(&p.b) == 2));
+        let second = pair.a.open_sessions();
+        assert_eq!(second.len(), 1, "one open session after the replacement");
+        assert_ne!(first, second);
+        assert_eq!(pair.b.open_sessions().len(), 1);
+        assert_eq!(
+            pair.a.sessions.summary().len(),
+            1,
+            "the old session is gone"
+        );
+        assert!(pair.b.sessions.send(vec![2; 1000]));
+        assert!(pair.run(|p| p.a.messages.len() == 1));
+        assert_eq!(pair.a.messages[0], vec![2; 1000]);
+        // No Lost reported: a replaced session's end concerns nobody.
+        assert!(
+            !pair
+                .a
+                .reported
+                .iter()
+                .chain(&pair.b.reported)
+                .any(|r| matches!(r, NegotiationInput::Lost { .. }))
+        );
+    }
+
+    /// `Close` ends every session; sending then fails, and the peer hears of it at once.
+    #[test]
+    fn close_ends_every_session_and_the_peer_hears_of_it() {
+        let mut pair = Pair::new();
+        pair.negotiate(false);
+        assert!(pair.run(|p| channel_opens(&p.a) == 1 && channel_opens(&p.b) == 1));
+        let now = pair.now;
+        pair.a.act(Action::Close, &mut pair.net, now);
+        assert!(!pair.a.sessions.is_carrying());
+        assert!(!pair.a.sessions.send(vec![3]));
+        assert!(pair.run(|p| {
+            p.b.reported
+                .iter()
+                .any(|r| matches!(r, NegotiationInput::Lost { .. }))
+        }));
+        assert!(pair.b.sessions.summary().is_empty());
+    }
+}
