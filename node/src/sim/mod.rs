@@ -402,6 +402,7 @@ impl Env<'_> {
 
 pub struct SimNode {
     pub label: &'static str,
+    index: usize,
     pub me: Me,
     certificate: rtc_dtls::crypto::Certificate,
     pub ip: IpAddr,
@@ -640,12 +641,9 @@ impl SimNode {
         env.schedule(env.now + after, self.generation, Job::Input { node, input });
     }
 
-    /// The node's index in the world (its address's last octet less one).
+    /// The node's index in the world.
     fn index(&self) -> usize {
-        match self.ip {
-            IpAddr::V4(v4) => usize::from(v4.octets()[3]) - 1,
-            IpAddr::V6(_) => 0,
-        }
+        self.index
     }
 
     fn prepare_send(
@@ -947,6 +945,7 @@ impl World {
                 };
                 SimNode {
                     label: labels[i],
+                    index: i,
                     me,
                     certificate,
                     ip: IpAddr::V4(Ipv4Addr::new(10, 77, 0, i as u8 + 1)),
