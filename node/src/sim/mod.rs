@@ -37,6 +37,7 @@ use crate::control::{Reply, Request};
 use crate::core::link::sessions::{SessionId, SessionOutput, Sessions};
 use crate::core::link::sim::{Conditions, SimNet};
 use crate::core::link::{self, LinkConfig, SctpTuning};
+use crate::core::names;
 use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, QueuedFile, Token};
 use crate::core::router::{Input as RouterInput, Output as RouterOutput, Router};
 use crate::core::signal::{Hello, Message};
@@ -58,6 +59,8 @@ const WALL_EPOCH_MS: i64 = 1_790_000_000_000;
 /// Files at most this large are hashed while a send is prepared (as the shell does for
 /// small files); larger ones through `HashSource`.
 const PREHASH_LIMIT: usize = 64 * 1024;
+/// Numbered variants of a name tried before a finalize gives up.
+const MAX_VARIANTS: u32 = 1000;
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
@@ -146,18 +149,15 @@ pub struct SimStore {
     pub sources: BTreeMap<PathBuf, Vec<u8>>,
     parts: BTreeMap<String, MemFile>,
     pub files: BTreeMap<String, Vec<u8>>,
-    /// Each transfer's open `.part` (handles are gone after a crash).
-    open: BTreeMap<TransferId, String>,
+    /// Each transfer's open `.part` and the name it is to get (handles are gone after a
+    /// crash).
+    open: BTreeMap<TransferId, (String, String)>,
     /// Every chunk write: (node generation, transfer, offset).
     pub writes: Vec<(u32, TransferId, u64)>,
     pub unsynced_bytes_lost: usize,
 }
 
 impl SimStore {
-    fn part_name(name: &str, id: &TransferId) -> String {
-        format!("{name}.{id}.part")
-    }
-
     /// Bytes written to `.part` files and not synced yet (what a crash drops).
     pub fn unsynced_bytes(&self) -> usize {
         self.parts
@@ -181,14 +181,19 @@ impl SimStore {
     fn perform(&mut self, generation: u32, id: TransferId, op: StoreOp) -> Option<StoreResult> {
         Some(match op {
             StoreOp::Prepare { name, .. } => {
-                if name.contains('/') || name.is_empty() {
-                    return Some(StoreResult::PrepareFailed {
-                        reason: format!("bad name {name:?}"),
-                    });
-                }
-                let part = Self::part_name(&name, &id);
+                // The receive directory is flat here: a sender's directories join the name.
+                let components = match names::check_name(&name) {
+                    Ok(components) => components,
+                    Err(err) => {
+                        return Some(StoreResult::PrepareFailed {
+                            reason: err.to_string(),
+                        });
+                    }
+                };
+                let final_name = components.join("/");
+                let part = names::part_name(&final_name, &id);
                 let held = self.parts.entry(part.clone()).or_default().written.len() as u64;
-                self.open.insert(id, part);
+                self.open.insert(id, (part, final_name));
                 StoreResult::Prepared { part_len: held }
             }
             StoreOp::Write {
@@ -197,7 +202,7 @@ impl SimStore {
                 data,
                 sha256: expected,
             } => {
-                let Some(part) = self.open.get(&id).and_then(|p| self.parts.get_mut(p)) else {
+                let Some(part) = self.open.get(&id).and_then(|(p, _)| self.parts.get_mut(p)) else {
                     return Some(StoreResult::WriteFailed {
                         reason: "the .part file is not open".into(),
                     });
@@ -218,7 +223,7 @@ impl SimStore {
                 self.writes.push((generation, id, offset));
                 StoreResult::Verified { index, ok: true }
             }
-            StoreOp::Sync => match self.open.get(&id).and_then(|p| self.parts.get_mut(p)) {
+            StoreOp::Sync => match self.open.get(&id).and_then(|(p, _)| self.parts.get_mut(p)) {
                 Some(part) => {
                     part.synced = part.written.clone();
                     StoreResult::Synced
@@ -232,15 +237,11 @@ impl SimStore {
                 adopt_identical,
                 ..
             } => {
-                let Some(part_name) = self.open.get(&id).cloned() else {
+                let Some((part_name, base)) = self.open.get(&id).cloned() else {
                     return Some(StoreResult::FinalizeFailed {
                         reason: "the .part file is not open".into(),
                     });
                 };
-                let base = part_name
-                    .strip_suffix(&format!(".{id}.part"))
-                    .unwrap_or(&part_name)
-                    .to_owned();
                 let data = self
                     .parts
                     .get(&part_name)
@@ -251,15 +252,22 @@ impl SimStore {
                         reason: "the whole file's SHA-256 differs from the sender's".into(),
                     });
                 }
-                let mut name = base.clone();
-                let mut n = 1;
-                while let Some(existing) = self.files.get(&name) {
-                    if adopt_identical && sha256(existing) == expected {
-                        break;
-                    }
-                    name = format!("{base} ({n})");
-                    n += 1;
-                }
+                // The first free name of `base`, `base (1)`, … (or, when adopting, one that
+                // already holds this very file).
+                let Some(name) = (0..=MAX_VARIANTS)
+                    .map(|n| match n {
+                        0 => base.clone(),
+                        n => names::numbered(&base, n),
+                    })
+                    .find(|name| match self.files.get(name) {
+                        None => true,
+                        Some(existing) => adopt_identical && sha256(existing) == expected,
+                    })
+                else {
+                    return Some(StoreResult::FinalizeFailed {
+                        reason: format!("no free name for {base}"),
+                    });
+                };
                 self.parts.remove(&part_name);
                 self.open.remove(&id);
                 self.files.insert(name.clone(), data);
@@ -268,7 +276,7 @@ impl SimStore {
                 }
             }
             StoreOp::DeletePart => {
-                if let Some(part) = self.open.remove(&id) {
+                if let Some((part, _)) = self.open.remove(&id) {
                     self.parts.remove(&part);
                 }
                 return None;
