@@ -15,4 +15,6 @@ pub mod identity;
 pub mod policy;
 pub mod record;
 pub mod shell;
+#[cfg(test)]
+mod sim;
 pub mod wasm_target;

@@ -5,8 +5,9 @@
 //! host candidates; ICE's mDNS mode is off), with 16 MiB kernel buffers.
 //!
 //! Sessions (spec 3.3): every offer answered is a new session with fresh sockets and ICE
-//! credentials. The session that carries data keeps doing so until a newer one opens its
-//! channel (then the old one is closed) or until it fails itself; an offer alone never ends it.
+//! credentials. Which session carries data, replacing an old one and mapping actions to link
+//! calls is `core::link::sessions` (sans-IO, also driven by the whole-node simulation); this
+//! adapter binds each session's sockets and moves its datagrams and timers.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +19,8 @@ use smol::Async;
 use tracing::{debug, warn};
 
 use crate::core::DeviceId;
-use crate::core::link::{self, Event, Input as LinkInput, Link, LinkConfig, Output, SctpTuning};
+use crate::core::link::sessions::{SessionId, SessionOutput, Sessions};
+use crate::core::link::{self, LinkConfig, SctpTuning};
 use crate::core::negotiation::{Action, Input as NegotiationInput};
 use crate::core::node::Input;
 use crate::identity::Identity;
@@ -31,9 +33,6 @@ pub const CHANNEL_LABEL: &str = "fileshare";
 /// The largest message fsnode sends or accepts, advertised in offers and answers: spec 4 then
 /// gives 128 KiB chunks between fsnode nodes.
 pub const MAX_MESSAGE_SIZE: u32 = link::MAX_MESSAGE_SIZE;
-
-/// Bytes a channel may have queued in SCTP before further messages wait in the adapter.
-pub const SEND_BUFFER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The largest datagram read from a session's socket (any larger is truncated and dropped by
 /// DTLS): spec 5's larger datagrams stay below it.
@@ -165,9 +164,8 @@ fn start_links_thread() -> async_channel::Sender<PeerSpec> {
                         inputs: spec.inputs,
                         commands: spec.commands,
                         open: spec.open,
-                        sessions: Vec::new(),
-                        next_session: 1,
-                        pending: VecDeque::new(),
+                        sessions: Sessions::new(),
+                        sockets: HashMap::new(),
                     };
                     executor.spawn(task.run(spec.receiver)).detach();
                 }
@@ -243,17 +241,10 @@ impl RtcAdapter {
     }
 }
 
-/// One session: a link machine and its sockets (their reader tasks end when it is dropped).
-struct Session {
-    id: u64,
-    link: Link,
+/// A session's sockets (their reader tasks end when it is dropped).
+struct SessionSockets {
     sockets: Vec<(SocketAddr, Arc<Async<std::net::UdpSocket>>)>,
     _readers: Vec<runtime::Task<()>>,
-    timeout: Instant,
-    /// Its channel opened (it carries, or carried, data).
-    opened: bool,
-    /// A description is applied on both sides (an offerer before the answer is not).
-    offering: bool,
 }
 
 struct PeerTask {
@@ -262,11 +253,9 @@ struct PeerTask {
     inputs: async_channel::Sender<Input>,
     commands: async_channel::Sender<Command>,
     open: Arc<AtomicBool>,
-    /// Oldest first; the last one is the session negotiation is working on.
-    sessions: Vec<Session>,
-    next_session: u64,
-    /// Messages waiting for SCTP buffer space.
-    pending: VecDeque<Vec<u8>>,
+    /// Which session carries data and how actions map to links (`core::link::sessions`).
+    sessions: Sessions,
+    sockets: HashMap<SessionId, SessionSockets>,
 }
 
 impl PeerTask {
@@ -277,7 +266,7 @@ impl PeerTask {
             let command = match backlog.pop_front() {
                 Some(command) => Some(command),
                 None => {
-                    let deadline = self.sessions.iter().map(|s| s.timeout).min();
+                    let deadline = self.sessions.poll_timeout();
                     futures_lite::future::or(async { commands.recv().await.ok() }, async {
                         runtime::sleep_until(deadline).await;
                         None
@@ -288,24 +277,22 @@ impl PeerTask {
             let now = SystemClock.now();
             match command {
                 Some(Command::Act(Action::Close)) => {
-                    self.close_all(now);
+                    self.sessions.close_all(now);
+                    self.flush_outputs().await;
                     return;
                 }
-                Some(Command::Act(action)) => {
-                    if let Err(reason) = self.perform(action, now).await {
-                        warn!(peer = %self.peer, "WebRTC: {reason}");
-                        self.close_all(now);
-                        self.report(NegotiationInput::Lost { reason }).await;
-                    }
+                Some(Command::Act(action)) => self.perform(action, now),
+                Some(Command::Send(data)) => {
+                    // No channel: the transfer layer resends after reconnecting.
+                    let _ = self.sessions.send(data);
                 }
-                Some(Command::Send(data)) => self.pending.push_back(data),
                 Some(Command::Datagram {
                     session,
                     from,
                     to,
                     bytes,
                 }) => {
-                    self.deliver(session, from, to, &bytes, now);
+                    self.sessions.deliver(session, from, to, &bytes, now);
                     // Take every datagram already waiting before the outputs go out.
                     while backlog.is_empty()
                         && let Ok(next) = commands.try_recv()
@@ -316,287 +303,79 @@ impl PeerTask {
                                 from,
                                 to,
                                 bytes,
-                            } => self.deliver(session, from, to, &bytes, now),
+                            } => self.sessions.deliver(session, from, to, &bytes, now),
                             other => backlog.push_back(other),
                         }
                     }
                 }
                 None => {}
             }
-            for s in &mut self.sessions {
-                if s.timeout <= now {
-                    s.link.handle_input(LinkInput::Timeout, now);
-                }
-            }
-            self.flush_pending(now);
-            self.drain(now).await;
+            self.sessions.advance(now);
+            self.flush_outputs().await;
         }
     }
 
-    fn deliver(
-        &mut self,
-        session: u64,
-        from: SocketAddr,
-        to: SocketAddr,
-        bytes: &[u8],
-        now: Instant,
-    ) {
-        if let Some(s) = self.sessions.iter_mut().find(|s| s.id == session) {
-            s.link
-                .handle_input(LinkInput::Datagram { from, to, bytes }, now);
-        }
-    }
-
-    /// The session carrying data: the newest one whose channel is open.
-    fn active(&mut self) -> Option<&mut Session> {
-        self.sessions
-            .iter_mut()
-            .rev()
-            .find(|s| s.opened && s.link.is_open())
-    }
-
-    fn flush_pending(&mut self, now: Instant) {
-        let peer = self.peer.clone();
-        let mut pending = std::mem::take(&mut self.pending);
-        if let Some(session) = self.active() {
-            while let Some(data) = pending.front() {
-                if session.link.buffered_amount() >= SEND_BUFFER_LIMIT {
-                    break;
-                }
-                match session.link.send(data, now) {
-                    Ok(()) => {
-                        pending.pop_front();
-                    }
-                    Err(dcsctp::api::SendError::ResourceExhaustion) => break,
-                    Err(err) => {
-                        debug!(%peer, "data channel send failed: {err}");
-                        pending.pop_front();
-                    }
-                }
-            }
-        } else {
-            // No channel: the transfer layer resends after reconnecting.
-            pending.clear();
-        }
-        self.pending = pending;
-    }
-
-    async fn perform(&mut self, action: Action, now: Instant) -> Result<(), String> {
-        match action {
-            Action::CreateOffer => {
-                let (sockets, config) = self.bind()?;
-                let (link, sdp) = Link::offer(config, now).map_err(|e| e.to_string())?;
-                self.add_session(link, sockets, true);
-                self.report(NegotiationInput::LocalOffer { sdp }).await;
-            }
-            Action::Rollback => {
-                // Our outstanding offer's session is dropped; a fresh one answers.
-                if let Some(last) = self.sessions.last()
-                    && last.offering
-                {
-                    self.sessions.pop();
-                }
-            }
-            Action::AnswerOffer { sdp } => {
-                // A session still offering is superseded by the one answering.
-                if self.sessions.last().is_some_and(|s| s.offering) {
-                    self.sessions.pop();
-                }
-                let (sockets, config) = self.bind()?;
-                let (link, answer) =
-                    Link::answer(config, &sdp, now).map_err(|e| format!("answering: {e}"))?;
-                self.add_session(link, sockets, false);
-                self.report(NegotiationInput::RemoteApplied).await;
-                self.report(NegotiationInput::LocalAnswer { sdp: answer })
-                    .await;
-            }
-            Action::ApplyAnswer { sdp } => {
-                if let Some(last) = self.sessions.last_mut()
-                    && last.offering
-                {
-                    last.link
-                        .apply_answer(&sdp, now)
-                        .map_err(|e| format!("applying the answer: {e}"))?;
-                    last.offering = false;
-                    self.report(NegotiationInput::RemoteApplied).await;
-                }
-            }
-            Action::AddCandidate(candidate) => {
-                if let Some(last) = self.sessions.last_mut()
-                    && let Err(err) = last.link.add_remote_candidate(&candidate, now)
-                {
-                    // A bad candidate from the peer is not fatal to the session.
-                    debug!(peer = %self.peer, "ignored a remote candidate: {err}");
-                }
-            }
-            Action::Close => self.close_all(now),
-        }
-        Ok(())
-    }
-
-    /// Fresh sockets on every served address, and the link configuration for them.
-    #[allow(clippy::type_complexity)]
-    fn bind(
-        &self,
-    ) -> Result<
-        (
-            Vec<(SocketAddr, Arc<Async<std::net::UdpSocket>>)>,
-            LinkConfig,
-        ),
-        String,
-    > {
-        let mut sockets = Vec::new();
-        for ip in &self.settings.ips {
-            let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, 0))
-                .map_err(|e| format!("binding a UDP socket on {ip}: {e}"))?;
-            runtime::size_udp_buffers(&socket);
-            let local = socket
-                .local_addr()
-                .map_err(|e| format!("reading a socket address: {e}"))?;
-            let socket = Async::new(socket).map_err(|e| format!("UDP socket: {e}"))?;
-            sockets.push((local, Arc::new(socket)));
-        }
-        if sockets.is_empty() {
-            return Err("no address to bind a UDP socket on".into());
-        }
-        // The link's ICE credentials and DTLS randoms come from this: the OS's randomness.
-        let seed: [u8; 32] = rand::random();
-        let config = LinkConfig {
-            certificate: self.settings.identity.certificate.dtls_certificate.clone(),
-            peer: self.peer.clone(),
-            local_addrs: sockets.iter().map(|(addr, _)| *addr).collect(),
-            path_max_datagram: self.settings.path_max_datagram,
-            advertise_max_datagram: None,
-            max_message_size: MAX_MESSAGE_SIZE,
-            sctp: SctpTuning {
-                receive_window: self.settings.receive_window,
-                ..SctpTuning::default()
-            },
-            seed,
-        };
-        Ok((sockets, config))
-    }
-
-    fn add_session(
-        &mut self,
-        link: Link,
-        sockets: Vec<(SocketAddr, Arc<Async<std::net::UdpSocket>>)>,
-        offering: bool,
-    ) {
-        let id = self.next_session;
-        self.next_session += 1;
-        let readers = sockets
-            .iter()
-            .map(|(local, socket)| {
-                runtime::spawn(read_socket(
-                    id,
-                    *local,
-                    socket.clone(),
-                    self.commands.clone(),
-                ))
-            })
-            .collect();
-        // At most the carrying session and the one being negotiated: older attempts go.
-        while self.sessions.len() >= 2 {
-            let index = self.sessions.iter().position(|s| !s.opened).unwrap_or(0);
-            self.sessions.remove(index);
-        }
-        self.sessions.push(Session {
-            id,
-            link,
-            sockets,
-            _readers: readers,
-            timeout: SystemClock.now(),
-            opened: false,
-            offering,
+    /// Performs one action; a session it makes gets the sockets bound for it.
+    fn perform(&mut self, action: Action, now: Instant) {
+        let id = self.sessions.next_id();
+        let mut bound = None;
+        let settings = &self.settings;
+        let peer = &self.peer;
+        let result = self.sessions.act(action, now, &mut || {
+            let (sockets, config) = bind(settings, peer)?;
+            bound = Some(sockets);
+            Ok(config)
         });
+        if let Err(reason) = result {
+            warn!(peer = %self.peer, "WebRTC: {reason}");
+        }
+        if let Some(sockets) = bound
+            && self.sessions.ids().any(|s| s == id)
+        {
+            let readers = sockets
+                .iter()
+                .map(|(local, socket)| {
+                    runtime::spawn(read_socket(
+                        id,
+                        *local,
+                        socket.clone(),
+                        self.commands.clone(),
+                    ))
+                })
+                .collect();
+            self.sockets.insert(
+                id,
+                SessionSockets {
+                    sockets,
+                    _readers: readers,
+                },
+            );
+        }
     }
 
-    fn close_all(&mut self, now: Instant) {
-        for s in &mut self.sessions {
-            s.link.close(now);
-            // Best effort: the close_notify goes out now or never.
-            while let Output::Transmit(t) = s.link.poll_output() {
-                if let Some((_, socket)) = s.sockets.iter().find(|(addr, _)| *addr == t.from) {
-                    let _ = socket.get_ref().send_to(&t.bytes, t.to);
-                }
-            }
-        }
-        self.sessions.clear();
-        self.open.store(false, Ordering::Release);
-        self.pending.clear();
-    }
-
-    /// Sends every session's datagrams and reports its events.
-    async fn drain(&mut self, now: Instant) {
-        let newest = self.sessions.last().map(|s| s.id);
-        // In the order the links produced them: a channel's first messages can arrive in the
-        // same batch as its opening, and the core must hear of the opening first.
-        let mut reports = Vec::new();
-        let mut lost = Vec::new();
-        for s in &mut self.sessions {
-            loop {
-                match s.link.poll_output() {
-                    Output::Transmit(t) => {
-                        if let Some((_, socket)) =
-                            s.sockets.iter().find(|(addr, _)| *addr == t.from)
-                            && let Err(err) = socket.send_to(&t.bytes, t.to).await
-                        {
-                            debug!("UDP send to {}: {err}", t.to);
-                        }
-                    }
-                    Output::Event(Event::LocalCandidate(c)) if Some(s.id) == newest => {
-                        reports.push(Report::Rtc(NegotiationInput::LocalCandidate(c)));
-                    }
-                    Output::Event(Event::LocalCandidate(_)) => {}
-                    Output::Event(Event::Authenticated) => {}
-                    Output::Event(Event::ChannelOpen) => {
-                        s.opened = true;
-                        reports.push(Report::Opened(s.id));
-                    }
-                    Output::Event(Event::Message(data)) => {
-                        reports.push(Report::Message(s.id, data));
-                    }
-                    Output::Event(Event::Lost(error)) => lost.push((s.id, error)),
-                    Output::Timeout(t) => {
-                        s.timeout = t;
-                        break;
+    /// Sends the sessions' datagrams, reports their events, and drops the sockets of every
+    /// session that is gone.
+    async fn flush_outputs(&mut self) {
+        while let Some(output) = self.sessions.poll_output() {
+            match output {
+                SessionOutput::Transmit { session, transmit } => {
+                    if let Some(socket) = self.sockets.get(&session).and_then(|s| {
+                        s.sockets
+                            .iter()
+                            .find(|(addr, _)| *addr == transmit.from)
+                            .map(|(_, socket)| socket)
+                    }) && let Err(err) = socket.send_to(&transmit.bytes, transmit.to).await
+                    {
+                        debug!("UDP send to {}: {err}", transmit.to);
                     }
                 }
-            }
-        }
-        for (id, error) in lost {
-            let was_newest = Some(id) == newest;
-            self.sessions.retain(|s| s.id != id);
-            if self.active().is_none() {
-                self.open.store(false, Ordering::Release);
-            }
-            // A replaced session's end concerns nobody; the newest one's is negotiation's.
-            if was_newest {
-                reports.push(Report::Rtc(NegotiationInput::Lost {
-                    reason: error.to_string(),
-                }));
-            } else {
-                debug!(peer = %self.peer, "an older session ended: {error}");
-            }
-        }
-        // Messages of a session older than one that opened in this batch are stale.
-        let mut newest_open = 0;
-        for report in reports {
-            match report {
-                Report::Rtc(event) => self.report(event).await,
-                Report::Opened(id) => {
-                    // The new session is up: every older one is closed (spec 3.3).
-                    for s in self.sessions.iter_mut().filter(|s| s.id < id) {
-                        s.link.close(now);
-                    }
-                    self.sessions.retain(|s| s.id >= id);
-                    newest_open = id;
-                    self.open.store(true, Ordering::Release);
-                    self.report(NegotiationInput::ChannelOpen).await;
+                SessionOutput::Negotiation(event) => {
+                    // The open flag changes before the core hears of it.
+                    self.open
+                        .store(self.sessions.is_carrying(), Ordering::Release);
+                    self.report(event).await;
                 }
-                Report::Message(id, _) if id < newest_open => {}
-                Report::Message(_, data) => {
+                SessionOutput::Message(data) => {
                     let _ = self
                         .inputs
                         .send(Input::Channel {
@@ -607,6 +386,10 @@ impl PeerTask {
                 }
             }
         }
+        self.open
+            .store(self.sessions.is_carrying(), Ordering::Release);
+        let alive: Vec<SessionId> = self.sessions.ids().collect();
+        self.sockets.retain(|id, _| alive.contains(id));
     }
 
     async fn report(&self, event: NegotiationInput) {
@@ -620,10 +403,48 @@ impl PeerTask {
     }
 }
 
-enum Report {
-    Rtc(NegotiationInput),
-    Opened(u64),
-    Message(u64, Vec<u8>),
+/// Fresh sockets on every served address, and the link configuration for them.
+#[allow(clippy::type_complexity)]
+fn bind(
+    settings: &Settings,
+    peer: &DeviceId,
+) -> Result<
+    (
+        Vec<(SocketAddr, Arc<Async<std::net::UdpSocket>>)>,
+        LinkConfig,
+    ),
+    String,
+> {
+    let mut sockets = Vec::new();
+    for ip in &settings.ips {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, 0))
+            .map_err(|e| format!("binding a UDP socket on {ip}: {e}"))?;
+        runtime::size_udp_buffers(&socket);
+        let local = socket
+            .local_addr()
+            .map_err(|e| format!("reading a socket address: {e}"))?;
+        let socket = Async::new(socket).map_err(|e| format!("UDP socket: {e}"))?;
+        sockets.push((local, Arc::new(socket)));
+    }
+    if sockets.is_empty() {
+        return Err("no address to bind a UDP socket on".into());
+    }
+    // The link's ICE credentials and DTLS randoms come from this: the OS's randomness.
+    let seed: [u8; 32] = rand::random();
+    let config = LinkConfig {
+        certificate: settings.identity.certificate.dtls_certificate.clone(),
+        peer: peer.clone(),
+        local_addrs: sockets.iter().map(|(addr, _)| *addr).collect(),
+        path_max_datagram: settings.path_max_datagram,
+        advertise_max_datagram: None,
+        max_message_size: MAX_MESSAGE_SIZE,
+        sctp: SctpTuning {
+            receive_window: settings.receive_window,
+            ..SctpTuning::default()
+        },
+        seed,
+    };
+    Ok((sockets, config))
 }
 
 /// Forwards a session socket's datagrams to its peer task until the session is dropped.

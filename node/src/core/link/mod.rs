@@ -24,6 +24,7 @@
 
 pub mod description;
 pub mod randomness;
+pub mod sessions;
 #[cfg(test)]
 pub mod sim;
 #[cfg(test)]

@@ -1,0 +1,658 @@
+//! One peer's link sessions, sans-IO: which session carries data, a newer one replacing the
+//! old only once its channel is open (spec 3.3), the negotiation machine's `Action`s mapped to
+//! link calls, and what is reported back as negotiation inputs and channel messages. The shell
+//! (`shell/rtc.rs`) binds sockets for each new session and moves datagrams and timers; the
+//! whole-node simulation drives the very same machine over its simulated network.
+//!
+//! Every offer answered is a new session with fresh sockets and ICE credentials. The session
+//! that carries data keeps doing so until a newer one opens its channel (then the old one is
+//! closed) or until it fails itself; an offer alone never ends it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Event, Input as LinkInput, Link, LinkConfig, Output as LinkOutput, Transmit};
+use crate::core::negotiation::{Action, Input as NegotiationInput};
+
+/// Bytes a channel may have queued in SCTP before further messages wait here.
+pub const SEND_BUFFER_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Sessions kept at once: the one carrying data and the one being negotiated.
+const MAX_SESSIONS: usize = 2;
+
+/// A session as the shell numbers its sockets: ids grow, a larger one is newer.
+pub type SessionId = u64;
+
+/// What the sessions ask of the shell, in the order it must happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutput {
+    /// Send a datagram from the socket `transmit.from` of `session`.
+    Transmit {
+        session: SessionId,
+        transmit: Transmit,
+    },
+    /// Report to the negotiation machine (`core::node::Input::Rtc`).
+    Negotiation(NegotiationInput),
+    /// A message that arrived on the carrying channel (`core::node::Input::Channel`).
+    Message(Vec<u8>),
+}
+
+struct Session {
+    id: SessionId,
+    link: Link,
+    timeout: Instant,
+    /// Its channel opened (it carries, or carried, data).
+    opened: bool,
+    /// Our offer, before the answer is applied.
+    offering: bool,
+}
+
+/// What one pass over the links found, reported once every link was drained.
+enum Report {
+    Negotiation(NegotiationInput),
+    Opened(SessionId),
+    Message(SessionId, Vec<u8>),
+}
+
+/// One peer's sessions: oldest first; the last one is the session negotiation works on.
+pub struct Sessions {
+    sessions: Vec<Session>,
+    next_session: SessionId,
+    /// Messages waiting for SCTP buffer space.
+    pending: VecDeque<Vec<u8>>,
+    /// A channel is open to carry messages.
+    carrying: bool,
+    out: VecDeque<SessionOutput>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sessions {
+    pub fn new() -> Self {
+        Self {
+            sessions: Vec::new(),
+            next_session: 1,
+            pending: VecDeque::new(),
+            carrying: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The id the next session made by `perform` gets (the shell binds its sockets first).
+    pub fn next_id(&self) -> SessionId {
+        self.next_session
+    }
+
+    /// The sessions alive: a shell drops the sockets of every other one.
+    pub fn ids(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.sessions.iter().map(|s| s.id)
+    }
+
+    /// A channel is open: messages given to `send` go out.
+    pub fn is_carrying(&self) -> bool {
+        self.carrying
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.iter().map(|s| s.timeout).min()
+    }
+
+    pub fn poll_output(&mut self) -> Option<SessionOutput> {
+        self.out.pop_front()
+    }
+
+    /// Queues one binary message for the carrying channel; false if none is open.
+    pub fn send(&mut self, data: Vec<u8>) -> bool {
+        if !self.carrying {
+            return false;
+        }
+        self.pending.push_back(data);
+        true
+    }
+
+    /// Carries out one negotiation action. `config` makes a new session's link configuration
+    /// (the shell binds its sockets, for session [`Self::next_id`]). A failure closes every
+    /// session and reports `Lost`; its reason is returned for the log.
+    pub fn act(
+        &mut self,
+        action: Action,
+        now: Instant,
+        config: &mut dyn FnMut() -> Result<LinkConfig, String>,
+    ) -> Result<(), String> {
+        match self.perform(action, now, config) {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                self.close_all(now);
+                self.out
+                    .push_back(SessionOutput::Negotiation(NegotiationInput::Lost {
+                        reason: reason.clone(),
+                    }));
+                Err(reason)
+            }
+        }
+    }
+
+    fn perform(
+        &mut self,
+        action: Action,
+        now: Instant,
+        config: &mut dyn FnMut() -> Result<LinkConfig, String>,
+    ) -> Result<(), String> {
+        match action {
+            Action::CreateOffer => {
+                let (link, sdp) = Link::offer(config()?, now).map_err(|e| e.to_string())?;
+                self.add_session(link, true, now);
+                self.report(NegotiationInput::LocalOffer { sdp });
+            }
+            Action::Rollback => {
+                // Our outstanding offer's session is dropped; a fresh one answers.
+                if self.sessions.last().is_some_and(|s| s.offering) {
+                    self.sessions.pop();
+                }
+            }
+            Action::AnswerOffer { sdp } => {
+                // A session still offering is superseded by the one answering.
+                if self.sessions.last().is_some_and(|s| s.offering) {
+                    self.sessions.pop();
+                }
+                let (link, answer) =
+                    Link::answer(config()?, &sdp, now).map_err(|e| format!("answering: {e}"))?;
+                self.add_session(link, false, now);
+                self.report(NegotiationInput::RemoteApplied);
+                self.report(NegotiationInput::LocalAnswer { sdp: answer });
+            }
+            Action::ApplyAnswer { sdp } => {
+                if let Some(last) = self.sessions.last_mut()
+                    && last.offering
+                {
+                    last.link
+                        .apply_answer(&sdp, now)
+                        .map_err(|e| format!("applying the answer: {e}"))?;
+                    last.offering = false;
+                    self.report(NegotiationInput::RemoteApplied);
+                }
+            }
+            Action::AddCandidate(candidate) => {
+                if let Some(last) = self.sessions.last_mut()
+                    && let Err(err) = last.link.add_remote_candidate(&candidate, now)
+                {
+                    // A bad candidate from the peer is not fatal to the session.
+                    tracing::debug!("ignored a remote candidate: {err}");
+                }
+            }
+            Action::Close => self.close_all(now),
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, event: NegotiationInput) {
+        self.out.push_back(SessionOutput::Negotiation(event));
+    }
+
+    fn add_session(&mut self, link: Link, offering: bool, now: Instant) {
+        let id = self.next_session;
+        self.next_session += 1;
+        // At most the carrying session and the one being negotiated: older attempts go.
+        while self.sessions.len() >= MAX_SESSIONS {
+            let index = self.sessions.iter().position(|s| !s.opened).unwrap_or(0);
+            self.sessions.remove(index);
+        }
+        self.sessions.push(Session {
+            id,
+            link,
+            timeout: now,
+            opened: false,
+            offering,
+        });
+    }
+
+    /// Closes every session (their DTLS close_notify goes out as transmits now) and drops them.
+    pub fn close_all(&mut self, now: Instant) {
+        for s in &mut self.sessions {
+            s.link.close(now);
+            while let LinkOutput::Transmit(transmit) = s.link.poll_output() {
+                self.out.push_back(SessionOutput::Transmit {
+                    session: s.id,
+                    transmit,
+                });
+            }
+        }
+        self.sessions.clear();
+        self.carrying = false;
+        self.pending.clear();
+    }
+
+    /// A datagram arrived on a socket of `session` (one already gone is ignored).
+    pub fn deliver(
+        &mut self,
+        session: SessionId,
+        from: SocketAddr,
+        to: SocketAddr,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        if let Some(s) = self.sessions.iter_mut().find(|s| s.id == session) {
+            s.link
+                .handle_input(LinkInput::Datagram { from, to, bytes }, now);
+        }
+    }
+
+    /// After any input: due timers fire, waiting messages go to the carrying channel, and every
+    /// link's outputs become [`SessionOutput`]s.
+    pub fn advance(&mut self, now: Instant) {
+        for s in &mut self.sessions {
+            if s.timeout <= now {
+                s.link.handle_input(LinkInput::Timeout, now);
+            }
+        }
+        self.flush_pending(now);
+        self.drain(now);
+    }
+
+    /// The session carrying data: the newest one whose channel is open.
+    fn active(&mut self) -> Option<&mut Session> {
+        self.sessions
+            .iter_mut()
+            .rev()
+            .find(|s| s.opened && s.link.is_open())
+    }
+
+    fn flush_pending(&mut self, now: Instant) {
+        let mut pending = std::mem::take(&mut self.pending);
+        if let Some(session) = self.active() {
+            while let Some(data) = pending.front() {
+                if session.link.buffered_amount() >= SEND_BUFFER_LIMIT {
+                    break;
+                }
+                match session.link.send(data, now) {
+                    Ok(()) => {
+                        pending.pop_front();
+                    }
+                    Err(dcsctp::api::SendError::ResourceExhaustion) => break,
+                    Err(err) => {
+                        tracing::debug!("data channel send failed: {err}");
+                        pending.pop_front();
+                    }
+                }
+            }
+        } else {
+            // No channel: the transfer layer resends after reconnecting.
+            pending.clear();
+        }
+        self.pending = pending;
+    }
+
+    fn drain(&mut self, now: Instant) {
+        let newest = self.sessions.last().map(|s| s.id);
+        // In the order the links produced them: a channel's first messages can arrive in the
+        // same batch as its opening, and the core must hear of the opening first.
+        let mut reports = Vec::new();
+        let mut lost = Vec::new();
+        for s in &mut self.sessions {
+            loop {
+                match s.link.poll_output() {
+                    LinkOutput::Transmit(transmit) => self.out.push_back(SessionOutput::Transmit {
+                        session: s.id,
+                        transmit,
+                    }),
+                    LinkOutput::Event(Event::LocalCandidate(c)) if Some(s.id) == newest => {
+                        reports.push(Report::Negotiation(NegotiationInput::LocalCandidate(c)));
+                    }
+                    LinkOutput::Event(Event::LocalCandidate(_) | Event::Authenticated) => {}
+                    LinkOutput::Event(Event::ChannelOpen) => {
+                        s.opened = true;
+                        reports.push(Report::Opened(s.id));
+                    }
+                    LinkOutput::Event(Event::Message(data)) => {
+                        reports.push(Report::Message(s.id, data));
+                    }
+                    LinkOutput::Event(Event::Lost(error)) => lost.push((s.id, error)),
+                    LinkOutput::Timeout(t) => {
+                        s.timeout = t;
+                        break;
+                    }
+                }
+            }
+        }
+        for (id, error) in lost {
+            let was_newest = Some(id) == newest;
+            self.sessions.retain(|s| s.id != id);
+            if self.active().is_none() {
+                self.carrying = false;
+            }
+            // A replaced session's end concerns nobody; the newest one's is negotiation's.
+            if was_newest {
+                reports.push(Report::Negotiation(NegotiationInput::Lost {
+                    reason: error.to_string(),
+                }));
+            } else {
+                tracing::debug!("an older session ended: {error}");
+            }
+        }
+        // Messages of a session older than one that opened in this batch are stale.
+        let mut newest_open = 0;
+        for report in reports {
+            match report {
+                Report::Negotiation(event) => self.report(event),
+                Report::Opened(id) => {
+                    // The new session is up: every older one is closed (spec 3.3).
+                    for s in self.sessions.iter_mut().filter(|s| s.id < id) {
+                        s.link.close(now);
+                    }
+                    self.sessions.retain(|s| s.id >= id);
+                    newest_open = id;
+                    self.carrying = true;
+                    self.report(NegotiationInput::ChannelOpen);
+                }
+                Report::Message(id, _) if id < newest_open => {}
+                Report::Message(_, data) => self.out.push_back(SessionOutput::Message(data)),
+            }
+        }
+    }
+
+    /// Sessions alive and whether each one's channel is open (for tests and logs).
+    pub fn summary(&self) -> Vec<(SessionId, bool)> {
+        self.sessions
+            .iter()
+            .map(|s| (s.id, s.opened && s.link.is_open()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // One real `Instant::now()` is the virtual epoch.
+    #![allow(clippy::disallowed_methods)]
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::core::DeviceId;
+    use crate::core::link::sim::{Conditions, SimNet};
+    use crate::core::link::{MAX_MESSAGE_SIZE, SctpTuning};
+
+    fn certificate() -> rtc_dtls::crypto::Certificate {
+        let provider = rtc_crypto::default_provider().unwrap();
+        rtc_dtls::crypto::Certificate::generate_self_signed(
+            vec!["fsnode".to_owned()],
+            provider.crypto(),
+        )
+        .unwrap()
+    }
+
+    /// One peer's side: its sessions, its certificate, the port each session was given.
+    struct Side {
+        sessions: Sessions,
+        certificate: rtc_dtls::crypto::Certificate,
+        peer: DeviceId,
+        ip: [u8; 4],
+        next_port: u16,
+        ports: BTreeMap<u16, SessionId>,
+        reported: Vec<NegotiationInput>,
+        messages: Vec<Vec<u8>>,
+    }
+
+    impl Side {
+        fn new(certificate: rtc_dtls::crypto::Certificate, peer: DeviceId, ip: [u8; 4]) -> Self {
+            Self {
+                sessions: Sessions::new(),
+                certificate,
+                peer,
+                ip,
+                next_port: 41_000,
+                ports: BTreeMap::new(),
+                reported: Vec::new(),
+                messages: Vec::new(),
+            }
+        }
+
+        fn act(&mut self, action: Action, net: &mut SimNet, now: Instant) {
+            let port = self.next_port;
+            let config = LinkConfig {
+                certificate: self.certificate.clone(),
+                peer: self.peer.clone(),
+                local_addrs: vec![SocketAddr::from((self.ip, port))],
+                path_max_datagram: 1472,
+                advertise_max_datagram: None,
+                max_message_size: MAX_MESSAGE_SIZE,
+                sctp: SctpTuning::default(),
+                seed: [port as u8 ^ self.ip[3]; 32],
+            };
+            let id = self.sessions.next_id();
+            let mut config = Some(config);
+            self.sessions
+                .act(action, now, &mut || config.take().ok_or_else(String::new))
+                .unwrap();
+            if self.sessions.ids().any(|s| s == id) {
+                self.ports.insert(port, id);
+                self.next_port += 1;
+            }
+            self.flush(net, now);
+        }
+
+        fn flush(&mut self, net: &mut SimNet, now: Instant) {
+            self.sessions.advance(now);
+            while let Some(output) = self.sessions.poll_output() {
+                match output {
+                    SessionOutput::Transmit { transmit, .. } => net.send(transmit, now),
+                    SessionOutput::Negotiation(event) => self.reported.push(event),
+                    SessionOutput::Message(data) => self.messages.push(data),
+                }
+            }
+        }
+
+        /// Reports of kind `pick` taken out of what was reported.
+        fn take<T>(&mut self, mut pick: impl FnMut(&NegotiationInput) -> Option<T>) -> Vec<T> {
+            let mut taken = Vec::new();
+            self.reported.retain(|r| match pick(r) {
+                Some(t) => {
+                    taken.push(t);
+                    false
+                }
+                None => true,
+            });
+            taken
+        }
+
+        fn open_sessions(&self) -> Vec<SessionId> {
+            self.sessions
+                .summary()
+                .into_iter()
+                .filter(|(_, open)| *open)
+                .map(|(id, _)| id)
+                .collect()
+        }
+    }
+
+    struct Pair {
+        now: Instant,
+        net: SimNet,
+        a: Side,
+        b: Side,
+    }
+
+    impl Pair {
+        fn new() -> Self {
+            let (ca, cb) = (certificate(), certificate());
+            let ida = DeviceId::from_certificate_der(ca.certificate[0].as_ref());
+            let idb = DeviceId::from_certificate_der(cb.certificate[0].as_ref());
+            Self {
+                now: Instant::now(),
+                net: SimNet::new(Conditions::gigabit(), 5),
+                a: Side::new(ca, idb, [10, 77, 0, 1]),
+                b: Side::new(cb, ida, [10, 77, 0, 2]),
+            }
+        }
+
+        /// Steps in virtual time (bounded) until `done`.
+        fn run(&mut self, mut done: impl FnMut(&Pair) -> bool) -> bool {
+            let deadline = self.now + Duration::from_secs(60);
+            for _ in 0..100_000 {
+                self.a.flush(&mut self.net, self.now);
+                self.b.flush(&mut self.net, self.now);
+                if done(self) {
+                    return true;
+                }
+                let next = [
+                    self.net.next_arrival(),
+                    self.a.sessions.poll_timeout(),
+                    self.b.sessions.poll_timeout(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                let Some(next) = next else { return done(self) };
+                self.now = self.now.max(next);
+                if self.now > deadline {
+                    return false;
+                }
+                while let Some(d) = self.net.pop_due(self.now) {
+                    let side = if d.to.ip() == SocketAddr::from((self.a.ip, 0)).ip() {
+                        &mut self.a
+                    } else {
+                        &mut self.b
+                    };
+                    if let Some(&session) = side.ports.get(&d.to.port()) {
+                        side.sessions
+                            .deliver(session, d.from, d.to, &d.bytes, self.now);
+                    }
+                }
+            }
+            done(self)
+        }
+
+        /// `offerer` offers, the other answers, candidates go both ways: one negotiation.
+        fn negotiate(&mut self, a_offers: bool) {
+            let now = self.now;
+            let Pair { net, a, b, .. } = self;
+            let (offerer, answerer) = if a_offers { (a, b) } else { (b, a) };
+            offerer.act(Action::CreateOffer, net, now);
+            let offer = offerer.take(|r| match r {
+                NegotiationInput::LocalOffer { sdp } => Some(sdp.clone()),
+                _ => None,
+            });
+            answerer.act(
+                Action::AnswerOffer {
+                    sdp: offer[0].clone(),
+                },
+                net,
+                now,
+            );
+            let answer = answerer.take(|r| match r {
+                NegotiationInput::LocalAnswer { sdp } => Some(sdp.clone()),
+                _ => None,
+            });
+            offerer.act(
+                Action::ApplyAnswer {
+                    sdp: answer[0].clone(),
+                },
+                net,
+                now,
+            );
+            // Candidates gathered so far, both ways.
+            self.a.flush(&mut self.net, now);
+            self.b.flush(&mut self.net, now);
+            for from_a in [true, false] {
+                let Pair { net, a, b, .. } = &mut *self;
+                let (from, to) = if from_a { (a, b) } else { (b, a) };
+                let candidates = from.take(|r| match r {
+                    NegotiationInput::LocalCandidate(c) => Some(c.clone()),
+                    _ => None,
+                });
+                for c in candidates {
+                    to.act(Action::AddCandidate(c), net, now);
+                }
+            }
+        }
+    }
+
+    fn channel_opens(side: &Side) -> usize {
+        side.reported
+            .iter()
+            .filter(|r| **r == NegotiationInput::ChannelOpen)
+            .count()
+    }
+
+    /// A new offer is a new session; the old one carries data until the new one's channel
+    /// opens, then it is closed: exactly one open session on each side, and messages flow on.
+    #[test]
+    fn a_new_session_replaces_the_carrying_one_only_once_it_is_up() {
+        let mut pair = Pair::new();
+        pair.negotiate(true);
+        assert!(pair.run(|p| channel_opens(&p.a) == 1 && channel_opens(&p.b) == 1));
+        assert!(pair.a.sessions.is_carrying() && pair.b.sessions.is_carrying());
+        let first = pair.a.open_sessions();
+        assert_eq!(first.len(), 1);
+
+        // b re-offers (new ICE credentials): until the answer, a's old session still carries.
+        let now = pair.now;
+        pair.b.act(Action::CreateOffer, &mut pair.net, now);
+        assert_eq!(
+            pair.b.sessions.summary().len(),
+            2,
+            "old and new side by side"
+        );
+        assert!(pair.a.sessions.send(vec![1; 1000]));
+        assert!(
+            pair.run(|p| p.b.messages.len() == 1),
+            "the old session carries meanwhile"
+        );
+        // b's offer is rolled back unanswered (a polite side in a glare); a's fresh offer is
+        // the new session that replaces the old one.
+        pair.b.act(Action::Rollback, &mut pair.net, now);
+        pair.b.take(|r| {
+            matches!(
+                r,
+                NegotiationInput::LocalOffer { .. } | NegotiationInput::LocalCandidate(_)
+            )
+            .then_some(())
+        });
+        pair.negotiate(true);
+        assert!(pair.run(|p| channel_opens(&p.a) == 2 && channel_opens(&p.b) == 2));
+        let second = pair.a.open_sessions();
+        assert_eq!(second.len(), 1, "one open session after the replacement");
+        assert_ne!(first, second);
+        assert_eq!(pair.b.open_sessions().len(), 1);
+        assert_eq!(
+            pair.a.sessions.summary().len(),
+            1,
+            "the old session is gone"
+        );
+        assert!(pair.b.sessions.send(vec![2; 1000]));
+        assert!(pair.run(|p| p.a.messages.len() == 1));
+        assert_eq!(pair.a.messages[0], vec![2; 1000]);
+        // No Lost reported: a replaced session's end concerns nobody.
+        assert!(
+            !pair
+                .a
+                .reported
+                .iter()
+                .chain(&pair.b.reported)
+                .any(|r| matches!(r, NegotiationInput::Lost { .. }))
+        );
+    }
+
+    /// `Close` ends every session; sending then fails, and the peer hears of it at once.
+    #[test]
+    fn close_ends_every_session_and_the_peer_hears_of_it() {
+        let mut pair = Pair::new();
+        pair.negotiate(false);
+        assert!(pair.run(|p| channel_opens(&p.a) == 1 && channel_opens(&p.b) == 1));
+        let now = pair.now;
+        pair.a.act(Action::Close, &mut pair.net, now);
+        assert!(!pair.a.sessions.is_carrying());
+        assert!(!pair.a.sessions.send(vec![3]));
+        assert!(pair.run(|p| {
+            p.b.reported
+                .iter()
+                .any(|r| matches!(r, NegotiationInput::Lost { .. }))
+        }));
+        assert!(pair.b.sessions.summary().is_empty());
+    }
+}
