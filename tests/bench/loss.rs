@@ -10,7 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use fsnode_testkit::Lan;
 
-use super::{MIB, Opts, Topology, fmt_list, median, mb, tcp_copy, trusting_pair, write_random_file};
+use super::{
+    MIB, Opts, Topology, fmt_list, mb, median, tcp_copy, trusting_pair, write_random_file,
+};
 
 /// Loss rates measured, in percent of the packets each host sends.
 const LOSS_PERCENT: [u8; 3] = [1, 2, 5];
@@ -52,7 +54,10 @@ pub fn loss_benchmark(opts: &Opts, data: &Path) -> anyhow::Result<()> {
             ensure!(out.success(), "fsnode send at {pct} % loss failed: {out:?}");
             let received = b.receive.join("loss.bin");
             let got = fs::metadata(&received).map(|m| m.len()).unwrap_or(0);
-            ensure!(got == size, "received {got} of {size} bytes at {pct} % loss");
+            ensure!(
+                got == size,
+                "received {got} of {size} bytes at {pct} % loss"
+            );
             fs::remove_file(&received)?;
             fsnode.push(mb(size, secs));
             cpu.push(
