@@ -33,12 +33,13 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sha2::{Digest, Sha256};
 
-use crate::control::{Reply, Request};
 use crate::core::link::sessions::{SessionId, SessionOutput, Sessions};
 use crate::core::link::sim::{Conditions, SimNet};
 use crate::core::link::{self, LinkConfig, SctpTuning};
 use crate::core::names;
 use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, QueuedFile, Token};
+use crate::core::policy::{Answer, PolicyAnswer, Question};
+use crate::core::request::{Command, Outcome};
 use crate::core::router::{Input as RouterInput, Output as RouterOutput, Router};
 use crate::core::signal::{Hello, Message};
 use crate::core::transfers::{StoreOp, StoreResult};
@@ -429,7 +430,7 @@ pub struct SimNode {
     /// Bumped by every crash: what was scheduled for the old life is dropped.
     pub generation: u32,
     inbox: VecDeque<Input>,
-    pub replies: Vec<(Token, Reply)>,
+    pub replies: Vec<(Token, Outcome)>,
     /// A kill -9 at this time: the batch of events being journaled is not synced, nothing
     /// after it runs.
     crash_at: Option<Instant>,
@@ -580,9 +581,26 @@ impl SimNode {
         let generation = self.generation;
         match output {
             Output::Event(_) => {}
-            Output::Reply { token, reply } => self.replies.push((token, reply)),
+            Output::Outcome { token, outcome } => self.replies.push((token, outcome)),
             Output::Effect(effect) => match effect {
                 Effect::TrustChanged => {}
+                // The simulated nodes run without plugins (the core then decides at once and
+                // never asks); should it ask, the answer is what an empty plugin host says.
+                Effect::AskPolicy(request) => {
+                    let answer = match request.question {
+                        Question::OnDiscovered { .. } | Question::OnOffer { .. } => {
+                            Answer::Trust(None)
+                        }
+                        Question::OnTransfer { .. } => Answer::Accept(None),
+                        Question::Schedule { .. } => Answer::Order(None),
+                        Question::MapMode { .. } => Answer::Mode(None),
+                    };
+                    self.inbox.push_back(Input::PolicyAnswer(PolicyAnswer {
+                        id: request.id,
+                        answer,
+                        disabled: Vec::new(),
+                    }));
+                }
                 Effect::Dial { addr, token } => env.schedule(
                     env.now + SIGNALING_DELAY,
                     generation,
@@ -1088,12 +1106,12 @@ impl World {
         self.cuts.push((start, start + length));
     }
 
-    /// A control request, as `fsnode` would send it; its reply lands in `replies`.
-    pub fn request(&mut self, node: usize, request: Request) -> Token {
+    /// A control command, as `fsnode` would send it; its outcome lands in `replies`.
+    pub fn request(&mut self, node: usize, command: Command) -> Token {
         let token = self.nodes[node].next_token;
         self.nodes[node].next_token += 1;
         self.with_node(node, |n, env| {
-            n.handle(Input::Request { token, request }, env)
+            n.handle(Input::Command { token, command }, env)
         });
         token
     }
@@ -1105,7 +1123,7 @@ impl World {
         let to = to.iter().map(|&n| self.id(n).to_string()).collect();
         self.request(
             node,
-            Request::Send {
+            Command::Send {
                 paths: vec![path],
                 to,
             },

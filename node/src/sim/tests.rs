@@ -480,7 +480,7 @@ fn a_cancel_from_the_receiver_leaves_no_part_file() {
         .expect("a transfer on the receiver");
     let token = world.request(
         1,
-        Request::Cancel {
+        Command::Cancel {
             transfer: id.to_string(),
         },
     );
