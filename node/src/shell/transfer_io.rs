@@ -23,16 +23,35 @@ pub struct TransferIo {
     umask: u32,
     inputs: async_channel::Sender<Input>,
     workers: HashMap<TransferId, async_channel::Sender<StoreOp>>,
+    /// Source files waiting to be hashed, in the order they were queued.
+    hashes: async_channel::Sender<(PathBuf, Vec<TransferId>)>,
 }
+
+/// Source files hashed at once (each on the blocking pool). A `send DIR` of 100,000 files
+/// queues 100,000 hashes: they wait in one queue, in send order, instead of each holding a
+/// task and a pool thread.
+const HASH_WORKERS: usize = 2;
 
 impl TransferIo {
     pub fn new(store: Store, inputs: async_channel::Sender<Input>) -> Self {
+        let (hashes, queued) = async_channel::unbounded::<(PathBuf, Vec<TransferId>)>();
+        for _ in 0..HASH_WORKERS {
+            runtime::spawn(hash_sources(queued.clone(), inputs.clone())).detach();
+        }
         Self {
             store: Arc::new(store),
             umask: current_umask(),
             inputs,
             workers: HashMap::new(),
+            hashes,
         }
+    }
+
+    /// Queues the whole-file hash of `path`, the source of the sends `ids`; the result comes
+    /// back as `Input::SourceHashed`.
+    pub fn hash_source(&self, path: PathBuf, ids: Vec<TransferId>) {
+        // Unbounded: the core asks once per queued file, and the queue is what it costs.
+        let _ = self.hashes.try_send((path, ids));
     }
 
     pub fn act(&mut self, id: TransferId, op: StoreOp) {
@@ -57,6 +76,27 @@ impl TransferIo {
         let _ = tx.try_send(op);
         if closing {
             self.workers.remove(&id);
+        }
+    }
+}
+
+/// One hashing worker: takes queued source files one at a time.
+async fn hash_sources(
+    queued: async_channel::Receiver<(PathBuf, Vec<TransferId>)>,
+    inputs: async_channel::Sender<Input>,
+) {
+    while let Ok((path, ids)) = queued.recv().await {
+        let result = runtime::unblock(move || {
+            crate::shell::store::hash_file(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
+        .await;
+        if inputs
+            .send(Input::SourceHashed { ids, result })
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -200,6 +240,18 @@ impl Files {
                     && let Err(err) = part.delete()
                 {
                     debug!(id = %self.id, "deleting the .part: {err}");
+                }
+                return None;
+            }
+            StoreOp::Discard { name } => {
+                self.writer = None;
+                let deleted = self
+                    .store
+                    .prepare(&name, &self.id)
+                    .map_err(|e| e.to_string())
+                    .and_then(|part| part.delete().map_err(|e| e.to_string()));
+                if let Err(err) = deleted {
+                    debug!(id = %self.id, "deleting the .part of a cancelled transfer: {err}");
                 }
                 return None;
             }
