@@ -296,10 +296,15 @@ fn proc_usage(pid: u32) -> (f64, f64) {
 }
 
 fn vm_hwm_kib(path: &str) -> u64 {
+    vm_kib(path, "VmHWM:")
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmHWM:`, `VmRSS:`, …).
+fn vm_kib(path: &str, field: &str) -> u64 {
     fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -789,6 +794,10 @@ fn fanout(opts: &Opts, data: &Path, big: &Path) -> anyhow::Result<()> {
     introduce_all(&nodes, &ids)?;
     let size = fs::metadata(big)?.len();
     println!("\n== one to {receivers} ==");
+    println!(
+        "sender RSS with {receivers} peers connected, before sending: {:.0} MiB",
+        vm_kib(&format!("/proc/{}/status", nodes[0].pid()), "VmRSS:") as f64 / 1024.0
+    );
     let mut rates = Vec::new();
     for run in 0..opts.runs {
         let cpu0: Vec<f64> = nodes.iter().map(|n| proc_usage(n.pid()).0).collect();

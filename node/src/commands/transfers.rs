@@ -177,7 +177,11 @@ fn follow(
             }
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(if json { 1000 } else { 200 }));
+        // Every poll lists every live transfer: with a queue of 100,000 the node would spend
+        // its time (and memory) answering, so the interval grows with what is followed.
+        let base = if json { 1000 } else { 200 };
+        let per_count = u64::try_from(mine.len() / 50).unwrap_or(u64::MAX);
+        std::thread::sleep(Duration::from_millis(base.max(per_count).min(5000)));
     }
 }
 

@@ -198,6 +198,8 @@ pub struct Transfers {
     /// Outcomes announced to a connected peer, and when they count as delivered
     /// ([`OUTCOME_SETTLE`]).
     settling: BTreeMap<TransferId, (DeviceId, Instant)>,
+    /// The same, by when they settle (the loop asks for the next timeout every turn).
+    settling_by_time: BTreeSet<(Instant, TransferId)>,
 }
 
 /// The journal's record of an incoming file, as its `start` describes it (`dir`: where policy
@@ -252,31 +254,44 @@ impl Transfers {
             .values()
             .filter_map(|i| i.receiver.poll_timeout())
             .chain(self.paused.values().copied())
-            .chain(self.settling.values().map(|(_, at)| *at).min())
+            .chain(self.settling_by_time.first().map(|(at, _)| *at))
             .min()
     }
 
     /// Outcome `id` went out to `peer` now (or was asked for again): it settles after
     /// [`OUTCOME_SETTLE`] if the channel stays open.
     fn settle_later(&mut self, id: TransferId, peer: &DeviceId, now: Instant) {
-        self.settling
-            .insert(id, (peer.clone(), now + OUTCOME_SETTLE));
+        let at = now + OUTCOME_SETTLE;
+        if let Some((_, before)) = self.settling.insert(id, (peer.clone(), at)) {
+            self.settling_by_time.remove(&(before, id));
+        }
+        self.settling_by_time.insert((at, id));
+    }
+
+    /// Forgets `id`'s pending settlement, if any.
+    fn unsettle(&mut self, id: &TransferId) {
+        if let Some((_, at)) = self.settling.remove(id) {
+            self.settling_by_time.remove(&(at, *id));
+        }
     }
 
     /// Records the settled outcomes (and those about to settle) as delivered.
     fn record_settled(&mut self, now: Instant, work: &mut Vec<Work>) {
         let horizon = now + SETTLE_COALESCE;
-        if !self.settling.values().any(|(_, at)| *at <= now) {
+        if self
+            .settling_by_time
+            .first()
+            .is_none_or(|(at, _)| *at > now)
+        {
             return;
         }
-        let ids: Vec<TransferId> = self
-            .settling
-            .iter()
-            .filter(|(_, (_, at))| *at <= horizon)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &ids {
-            self.settling.remove(id);
+        let mut ids = Vec::new();
+        while let Some(&(at, id)) = self.settling_by_time.first()
+            && at <= horizon
+        {
+            self.settling_by_time.pop_first();
+            self.settling.remove(&id);
+            ids.push(id);
         }
         work.push(Work::Record(Event::OutcomesDelivered { ids }));
     }
@@ -533,7 +548,15 @@ impl Transfers {
         self.connected.remove(peer);
         self.waiting.remove(peer);
         // Not settled: the channel closed under them (they get another chance next time).
-        self.settling.retain(|_, (p, _)| p != peer);
+        let closed: Vec<TransferId> = self
+            .settling
+            .iter()
+            .filter(|(_, (p, _))| p == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &closed {
+            self.unsettle(id);
+        }
         self.slot_freed = true;
         let gone: Vec<TransferId> = self
             .sending
@@ -622,7 +645,7 @@ impl Transfers {
                         && state.transfers.get(&id).is_some_and(|t| &t.peer == peer)
                         && state.is_undelivered(&id)
                     {
-                        self.settling.remove(&id);
+                        self.unsettle(&id);
                         work.push(Work::Record(Event::OutcomesDelivered { ids: vec![id] }));
                     }
                     return;

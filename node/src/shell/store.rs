@@ -564,7 +564,8 @@ impl WholeFileHash {
 
     /// The file's SHA-256: the bytes covered, then `file` read from there to its end.
     fn finish(mut self, file: &File) -> io::Result<[u8; 32]> {
-        let mut buffer = vec![0; HASH_BUFFER];
+        let rest = file.metadata()?.len().saturating_sub(self.len);
+        let mut buffer = vec![0; hash_buffer_for(rest)];
         let mut offset = self.len;
         loop {
             match file.read_at(&mut buffer, offset) {
@@ -632,9 +633,18 @@ pub fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
     hash_reader(&File::open(path)?)
 }
 
+/// A read buffer for hashing `len` more bytes: [`HASH_BUFFER`] at most, and no more than the
+/// file needs (a zeroed 1 MiB per small file was a large part of what a directory of small
+/// files cost).
+fn hash_buffer_for(len: u64) -> usize {
+    usize::try_from(len.saturating_add(1))
+        .unwrap_or(HASH_BUFFER)
+        .clamp(4096, HASH_BUFFER)
+}
+
 fn hash_reader(mut file: &File) -> io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0; HASH_BUFFER];
+    let mut buffer = vec![0; hash_buffer_for(file.metadata()?.len())];
     loop {
         match file.read(&mut buffer) {
             Ok(0) => return Ok(hasher.finalize().into()),
