@@ -159,8 +159,11 @@ pub const MAX_RUNNING_PER_PEER: usize = 32;
 /// Bytes in flight to one peer at most (each running send counts [`flight_cost`]); one send
 /// always may run, however large.
 pub const MAX_FLIGHT_PER_PEER: u64 = 16 * 1024 * 1024;
-/// Bytes in flight to all peers together at most; one send always may run.
-pub const MAX_FLIGHT_TOTAL: u64 = 64 * 1024 * 1024;
+/// Bytes in flight to all peers together at most; one send always may run. Each byte in
+/// flight costs the sender about 2.5 bytes of memory (the read chunk, its encoded message,
+/// SCTP's queues): 64 MiB held one file to 16 receivers at 191 MiB peak RSS, 32 MiB keeps it
+/// near 100 (BENCHMARKS.md).
+pub const MAX_FLIGHT_TOTAL: u64 = 32 * 1024 * 1024;
 
 /// What a running send may hold in memory and in the IO queues: the rest of its file, at most
 /// one receiver window.
