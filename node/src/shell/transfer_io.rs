@@ -321,3 +321,39 @@ fn current_umask() -> u32 {
         })
         .unwrap_or(0o022)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender cancelled a transfer whose machine is not running here: `Discard` deletes its
+    /// `.part` by name without opening it, and a missing one is no error.
+    #[test]
+    fn discard_deletes_the_part_of_a_named_transfer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("receive")).unwrap();
+        let id = TransferId([4; 16]);
+        let part = store.prepare("inbox/f7", &id).unwrap();
+        drop(part.open().unwrap());
+        assert!(part.part_path.exists());
+        let mut files = Files {
+            id,
+            store: Arc::new(store),
+            umask: 0o022,
+            part: None,
+            writer: None,
+            hashed: WholeFileHash::new(),
+            source: None,
+        };
+        let discard = StoreOp::Discard {
+            name: "inbox/f7".into(),
+        };
+        assert_eq!(files.perform(discard.clone()), None);
+        assert!(!part.part_path.exists());
+        assert_eq!(
+            files.perform(discard),
+            None,
+            "already gone: nothing to report"
+        );
+    }
+}
