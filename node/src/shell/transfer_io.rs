@@ -122,11 +122,20 @@ async fn work(
         }
         let closing = batch.last() == Some(&StoreOp::Close);
         let id = files.id;
-        let ops_now = std::mem::take(&mut batch);
+        let ops_now: Vec<StoreOp> = std::mem::take(&mut batch)
+            .into_iter()
+            .filter(|op| *op != StoreOp::Close)
+            .collect();
+        if ops_now.is_empty() {
+            // A lone `Close` needs no trip to the blocking pool (one per transfer it was).
+            if closing {
+                return;
+            }
+            continue;
+        }
         let (back, results) = runtime::unblock(move || {
             let results: Vec<StoreResult> = ops_now
                 .into_iter()
-                .filter(|op| *op != StoreOp::Close)
                 .filter_map(|op| files.perform(op))
                 .collect();
             (files, results)
