@@ -138,7 +138,7 @@ impl Shell {
             StoreOp::Read { .. } => StoreResult::ReadFailed {
                 reason: "EIO".into(),
             },
-            StoreOp::DeletePart | StoreOp::Close => return,
+            StoreOp::DeletePart | StoreOp::Discard { .. } | StoreOp::Close => return,
         };
         self.handle(Input::Store { id, result });
     }

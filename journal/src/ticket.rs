@@ -112,6 +112,11 @@ impl Pending {
     pub fn is_resolved(&self) -> bool {
         self.slot.outcome.get().is_some()
     }
+
+    /// Whether the record is durable (its batch was written and fsynced), without blocking.
+    pub fn is_durable(&self) -> bool {
+        matches!(self.slot.outcome.get(), Some(Outcome::Durable))
+    }
 }
 
 impl Future for Pending {

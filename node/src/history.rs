@@ -67,7 +67,7 @@ pub fn finished(
             RecordKind::Snapshot if !started => {
                 started = true;
                 let state = &fold.state;
-                for id in &state.finished {
+                for id in state.finished.iter().chain(&state.undelivered) {
                     if let Some(t) = state.transfers.get(id) {
                         take(state, id, t, &mut page);
                     }

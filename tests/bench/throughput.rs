@@ -42,12 +42,14 @@ struct Opts {
     only: Vec<String>,
     small_files: usize,
     many_files: usize,
+    receivers: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: fsnode-throughput [--fsnode PATH] [--runs N] [--size-mib N] [--dir DIR] \
-         [--small-files N] [--many-files N] [--only loopback|gigabit|small|many|fanout|loss]...\n\
+         [--small-files N] [--many-files N] [--receivers N] \
+         [--only loopback|gigabit|small|many|fanout|loss]...\n\
          (needs root: it creates network namespaces)"
     );
     std::process::exit(2)
@@ -72,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         only: Vec::new(),
         small_files: 10_000,
         many_files: 100_000,
+        receivers: 3,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             "--dir" => opts.dir = PathBuf::from(value()),
             "--small-files" => opts.small_files = value().parse().unwrap_or_else(|_| usage()),
             "--many-files" => opts.many_files = value().parse().unwrap_or_else(|_| usage()),
+            "--receivers" => opts.receivers = value().parse().unwrap_or_else(|_| usage()),
             "--only" => opts.only.push(value()),
             _ => usage(),
         }
@@ -297,10 +301,15 @@ fn proc_usage(pid: u32) -> (f64, f64) {
 }
 
 fn vm_hwm_kib(path: &str) -> u64 {
+    vm_kib(path, "VmHWM:")
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmHWM:`, `VmRSS:`, …).
+fn vm_kib(path: &str, field: &str) -> u64 {
     fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -766,28 +775,34 @@ fn count_files(dir: &Path) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-/// One sender to three receivers at once, unshaped (one namespace, loopback).
+/// One sender to `--receivers` receivers at once (default 3), unshaped (one namespace,
+/// loopback). All receivers are introduced at once, as an operator would add them, and the
+/// bench reports how long until every one is connected (and how many still negotiate at 5 s).
 fn fanout(opts: &Opts, data: &Path, big: &Path) -> anyhow::Result<()> {
+    let receivers = opts.receivers.max(1);
     let lan = Lan::new(1)?;
     let host = lan.host(0);
     let mut nodes = Vec::new();
-    for i in 0..4u16 {
+    for i in 0..=receivers {
+        let port = BASE_PORT + u16::try_from(i).context("too many receivers")?;
         nodes.push(Node::start(
             &opts.fsnode,
             host,
             &format!("n{i}"),
             "lo",
             "127.0.0.1",
-            BASE_PORT + i,
+            port,
             data.join(format!("recv-{i}")),
         )?);
     }
-    for i in 1..4 {
-        introduce(&nodes[0], &nodes[i])?;
-    }
     let ids: Vec<String> = nodes.iter().map(Node::id).collect::<anyhow::Result<_>>()?;
+    introduce_all(&nodes, &ids)?;
     let size = fs::metadata(big)?.len();
-    println!("\n== one to three ==");
+    println!("\n== one to {receivers} ==");
+    println!(
+        "sender RSS with {receivers} peers connected, before sending: {:.0} MiB",
+        vm_kib(&format!("/proc/{}/status", nodes[0].pid()), "VmRSS:") as f64 / 1024.0
+    );
     let mut rates = Vec::new();
     for run in 0..opts.runs {
         let cpu0: Vec<f64> = nodes.iter().map(|n| proc_usage(n.pid()).0).collect();
@@ -806,11 +821,13 @@ fn fanout(opts: &Opts, data: &Path, big: &Path) -> anyhow::Result<()> {
             fs::remove_file(&f)?;
         }
         let usage: Vec<(f64, f64)> = nodes.iter().map(|n| proc_usage(n.pid())).collect();
-        let rate = mb(3 * size, secs);
+        let rate = mb(receivers as u64 * size, secs);
         println!(
-            "run {}: 3 x {} MiB in {secs:.2} s = {rate:.1} MB/s aggregate; cpu {} s; peak RSS {} MiB",
+            "run {}: {receivers} x {} MiB in {secs:.2} s = {rate:.1} MB/s aggregate; sender peak \
+             RSS {:.0} MiB; cpu {} s; peak RSS {} MiB",
             run + 1,
             size / MIB,
+            usage[0].1,
             usage
                 .iter()
                 .zip(&cpu0)
@@ -825,9 +842,64 @@ fn fanout(opts: &Opts, data: &Path, big: &Path) -> anyhow::Result<()> {
         );
         rates.push(rate);
     }
-    println!("one to three median: {:.1} MB/s aggregate", median(rates));
+    println!(
+        "one to {receivers} median: {:.1} MB/s aggregate",
+        median(rates)
+    );
     for n in &mut nodes {
         n.stop()?;
     }
+    Ok(())
+}
+
+/// Node 0 adds every other node at once (`peers add`), all trust each other, then waits until
+/// node 0 is connected to every one; prints how long that took and how many were still not
+/// connected 5 s after they were added.
+fn introduce_all(nodes: &[Node], ids: &[String]) -> anyhow::Result<()> {
+    let added = Instant::now();
+    for n in &nodes[1..] {
+        nodes[0].json(&["peers", "add", &n.addr, "--json"])?;
+    }
+    wait("peers know each other", Duration::from_secs(20), || {
+        let seen = nodes[0].json(&["peers", "--json"])?.to_string();
+        Ok(ids[1..].iter().all(|id| seen.contains(id.as_str())))
+    })?;
+    for (n, id) in nodes[1..].iter().zip(&ids[1..]) {
+        nodes[0].json(&["trust", "add", id, "--json"])?;
+        n.json(&["trust", "add", &ids[0], "--json"])?;
+    }
+    let mut at_5s = None;
+    let connected = |nodes: &[Node]| -> anyhow::Result<usize> {
+        let peers = nodes[0].json(&["peers", "--json"])?;
+        Ok(peers["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["connection"] == "connected")
+            .count())
+    };
+    let all = ids.len() - 1;
+    loop {
+        let up = connected(nodes)?;
+        if at_5s.is_none() && added.elapsed() >= Duration::from_secs(5) {
+            at_5s = Some(up);
+        }
+        if up >= all {
+            break;
+        }
+        ensure!(
+            added.elapsed() < Duration::from_secs(60),
+            "only {up} of {all} connected after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "all {all} receivers connected {:.2} s after being added{}",
+        added.elapsed().as_secs_f64(),
+        match at_5s {
+            Some(up) => format!(" ({} still not connected at 5 s)", all - up),
+            None => String::new(),
+        }
+    );
     Ok(())
 }

@@ -201,6 +201,12 @@ pub enum Event {
         id: TransferId,
         reason: String,
     },
+    /// The peers of these finished transfers have their outcomes (the ones this node
+    /// announced: its `done`, `reject` or `cancel` went out on a channel that stayed open, or
+    /// the peer answered it): they leave the live state (`State::undelivered`).
+    OutcomesDelivered {
+        ids: Vec<TransferId>,
+    },
     /// The transfer stopped for a reason that can pass (the receiver's disk is full); the
     /// `.part` and its durable progress stay, and the sender tries `start` again later.
     TransferPaused {
@@ -267,6 +273,7 @@ impl Event {
             Event::TransferCancelled { .. } => "TransferCancelled",
             Event::TransferFailed { .. } => "TransferFailed",
             Event::TransferPaused { .. } => "TransferPaused",
+            Event::OutcomesDelivered { .. } => "OutcomesDelivered",
             Event::PolicyDecision { .. } => "PolicyDecision",
             Event::PluginDisabled { .. } => "PluginDisabled",
         }

@@ -6,9 +6,14 @@
 //! (split into parts when large, see `record::snapshot_parts`).
 //!
 //! State is what is live, not history: a finished transfer (completed, rejected, cancelled,
-//! failed) stays only among the [`RECENT_FINISHED`] most recently finished ones, for `fsnode
-//! transfers` and for answering a peer that missed the outcome; the journal keeps the rest
-//! (`fsnode transfers --all`). So a snapshot is bounded by live state, never by history.
+//! failed) stays live only until the peer has its outcome. An outcome the peer gave (its
+//! `done`, `reject` or `cancel`) it has already; one this node announces is delivered once
+//! `OutcomesDelivered` says so (the transfer manager's rule: the announcement went out on a
+//! channel that stayed open for `transfers::OUTCOME_SETTLE`, or the peer answered it). Until
+//! then the transfer is in [`State::undelivered`] and answers a repeated `start` or re-sends a
+//! `cancel`. Delivered ones stay among the [`RECENT_FINISHED`] newest for `fsnode transfers`
+//! only; the journal keeps the rest (`fsnode transfers --all`). So a snapshot is bounded by
+//! live state, never by history.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -188,6 +193,12 @@ pub struct NodeInfo {
 /// of reconnecting, long before a thousand other transfers finish.
 pub const RECENT_FINISHED: usize = 1000;
 
+/// Finished transfers whose outcome the peer may not have, at most: a bound on top of the
+/// delivery rule, so that whatever a journal holds (one of a build before the rule, or a peer
+/// that never stays connected long enough) its replay stays bounded. Beyond it the oldest
+/// counts as delivered. At 4,000 files/s this holds 5 s of outcomes.
+pub const MAX_UNDELIVERED: usize = 20_000;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub node: Option<NodeInfo>,
@@ -198,6 +209,11 @@ pub struct State {
     /// rebuilds it.
     #[serde(default)]
     pub finished: VecDeque<TransferId>,
+    /// Finished transfers in `transfers` whose outcome the peer may not have yet, oldest
+    /// finish first (at most [`MAX_UNDELIVERED`]); they leave for `finished` once
+    /// `OutcomesDelivered` names them.
+    #[serde(default)]
+    pub undelivered: VecDeque<TransferId>,
     /// Starts of this node, counting restarts after crashes too.
     pub starts: u64,
     /// How many policy decisions were recorded.
@@ -429,7 +445,15 @@ impl State {
                 if let Some(t) = self.transfers.get_mut(id) {
                     t.reject_code = *code;
                 }
-                self.finish(id, TransferStatus::Rejected, Some(reason.clone()), now);
+                // A sender records the receiver's `reject`; a receiver its own.
+                let by_peer = self.direction(id) == Some(Direction::Send);
+                self.finish(
+                    id,
+                    TransferStatus::Rejected,
+                    Some(reason.clone()),
+                    now,
+                    by_peer,
+                );
             }
             Event::TransferCompleted { id, path } => {
                 if let Some(t) = self.live_transfer(id, now) {
@@ -439,7 +463,9 @@ impl State {
                         t.path = path.clone();
                     }
                 }
-                self.finish(id, TransferStatus::Completed, None, now);
+                // A sender records the receiver's `done`; a receiver announces its own.
+                let by_peer = self.direction(id) == Some(Direction::Send);
+                self.finish(id, TransferStatus::Completed, None, now, by_peer);
             }
             Event::TransferCancelled { id, by, reason } => {
                 let who = match by {
@@ -451,10 +477,31 @@ impl State {
                     TransferStatus::Cancelled,
                     Some(format!("{who}: {reason}")),
                     now,
+                    *by == Side::Remote,
                 );
             }
             Event::TransferFailed { id, reason } => {
-                self.finish(id, TransferStatus::Failed, Some(reason.clone()), now);
+                // Either side may fail on its own; the transfer manager records the delivery
+                // (a `done` `ok: false` received, or the failure announced and settled).
+                self.finish(id, TransferStatus::Failed, Some(reason.clone()), now, false);
+            }
+            Event::OutcomesDelivered { ids } => {
+                let delivered: std::collections::BTreeSet<&TransferId> = ids.iter().collect();
+                let before = self.undelivered.len();
+                self.undelivered.retain(|id| !delivered.contains(id));
+                if self.undelivered.len() != before {
+                    for id in ids {
+                        if self
+                            .transfers
+                            .get(id)
+                            .is_some_and(|t| t.status.is_finished())
+                            && !self.finished.contains(id)
+                        {
+                            self.finished.push_back(*id);
+                        }
+                    }
+                    self.forget_old_finished();
+                }
             }
             Event::TransferPaused { id, reason } => {
                 if let Some(t) = self.live_transfer(id, now) {
@@ -477,22 +524,46 @@ impl State {
         Some(t)
     }
 
+    fn direction(&self, id: &TransferId) -> Option<Direction> {
+        self.transfers.get(id).map(|t| t.direction)
+    }
+
+    /// Ends a live transfer. `by_peer`: the outcome came from the peer, which so has it; else
+    /// it waits in [`State::undelivered`] for `OutcomesDelivered`, except a send whose `start`
+    /// never went out (`chunk_size` 0: the receiver never heard of it).
     fn finish(
         &mut self,
         id: &TransferId,
         status: TransferStatus,
         reason: Option<String>,
         now: i64,
+        by_peer: bool,
     ) {
         if let Some(t) = self.live_transfer(id, now) {
             t.status = status;
             t.reason = reason;
-            self.finished.push_back(*id);
-            self.forget_old_finished();
+            let unknown_to_peer = t.direction == Direction::Send && t.chunk_size == 0;
+            if by_peer || unknown_to_peer {
+                self.finished.push_back(*id);
+                self.forget_old_finished();
+            } else {
+                self.undelivered.push_back(*id);
+                while self.undelivered.len() > MAX_UNDELIVERED {
+                    if let Some(oldest) = self.undelivered.pop_front() {
+                        self.finished.push_back(oldest);
+                    }
+                }
+                self.forget_old_finished();
+            }
         }
     }
 
-    /// Drops the finished transfers beyond the [`RECENT_FINISHED`] newest.
+    /// Whether `id` finished and its peer may not have the outcome yet.
+    pub fn is_undelivered(&self, id: &TransferId) -> bool {
+        self.undelivered.contains(id)
+    }
+
+    /// Drops the delivered finished transfers beyond the [`RECENT_FINISHED`] newest.
     fn forget_old_finished(&mut self) {
         while self.finished.len() > RECENT_FINISHED {
             if let Some(old) = self.finished.pop_front() {
@@ -505,13 +576,17 @@ impl State {
     /// every finished transfer and no finish order, so the order is rebuilt (by last update,
     /// then id) and the oldest are dropped. Deterministic, so replays agree.
     pub fn normalize(&mut self) {
-        let listed: std::collections::BTreeSet<TransferId> =
-            self.finished.iter().copied().collect();
-        self.finished.retain(|id| {
-            self.transfers
-                .get(id)
-                .is_some_and(|t| t.status.is_finished())
-        });
+        let listed: std::collections::BTreeSet<TransferId> = self
+            .finished
+            .iter()
+            .chain(&self.undelivered)
+            .copied()
+            .collect();
+        let finished = |transfers: &BTreeMap<TransferId, TransferState>, id: &TransferId| {
+            transfers.get(id).is_some_and(|t| t.status.is_finished())
+        };
+        self.finished.retain(|id| finished(&self.transfers, id));
+        self.undelivered.retain(|id| finished(&self.transfers, id));
         let mut unlisted: Vec<(i64, TransferId)> = self
             .transfers
             .iter()
@@ -552,6 +627,7 @@ impl State {
             peers: BTreeMap::new(),
             transfers: BTreeMap::new(),
             finished: self.finished.clone(),
+            undelivered: self.undelivered.clone(),
             starts: self.starts,
             policy_decisions: self.policy_decisions,
         }

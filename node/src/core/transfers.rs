@@ -71,6 +71,9 @@ pub enum StoreOp {
     },
     /// Receiver: delete the `.part`.
     DeletePart,
+    /// Receiver: delete the `.part` of `name` (relative to the receive directory) without
+    /// opening it: a sender cancelled a transfer whose machine is not running here.
+    Discard { name: String },
     /// Sender: read and hash `len` bytes at `offset` of `path`; report `ChunkRead`.
     Read {
         path: PathBuf,
@@ -140,15 +143,31 @@ struct Outgoing {
     sender: Sender,
     /// What it counts against the bytes-in-flight caps ([`flight_cost`]).
     cost: u64,
+    /// It failed or was cancelled here: the receiver's answer to the `cancel` (or the
+    /// receiver never having heard of it) is what delivers the outcome.
+    owes_outcome: bool,
 }
+
+/// An outcome this node announced (its `done`, `reject` or `cancel`) counts as delivered once
+/// the channel it went out on stayed open this long after it: a reliable SCTP stream has
+/// delivered it by then (or closed), and the peer has journaled it. A peer that reconnects
+/// gets the same time again to ask (a repeated `start`) before the outcome leaves state.
+pub const OUTCOME_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Settled outcomes are recorded together: when one is due, so is every one due within this
+/// much more (one `OutcomesDelivered` per second or so, not one per transfer).
+const SETTLE_COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many sends run at once to one peer; the rest wait in queue order.
 pub const MAX_RUNNING_PER_PEER: usize = 32;
 /// Bytes in flight to one peer at most (each running send counts [`flight_cost`]); one send
 /// always may run, however large.
 pub const MAX_FLIGHT_PER_PEER: u64 = 16 * 1024 * 1024;
-/// Bytes in flight to all peers together at most; one send always may run.
-pub const MAX_FLIGHT_TOTAL: u64 = 64 * 1024 * 1024;
+/// Bytes in flight to all peers together at most; one send always may run. Each byte in
+/// flight costs the sender about 2.5 bytes of memory (the read chunk, its encoded message,
+/// SCTP's queues): 64 MiB held one file to 16 receivers at 191 MiB peak RSS, 32 MiB keeps it
+/// near 100 (BENCHMARKS.md).
+pub const MAX_FLIGHT_TOTAL: u64 = 32 * 1024 * 1024;
 
 /// What a running send may hold in memory and in the IO queues: the rest of its file, at most
 /// one receiver window.
@@ -163,6 +182,8 @@ struct Incoming {
     receiver: Receiver,
     /// See [`StoreOp::Finalize`]'s `adopt_identical`.
     finished_before: bool,
+    /// It finished with an outcome this side announced (`done`, `reject`, its own `cancel`).
+    owes_outcome: bool,
 }
 
 #[derive(Default)]
@@ -181,6 +202,11 @@ pub struct Transfers {
     waiting: BTreeMap<DeviceId, std::collections::VecDeque<TransferId>>,
     /// A send stopped since the last [`Transfers::fill`]: a slot may be free.
     slot_freed: bool,
+    /// Outcomes announced to a connected peer, and when they count as delivered
+    /// ([`OUTCOME_SETTLE`]).
+    settling: BTreeMap<TransferId, (DeviceId, Instant)>,
+    /// The same, by when they settle (the loop asks for the next timeout every turn).
+    settling_by_time: BTreeSet<(Instant, TransferId)>,
 }
 
 /// The journal's record of an incoming file, as its `start` describes it (`dir`: where policy
@@ -235,10 +261,50 @@ impl Transfers {
             .values()
             .filter_map(|i| i.receiver.poll_timeout())
             .chain(self.paused.values().copied())
+            .chain(self.settling_by_time.first().map(|(at, _)| *at))
             .min()
     }
 
+    /// Outcome `id` went out to `peer` now (or was asked for again): it settles after
+    /// [`OUTCOME_SETTLE`] if the channel stays open.
+    fn settle_later(&mut self, id: TransferId, peer: &DeviceId, now: Instant) {
+        let at = now + OUTCOME_SETTLE;
+        if let Some((_, before)) = self.settling.insert(id, (peer.clone(), at)) {
+            self.settling_by_time.remove(&(before, id));
+        }
+        self.settling_by_time.insert((at, id));
+    }
+
+    /// Forgets `id`'s pending settlement, if any.
+    fn unsettle(&mut self, id: &TransferId) {
+        if let Some((_, at)) = self.settling.remove(id) {
+            self.settling_by_time.remove(&(at, *id));
+        }
+    }
+
+    /// Records the settled outcomes (and those about to settle) as delivered.
+    fn record_settled(&mut self, now: Instant, work: &mut Vec<Work>) {
+        let horizon = now + SETTLE_COALESCE;
+        if self
+            .settling_by_time
+            .first()
+            .is_none_or(|(at, _)| *at > now)
+        {
+            return;
+        }
+        let mut ids = Vec::new();
+        while let Some(&(at, id)) = self.settling_by_time.first()
+            && at <= horizon
+        {
+            self.settling_by_time.pop_first();
+            self.settling.remove(&id);
+            ids.push(id);
+        }
+        work.push(Work::Record(Event::OutcomesDelivered { ids }));
+    }
+
     pub fn handle_timeout(&mut self, now: Instant, state: &State, work: &mut Vec<Work>) {
+        self.record_settled(now, work);
         let retry: Vec<TransferId> = self
             .paused
             .iter()
@@ -268,7 +334,7 @@ impl Transfers {
             if let Some(incoming) = self.receiving.get_mut(&id) {
                 incoming.receiver.handle_timeout(now);
             }
-            self.pump_receiver(&id, work);
+            self.pump_receiver(&id, now, work);
         }
     }
 
@@ -325,25 +391,47 @@ impl Transfers {
         queued.sort_by_key(|(id, t)| (rank.get(id).copied().unwrap_or(usize::MAX), t.queued_at_ms));
         let mut ranked = std::collections::VecDeque::new();
         for (id, t) in queued {
-            if t.status == TransferStatus::Cancelled && t.chunk_size > 0 {
-                // Cancelled while the peer was away after it had started: tell it now, so
-                // it deletes its `.part` (spec 4: a cancel is re-sent after reconnecting).
-                work.push(Work::Channel {
-                    peer: peer.clone(),
-                    message: Message::Cancel {
-                        id: *id,
-                        reason: "cancelled by the sender".into(),
-                    },
-                });
-                continue;
-            }
             if t.status.is_finished() || self.sending.contains_key(id) {
                 continue;
             }
             ranked.push_back(*id);
         }
         self.waiting.insert(peer.clone(), ranked);
+        self.resend_undelivered(peer, state, now, work);
         self.fill(state, now, work);
+    }
+
+    /// The peer is back: the outcomes it may have missed get their chance again. A send
+    /// cancelled (or failed) here while the peer was away has its `cancel` re-sent, so the
+    /// receiver deletes its `.part` (spec 4); a receive's outcome is answered again if the
+    /// sender repeats its `start`. Either settles after [`OUTCOME_SETTLE`] on this channel.
+    fn resend_undelivered(
+        &mut self,
+        peer: &DeviceId,
+        state: &State,
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) {
+        let mine: Vec<(TransferId, Direction)> = state
+            .undelivered
+            .iter()
+            .filter_map(|id| {
+                let t = state.transfers.get(id)?;
+                (&t.peer == peer).then_some((*id, t.direction))
+            })
+            .collect();
+        for (id, direction) in mine {
+            if direction == Direction::Send {
+                work.push(Work::Channel {
+                    peer: peer.clone(),
+                    message: Message::Cancel {
+                        id,
+                        reason: "cancelled by the sender".into(),
+                    },
+                });
+            }
+            self.settle_later(id, peer, now);
+        }
     }
 
     /// Whether a send stopped since the last [`fill`](Self::fill) (the node then calls it).
@@ -459,6 +547,7 @@ impl Transfers {
                 path,
                 sender,
                 cost: flight_cost(t),
+                owes_outcome: false,
             },
         );
         true
@@ -468,6 +557,16 @@ impl Transfers {
     pub fn disconnected(&mut self, peer: &DeviceId, work: &mut Vec<Work>) {
         self.connected.remove(peer);
         self.waiting.remove(peer);
+        // Not settled: the channel closed under them (they get another chance next time).
+        let closed: Vec<TransferId> = self
+            .settling
+            .iter()
+            .filter(|(_, (p, _))| p == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &closed {
+            self.unsettle(id);
+        }
         self.slot_freed = true;
         let gone: Vec<TransferId> = self
             .sending
@@ -506,8 +605,33 @@ impl Transfers {
         match message {
             Message::Start { .. } => {
                 if let Ok(start) = StartInfo::from_message(message) {
+                    let before = work.len();
                     self.on_start(peer, start, state, work, accept);
+                    // A refusal recorded now, or a finished transfer's outcome answered
+                    // again, settles like any outcome this side announces.
+                    let answered = work[before..].iter().any(|w| match w {
+                        Work::Record(Event::TransferRejected { id: r, .. }) => *r == id,
+                        Work::Channel {
+                            message: Message::Reject { id: r, .. } | Message::Done { id: r, .. },
+                            ..
+                        } => *r == id && state.is_undelivered(&id),
+                        _ => false,
+                    });
+                    if answered {
+                        self.settle_later(id, peer, now);
+                    }
                 }
+            }
+            Message::Cancel { .. }
+                if !self.receiving.contains_key(&id)
+                    && !self.sending.contains_key(&id)
+                    && state.transfers.get(&id).is_some_and(|t| {
+                        &t.peer == peer
+                            && t.direction == Direction::Receive
+                            && !t.status.is_finished()
+                    }) =>
+            {
+                self.cancelled_while_idle(peer, id, message, state, work);
             }
             Message::Cancel { .. } if self.sending.get(&id).is_some_and(|o| &o.peer == peer) => {
                 if let Some(input) = SendInput::from_message(message) {
@@ -524,6 +648,16 @@ impl Transfers {
             }
             other => {
                 if self.sending.get(&id).is_none_or(|o| &o.peer != peer) {
+                    // The receiver's answer to a `cancel` re-sent after a reconnect: it has
+                    // the outcome now.
+                    let answers = matches!(other, Message::Done { .. } | Message::Reject { .. });
+                    if answers
+                        && state.transfers.get(&id).is_some_and(|t| &t.peer == peer)
+                        && state.is_undelivered(&id)
+                    {
+                        self.unsettle(&id);
+                        work.push(Work::Record(Event::OutcomesDelivered { ids: vec![id] }));
+                    }
                     return;
                 }
                 if let Some(input) = SendInput::from_message(other) {
@@ -531,6 +665,49 @@ impl Transfers {
                 }
             }
         }
+    }
+
+    /// The sender cancelled a transfer that has no machine here (it was cancelled while the
+    /// peer was away, and re-sent on reconnecting): record it, delete the `.part`, answer.
+    fn cancelled_while_idle(
+        &mut self,
+        peer: &DeviceId,
+        id: TransferId,
+        message: Message,
+        state: &State,
+        work: &mut Vec<Work>,
+    ) {
+        let Message::Cancel { reason, .. } = message else {
+            return;
+        };
+        let Some(t) = state.transfers.get(&id) else {
+            return;
+        };
+        let name = match &t.dir {
+            Some(dir) => format!("{dir}/{}", t.name),
+            None => t.name.clone(),
+        };
+        work.push(Work::Record(Event::TransferCancelled {
+            id,
+            by: super::Side::Remote,
+            reason,
+        }));
+        work.push(Work::Store {
+            id,
+            op: StoreOp::Discard { name },
+        });
+        work.push(Work::Store {
+            id,
+            op: StoreOp::Close,
+        });
+        work.push(Work::Channel {
+            peer: peer.clone(),
+            message: Message::Done {
+                id,
+                ok: false,
+                reason: Some("cancelled".into()),
+            },
+        });
     }
 
     fn on_start(
@@ -663,9 +840,10 @@ impl Transfers {
                             peer,
                             receiver,
                             finished_before,
+                            owes_outcome: false,
                         },
                     );
-                    self.pump_receiver(&id, work);
+                    self.pump_receiver(&id, now, work);
                 }
                 StoreResult::PrepareFailed { reason } => {
                     // Out of space is not a verdict on the file: the sender asks again
@@ -680,6 +858,7 @@ impl Transfers {
                     };
                     if !state.transfers.contains_key(&id) && !no_space {
                         refused(&peer, &start, &reason, code, work);
+                        self.settle_later(id, &peer, now);
                     }
                     work.push(Work::Channel {
                         peer,
@@ -801,11 +980,23 @@ impl Transfers {
                     if matches!(event, Event::TransferPaused { .. }) {
                         self.paused.insert(*id, now + PAUSE_RETRY);
                     }
+                    outgoing.owes_outcome |= matches!(
+                        event,
+                        Event::TransferFailed { .. }
+                            | Event::TransferCancelled {
+                                by: super::Side::Local,
+                                ..
+                            }
+                    );
                     work.push(Work::Record(event));
                 }
             }
         }
         if outgoing.sender.is_finished() {
+            if outgoing.owes_outcome {
+                // The receiver answered the `cancel` (or never heard of the transfer).
+                work.push(Work::Record(Event::OutcomesDelivered { ids: vec![*id] }));
+            }
             self.sending.remove(id);
             self.slot_freed = true;
             work.push(Work::Store {
@@ -826,10 +1017,10 @@ impl Transfers {
             return;
         };
         incoming.receiver.handle(input, now);
-        self.pump_receiver(id, work);
+        self.pump_receiver(id, now, work);
     }
 
-    fn pump_receiver(&mut self, id: &TransferId, work: &mut Vec<Work>) {
+    fn pump_receiver(&mut self, id: &TransferId, now: Instant, work: &mut Vec<Work>) {
         let Some(incoming) = self.receiving.get_mut(id) else {
             return;
         };
@@ -843,6 +1034,16 @@ impl Transfers {
                     continue;
                 }
                 RecvOutput::Record(event) => {
+                    incoming.owes_outcome |= matches!(
+                        event,
+                        Event::TransferCompleted { .. }
+                            | Event::TransferFailed { .. }
+                            | Event::TransferRejected { .. }
+                            | Event::TransferCancelled {
+                                by: super::Side::Local,
+                                ..
+                            }
+                    );
                     work.push(Work::Record(event));
                     continue;
                 }
@@ -869,6 +1070,10 @@ impl Transfers {
             work.push(Work::Store { id: *id, op });
         }
         if incoming.receiver.is_finished() {
+            if incoming.owes_outcome {
+                let peer = incoming.peer.clone();
+                self.settle_later(*id, &peer, now);
+            }
             self.receiving.remove(id);
             work.push(Work::Store {
                 id: *id,
@@ -1094,5 +1299,202 @@ mod tests {
         let mut work = Vec::new();
         transfers.connected(&peer, &state, now, &mut work, &mut |_| Some(Vec::new()));
         assert_eq!(started(&work), vec![big]);
+    }
+
+    fn accept_all(_: &DeviceId, _: &StartInfo) -> Option<crate::core::policy::AcceptAnswer> {
+        Some(crate::core::policy::AcceptAnswer::Accept { dir: None })
+    }
+
+    fn delivered(work: &[Work]) -> Vec<TransferId> {
+        work.iter()
+            .filter_map(|w| match w {
+                Work::Record(Event::OutcomesDelivered { ids }) => Some(ids.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// A receiver's outcome (here a refusal of a hostile name) is delivered once the channel
+    /// it went out on stayed open for OUTCOME_SETTLE; a disconnect before that keeps it live,
+    /// and the next connection gets the same time again.
+    #[test]
+    fn an_announced_outcome_settles_only_on_a_channel_that_stays_open() {
+        let peer = DeviceId::from_sha256(&[1; 32]);
+        let id = TransferId([9; 16]);
+        let mut state = State::default();
+        let mut transfers = Transfers::default();
+        let now = Instant::now();
+        let mut work = Vec::new();
+        transfers.connected(&peer, &state, now, &mut work, &mut |_| Some(Vec::new()));
+        let start = Message::Start {
+            id,
+            name: "../escape".into(),
+            size: 10,
+            chunk_size: 1024,
+            chunks: 1,
+            mime: "text/plain".into(),
+            mode: None,
+            mtime: None,
+            start_chunk: 0,
+        };
+        transfers.on_message(
+            &peer,
+            start.clone(),
+            &state,
+            now,
+            &mut work,
+            &mut accept_all,
+        );
+        apply(&mut state, &work);
+        assert_eq!(state.transfers[&id].status, TransferStatus::Rejected);
+        assert!(state.is_undelivered(&id));
+        assert_eq!(transfers.poll_timeout(), Some(now + OUTCOME_SETTLE));
+
+        // The channel closes before it settles: the outcome stays live.
+        let mut work = Vec::new();
+        transfers.disconnected(&peer, &mut work);
+        transfers.handle_timeout(now + OUTCOME_SETTLE * 2, &state, &mut work);
+        assert!(delivered(&work).is_empty());
+        assert_eq!(transfers.poll_timeout(), None);
+
+        // Reconnected, the sender repeats its `start` and is answered again; OUTCOME_SETTLE
+        // later on that channel the outcome is delivered and leaves live state.
+        let later = now + OUTCOME_SETTLE * 3;
+        let mut work = Vec::new();
+        transfers.connected(&peer, &state, later, &mut work, &mut |_| Some(Vec::new()));
+        transfers.on_message(&peer, start, &state, later, &mut work, &mut accept_all);
+        assert!(work.iter().any(|w| matches!(
+            w,
+            Work::Channel {
+                message: Message::Reject { .. },
+                ..
+            }
+        )));
+        transfers.handle_timeout(later + OUTCOME_SETTLE / 2, &state, &mut work);
+        assert!(delivered(&work).is_empty(), "not before the settle time");
+        transfers.handle_timeout(later + OUTCOME_SETTLE, &state, &mut work);
+        assert_eq!(delivered(&work), [id]);
+        apply(&mut state, &work);
+        assert!(!state.is_undelivered(&id));
+        assert_eq!(transfers.poll_timeout(), None);
+    }
+
+    /// A send cancelled here while the receiver was away: on reconnecting the `cancel` is
+    /// re-sent; the receiver, which has no machine for it, records the cancel, deletes the
+    /// `.part` and answers; that answer delivers the sender's outcome.
+    #[test]
+    fn a_cancel_made_while_the_peer_was_away_reaches_it_and_is_answered() {
+        let sender_peer = DeviceId::from_sha256(&[1; 32]);
+        let receiver_peer = DeviceId::from_sha256(&[2; 32]);
+        let now = Instant::now();
+        // The sender's side: started once, then cancelled while disconnected.
+        let mut sender_state = State::default();
+        let id = queue_send(&mut sender_state, &receiver_peer, 7, 4096);
+        for event in [
+            Event::TransferStarted {
+                id,
+                chunk_size: 1024,
+                chunks: 4,
+                start_chunk: 0,
+            },
+            Event::TransferCancelled {
+                id,
+                by: crate::core::Side::Local,
+                reason: "operator".into(),
+            },
+        ] {
+            sender_state.apply(&Stamped { time_ms: 1, event });
+        }
+        assert!(sender_state.is_undelivered(&id));
+        let mut sender = Transfers::default();
+        let mut work = Vec::new();
+        sender.connected(&receiver_peer, &sender_state, now, &mut work, &mut |_| {
+            Some(Vec::new())
+        });
+        let cancel = work
+            .iter()
+            .find_map(|w| match w {
+                Work::Channel {
+                    message: m @ Message::Cancel { .. },
+                    ..
+                } => Some(m.clone()),
+                _ => None,
+            })
+            .expect("the cancel is re-sent");
+        assert_eq!(starts(&work), 0);
+
+        // The receiver's side: it had accepted and holds a `.part`, no machine running.
+        let mut receiver_state = State::default();
+        receiver_state.apply(&Stamped {
+            time_ms: 1,
+            event: incoming(
+                &sender_peer,
+                &StartInfo {
+                    id,
+                    name: "f7".into(),
+                    size: 4096,
+                    chunk_size: 1024,
+                    chunks: 4,
+                    mime: "application/octet-stream".into(),
+                    mode: None,
+                    mtime: None,
+                    start_chunk: 0,
+                },
+                Some("inbox".into()),
+            ),
+        });
+        let mut receiver = Transfers::default();
+        let mut work = Vec::new();
+        receiver.connected(&sender_peer, &receiver_state, now, &mut work, &mut |_| {
+            Some(Vec::new())
+        });
+        receiver.on_message(
+            &sender_peer,
+            cancel,
+            &receiver_state,
+            now,
+            &mut work,
+            &mut accept_all,
+        );
+        assert!(work.contains(&Work::Store {
+            id,
+            op: StoreOp::Discard {
+                name: "inbox/f7".into()
+            }
+        }));
+        apply(&mut receiver_state, &work);
+        assert_eq!(
+            receiver_state.transfers[&id].status,
+            TransferStatus::Cancelled
+        );
+        assert!(
+            !receiver_state.is_undelivered(&id),
+            "the sender gave this outcome"
+        );
+        let answer = work
+            .iter()
+            .find_map(|w| match w {
+                Work::Channel {
+                    message: m @ Message::Done { .. },
+                    ..
+                } => Some(m.clone()),
+                _ => None,
+            })
+            .expect("the cancel is answered");
+
+        // The answer reaches the sender: its outcome is delivered.
+        let mut work = Vec::new();
+        sender.on_message(
+            &receiver_peer,
+            answer,
+            &sender_state,
+            now,
+            &mut work,
+            &mut accept_all,
+        );
+        assert_eq!(delivered(&work), [id]);
+        apply(&mut sender_state, &work);
+        assert!(!sender_state.is_undelivered(&id));
     }
 }

@@ -2,6 +2,7 @@
 //! WebRTC) and turns it into inputs for the core and carries out its effects.
 
 pub mod atomic_file;
+pub mod commit;
 pub mod control;
 pub mod local_names;
 pub mod mdns;

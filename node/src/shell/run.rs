@@ -29,6 +29,7 @@ use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
 use crate::record::{self, JournalEntry};
 use crate::shell::atomic_file::{self, Replace};
+use crate::shell::commit::{Batch, CommitQueue};
 use crate::shell::control::{self, ControlRequest};
 use crate::shell::local_names::LocalNames;
 use crate::shell::mdns::Mdns;
@@ -196,6 +197,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             watchers: Vec::new(),
             followers: Vec::new(),
             collected: Collected::default(),
+            committing: CommitQueue::default(),
         };
         if has_plugins {
             let now = Now {
@@ -229,16 +231,35 @@ enum Wake {
     Request(ControlRequest),
     Timer,
     Stop(String),
+    /// The oldest committing batch's events are durable (or the journal failed).
+    Committed(Result<(), fsnode_journal::JournalError>),
 }
 
 /// Inputs handled together before their events are committed and their effects run.
 const MAX_INPUT_BATCH: usize = 64;
+
+/// Batches appended to the journal and not durable yet, at most: while they commit the loop
+/// handles further inputs and appends their events (group commit without a pause), and their
+/// effects wait for their own fsync. Beyond this many the loop waits for the oldest.
+const MAX_COMMITS_IN_FLIGHT: usize = 4;
 
 /// Outputs taken from the core and not carried out yet.
 #[derive(Default)]
 struct Collected {
     /// The journal ticket of the last event appended (records become durable in order).
     last_pending: Option<fsnode_journal::Pending>,
+    actions: Vec<Output>,
+    /// The events the batch's carrying out needs again: all of them while `watch` clients
+    /// listen, else only those with follow-ups (a `send DIR` of 100,000 files journals
+    /// 100,000 records at once; holding a copy of each until the fsync was ~35 MB).
+    journaled: Vec<(u64, Stamped)>,
+    /// Sequence numbers of the first and last event appended.
+    seqs: Option<(u64, u64)>,
+}
+
+/// A committed batch's outputs: its journaled events (for watchers and follow-ups) and its
+/// replies and effects.
+struct Outputs {
     actions: Vec<Output>,
     journaled: Vec<(u64, Stamped)>,
 }
@@ -270,6 +291,9 @@ struct NodeLoop<'a> {
     /// `send --wait` clients: the rows of their transfers, each time some changed.
     followers: Vec<Follower>,
     collected: Collected,
+    /// Batches whose events are appended, oldest first: each one's replies and effects run
+    /// once its events are durable, in order (see [`MAX_COMMITS_IN_FLIGHT`]).
+    committing: CommitQueue<Outputs>,
 }
 
 impl NodeLoop<'_> {
@@ -289,34 +313,45 @@ impl NodeLoop<'_> {
                 .min();
             let timer = runtime::sleep_until(due);
             let stop_fut = stop.as_mut().expect("stop future present");
-            // `or` polls its first future first: connection events go before inputs, so a
-            // connection is registered before any message that arrived on it is handled (its
-            // task sends `Up` before it forwards a single message).
+            let oldest_commit = self.committing.oldest_pending();
+            // `or` polls its first future first: a batch that became durable runs its effects
+            // before anything new; connection events go before inputs, so a connection is
+            // registered before any message that arrived on it is handled (its task sends `Up`
+            // before it forwards a single message).
+            let committed = async {
+                match oldest_commit {
+                    Some(pending) => Wake::Committed(pending.await.map(|_| ())),
+                    None => std::future::pending().await,
+                }
+            };
             let wake = futures_lite::future::or(
-                async { conns.recv().await.map(Wake::Conn).unwrap_or(Wake::Timer) },
+                committed,
                 futures_lite::future::or(
-                    async { inputs.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
+                    async { conns.recv().await.map(Wake::Conn).unwrap_or(Wake::Timer) },
                     futures_lite::future::or(
-                        async {
-                            requests
-                                .recv()
-                                .await
-                                .map(Wake::Request)
-                                .unwrap_or(Wake::Timer)
-                        },
+                        async { inputs.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
                         futures_lite::future::or(
                             async {
-                                timer.await;
-                                Wake::Timer
+                                requests
+                                    .recv()
+                                    .await
+                                    .map(Wake::Request)
+                                    .unwrap_or(Wake::Timer)
                             },
-                            async {
-                                match stop_fut.await {
-                                    Ok(reason) => Wake::Stop(reason),
-                                    Err(err) => {
-                                        Wake::Stop(format!("signal handling failed: {err:#}"))
+                            futures_lite::future::or(
+                                async {
+                                    timer.await;
+                                    Wake::Timer
+                                },
+                                async {
+                                    match stop_fut.await {
+                                        Ok(reason) => Wake::Stop(reason),
+                                        Err(err) => {
+                                            Wake::Stop(format!("signal handling failed: {err:#}"))
+                                        }
                                     }
-                                }
-                            },
+                                },
+                            ),
                         ),
                     ),
                 ),
@@ -373,12 +408,19 @@ impl NodeLoop<'_> {
                     self.core.handle_timeout(now);
                     self.router.handle_timeout(now.instant);
                 }
+                Wake::Committed(result) => {
+                    result.context("writing to the journal")?;
+                    self.run_committed();
+                    continue;
+                }
                 Wake::Stop(reason) => {
                     stop.take();
+                    // Whatever was appended runs its replies and effects before the stop.
+                    self.drain().await?;
                     return Ok(reason);
                 }
             }
-            self.drain().await?;
+            self.commit().await?;
         }
     }
 
@@ -389,8 +431,16 @@ impl NodeLoop<'_> {
             match output {
                 Output::Event(stamped) => {
                     log_event(&stamped.event);
-                    let pending = self.journal.append(&JournalEntry::Event(stamped.clone()))?;
-                    self.collected.journaled.push((pending.seq, stamped));
+                    let needed_again = !self.watchers.is_empty()
+                        || matches!(stamped.event, Event::PeerDiscovered { .. });
+                    let entry = JournalEntry::Event(stamped);
+                    let pending = self.journal.append(&entry)?;
+                    let seq = pending.seq;
+                    let first = self.collected.seqs.map_or(seq, |(first, _)| first);
+                    self.collected.seqs = Some((first, seq));
+                    if needed_again && let JournalEntry::Event(stamped) = entry {
+                        self.collected.journaled.push((seq, stamped));
+                    }
                     self.collected.last_pending = Some(pending);
                 }
                 other => self.collected.actions.push(other),
@@ -446,24 +496,66 @@ impl NodeLoop<'_> {
         Ok(())
     }
 
-    /// Journals every event the core produced, waits until they are durable (one group
-    /// commit), then runs the replies and effects in order.
-    async fn drain(&mut self) -> anyhow::Result<()> {
+    /// Takes what the core produced since the last commit as one batch: its events are
+    /// appended now (they share the journal's group commit with whatever else is queued) and
+    /// its replies and effects run once they are durable, after every earlier batch's. Does
+    /// not wait for the fsync, unless [`MAX_COMMITS_IN_FLIGHT`] batches are committing already.
+    async fn commit(&mut self) -> anyhow::Result<()> {
         self.collect()?;
         let Collected {
             last_pending,
             actions,
             journaled,
+            seqs,
         } = std::mem::take(&mut self.collected);
-        if let Some(pending) = last_pending {
-            // Records become durable in order, so the last one's ticket covers them all.
-            pending.await.context("writing to the journal")?;
+        if last_pending.is_none() && actions.is_empty() {
+            return Ok(());
         }
-        if let (Some((first, _)), Some((last, _))) = (journaled.first(), journaled.last())
+        if let Some((first, last)) = seqs
             && first / COMPACT_AFTER_RECORDS != last / COMPACT_AFTER_RECORDS
         {
+            // Queued behind this batch's events, which the core's state already holds.
             self.compact_running().await;
         }
+        self.committing.push(Batch {
+            pending: last_pending,
+            work: Outputs { actions, journaled },
+        });
+        // A batch without events (replies, effects) waits only for the batches before it.
+        self.run_committed();
+        while self.committing.len() > MAX_COMMITS_IN_FLIGHT {
+            if let Some(pending) = self.committing.oldest_pending() {
+                pending.await.context("writing to the journal")?;
+            }
+            self.run_committed();
+        }
+        Ok(())
+    }
+
+    /// Commits what is collected and waits until every batch is durable and carried out.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        self.commit().await?;
+        while !self.committing.is_empty() {
+            if let Some(pending) = self.committing.oldest_pending() {
+                pending.await.context("writing to the journal")?;
+            }
+            self.run_committed();
+        }
+        Ok(())
+    }
+
+    /// Carries out, oldest first, every batch whose events are durable (records become
+    /// durable in order, so a batch's last ticket covers all of its events). A failed commit
+    /// is left in place for the loop's `Committed` wake to report.
+    fn run_committed(&mut self) {
+        while let Some(outputs) = self.committing.pop_durable() {
+            self.carry_out(outputs);
+        }
+    }
+
+    /// Runs one durable batch's follow-ups, replies and effects, in order.
+    fn carry_out(&mut self, outputs: Outputs) {
+        let Outputs { actions, journaled } = outputs;
         for (_, stamped) in &journaled {
             if let Event::PeerDiscovered { peer, .. } = &stamped.event {
                 let route = self.core.route(peer);
@@ -525,18 +617,7 @@ impl NodeLoop<'_> {
                     }
                 }
                 Output::Effect(Effect::Store { id, op }) => self.io.act(id, op),
-                Output::Effect(Effect::HashSource { path, ids }) => {
-                    let inputs = self.inputs.clone();
-                    runtime::spawn(async move {
-                        let result = runtime::unblock(move || {
-                            crate::shell::store::hash_file(&path)
-                                .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                        })
-                        .await;
-                        let _ = inputs.send(Input::SourceHashed { ids, result }).await;
-                    })
-                    .detach();
-                }
+                Output::Effect(Effect::HashSource { path, ids }) => self.io.hash_source(path, ids),
                 Output::Effect(Effect::PrepareSend {
                     token,
                     paths,
@@ -552,7 +633,6 @@ impl NodeLoop<'_> {
                 Output::Event(_) => unreachable!("events were journaled above"),
             }
         }
-        Ok(())
     }
 
     /// Starts following `transfers` for a client: their rows now, then their changes.

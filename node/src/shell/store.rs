@@ -54,6 +54,92 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Directory syncs shared by the files finishing in the same directory.
+    dir_syncs: Arc<DirSyncs>,
+}
+
+/// Group commit for directories: the renames of many files finishing at once in one
+/// directory share one `fsync` of it, instead of one each (a directory of small files).
+///
+/// A caller's rename is done before it asks; it returns once an `fsync` of the directory that
+/// *started* after it asked has succeeded, so its rename is durable. Whoever finds no sync
+/// running starts one covering everyone who asked so far; the rest wait for it.
+#[derive(Debug, Default)]
+pub struct DirSyncs {
+    dirs: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<DirSync>>>,
+    /// `fsync`s of directories run so far.
+    runs: std::sync::atomic::AtomicU64,
+}
+
+/// Directories with a sync state kept at most; beyond it the idle ones are dropped.
+const MAX_SYNCED_DIRS: usize = 1024;
+
+#[derive(Debug, Default)]
+struct DirSync {
+    state: std::sync::Mutex<SyncRound>,
+    finished: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncRound {
+    /// Requests so far (each caller's number is its place).
+    asked: u64,
+    /// Every request up to this one is covered by a successful sync.
+    synced: u64,
+    running: bool,
+}
+
+impl DirSyncs {
+    /// Makes everything renamed in `dir` (opened as `fd`) before this call durable.
+    pub fn sync(&self, dir: &Path, fd: &OwnedFd) -> io::Result<()> {
+        let entry = {
+            let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            if dirs.len() >= MAX_SYNCED_DIRS {
+                dirs.retain(|_, d| Arc::strong_count(d) > 1);
+            }
+            Arc::clone(dirs.entry(dir.to_path_buf()).or_default())
+        };
+        entry.sync(fd, &self.runs)
+    }
+
+    /// Directory `fsync`s run so far (each covers every request made before it started).
+    pub fn runs(&self) -> u64 {
+        self.runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl DirSync {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncRound> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sync(&self, fd: &OwnedFd, runs: &std::sync::atomic::AtomicU64) -> io::Result<()> {
+        let mut round = self.lock();
+        round.asked += 1;
+        let mine = round.asked;
+        loop {
+            if round.synced >= mine {
+                return Ok(());
+            }
+            if round.running {
+                round = self.finished.wait(round).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            round.running = true;
+            let covers = round.asked;
+            drop(round);
+            let result = rustix::fs::fsync(fd);
+            runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            round = self.lock();
+            round.running = false;
+            if result.is_ok() {
+                round.synced = round.synced.max(covers);
+            }
+            self.finished.notify_all();
+            // A failure is this caller's; the others try again themselves.
+            result?;
+        }
+    }
 }
 
 impl Store {
@@ -63,11 +149,19 @@ impl Store {
             .recursive(true)
             .mode(DIR_MODE)
             .create(&root)?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            dir_syncs: Arc::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The directory syncs shared by its files (for statistics and tests).
+    pub fn dir_syncs(&self) -> &DirSyncs {
+        &self.dir_syncs
     }
 
     /// Checks `name` (spec section 4, "Names") and resolves it to its final directory and `.part`
@@ -97,6 +191,7 @@ impl Store {
             refuse_symlink(&dir_fd, leaf, &shown.join(leaf))?;
         }
         Ok(PartFile {
+            dir_syncs: Arc::clone(&self.dir_syncs),
             part_path: dir.join(&part_name),
             dir,
             dir_fd: Arc::new(dir_fd),
@@ -220,6 +315,7 @@ pub struct PartFile {
     part_name: String,
     /// The sender's name, relative to the receive directory, for error messages.
     shown: PathBuf,
+    dir_syncs: Arc<DirSyncs>,
 }
 
 impl PartFile {
@@ -317,7 +413,10 @@ impl PartFile {
                 path: self.shown.clone(),
             });
         };
-        rustix::fs::fsync(&*self.dir_fd).map_err(|e| io_error(e.into()))?;
+        // Shared with the other files finishing in this directory now.
+        self.dir_syncs
+            .sync(&self.dir, &self.dir_fd)
+            .map_err(io_error)?;
         Ok(final_path)
     }
 
@@ -465,7 +564,8 @@ impl WholeFileHash {
 
     /// The file's SHA-256: the bytes covered, then `file` read from there to its end.
     fn finish(mut self, file: &File) -> io::Result<[u8; 32]> {
-        let mut buffer = vec![0; HASH_BUFFER];
+        let rest = file.metadata()?.len().saturating_sub(self.len);
+        let mut buffer = vec![0; hash_buffer_for(rest)];
         let mut offset = self.len;
         loop {
             match file.read_at(&mut buffer, offset) {
@@ -533,9 +633,18 @@ pub fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
     hash_reader(&File::open(path)?)
 }
 
+/// A read buffer for hashing `len` more bytes: [`HASH_BUFFER`] at most, and no more than the
+/// file needs (a zeroed 1 MiB per small file was a large part of what a directory of small
+/// files cost).
+fn hash_buffer_for(len: u64) -> usize {
+    usize::try_from(len.saturating_add(1))
+        .unwrap_or(HASH_BUFFER)
+        .clamp(4096, HASH_BUFFER)
+}
+
 fn hash_reader(mut file: &File) -> io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0; HASH_BUFFER];
+    let mut buffer = vec![0; hash_buffer_for(file.metadata()?.len())];
     loop {
         match file.read(&mut buffer) {
             Ok(0) => return Ok(hasher.finalize().into()),
@@ -1000,5 +1109,32 @@ mod tests {
     fn free_bytes_is_positive() {
         let (_dir, store) = store();
         assert!(store.free_bytes().unwrap() > 0);
+    }
+
+    /// Files finishing at once in one directory share its `fsync`s: every finalize returns
+    /// with its rename covered, with fewer directory syncs than files.
+    #[test]
+    fn files_finishing_together_share_directory_syncs() {
+        let (_dir, store) = store();
+        let store = Arc::new(store);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for n in 0..20 {
+                        let data = format!("file {t} {n}").into_bytes();
+                        let part = receive(&store, &format!("same/f-{t}-{n}"), &data);
+                        part.finalize(&sha(&data), 0o644, None).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let files = fs::read_dir(store.root().join("same")).unwrap().count();
+        assert_eq!(files, 160);
+        let runs = store.dir_syncs().runs();
+        assert!((1..=160).contains(&runs), "{runs} directory syncs");
     }
 }

@@ -23,16 +23,35 @@ pub struct TransferIo {
     umask: u32,
     inputs: async_channel::Sender<Input>,
     workers: HashMap<TransferId, async_channel::Sender<StoreOp>>,
+    /// Source files waiting to be hashed, in the order they were queued.
+    hashes: async_channel::Sender<(PathBuf, Vec<TransferId>)>,
 }
+
+/// Source files hashed at once (each on the blocking pool). A `send DIR` of 100,000 files
+/// queues 100,000 hashes: they wait in one queue, in send order, instead of each holding a
+/// task and a pool thread.
+const HASH_WORKERS: usize = 2;
 
 impl TransferIo {
     pub fn new(store: Store, inputs: async_channel::Sender<Input>) -> Self {
+        let (hashes, queued) = async_channel::unbounded::<(PathBuf, Vec<TransferId>)>();
+        for _ in 0..HASH_WORKERS {
+            runtime::spawn(hash_sources(queued.clone(), inputs.clone())).detach();
+        }
         Self {
             store: Arc::new(store),
             umask: current_umask(),
             inputs,
             workers: HashMap::new(),
+            hashes,
         }
+    }
+
+    /// Queues the whole-file hash of `path`, the source of the sends `ids`; the result comes
+    /// back as `Input::SourceHashed`.
+    pub fn hash_source(&self, path: PathBuf, ids: Vec<TransferId>) {
+        // Unbounded: the core asks once per queued file, and the queue is what it costs.
+        let _ = self.hashes.try_send((path, ids));
     }
 
     pub fn act(&mut self, id: TransferId, op: StoreOp) {
@@ -61,6 +80,27 @@ impl TransferIo {
     }
 }
 
+/// One hashing worker: takes queued source files one at a time.
+async fn hash_sources(
+    queued: async_channel::Receiver<(PathBuf, Vec<TransferId>)>,
+    inputs: async_channel::Sender<Input>,
+) {
+    while let Ok((path, ids)) = queued.recv().await {
+        let result = runtime::unblock(move || {
+            crate::shell::store::hash_file(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
+        .await;
+        if inputs
+            .send(Input::SourceHashed { ids, result })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Operations one trip to the blocking pool carries at most: what has queued up meanwhile
 /// (up to 1 MiB of 128 KiB chunks) goes together, so that a transfer costs one thread
 /// handover per batch rather than one per chunk.
@@ -82,11 +122,20 @@ async fn work(
         }
         let closing = batch.last() == Some(&StoreOp::Close);
         let id = files.id;
-        let ops_now = std::mem::take(&mut batch);
+        let ops_now: Vec<StoreOp> = std::mem::take(&mut batch)
+            .into_iter()
+            .filter(|op| *op != StoreOp::Close)
+            .collect();
+        if ops_now.is_empty() {
+            // A lone `Close` needs no trip to the blocking pool (one per transfer it was).
+            if closing {
+                return;
+            }
+            continue;
+        }
         let (back, results) = runtime::unblock(move || {
             let results: Vec<StoreResult> = ops_now
                 .into_iter()
-                .filter(|op| *op != StoreOp::Close)
                 .filter_map(|op| files.perform(op))
                 .collect();
             (files, results)
@@ -203,6 +252,18 @@ impl Files {
                 }
                 return None;
             }
+            StoreOp::Discard { name } => {
+                self.writer = None;
+                let deleted = self
+                    .store
+                    .prepare(&name, &self.id)
+                    .map_err(|e| e.to_string())
+                    .and_then(|part| part.delete().map_err(|e| e.to_string()));
+                if let Err(err) = deleted {
+                    debug!(id = %self.id, "deleting the .part of a cancelled transfer: {err}");
+                }
+                return None;
+            }
             StoreOp::Read {
                 path,
                 index,
@@ -268,4 +329,40 @@ fn current_umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender cancelled a transfer whose machine is not running here: `Discard` deletes its
+    /// `.part` by name without opening it, and a missing one is no error.
+    #[test]
+    fn discard_deletes_the_part_of_a_named_transfer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("receive")).unwrap();
+        let id = TransferId([4; 16]);
+        let part = store.prepare("inbox/f7", &id).unwrap();
+        drop(part.open().unwrap());
+        assert!(part.part_path.exists());
+        let mut files = Files {
+            id,
+            store: Arc::new(store),
+            umask: 0o022,
+            part: None,
+            writer: None,
+            hashed: WholeFileHash::new(),
+            source: None,
+        };
+        let discard = StoreOp::Discard {
+            name: "inbox/f7".into(),
+        };
+        assert_eq!(files.perform(discard.clone()), None);
+        assert!(!part.part_path.exists());
+        assert_eq!(
+            files.perform(discard),
+            None,
+            "already gone: nothing to report"
+        );
+    }
 }

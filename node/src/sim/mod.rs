@@ -282,6 +282,16 @@ impl SimStore {
                 }
                 return None;
             }
+            // A cancel for a transfer whose machine is not running: its `.part` by name (a
+            // missing one is no error, as in the shell's store).
+            StoreOp::Discard { name } => {
+                self.open.remove(&id);
+                if let Ok(components) = names::check_name(&name) {
+                    self.parts
+                        .remove(&names::part_name(&components.join("/"), &id));
+                }
+                return None;
+            }
             StoreOp::Read {
                 path,
                 index,

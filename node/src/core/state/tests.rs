@@ -396,3 +396,153 @@ proptest! {
         }
     }
 }
+
+fn tid(n: u32) -> TransferId {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    TransferId(b)
+}
+
+fn queued_n(n: u32, direction: Direction) -> Event {
+    Event::TransferQueued {
+        id: tid(n),
+        peer: peer(1),
+        direction,
+        name: format!("file-{n}"),
+        size: 10,
+        path: None,
+        mime: None,
+        mode: None,
+        mtime: None,
+        sha256: None,
+        dir: None,
+    }
+}
+
+fn started_n(n: u32) -> Event {
+    Event::TransferStarted {
+        id: tid(n),
+        chunk_size: 1024,
+        chunks: 1,
+        start_chunk: 0,
+    }
+}
+
+/// The outcome rule: a finished transfer leaves live state once its peer has the outcome,
+/// never because of how many others finished since.
+#[test]
+fn a_finished_transfer_stays_live_until_its_peer_has_the_outcome() {
+    let mut state = State::default();
+    let mut t = 0;
+    let mut put = |state: &mut State, event: Event| {
+        t += 1;
+        state.apply(&at(t, event));
+    };
+    // A receive we completed: our `done` may not have arrived, so it stays live.
+    put(&mut state, queued_n(1, Direction::Receive));
+    put(
+        &mut state,
+        Event::TransferCompleted {
+            id: tid(1),
+            path: None,
+        },
+    );
+    // A send the operator cancelled after its `start` went out: the `cancel` must reach the
+    // receiver (which deletes its `.part`).
+    put(&mut state, queued_n(2, Direction::Send));
+    put(&mut state, started_n(2));
+    put(
+        &mut state,
+        Event::TransferCancelled {
+            id: tid(2),
+            by: Side::Local,
+            reason: "operator".into(),
+        },
+    );
+    assert_eq!(state.undelivered, [tid(1), tid(2)]);
+    // Outcomes the peer gave it has already: a send completed by the receiver's `done`, a
+    // receive the sender cancelled, a send cancelled before its `start` went out.
+    put(&mut state, queued_n(3, Direction::Send));
+    put(&mut state, started_n(3));
+    put(
+        &mut state,
+        Event::TransferCompleted {
+            id: tid(3),
+            path: None,
+        },
+    );
+    put(&mut state, queued_n(4, Direction::Receive));
+    put(
+        &mut state,
+        Event::TransferCancelled {
+            id: tid(4),
+            by: Side::Remote,
+            reason: "sender".into(),
+        },
+    );
+    put(&mut state, queued_n(5, Direction::Send));
+    put(
+        &mut state,
+        Event::TransferCancelled {
+            id: tid(5),
+            by: Side::Local,
+            reason: "operator".into(),
+        },
+    );
+    assert_eq!(state.undelivered, [tid(1), tid(2)]);
+    assert_eq!(state.finished, [tid(3), tid(4), tid(5)]);
+    // Thousands of later finishes do not push the undelivered ones out (the cancelled send
+    // used to leave after 1,000 and its `.part` stayed on the receiver).
+    for n in 100..(100 + 3 * RECENT_FINISHED as u32) {
+        put(&mut state, queued_n(n, Direction::Send));
+        put(&mut state, started_n(n));
+        put(
+            &mut state,
+            Event::TransferCompleted {
+                id: tid(n),
+                path: None,
+            },
+        );
+    }
+    assert_eq!(state.undelivered, [tid(1), tid(2)]);
+    assert!(state.transfers.contains_key(&tid(1)) && state.transfers.contains_key(&tid(2)));
+    assert_eq!(state.finished.len(), RECENT_FINISHED);
+    assert_eq!(state.transfers.len(), RECENT_FINISHED + 2);
+    // Once delivered they join the recent window (for `fsnode transfers`), newest last, and
+    // leave it like any other.
+    put(
+        &mut state,
+        Event::OutcomesDelivered {
+            ids: vec![tid(2), tid(1), tid(999_999)],
+        },
+    );
+    assert!(state.undelivered.is_empty());
+    assert_eq!(state.finished.back(), Some(&tid(1)));
+    assert_eq!(state.transfers.len(), RECENT_FINISHED);
+    // A repeated delivery changes nothing.
+    let before = state.clone();
+    put(&mut state, Event::OutcomesDelivered { ids: vec![tid(1)] });
+    assert_eq!(state.finished, before.finished);
+    assert_eq!(state.transfers.len(), before.transfers.len());
+}
+
+/// Whatever the journal holds (a build before the rule never recorded deliveries), the
+/// undelivered are bounded: beyond MAX_UNDELIVERED the oldest count as delivered.
+#[test]
+fn undelivered_outcomes_are_bounded() {
+    let mut state = State::default();
+    for n in 0..(MAX_UNDELIVERED as u32 + 500) {
+        state.apply(&at(i64::from(n), queued_n(n, Direction::Receive)));
+        state.apply(&at(
+            i64::from(n),
+            Event::TransferCompleted {
+                id: tid(n),
+                path: None,
+            },
+        ));
+    }
+    assert_eq!(state.undelivered.len(), MAX_UNDELIVERED);
+    assert_eq!(state.undelivered.front(), Some(&tid(500)));
+    assert_eq!(state.finished.len(), 500);
+    assert_eq!(state.transfers.len(), MAX_UNDELIVERED + 500);
+}
