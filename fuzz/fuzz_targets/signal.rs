@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fsnode::control::Request;
 use fsnode::core::discovery::{Announcement, instance_name, txt_records};
 use fsnode::core::node::{Core, Effect, Input, Me, Now, Output};
+use fsnode::core::request::Command;
 use fsnode::core::signal::{LineFramer, MAX_LINE_BYTES, Message};
 use fsnode::core::transfers::{StoreOp, StoreResult};
 use fsnode::core::{DeviceId, DeviceType, State, TransferId};
@@ -166,9 +166,9 @@ fuzz_target!(|data: &[u8]| {
     };
     shell.handle(Input::Announced(announcement(1)));
     shell.handle(Input::Announced(announcement(2)));
-    shell.handle(Input::Request {
+    shell.handle(Input::Command {
         token: 1,
-        request: Request::TrustAdd {
+        command: Command::TrustAdd {
             device: device(1).to_string(),
         },
     });
