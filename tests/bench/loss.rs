@@ -3,11 +3,9 @@
 //! receiver's input and output),
 //! beside a plain TCP copy over the same link in the same run, at 1 %, 2 % and 5 %.
 
-use std::fs;
 use std::path::Path;
-use std::time::Instant;
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 use fsnode_testkit::Lan;
 
 use super::{
@@ -42,23 +40,8 @@ pub fn loss_benchmark(opts: &Opts, data: &Path) -> anyhow::Result<()> {
         for _ in 0..opts.runs {
             tcp.push(tcp_copy(&lan, &a, &b, &file, size, Topology::Gigabit)?.mbps);
             let cpu0 = [super::proc_usage(a.pid()).0, super::proc_usage(b.pid()).0];
-            let start = Instant::now();
-            let out = a.home.run(&[
-                "send",
-                file.to_str().context("utf-8")?,
-                "--to",
-                &b_id,
-                "--wait",
-            ])?;
-            let secs = start.elapsed().as_secs_f64();
-            ensure!(out.success(), "fsnode send at {pct} % loss failed: {out:?}");
-            let received = b.receive.join("loss.bin");
-            let got = fs::metadata(&received).map(|m| m.len()).unwrap_or(0);
-            ensure!(
-                got == size,
-                "received {got} of {size} bytes at {pct} % loss"
-            );
-            fs::remove_file(&received)?;
+            let secs = super::send_and_check(&a, &b, &b_id, &file, size)
+                .with_context(|| format!("at {pct} % loss"))?;
             fsnode.push(mb(size, secs));
             cpu.push(
                 super::proc_usage(a.pid()).0 - cpu0[0] + super::proc_usage(b.pid()).0 - cpu0[1],

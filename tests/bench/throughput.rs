@@ -465,20 +465,7 @@ fn pair_benchmark(opts: &Opts, data: &Path, big: &Path, topology: Topology) -> a
     for run in 0..opts.runs {
         tcp.push(tcp_copy(&lan, &a, &b, big, size, topology)?);
         let cpu0 = [proc_usage(a.pid()).0, proc_usage(b.pid()).0];
-        let start = Instant::now();
-        let out = a.home.run(&[
-            "send",
-            big.to_str().context("utf-8")?,
-            "--to",
-            &b_id,
-            "--wait",
-        ])?;
-        let secs = start.elapsed().as_secs_f64();
-        ensure!(out.success(), "fsnode send failed: {out:?}");
-        let received = b.receive.join("big.bin");
-        let got = fs::metadata(&received).map(|m| m.len()).unwrap_or(0);
-        ensure!(got == size, "received {got} of {size} bytes");
-        fs::remove_file(&received)?;
+        let secs = send_and_check(&a, &b, &b_id, big, size)?;
         let (ua, ra) = proc_usage(a.pid());
         let (ub, rb) = proc_usage(b.pid());
         let s = Sample {
@@ -557,6 +544,26 @@ fn pair_benchmark(opts: &Opts, data: &Path, big: &Path, topology: Topology) -> a
     b.stop()?;
     dump_journals(&[&a, &b])?;
     Ok(())
+}
+
+/// `fsnode send FILE --to B --wait` on `a`: the seconds it took, once `b` holds all of it (the
+/// received copy is then removed for the next run).
+fn send_and_check(a: &Node, b: &Node, b_id: &str, file: &Path, size: u64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let out = a.home.run(&[
+        "send",
+        file.to_str().context("utf-8")?,
+        "--to",
+        b_id,
+        "--wait",
+    ])?;
+    let secs = start.elapsed().as_secs_f64();
+    ensure!(out.success(), "fsnode send failed: {out:?}");
+    let received = b.receive.join(file.file_name().context("a file name")?);
+    let got = fs::metadata(&received).map(|m| m.len()).unwrap_or(0);
+    ensure!(got == size, "received {got} of {size} bytes");
+    fs::remove_file(&received)?;
+    Ok(secs)
 }
 
 /// With `FSNODE_BENCH_JOURNALS=DIR`, copies each node's journal (`journal show --json`) there

@@ -105,12 +105,7 @@ impl NodeHome {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {} {args:?}", self.bin.display()))?;
-        let output = child.wait_with_output()?;
-        Ok(Output {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+        finish_within(child, COMMAND_LIMIT).with_context(|| format!("fsnode {args:?}"))
     }
 
     /// Starts `fsnode run ARGS…` in the background.
@@ -238,4 +233,48 @@ impl Drop for NodeHome {
             let _ = daemon.child.wait();
         }
     }
+}
+
+/// How long one `fsnode` command may take in a test or bench before it is killed: a command
+/// that hangs (a `send --wait` that is never told the transfer finished) must fail the test,
+/// not hold CI until its overall limit.
+pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Waits for `child` (stdout and stderr piped) at most `limit`, then kills it and fails.
+fn finish_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> anyhow::Result<Output> {
+    use std::io::Read;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("did not finish within {limit:?}; killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let text = |h: std::thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned()
+    };
+    Ok(Output {
+        code: status.code(),
+        stdout: text(stdout),
+        stderr: text(stderr),
+    })
 }

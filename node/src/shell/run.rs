@@ -262,6 +262,9 @@ struct Collected {
 struct Outputs {
     actions: Vec<Output>,
     journaled: Vec<(u64, Stamped)>,
+    /// Whether the batch journaled anything (`journaled` keeps only what is needed again,
+    /// but `send --wait` followers must hear of every change of state).
+    changed_state: bool,
 }
 
 /// The one task that owns the core: feeds it inputs, journals its events, then carries out
@@ -519,7 +522,11 @@ impl NodeLoop<'_> {
         }
         self.committing.push(Batch {
             pending: last_pending,
-            work: Outputs { actions, journaled },
+            work: Outputs {
+                actions,
+                journaled,
+                changed_state: seqs.is_some(),
+            },
         });
         // A batch without events (replies, effects) waits only for the batches before it.
         self.run_committed();
@@ -555,7 +562,11 @@ impl NodeLoop<'_> {
 
     /// Runs one durable batch's follow-ups, replies and effects, in order.
     fn carry_out(&mut self, outputs: Outputs) {
-        let Outputs { actions, journaled } = outputs;
+        let Outputs {
+            actions,
+            journaled,
+            changed_state,
+        } = outputs;
         for (_, stamped) in &journaled {
             if let Event::PeerDiscovered { peer, .. } = &stamped.event {
                 let route = self.core.route(peer);
@@ -568,7 +579,7 @@ impl NodeLoop<'_> {
                 );
             }
         }
-        if !journaled.is_empty() {
+        if changed_state {
             self.tell_followers();
         }
         if !self.watchers.is_empty() {

@@ -377,14 +377,7 @@ mod tests {
     use crate::core::link::sim::{Conditions, SimNet};
     use crate::core::link::{MAX_MESSAGE_SIZE, SctpTuning};
 
-    fn certificate() -> rtc_dtls::crypto::Certificate {
-        let provider = rtc_crypto::default_provider().unwrap();
-        rtc_dtls::crypto::Certificate::generate_self_signed(
-            vec!["fsnode".to_owned()],
-            provider.crypto(),
-        )
-        .unwrap()
-    }
+    use crate::core::link::sim::test_certificate as certificate;
 
     /// One peer's side: its sessions, its certificate, the port each session was given.
     struct Side {

@@ -1,4 +1,4 @@
-//! A simulated network in virtual time for link tests (and, later, whole-node simulations):
+//! A simulated network in virtual time for link tests and the whole-node simulation:
 //! datagrams between socket addresses with a serialisation rate per sender, a one-way delay,
 //! and seeded loss, duplication, reordering, an MTU and cuts. Nothing here reads a clock:
 //! time is what the drive loop says it is.
@@ -180,4 +180,14 @@ impl SimNet {
         }
         None
     }
+}
+
+/// A fresh self-signed DTLS certificate for a test link.
+pub fn test_certificate() -> rtc_dtls::crypto::Certificate {
+    let provider = rtc_crypto::default_provider().expect("the default crypto provider");
+    rtc_dtls::crypto::Certificate::generate_self_signed(
+        vec!["fsnode".to_owned()],
+        provider.crypto(),
+    )
+    .expect("a self-signed certificate")
 }

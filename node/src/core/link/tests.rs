@@ -10,14 +10,7 @@ use sha2::{Digest, Sha256};
 use super::sim::{Conditions, SimNet};
 use super::*;
 
-fn certificate() -> rtc_dtls::crypto::Certificate {
-    let provider = rtc_crypto::default_provider().unwrap();
-    rtc_dtls::crypto::Certificate::generate_self_signed(
-        vec!["fsnode".to_owned()],
-        provider.crypto(),
-    )
-    .unwrap()
-}
+use super::sim::test_certificate as certificate;
 
 fn device_id(certificate: &rtc_dtls::crypto::Certificate) -> DeviceId {
     DeviceId::from_certificate_der(certificate.certificate[0].as_ref())
