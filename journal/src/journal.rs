@@ -196,15 +196,7 @@ impl<R: Serialize + DeserializeOwned + Send + 'static> Journal<R> {
         let mut encoded = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
             let mut buf = Vec::new();
-            ciborium::into_writer(part, &mut buf).map_err(|e| JournalError::Encode {
-                reason: e.to_string(),
-            })?;
-            if buf.len() > max as usize {
-                return Err(JournalError::RecordTooLarge {
-                    len: buf.len(),
-                    max,
-                });
-            }
+            encode_bounded(part, &mut buf, max)?;
             let kind = if i + 1 == parts.len() {
                 RecordKind::Snapshot
             } else {
@@ -225,15 +217,7 @@ impl<R: Serialize + DeserializeOwned + Send + 'static> Journal<R> {
         let max = core.opts.max_record_bytes;
         let encode_and_queue = |buf: &mut Vec<u8>| {
             buf.clear();
-            ciborium::into_writer(record, &mut *buf).map_err(|e| JournalError::Encode {
-                reason: e.to_string(),
-            })?;
-            if buf.len() > max as usize {
-                return Err(JournalError::RecordTooLarge {
-                    len: buf.len(),
-                    max,
-                });
-            }
+            encode_bounded(record, buf, max)?;
             core.enqueue(buf, kind)
         };
         ENCODE_BUF.with(|cell| match cell.try_borrow_mut() {
@@ -325,6 +309,24 @@ impl<R: Serialize + DeserializeOwned + Send + 'static> Journal<R> {
     pub(crate) fn core(&self) -> &Core {
         &self.owner.core
     }
+}
+
+/// Encodes one record (CBOR) into `buf`, refusing one larger than `max` bytes.
+fn encode_bounded<T: Serialize>(
+    value: &T,
+    buf: &mut Vec<u8>,
+    max: u32,
+) -> Result<(), JournalError> {
+    ciborium::into_writer(value, &mut *buf).map_err(|e| JournalError::Encode {
+        reason: e.to_string(),
+    })?;
+    if buf.len() > max as usize {
+        return Err(JournalError::RecordTooLarge {
+            len: buf.len(),
+            max,
+        });
+    }
+    Ok(())
 }
 
 fn lock_dir(dir: &Path) -> Result<File, JournalError> {
