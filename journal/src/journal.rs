@@ -192,24 +192,74 @@ impl<R: Serialize + DeserializeOwned + Send + 'static> Journal<R> {
     /// that leaves the history as it was (the incomplete snapshot is dropped when the journal
     /// is next opened). Replay yields every part, in order. One part is [`Journal::snapshot`].
     pub fn snapshot_parts(&self, parts: &[R]) -> Result<Pending, JournalError> {
-        let max = self.owner.core.opts.max_record_bytes;
-        let mut encoded = Vec::with_capacity(parts.len());
-        for (i, part) in parts.iter().enumerate() {
-            let mut buf = Vec::new();
-            encode_bounded(part, &mut buf, max)?;
-            let kind = if i + 1 == parts.len() {
-                RecordKind::Snapshot
-            } else {
-                RecordKind::SnapshotPart
-            };
-            encoded.push((buf, kind));
+        self.snapshot_stream(|| parts.iter())
+    }
+
+    /// [`Journal::snapshot_parts`] for a snapshot made part by part: `parts()` yields the parts
+    /// (the same ones each time it is called), and memory holds one part at a time and about
+    /// 4 MiB of queued frames, whatever the snapshot's size.
+    ///
+    /// `parts` is called twice: once to check every part (nothing is queued unless all fit),
+    /// then to stream them to the writer. Other appends wait meanwhile, so the parts stay
+    /// consecutive. Should the second pass fail after some parts were queued (it yields other
+    /// parts than the first, or the journal fails), the journal is poisoned rather than let
+    /// anything follow a half-written snapshot; reopening it drops that snapshot.
+    pub fn snapshot_stream<F, I>(&self, parts: F) -> Result<Pending, JournalError>
+    where
+        F: Fn() -> I,
+        I: IntoIterator,
+        I::Item: std::borrow::Borrow<R>,
+    {
+        use std::borrow::Borrow;
+        let core = &self.owner.core;
+        let max = core.opts.max_record_bytes;
+        let mut buf = Vec::new();
+        let mut count = 0usize;
+        for part in parts() {
+            buf.clear();
+            encode_bounded(part.borrow(), &mut buf, max)?;
+            count += 1;
         }
-        if encoded.is_empty() {
+        if count == 0 {
             return Err(JournalError::Encode {
                 reason: "a snapshot needs at least one part".into(),
             });
         }
-        self.owner.core.enqueue_all(&encoded)
+        core.begin_stream()?;
+        let mut first_seq = None;
+        let mut queued = 0usize;
+        let mut stream = || -> Result<Pending, JournalError> {
+            let mut last = None;
+            for part in parts().into_iter().take(count) {
+                buf.clear();
+                encode_bounded(part.borrow(), &mut buf, max)?;
+                queued += 1;
+                let kind = if queued == count {
+                    RecordKind::Snapshot
+                } else {
+                    RecordKind::SnapshotPart
+                };
+                let pending = core.enqueue_streamed(&buf, kind)?;
+                first_seq.get_or_insert(pending.seq);
+                last = Some(pending);
+            }
+            match last {
+                Some(pending) if queued == count => Ok(pending),
+                _ => Err(JournalError::Encode {
+                    reason: format!(
+                        "the snapshot's parts changed: {count} checked, then {queued} given"
+                    ),
+                }),
+            }
+        };
+        let result = stream();
+        if let (Err(e), Some(first_seq)) = (&result, first_seq)
+            && core.poisoned().is_none()
+        {
+            core.poison_unfinished_snapshot(first_seq, e);
+        }
+        core.end_stream();
+        result
     }
 
     fn push(&self, record: &R, kind: RecordKind) -> Result<Pending, JournalError> {

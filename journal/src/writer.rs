@@ -24,6 +24,14 @@ use crate::{Options, RecordKind, Retention, Seq, Stats};
 /// appenders that never wait cannot grow the queue without bound.
 const QUEUE_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Queued bytes a streamed snapshot fills before it waits for the writer: its parts go out in
+/// batches of about this size, so a snapshot of any size needs only this much memory.
+const STREAM_LIMIT: usize = 4 * 1024 * 1024;
+
+/// A batch buffer that grew beyond this is not kept for the next batch (one large batch must
+/// not hold its memory for the journal's lifetime).
+const SPARE_KEEP: usize = 8 * 1024 * 1024;
+
 /// The state shared by every handle of a journal and its writer thread.
 pub(crate) struct Core {
     pub(crate) dir: PathBuf,
@@ -89,6 +97,9 @@ struct Queue {
     state: State,
     writer_idle: bool,
     space_waiters: usize,
+    /// A snapshot is being streamed ([`Core::begin_stream`]): other appends wait, so its parts
+    /// stay consecutive.
+    streaming: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -125,6 +136,7 @@ impl Core {
                 state: State::Open,
                 writer_idle: false,
                 space_waiters: 0,
+                streaming: false,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -151,6 +163,64 @@ impl Core {
         payload: &[u8],
         kind: RecordKind,
     ) -> Result<Pending, JournalError> {
+        self.enqueue_within(payload, kind, QUEUE_LIMIT, false)
+    }
+
+    /// Starts streaming a snapshot: waits for another stream to end, then holds every other
+    /// append back until [`Core::end_stream`].
+    pub(crate) fn begin_stream(&self) -> Result<(), JournalError> {
+        let mut q = self.lock_queue();
+        loop {
+            match &q.state {
+                State::Open => {}
+                State::Poisoned(failure) => return Err(failure.to_error()),
+                State::Closing | State::Closed => return Err(JournalError::Closed),
+            }
+            if !q.streaming {
+                break;
+            }
+            q.space_waiters += 1;
+            q = self.space.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q.space_waiters -= 1;
+        }
+        q.streaming = true;
+        Ok(())
+    }
+
+    /// Queues one part of the snapshot being streamed, waiting while [`STREAM_LIMIT`] bytes
+    /// are queued.
+    pub(crate) fn enqueue_streamed(
+        &self,
+        payload: &[u8],
+        kind: RecordKind,
+    ) -> Result<Pending, JournalError> {
+        self.enqueue_within(payload, kind, STREAM_LIMIT, true)
+    }
+
+    /// Ends the stream [`Core::begin_stream`] started; held appends go on.
+    pub(crate) fn end_stream(&self) {
+        self.lock_queue().streaming = false;
+        self.space.notify_all();
+    }
+
+    /// A streamed snapshot stopped after some of its parts were queued: nothing may follow
+    /// them (a replay would find events after an unfinished snapshot), so the journal fails
+    /// closed. Reopening drops the unfinished snapshot at the tail and keeps every record.
+    pub(crate) fn poison_unfinished_snapshot(&self, first_seq: Seq, why: &JournalError) {
+        let source = io::Error::other(format!("a snapshot stopped half written: {why}"));
+        let failure = Arc::new(OpFailure::new(&self.dir, "snapshot", source).poison(first_seq));
+        self.poison(&failure);
+    }
+
+    /// Queues an encoded record once fewer than `limit` bytes are queued (or none); `streamed`:
+    /// a part of the snapshot being streamed, which alone may pass while one is.
+    fn enqueue_within(
+        &self,
+        payload: &[u8],
+        kind: RecordKind,
+        limit: usize,
+        streamed: bool,
+    ) -> Result<Pending, JournalError> {
         let crc = PayloadChecksum::precompute(payload);
         let frame_len = frame::FRAME_HEADER_LEN + payload.len();
         let mut q = self.lock_queue();
@@ -160,7 +230,8 @@ impl Core {
                 State::Poisoned(failure) => return Err(failure.to_error()),
                 State::Closing | State::Closed => return Err(JournalError::Closed),
             }
-            if q.buf.is_empty() || q.buf.len() + frame_len <= QUEUE_LIMIT {
+            let held = q.streaming && !streamed;
+            if !held && (q.buf.is_empty() || q.buf.len() + frame_len <= limit) {
                 break;
             }
             q.space_waiters += 1;
@@ -184,58 +255,6 @@ impl Core {
             self.work.notify_one();
         }
         Ok(Pending::new(seq, slot))
-    }
-
-    /// Queues several encoded records under one lock, so they get consecutive sequence numbers
-    /// and land in one batch (a snapshot's parts). Returns the ticket of the last.
-    pub(crate) fn enqueue_all(
-        &self,
-        records: &[(Vec<u8>, RecordKind)],
-    ) -> Result<Pending, JournalError> {
-        let total: usize = records
-            .iter()
-            .map(|(p, _)| frame::FRAME_HEADER_LEN + p.len())
-            .sum();
-        let mut q = self.lock_queue();
-        loop {
-            match &q.state {
-                State::Open => {}
-                State::Poisoned(failure) => return Err(failure.to_error()),
-                State::Closing | State::Closed => return Err(JournalError::Closed),
-            }
-            if q.buf.is_empty() || q.buf.len() + total <= QUEUE_LIMIT {
-                break;
-            }
-            q.space_waiters += 1;
-            q = self.space.wait(q).unwrap_or_else(PoisonError::into_inner);
-            q.space_waiters -= 1;
-        }
-        let count = u64::try_from(records.len()).unwrap_or(u64::MAX);
-        if q.next_seq.checked_add(count).is_none() {
-            return Err(JournalError::SequenceExhausted);
-        }
-        let mut last = q.next_seq;
-        for (payload, kind) in records {
-            let seq = q.next_seq;
-            q.next_seq += 1;
-            q.last_seq = Some(seq);
-            let crc = PayloadChecksum::precompute(payload).finish(seq, kind.to_byte(), payload);
-            frame::encode_into(&mut q.buf, seq, *kind, payload, crc);
-            let end = q.buf.len();
-            q.marks.push(Mark {
-                seq,
-                end,
-                kind: *kind,
-            });
-            last = seq;
-        }
-        let slot = Arc::clone(&q.slot);
-        let wake = std::mem::replace(&mut q.writer_idle, false);
-        drop(q);
-        if wake {
-            self.work.notify_one();
-        }
-        Ok(Pending::new(last, slot))
     }
 
     /// The highest sequence number assigned so far (durable or not).
@@ -320,6 +339,9 @@ pub(crate) struct Writer {
     preallocate: bool,
     spare_buf: Vec<u8>,
     spare_marks: Vec<Mark>,
+    /// The last frame written was a snapshot part: the next continues that snapshot (a
+    /// streamed snapshot spans batches), and a snapshot's frames never straddle segments.
+    in_snapshot: bool,
 }
 
 impl Writer {
@@ -343,6 +365,7 @@ impl Writer {
             preallocate,
             spare_buf: Vec::new(),
             spare_marks: Vec::new(),
+            in_snapshot: false,
         })
     }
 
@@ -401,7 +424,13 @@ impl Writer {
             }
             let mut buf = buf;
             buf.clear();
+            if buf.capacity() > SPARE_KEEP {
+                buf = Vec::new();
+            }
             marks.clear();
+            if marks.capacity() > SPARE_KEEP / 16 {
+                marks = Vec::new();
+            }
             self.spare_buf = buf;
             self.spare_marks = marks;
         }
@@ -414,9 +443,7 @@ impl Writer {
         let mut frame_start = 0;
         let mut chunk_frames = 0u64;
         let mut had_snapshot = false;
-        // The previous frame was a snapshot part: this one continues the snapshot, and a
-        // snapshot's frames never straddle segments.
-        let mut in_snapshot = false;
+        let mut in_snapshot = self.in_snapshot;
         for mark in marks {
             let has_frames = self.frames + chunk_frames > 0;
             let full =
@@ -442,6 +469,7 @@ impl Writer {
         }
         self.write(&buf[chunk_start..frame_start])?;
         self.frames += chunk_frames;
+        self.in_snapshot = in_snapshot;
         self.sync_data()?;
         Ok(had_snapshot)
     }

@@ -19,6 +19,18 @@ pub const CONTROL_VERSION: u32 = 1;
 /// Longest request line the node reads; longer ones get an error reply.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Rows a `queued` reply lists (a `send` of a directory may queue 100,000 transfers: the
+/// reply stays small, and `fsnode transfers` lists them all).
+pub const QUEUED_ROWS: usize = 1_000;
+
+/// Rows `fsnode transfers` lists at most (running, then queued, then recently finished); the
+/// reply says how many it left out.
+pub const TRANSFER_ROWS: usize = 1_000;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -34,10 +46,14 @@ pub enum Request {
     TrustList,
     /// Dial a node directly (when multicast is blocked) and learn its identity from `hello`.
     PeersAdd { address: std::net::SocketAddr },
-    /// Queue files (absolute paths; directories send their files) for trusted devices.
+    /// Queue files (absolute paths; directories send their files) for trusted devices. With
+    /// `wait`, a stream: the `queued` reply, then a `transfers` reply with the rows that changed
+    /// each time some did, until every one has finished (then the node closes the stream).
     Send {
         paths: Vec<std::path::PathBuf>,
         to: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        wait: bool,
     },
     /// Cancel a transfer (its id or a unique prefix of it), either direction.
     Cancel { transfer: String },
@@ -48,10 +64,6 @@ pub enum Request {
     Watch,
     /// The policy plugins, in the order they are asked, and the disabled ones with why.
     Plugins,
-    /// Follow transfers (full ids): the node answers at once with their rows, then with a
-    /// `transfers` reply holding the rows that changed each time some did, until the client
-    /// disconnects.
-    Follow { transfers: Vec<String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,11 +97,18 @@ pub enum Reply {
         trusted: Vec<PeerRow>,
         requests: Vec<PeerRow>,
     },
+    /// Transfers' rows; `not_shown`: how many more the node holds than it listed (see
+    /// [`TRANSFER_ROWS`]).
     Transfers {
         transfers: Vec<TransferRow>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        not_shown: usize,
     },
-    /// What `send` queued: one transfer per file and device.
+    /// What `send` queued: one transfer per file and device, `count` in all (`bytes` their
+    /// sizes' sum); `transfers` holds the rows of the first [`QUEUED_ROWS`] of them.
     Queued {
+        count: usize,
+        bytes: u64,
         transfers: Vec<TransferRow>,
     },
     Cancelled {
@@ -245,13 +264,24 @@ pub fn view(request: &Request, state: &State, me: &Me) -> Option<Reply> {
             trusted: state.trusted().map(|(id, _)| row(id)).collect(),
             requests: state.requests().map(|(id, _)| row(id)).collect(),
         },
-        Request::Transfers => Reply::Transfers {
-            transfers: state
-                .transfers
-                .iter()
-                .map(|(id, t)| TransferRow::of(state, id, t))
-                .collect(),
-        },
+        Request::Transfers => {
+            let mut live: Vec<(&TransferId, &TransferState)> =
+                state.transfers.iter().map(|(id, t)| (id, &**t)).collect();
+            // Running first, then queued oldest first, then finished newest first.
+            live.sort_by_key(|(_, t)| match t.status {
+                s if s.is_finished() => (2, -t.updated_at_ms),
+                TransferStatus::Queued => (1, t.queued_at_ms),
+                _ => (0, t.queued_at_ms),
+            });
+            let shown = live.len().min(TRANSFER_ROWS);
+            Reply::Transfers {
+                transfers: live[..shown]
+                    .iter()
+                    .map(|(id, t)| TransferRow::of(state, id, t))
+                    .collect(),
+                not_shown: live.len() - shown,
+            }
+        }
         _ => return None,
     })
 }
@@ -268,7 +298,7 @@ impl Request {
                 device: device.clone(),
             },
             Request::PeersAdd { address } => Command::Dial { address: *address },
-            Request::Send { paths, to } => Command::Send {
+            Request::Send { paths, to, .. } => Command::Send {
                 paths: paths.clone(),
                 to: to.clone(),
             },
@@ -280,8 +310,7 @@ impl Request {
             | Request::TrustList
             | Request::Transfers
             | Request::Watch
-            | Request::Plugins
-            | Request::Follow { .. } => return None,
+            | Request::Plugins => return None,
         })
     }
 }
@@ -305,7 +334,17 @@ pub fn reply(outcome: Outcome, state: &State, me: &DeviceId) -> Reply {
             peers: vec![PeerRow::of(state, me, &id)],
         },
         Outcome::Queued(ids) => Reply::Queued {
-            transfers: ids.iter().filter_map(transfer_row).collect(),
+            count: ids.len(),
+            bytes: ids
+                .iter()
+                .filter_map(|id| state.transfers.get(id))
+                .map(|t| t.size)
+                .sum(),
+            transfers: ids
+                .iter()
+                .take(QUEUED_ROWS)
+                .filter_map(transfer_row)
+                .collect(),
         },
         Outcome::Cancelled(id) => match transfer_row(&id) {
             Some(transfer) => Reply::Cancelled { transfer },
@@ -436,6 +475,104 @@ mod tests {
         }
     }
 
+    /// A queue of 3,000 (a directory sent): the `queued` reply and the `transfers` view each
+    /// list at most their bound of rows and say how many there are; the view lists running
+    /// transfers first, then queued ones oldest first, then finished ones newest first.
+    #[test]
+    fn a_long_queue_gets_bounded_replies_with_the_running_transfers_first() {
+        use crate::core::{Direction, Event, Stamped};
+        let peer = DeviceId::from_sha256(&[1; 32]);
+        let mut state = State::default();
+        let ids: Vec<TransferId> = (0..3_000u32)
+            .map(|n| {
+                let mut b = [0; 16];
+                b[12..].copy_from_slice(&(3_000 - n).to_be_bytes());
+                let id = TransferId(b);
+                let event = Event::TransferQueued {
+                    id,
+                    peer: peer.clone(),
+                    direction: Direction::Send,
+                    name: format!("f{n}"),
+                    size: 7,
+                    path: None,
+                    mime: None,
+                    mode: None,
+                    mtime: None,
+                    sha256: None,
+                    dir: None,
+                };
+                state.apply(&Stamped {
+                    time_ms: i64::from(n),
+                    event,
+                });
+                id
+            })
+            .collect();
+        for (n, event) in [
+            Event::TransferFailed {
+                id: ids[5],
+                reason: "x".into(),
+            },
+            Event::TransferStarted {
+                id: ids[2_999],
+                chunk_size: 1,
+                chunks: 7,
+                start_chunk: 0,
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            state.apply(&Stamped {
+                time_ms: 5_000 + n as i64,
+                event,
+            });
+        }
+        let Reply::Queued {
+            count,
+            bytes,
+            transfers,
+        } = reply(Outcome::Queued(ids.clone()), &state, &peer)
+        else {
+            panic!("a queued reply")
+        };
+        assert_eq!(
+            (count, bytes, transfers.len()),
+            (3_000, 21_000, QUEUED_ROWS)
+        );
+        let me = Me {
+            id: peer.clone(),
+            name: "me".into(),
+            device_type: DeviceType::Server,
+            signaling_port: 0,
+        };
+        let Some(Reply::Transfers {
+            transfers,
+            not_shown,
+        }) = view(&Request::Transfers, &state, &me)
+        else {
+            panic!("a transfers view")
+        };
+        assert_eq!(
+            (transfers.len(), not_shown),
+            (TRANSFER_ROWS, 3_000 - TRANSFER_ROWS)
+        );
+        assert_eq!(
+            transfers[0].id,
+            ids[2_999].to_string(),
+            "the running one first"
+        );
+        assert_eq!(
+            transfers[1].id,
+            ids[0].to_string(),
+            "then the oldest queued"
+        );
+        assert!(
+            transfers.iter().all(|t| t.id != ids[5].to_string()),
+            "finished last"
+        );
+    }
+
     /// Rows are built from typed state; the states serialize as the words the README and
     /// scripts read (`send`, `queued`), from serde, not from `Debug`.
     #[test]
@@ -454,7 +591,7 @@ mod tests {
             time_ms: 1,
             event: queued,
         });
-        let Some(Reply::Transfers { transfers }) = view(
+        let Some(Reply::Transfers { transfers, .. }) = view(
             &Request::Transfers,
             &state,
             &Me {
@@ -472,10 +609,13 @@ mod tests {
         assert_eq!(json["direction"], "send");
         assert_eq!(
             reply(Outcome::Queued(vec![id]), &state, &peer),
-            Reply::Queued { transfers }
+            Reply::Queued {
+                count: 1,
+                bytes: 10,
+                transfers
+            }
         );
         assert!(Request::Transfers.command().is_none());
-        assert!(Request::Follow { transfers: vec![] }.command().is_none());
     }
 
     #[test]

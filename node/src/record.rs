@@ -23,7 +23,7 @@ pub enum JournalEntry {
         #[serde(default)]
         peers: Vec<(DeviceId, PeerState)>,
         #[serde(default)]
-        transfers: Vec<(TransferId, TransferState)>,
+        transfers: Vec<(TransferId, Box<TransferState>)>,
     },
 }
 
@@ -46,45 +46,69 @@ pub const SNAPSHOT_PART_BYTES: usize = 256 * 1024;
 /// Splits `state` into the records of one snapshot: `SnapshotPart`s of about
 /// [`SNAPSHOT_PART_BYTES`] each with its devices and transfers, then a `Snapshot` with the rest.
 /// A small state is one `Snapshot`. Never needs a record larger than the largest single device
-/// or transfer plus a little.
-pub fn snapshot_parts(state: &State, time_ms: i64) -> Vec<JournalEntry> {
-    let mut parts = Vec::new();
-    let mut peers = Vec::new();
-    let mut transfers = Vec::new();
-    let mut bytes = 0usize;
-    let mut scratch = Vec::new();
-    for (id, peer) in &state.peers {
-        let len = encoded_len(&(id, peer), &mut scratch);
-        if bytes + len > SNAPSHOT_PART_BYTES && (!peers.is_empty() || !transfers.is_empty()) {
-            parts.push(JournalEntry::SnapshotPart {
-                peers: std::mem::take(&mut peers),
-                transfers: std::mem::take(&mut transfers),
-            });
-            bytes = 0;
-        }
-        bytes += len;
-        peers.push((id.clone(), peer.clone()));
-    }
-    for (id, transfer) in &state.transfers {
-        let len = encoded_len(&(id, transfer), &mut scratch);
-        if bytes + len > SNAPSHOT_PART_BYTES && (!peers.is_empty() || !transfers.is_empty()) {
-            parts.push(JournalEntry::SnapshotPart {
-                peers: std::mem::take(&mut peers),
-                transfers: std::mem::take(&mut transfers),
-            });
-            bytes = 0;
-        }
-        bytes += len;
-        transfers.push((*id, transfer.clone()));
-    }
-    let mut head = state.clone_without_maps();
-    head.peers.extend(peers);
-    head.transfers.extend(transfers);
-    parts.push(JournalEntry::Snapshot {
+/// or transfer plus a little. Lazy: each part is made when asked for, so a snapshot of any
+/// size streams to the journal one part at a time (`Journal::snapshot_stream`).
+pub fn snapshot_parts(state: &State, time_ms: i64) -> SnapshotParts<'_> {
+    SnapshotParts {
+        state,
         time_ms,
-        state: head,
-    });
-    parts
+        peers: state.peers.iter().peekable(),
+        transfers: state.transfers.iter().peekable(),
+        scratch: Vec::new(),
+        done: false,
+    }
+}
+
+/// The parts of one snapshot, made one at a time ([`snapshot_parts`]).
+pub struct SnapshotParts<'a> {
+    state: &'a State,
+    time_ms: i64,
+    peers: std::iter::Peekable<std::collections::btree_map::Iter<'a, DeviceId, PeerState>>,
+    transfers:
+        std::iter::Peekable<std::collections::btree_map::Iter<'a, TransferId, Box<TransferState>>>,
+    scratch: Vec<u8>,
+    done: bool,
+}
+
+impl Iterator for SnapshotParts<'_> {
+    type Item = JournalEntry;
+
+    fn next(&mut self) -> Option<JournalEntry> {
+        if self.done {
+            return None;
+        }
+        let mut peers = Vec::new();
+        let mut transfers = Vec::new();
+        let mut bytes = 0usize;
+        // Devices first, then transfers; a part is full once the next item would pass the
+        // budget (a part always takes at least one item).
+        while let Some((id, peer)) = self.peers.peek() {
+            let len = encoded_len(&(id, peer), &mut self.scratch);
+            if bytes + len > SNAPSHOT_PART_BYTES && !peers.is_empty() {
+                return Some(JournalEntry::SnapshotPart { peers, transfers });
+            }
+            bytes += len;
+            peers.push(((*id).clone(), (*peer).clone()));
+            self.peers.next();
+        }
+        while let Some((id, transfer)) = self.transfers.peek() {
+            let len = encoded_len(&(id, transfer), &mut self.scratch);
+            if bytes + len > SNAPSHOT_PART_BYTES && (!peers.is_empty() || !transfers.is_empty()) {
+                return Some(JournalEntry::SnapshotPart { peers, transfers });
+            }
+            bytes += len;
+            transfers.push((**id, (*transfer).clone()));
+            self.transfers.next();
+        }
+        self.done = true;
+        let mut head = self.state.clone_without_maps();
+        head.peers.extend(peers);
+        head.transfers.extend(transfers);
+        Some(JournalEntry::Snapshot {
+            time_ms: self.time_ms,
+            state: head,
+        })
+    }
 }
 
 /// The CBOR size of `item`. Encoding into memory fails only for values serde cannot
@@ -122,7 +146,7 @@ pub struct Fold {
     pub state: State,
     pub last: Option<Seq>,
     peers: Vec<(DeviceId, PeerState)>,
-    transfers: Vec<(TransferId, TransferState)>,
+    transfers: Vec<(TransferId, Box<TransferState>)>,
 }
 
 impl Fold {
@@ -428,7 +452,7 @@ mod bounded {
         for n in 0..100_000u64 {
             state.apply(&stamped(n as i64, queued(n)));
         }
-        let parts = snapshot_parts(&state, 42);
+        let parts: Vec<JournalEntry> = snapshot_parts(&state, 42).collect();
         assert!(parts.len() > 10, "{} parts", parts.len());
         let limit = Options::default().max_record_bytes as usize;
         for part in &parts {
@@ -443,7 +467,12 @@ mod bounded {
             .unwrap()
             .wait()
             .unwrap();
-        journal.snapshot_parts(&parts).unwrap().wait().unwrap();
+        // Streamed (made part by part), as the node writes it.
+        journal
+            .snapshot_stream(|| snapshot_parts(&state, 42))
+            .unwrap()
+            .wait()
+            .unwrap();
         journal
             .append(&JournalEntry::Event(stamped(
                 7,
@@ -510,7 +539,7 @@ mod bounded {
                 .transfers
                 .iter()
                 .map(|(k, t)| {
-                    let mut t = t.clone();
+                    let mut t = TransferState::clone(t);
                     t.status = TransferStatus::Completed;
                     // Short names: an old build's snapshot had to fit in one record.
                     t.name = format!("f{}", t.updated_at_ms);
@@ -566,7 +595,8 @@ mod bounded {
         assert!(back.transfers.contains_key(&id(2_999)), "the newest stay");
         assert_eq!(back.node.as_ref().map(|n| n.running), Some(false));
         // And a new snapshot of it is small.
-        let parts = snapshot_parts(&back, 10);
+        let parts: Vec<JournalEntry> = snapshot_parts(&back, 10).collect();
+        assert!(parts.len() <= 2, "{} parts", parts.len());
         journal.snapshot_parts(&parts).unwrap().wait().unwrap();
         journal.close().unwrap();
     }

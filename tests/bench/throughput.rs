@@ -746,7 +746,12 @@ fn small_files(
         let secs = start.elapsed().as_secs_f64();
         ensure!(out.success(), "fsnode send failed: {out:?}");
         let got = count_files(&b.receive)?;
-        ensure!(got == count, "received {got} files");
+        ensure!(
+            got == count,
+            "received {got} of {count} files; fsnode send said: {}{}",
+            tail(&out.stdout),
+            tail(&out.stderr)
+        );
         fs::remove_dir_all(&b.receive)?;
         fs::create_dir_all(&b.receive)?;
         let (ua, ra) = proc_usage(a.pid());
@@ -767,6 +772,15 @@ fn small_files(
     b.stop()?;
     fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// The last 2,000 bytes of a command's output, for an error message.
+fn tail(text: &str) -> String {
+    let start = text.len().saturating_sub(2000);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text[start..].to_owned()
 }
 
 fn count_files(dir: &Path) -> anyhow::Result<usize> {

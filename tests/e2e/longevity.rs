@@ -152,8 +152,11 @@ fn synthesise(dir: &std::path::Path, transfers: u64) -> State {
     if let Some(last) = last {
         last.wait().unwrap();
     }
-    let parts = record::snapshot_parts(&state, seq_time);
-    journal.snapshot_parts(&parts).unwrap().wait().unwrap();
+    journal
+        .snapshot_stream(|| record::snapshot_parts(&state, seq_time))
+        .unwrap()
+        .wait()
+        .unwrap();
     journal.close().unwrap();
     state
 }

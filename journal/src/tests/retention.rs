@@ -285,3 +285,96 @@ fn retirement_goes_by_epochs_bytes_and_age() {
     assert_eq!(retired_prefix(&history, &age(10), now), 6);
     assert_eq!(retired_prefix(&[], &bytes(0), now), 0);
 }
+
+/// A snapshot many times the stream's queue (16 MiB against 4 MiB) goes out in several
+/// batches while another thread keeps appending: the other appends wait, so the parts stay
+/// consecutive, the writer never rolls a segment inside the snapshot, and the journal
+/// reopens with the snapshot whole and every appended record after it.
+#[test]
+fn a_streamed_snapshot_larger_than_its_queue_stays_whole_beside_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 1024 * 1024,
+        ..keep_all()
+    };
+    let journal = std::sync::Arc::new(open(dir.path(), opts.clone()));
+    append_all(&journal, (0..3).map(|i| note(format!("e{i}"))));
+    let part = |i: usize| state(3, &format!("{i:03}{}", "p".repeat(256 * 1024)));
+    let appender = {
+        let journal = std::sync::Arc::clone(&journal);
+        std::thread::spawn(move || {
+            (0..200)
+                .map(|i| journal.append(&note(format!("x{i}"))).unwrap().seq)
+                .collect::<Vec<_>>()
+        })
+    };
+    let last = journal
+        .snapshot_stream(|| (0..64).map(part))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let others = appender.join().unwrap();
+    let first = last - 63;
+    assert!(
+        others.iter().all(|seq| *seq < first || *seq > last),
+        "no append lands inside the snapshot"
+    );
+
+    let back = records(journal.replay());
+    let kinds: Vec<RecordKind> = back.iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == RecordKind::SnapshotPart)
+            .count(),
+        63
+    );
+    assert_eq!(back[63].kind, RecordKind::Snapshot);
+    assert_eq!(
+        back[0].payload,
+        part(0),
+        "replay starts at the snapshot's first part"
+    );
+    assert_eq!(
+        back.len(),
+        64 + others.iter().filter(|s| **s > last).count()
+    );
+    drop(back);
+    let Ok(journal) = std::sync::Arc::try_unwrap(journal) else {
+        panic!("the appender is done")
+    };
+    journal.close().unwrap();
+    let v = reader(dir.path()).verify().unwrap();
+    assert_eq!((v.snapshots, v.torn_tail), (1, None));
+    let (journal, report) = Journal::<Ev>::open(dir.path(), opts).unwrap();
+    assert_eq!(report.last_seq, Some(3 + 64 + 200));
+    assert_eq!(append_all(&journal, [note("next")]), vec![3 + 64 + 200 + 1]);
+}
+
+/// Parts that differ between the check and the stream (a caller's bug) leave no
+/// half-written snapshot with records after it: the journal fails closed, and reopening it
+/// keeps every record before the snapshot.
+#[test]
+fn a_streamed_snapshot_that_stops_half_way_poisons_the_journal_and_reopens_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path(), keep_all());
+    append_all(&journal, (0..3).map(|i| note(format!("e{i}"))));
+    let calls = std::cell::Cell::new(0);
+    let result = journal.snapshot_stream(|| {
+        calls.set(calls.get() + 1);
+        let n = if calls.get() == 1 { 4 } else { 2 };
+        (0..n).map(|i| state(3, &format!("part{i}")))
+    });
+    assert!(
+        matches!(result, Err(JournalError::Encode { .. })),
+        "{result:?}"
+    );
+    assert!(matches!(
+        journal.append(&note("after")),
+        Err(JournalError::Poisoned { .. })
+    ));
+    drop(journal);
+    let (journal, report) = Journal::<Ev>::open(dir.path(), keep_all()).unwrap();
+    assert_eq!((report.records, report.last_seq), (3, Some(3)));
+    assert_eq!(append_all(&journal, [note("next")]), vec![4]);
+}

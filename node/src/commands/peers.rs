@@ -66,7 +66,7 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
             table(&mut out, requests)?;
         }
         Reply::Status(status) => writeln!(out, "{status:?}")?,
-        Reply::Transfers { transfers } | Reply::Queued { transfers } => {
+        Reply::Transfers { transfers, .. } | Reply::Queued { transfers, .. } => {
             super::table::transfers(&mut out, transfers)?
         }
         Reply::Cancelled { transfer } => {

@@ -25,10 +25,22 @@ pub fn transfers(home: Option<&Path>, args: &TransfersArgs) -> anyhow::Result<()
         writeln!(out, "{}", serde_json::to_string(&reply)?)?;
         return Ok(());
     }
-    let Reply::Transfers { transfers } = reply else {
+    let Reply::Transfers {
+        transfers,
+        not_shown,
+    } = reply
+    else {
         bail!("unexpected reply from the node: {reply:?}");
     };
-    super::table::transfers(&mut out, &transfers)
+    super::table::transfers(&mut out, &transfers)?;
+    if not_shown > 0 {
+        writeln!(
+            out,
+            "… and {not_shown} more queued or finished (`fsnode transfers --json` has the count; \
+             `--all` reads the history)"
+        )?;
+    }
+    Ok(())
 }
 
 /// `--all` / `--since`: finished transfers from the journal's history, read directly (no node
@@ -77,59 +89,79 @@ pub fn send(home: Option<&Path>, args: &SendArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| std::path::absolute(p).with_context(|| format!("resolving {}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let reply = client::ask(
-        home,
-        Request::Send {
-            paths,
-            to: args.to.clone(),
-        },
-    )?;
-    let Reply::Queued { transfers } = reply else {
+    let request = Request::Send {
+        paths,
+        to: args.to.clone(),
+        wait: args.wait,
+    };
+    if args.wait {
+        return send_and_follow(home, request, args.json);
+    }
+    let reply = client::ask(home, request)?;
+    let Reply::Queued {
+        count, transfers, ..
+    } = reply
+    else {
         bail!("unexpected reply from the node: {reply:?}");
     };
     let mut out = std::io::stdout().lock();
-    if !args.wait {
-        if args.json {
-            writeln!(out, "{}", serde_json::to_string(&transfers)?)?;
-        } else {
-            writeln!(out, "queued {} transfer(s):", transfers.len())?;
-            super::table::transfers(&mut out, &transfers)?;
-        }
-        return Ok(());
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&transfers)?)?;
+    } else {
+        writeln!(out, "queued {count} transfer(s):")?;
+        super::table::transfers(&mut out, &transfers)?;
     }
-    drop(out);
-    follow(
-        home,
-        transfers.iter().map(|t| t.id.clone()).collect(),
-        args.json,
-    )
+    if count > transfers.len() {
+        eprintln!(
+            "(the first {} of {count} shown; `fsnode transfers` lists them all)",
+            transfers.len()
+        );
+    }
+    Ok(())
 }
 
-/// Shows progress until every transfer in `ids` has finished, from the node's stream of
-/// their changes (`follow`: their rows at once, then each row that changed).
-fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<()> {
-    let stream = client::stream(
-        home,
-        Request::Follow {
-            transfers: ids.clone(),
-        },
-    )?;
-    let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template(
-        "{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
-    let mut latest: BTreeMap<String, TransferRow> = BTreeMap::new();
-    let mut out = std::io::stdout().lock();
-    for line in BufReader::new(&stream).lines() {
+/// Sends shown one progress bar each; more than this share one bar.
+const BARS_MAX: usize = 20;
+
+/// `send --wait`: queues, then shows progress from the node's stream of the transfers'
+/// changes until every one has finished (the node closes the stream then).
+fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow::Result<()> {
+    let stream = client::stream(home, request)?;
+    let mut lines = BufReader::new(&stream).lines();
+    let mut next = || -> anyhow::Result<Option<Reply>> {
+        let Some(line) = lines.next() else {
+            return Ok(None);
+        };
         let line = line.context("reading the transfers' changes from the node")?;
         let envelope: control::ReplyEnvelope = serde_json::from_str(&line)
             .with_context(|| format!("the node's reply is not understood: {line}"))?;
-        let transfers = match envelope.reply {
-            Reply::Transfers { transfers } => transfers,
-            Reply::Error(error) => return Err(client::refusal(&error)),
-            other => bail!("unexpected reply from the node: {other:?}"),
+        match envelope.reply {
+            Reply::Error(error) => Err(client::refusal(&error)),
+            reply => Ok(Some(reply)),
+        }
+    };
+    let (count, bytes, first) = match next()? {
+        Some(Reply::Queued {
+            count,
+            bytes,
+            transfers,
+        }) => (count, bytes, transfers),
+        None => bail!("the node closed the connection without answering"),
+        Some(other) => bail!("unexpected reply from the node: {other:?}"),
+    };
+    let mut progress = Progress::new(count, bytes, json);
+    for t in &first {
+        progress.show(t);
+    }
+    let mut out = std::io::stdout().lock();
+    // Each transfer's latest state: finished or not, and bytes done.
+    let mut latest: BTreeMap<String, (TransferStatus, u64)> = BTreeMap::new();
+    let mut finished = 0;
+    while finished < count {
+        let transfers = match next()? {
+            Some(Reply::Transfers { transfers, .. }) => transfers,
+            None => bail!("the node stopped before the transfers finished"),
+            Some(other) => bail!("unexpected reply from the node: {other:?}"),
         };
         for t in transfers {
             if json {
@@ -139,30 +171,111 @@ fn follow(home: Option<&Path>, ids: Vec<String>, json: bool) -> anyhow::Result<(
                     "reason": t.reason,
                 });
                 writeln!(out, "{line}")?;
-            } else {
-                show(&bars, &style, &mut shown, &t);
             }
-            latest.insert(t.id.clone(), t);
+            let before = latest.insert(t.id.clone(), (t.status, t.done_bytes));
+            if t.status.is_finished() && !before.is_some_and(|(s, _)| s.is_finished()) {
+                finished += 1;
+            }
+            progress.changed(&t, before);
         }
         out.flush()?;
-        // A paused transfer (the receiver's disk is full) resumes by itself: keep waiting.
-        let finished = latest.values().filter(|t| t.status.is_finished()).count();
-        if finished == ids.len() {
-            let failed = latest
-                .values()
-                .filter(|t| t.status != TransferStatus::Completed)
-                .count();
-            if failed > 0 {
-                return Err(super::TransfersFailed {
-                    failed,
-                    total: ids.len(),
-                }
-                .into());
-            }
-            return Ok(());
+    }
+    progress.finish();
+    let failed = latest
+        .values()
+        .filter(|(s, _)| *s != TransferStatus::Completed)
+        .count();
+    if failed > 0 {
+        return Err(super::TransfersFailed {
+            failed,
+            total: count,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// What `send --wait` shows on a terminal: a bar per transfer for a few, one bar for many.
+struct Progress {
+    bars: MultiProgress,
+    style: ProgressStyle,
+    shown: BTreeMap<String, ProgressBar>,
+    /// The one bar of a send of more than [`BARS_MAX`] transfers.
+    all: Option<ProgressBar>,
+    count: usize,
+    finished: usize,
+    failed: usize,
+}
+
+impl Progress {
+    fn new(count: usize, bytes: u64, json: bool) -> Self {
+        let bars = if json {
+            MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+        } else {
+            MultiProgress::new()
+        };
+        let style = ProgressStyle::with_template(
+            "{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let all = (count > BARS_MAX).then(|| {
+            let bar = bars.add(ProgressBar::new(bytes));
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("{count} transfers"));
+            bar
+        });
+        Progress {
+            bars,
+            style,
+            shown: BTreeMap::new(),
+            all,
+            count,
+            finished: 0,
+            failed: 0,
         }
     }
-    bail!("the node stopped before the transfers finished")
+
+    /// A row of the `queued` reply.
+    fn show(&mut self, t: &TransferRow) {
+        if self.all.is_none() {
+            show(&self.bars, &self.style, &mut self.shown, t);
+        }
+    }
+
+    /// A row that changed; `before`: its status and bytes done as last shown.
+    fn changed(&mut self, t: &TransferRow, before: Option<(TransferStatus, u64)>) {
+        let Some(all) = &self.all else {
+            show(&self.bars, &self.style, &mut self.shown, t);
+            return;
+        };
+        let (was_finished, was_done) = before.map_or((false, 0), |(s, d)| (s.is_finished(), d));
+        all.inc(t.done_bytes.saturating_sub(was_done));
+        if t.status.is_finished() && !was_finished {
+            self.finished += 1;
+            if t.status != TransferStatus::Completed {
+                self.failed += 1;
+                let status = super::table::status_word(t.status);
+                let reason = t.reason.as_deref().unwrap_or("");
+                all.println(format!("{} → {}: {status} {reason}", t.name, t.peer_name));
+            }
+        }
+        all.set_message(format!(
+            "{} of {} finished{}",
+            self.finished,
+            self.count,
+            if self.failed > 0 {
+                format!(", {} not completed", self.failed)
+            } else {
+                String::new()
+            }
+        ));
+    }
+
+    fn finish(&self) {
+        if let Some(all) = &self.all {
+            all.finish();
+        }
+    }
 }
 
 /// One transfer's progress bar, created the first time it is shown.

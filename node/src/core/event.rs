@@ -245,6 +245,24 @@ impl Event {
         serde_json::Value::Object(flat)
     }
 
+    /// The one transfer this event changes, if it changes one (`OutcomesDelivered` only takes
+    /// finished ones out of the live state).
+    pub fn transfer(&self) -> Option<TransferId> {
+        match self {
+            Event::TransferQueued { id, .. }
+            | Event::TransferHashed { id, .. }
+            | Event::TransferStarted { id, .. }
+            | Event::TransferAccepted { id, .. }
+            | Event::TransferRejected { id, .. }
+            | Event::ChunksDurable { id, .. }
+            | Event::TransferCompleted { id, .. }
+            | Event::TransferCancelled { id, .. }
+            | Event::TransferFailed { id, .. }
+            | Event::TransferPaused { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
     /// The variant's name, as `journal show` prints it.
     pub fn kind(&self) -> &'static str {
         match self {

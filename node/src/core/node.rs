@@ -133,10 +133,14 @@ pub enum Input {
     Channel { peer: DeviceId, data: Vec<u8> },
     /// The shell finished a file operation for a transfer.
     Store { id: TransferId, result: StoreResult },
-    /// The shell collected and hashed the files of a `send` request (`Err`: why not).
+    /// The shell collected and hashed the files of a `send` request (`Err`: why not, and
+    /// nothing was queued). A large send comes in slices, each with `more` but the last: each is
+    /// journaled as it comes, and the request is answered (and its transfers start) with the
+    /// last.
     SendPrepared {
         token: Token,
         result: Result<Vec<QueuedFile>, String>,
+        more: bool,
     },
     /// The answer to `HashSource`: the whole-file SHA-256 of the file the transfers `ids` send.
     SourceHashed {
@@ -263,6 +267,9 @@ pub struct Core {
     goodbyes_while_connected: std::collections::BTreeSet<DeviceId>,
     /// Fingerprint mismatches journaled lately (claimed device, source address, when).
     recent_mismatches: VecDeque<((DeviceId, Option<IpAddr>), i64)>,
+    /// Sends whose slices are still coming (`Input::SendPrepared` with `more`): the transfers
+    /// queued so far and their peers.
+    sends_queueing: BTreeMap<Token, (Vec<TransferId>, Vec<DeviceId>)>,
 }
 
 impl Core {
@@ -297,6 +304,7 @@ impl Core {
             conns: HashMap::new(),
             negotiated_via: BTreeMap::new(),
             recent_mismatches: VecDeque::new(),
+            sends_queueing: BTreeMap::new(),
             goodbyes_while_connected: Default::default(),
         };
         // Untrusted devices from the journal are held, oldest first, and count as recorded.
@@ -371,7 +379,11 @@ impl Core {
                     .on_store(id, result, &self.state, now.instant, &mut work);
                 self.run(work, now);
             }
-            Input::SendPrepared { token, result } => self.on_send_prepared(token, result, now),
+            Input::SendPrepared {
+                token,
+                result,
+                more,
+            } => self.on_send_prepared(token, result, more, now),
             Input::SourceHashed { ids, result } => self.on_source_hashed(ids, result, now),
             Input::PolicyAnswer(answer) => self.on_policy_answer(answer, now),
             Input::Rtc { peer, event } => {

@@ -203,7 +203,7 @@ pub const MAX_UNDELIVERED: usize = 20_000;
 pub struct State {
     pub node: Option<NodeInfo>,
     pub peers: BTreeMap<DeviceId, PeerState>,
-    pub transfers: BTreeMap<TransferId, TransferState>,
+    pub transfers: BTreeMap<TransferId, Box<TransferState>>,
     /// The finished transfers still in `transfers`, oldest finish first (at most
     /// [`RECENT_FINISHED`]). Absent from snapshots of earlier builds; [`State::normalize`]
     /// rebuilds it.
@@ -378,28 +378,30 @@ impl State {
                 sha256,
                 dir,
             } => {
-                self.transfers.entry(*id).or_insert_with(|| TransferState {
-                    peer: peer.clone(),
-                    direction: *direction,
-                    name: name.clone(),
-                    size: *size,
-                    path: path.clone(),
-                    mime: mime.clone(),
-                    mode: *mode,
-                    mtime: *mtime,
-                    sha256: *sha256,
-                    dir: dir.clone(),
-                    chunk_size: 0,
-                    chunks: 0,
-                    next: 0,
-                    durable_beyond: Vec::new(),
-                    status: TransferStatus::Queued,
-                    reason: None,
-                    queued_at_ms: now,
-                    accepted_at_ms: None,
-                    accepted_next: 0,
-                    updated_at_ms: now,
-                    reject_code: None,
+                self.transfers.entry(*id).or_insert_with(|| {
+                    Box::new(TransferState {
+                        peer: peer.clone(),
+                        direction: *direction,
+                        name: name.clone(),
+                        size: *size,
+                        path: path.clone(),
+                        mime: mime.clone(),
+                        mode: *mode,
+                        mtime: *mtime,
+                        sha256: *sha256,
+                        dir: dir.clone(),
+                        chunk_size: 0,
+                        chunks: 0,
+                        next: 0,
+                        durable_beyond: Vec::new(),
+                        status: TransferStatus::Queued,
+                        reason: None,
+                        queued_at_ms: now,
+                        accepted_at_ms: None,
+                        accepted_next: 0,
+                        updated_at_ms: now,
+                        reject_code: None,
+                    })
                 });
             }
             Event::TransferHashed { id, sha256 } => {
@@ -582,7 +584,7 @@ impl State {
             .chain(&self.undelivered)
             .copied()
             .collect();
-        let finished = |transfers: &BTreeMap<TransferId, TransferState>, id: &TransferId| {
+        let finished = |transfers: &BTreeMap<TransferId, Box<TransferState>>, id: &TransferId| {
             transfers.get(id).is_some_and(|t| t.status.is_finished())
         };
         self.finished.retain(|id| finished(&self.transfers, id));

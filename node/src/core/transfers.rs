@@ -160,6 +160,11 @@ const SETTLE_COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many sends run at once to one peer; the rest wait in queue order.
 pub const MAX_RUNNING_PER_PEER: usize = 32;
+
+/// Waiting sends the `schedule` question names at most, oldest first: it orders these, and
+/// the sends behind them keep their queue order (the question and its answer stay small
+/// whatever the queue).
+pub const SCHEDULE_WINDOW: usize = 1_000;
 /// Bytes in flight to one peer at most (each running send counts [`flight_cost`]); one send
 /// always may run, however large.
 pub const MAX_FLIGHT_PER_PEER: u64 = 16 * 1024 * 1024;
@@ -352,13 +357,17 @@ impl Transfers {
         let mut queued: Vec<(&TransferId, &super::TransferState)> = state
             .transfers
             .iter()
+            .map(|(id, t)| (id, &**t))
             .filter(|(_, t)| &t.peer == peer && t.direction == Direction::Send)
             .collect();
         queued.sort_by_key(|(_, t)| t.queued_at_ms);
-        // Policy sees every send waiting for a connected peer, so it can interleave peers.
+        // Policy sees the sends waiting for connected peers, so it can interleave peers: the
+        // oldest [`SCHEDULE_WINDOW`] of them (a send of 100,000 files asks about its first
+        // ones; the rest follow in queue order, and policy is asked again at each connect).
         let mut waiting: Vec<(&TransferId, &super::TransferState)> = state
             .transfers
             .iter()
+            .map(|(id, t)| (id, &**t))
             .filter(|(id, t)| {
                 t.direction == Direction::Send
                     && self.connected.contains(&t.peer)
@@ -367,6 +376,7 @@ impl Transfers {
             })
             .collect();
         waiting.sort_by_key(|(_, t)| t.queued_at_ms);
+        waiting.truncate(SCHEDULE_WINDOW);
         let facts = waiting
             .iter()
             .map(|(id, t)| QueuedFacts {
@@ -1257,6 +1267,77 @@ mod tests {
         transfers.fill(&state, now, &mut work);
         assert_eq!(started(&work), vec![ids[99 - MAX_RUNNING_PER_PEER]]);
         assert_eq!(transfers.running_to(&peer), MAX_RUNNING_PER_PEER);
+    }
+
+    /// A queue far longer than the schedule window: policy is asked about the oldest
+    /// [`SCHEDULE_WINDOW`] only, orders those, and the rest keep their queue order behind them.
+    #[test]
+    fn policy_orders_the_oldest_window_of_a_long_queue_and_the_rest_keep_queue_order() {
+        let peer = DeviceId::from_sha256(&[1; 32]);
+        let mut state = State::default();
+        let total = SCHEDULE_WINDOW as u64 + 500;
+        let ids: Vec<TransferId> = (0..total)
+            .map(|n| queue_send(&mut state, &peer, n, 4096))
+            .collect();
+        let mut transfers = Transfers::default();
+        let now = Instant::now();
+        let mut work = Vec::new();
+        let mut asked = 0;
+        // Policy: newest first, of what it is shown.
+        transfers.connected(&peer, &state, now, &mut work, &mut |facts| {
+            asked = facts.len();
+            Some(facts.iter().rev().map(|f| f.id).collect())
+        });
+        assert_eq!(asked, SCHEDULE_WINDOW);
+        let first = started(&work);
+        assert_eq!(first[0], ids[SCHEDULE_WINDOW - 1], "policy's first choice");
+        // Finish everything policy ordered: the sends beyond the window come next, oldest first.
+        let mut order = first.clone();
+        apply(&mut state, &work);
+        while order.len() < SCHEDULE_WINDOW + 3 {
+            let running: Vec<TransferId> = order
+                [order.len() - MAX_RUNNING_PER_PEER.min(order.len())..]
+                .iter()
+                .copied()
+                .filter(|id| !state.transfers[id].status.is_finished())
+                .collect();
+            let mut work = Vec::new();
+            for id in running {
+                transfers.on_message(
+                    &peer,
+                    Message::Reject {
+                        id,
+                        reason: "not wanted".into(),
+                        code: Some(crate::core::transfer::wire::RejectCode::Policy),
+                    },
+                    &state,
+                    now,
+                    &mut work,
+                    &mut |_, _| None,
+                );
+            }
+            apply(&mut state, &work);
+            let mut work = Vec::new();
+            transfers.fill(&state, now, &mut work);
+            let next = started(&work);
+            assert!(!next.is_empty(), "the queue moves on");
+            order.extend(next);
+            apply(&mut state, &work);
+        }
+        assert_eq!(
+            order[SCHEDULE_WINDOW - 1],
+            ids[0],
+            "the window, newest first"
+        );
+        assert_eq!(
+            order[SCHEDULE_WINDOW..SCHEDULE_WINDOW + 3],
+            [
+                ids[SCHEDULE_WINDOW],
+                ids[SCHEDULE_WINDOW + 1],
+                ids[SCHEDULE_WINDOW + 2]
+            ],
+            "then the rest in queue order"
+        );
     }
 
     /// Bytes in flight are capped per peer and across peers; one send always runs.

@@ -95,9 +95,9 @@ async fn serve_client(
         for line in lines {
             let reply = match control::parse_request(&line) {
                 Err(error) => Reply::Error(error),
-                Ok(request @ (Request::Watch | Request::Follow { .. })) => {
-                    // A stream: every journaled event (or every change of the transfers
-                    // followed) until the client or the node goes.
+                Ok(request @ (Request::Watch | Request::Send { wait: true, .. })) => {
+                    // A stream: every journaled event (or what a send queued, then every change
+                    // of its transfers) until the client or the node goes.
                     let (tx, rx) = async_channel::bounded(WATCH_QUEUE);
                     requests
                         .send(ControlRequest { request, reply: tx })

@@ -24,6 +24,7 @@ use crate::core::TransferId;
 use crate::core::admission::{ConnectionBudgets, Limits};
 use crate::core::node::{ConnId, Core, Effect, Input, Me, Now, Output, QueuedFile, Token};
 use crate::core::policy::Policy;
+use crate::core::request::Outcome;
 use crate::core::router::{Input as RouterInput, Output as RouterOutput, Router};
 use crate::core::{Event, Stamped, State};
 use crate::identity::{Identity, Origin};
@@ -31,6 +32,7 @@ use crate::record::{self, JournalEntry};
 use crate::shell::atomic_file::{self, Replace};
 use crate::shell::commit::{Batch, CommitQueue};
 use crate::shell::control::{self, ControlRequest};
+use crate::shell::followers::{Changed, Followers};
 use crate::shell::local_names::LocalNames;
 use crate::shell::mdns::Mdns;
 use crate::shell::policy::PolicyThread;
@@ -140,6 +142,8 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         record_event(&journal, &mut state, started)?;
 
         let (inputs_tx, inputs) = async_channel::bounded::<Input>(1024);
+        // One slice of a prepared send at a time (see `SEND_SLICE`).
+        let (prepared_tx, prepared) = async_channel::bounded::<Input>(1);
         let (conns_tx, conns) = async_channel::bounded::<ConnEvent>(1024);
         let (requests_tx, requests) = async_channel::bounded::<ControlRequest>(64);
         let reporter = Reporter::new(me.hello(), inputs_tx.clone(), conns_tx);
@@ -189,13 +193,13 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             rtc,
             local_names: LocalNames::new(mdns.daemon(), inputs_tx.clone()),
             io,
-            inputs: inputs_tx.clone(),
+            prepared: prepared_tx,
             pending: HashMap::new(),
             next_token: 0,
             router: Router::new(),
             writers: HashMap::new(),
             watchers: Vec::new(),
-            followers: Vec::new(),
+            followers: Followers::default(),
             collected: Collected::default(),
             committing: CommitQueue::default(),
         };
@@ -208,7 +212,9 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         }
         node.drain().await?;
         node.write_trust_file();
-        let reason = node.serve(inputs, conns, requests, signals).await?;
+        let reason = node
+            .serve(inputs, prepared, conns, requests, signals)
+            .await?;
         info!(%reason, "stopping");
         mdns.shutdown();
         let stopped = Stamped {
@@ -255,6 +261,8 @@ struct Collected {
     journaled: Vec<(u64, Stamped)>,
     /// Sequence numbers of the first and last event appended.
     seqs: Option<(u64, u64)>,
+    /// The rows of followed transfers these events changed.
+    changed: Changed,
 }
 
 /// A committed batch's outputs: its journaled events (for watchers and follow-ups) and its
@@ -262,9 +270,16 @@ struct Collected {
 struct Outputs {
     actions: Vec<Output>,
     journaled: Vec<(u64, Stamped)>,
-    /// Whether the batch journaled anything (`journaled` keeps only what is needed again,
-    /// but `send --wait` followers must hear of every change of state).
-    changed_state: bool,
+    /// The rows of followed transfers (`send --wait`) the batch changed, as they stood when
+    /// its events were appended.
+    changed: Changed,
+}
+
+/// A control client waiting for its command's outcome; `follow`: a `send --wait`, which then
+/// follows the transfers queued.
+struct Client {
+    reply: async_channel::Sender<Reply>,
+    follow: bool,
 }
 
 /// The one task that owns the core: feeds it inputs, journals its events, then carries out
@@ -281,8 +296,10 @@ struct NodeLoop<'a> {
     /// Rewrites browsers' `.local` candidates on their way to `rtc`.
     local_names: LocalNames,
     io: TransferIo,
-    inputs: async_channel::Sender<Input>,
-    pending: HashMap<Token, async_channel::Sender<Reply>>,
+    /// Where send preparations deliver their slices, one at a time.
+    prepared: async_channel::Sender<Input>,
+    /// Clients waiting for what came of their command.
+    pending: HashMap<Token, Client>,
     next_token: Token,
     /// Which connection carries each peer's messages, what waits, when to dial (the core's
     /// sans-IO router; this loop only carries out what it says).
@@ -292,7 +309,7 @@ struct NodeLoop<'a> {
     /// `fsnode watch` clients: every journaled event goes to each.
     watchers: Vec<async_channel::Sender<Reply>>,
     /// `send --wait` clients: the rows of their transfers, each time some changed.
-    followers: Vec<Follower>,
+    followers: Followers,
     collected: Collected,
     /// Batches whose events are appended, oldest first: each one's replies and effects run
     /// once its events are durable, in order (see [`MAX_COMMITS_IN_FLIGHT`]).
@@ -303,6 +320,7 @@ impl NodeLoop<'_> {
     async fn serve(
         &mut self,
         inputs: async_channel::Receiver<Input>,
+        prepared: async_channel::Receiver<Input>,
         conns: async_channel::Receiver<ConnEvent>,
         requests: async_channel::Receiver<ControlRequest>,
         signals: async_signal::Signals,
@@ -332,7 +350,16 @@ impl NodeLoop<'_> {
                 futures_lite::future::or(
                     async { conns.recv().await.map(Wake::Conn).unwrap_or(Wake::Timer) },
                     futures_lite::future::or(
-                        async { inputs.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
+                        futures_lite::future::or(
+                            async { inputs.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
+                            async {
+                                prepared
+                                    .recv()
+                                    .await
+                                    .map(Wake::Input)
+                                    .unwrap_or(Wake::Timer)
+                            },
+                        ),
                         futures_lite::future::or(
                             async {
                                 requests
@@ -384,18 +411,12 @@ impl NodeLoop<'_> {
                     self.policy.describe(reply);
                     continue;
                 }
-                Wake::Request(ControlRequest {
-                    request: Request::Follow { transfers },
-                    reply,
-                }) => {
-                    self.follow(&transfers, reply);
-                    continue;
-                }
                 Wake::Request(ControlRequest { request, reply }) => {
                     if let Some(command) = request.command() {
                         let token = self.next_token;
                         self.next_token += 1;
-                        self.pending.insert(token, reply);
+                        let follow = matches!(request, Request::Send { wait: true, .. });
+                        self.pending.insert(token, Client { reply, follow });
                         self.core.handle(Input::Command { token, command }, now);
                     } else {
                         // Only reads state, which is durable here (the last drain waited).
@@ -434,6 +455,15 @@ impl NodeLoop<'_> {
             match output {
                 Output::Event(stamped) => {
                     log_event(&stamped.event);
+                    if let Some(id) = stamped.event.transfer()
+                        && self.followers.follows(&id)
+                    {
+                        let state = self.core.state();
+                        if let Some(t) = state.transfers.get(&id) {
+                            let row = TransferRow::of(state, &id, t);
+                            self.collected.changed.insert(id, row);
+                        }
+                    }
                     let needed_again = !self.watchers.is_empty()
                         || matches!(stamped.event, Event::PeerDiscovered { .. });
                     let entry = JournalEntry::Event(stamped);
@@ -456,17 +486,16 @@ impl NodeLoop<'_> {
     /// [`COMPACT_AFTER_RECORDS`] records it writes a snapshot. Everything appended is in the
     /// core's state by now (the core applies an event before emitting it), as a snapshot needs.
     async fn compact_running(&mut self) {
-        let parts = record::snapshot_parts(self.core.state(), self.clock.wall_ms());
-        let written = match self.journal.snapshot_parts(&parts) {
+        let (state, time_ms) = (self.core.state(), self.clock.wall_ms());
+        let written = match self
+            .journal
+            .snapshot_stream(|| record::snapshot_parts(state, time_ms))
+        {
             Ok(pending) => pending.await,
             Err(e) => Err(e),
         };
         match written {
-            Ok(seq) => info!(
-                seq,
-                parts = parts.len(),
-                "compacted the journal into a snapshot"
-            ),
+            Ok(seq) => info!(seq, "compacted the journal into a snapshot"),
             Err(e) => warn!("could not compact the journal (the node runs on): {e:#}"),
         }
     }
@@ -510,6 +539,7 @@ impl NodeLoop<'_> {
             actions,
             journaled,
             seqs,
+            changed,
         } = std::mem::take(&mut self.collected);
         if last_pending.is_none() && actions.is_empty() {
             return Ok(());
@@ -525,7 +555,7 @@ impl NodeLoop<'_> {
             work: Outputs {
                 actions,
                 journaled,
-                changed_state: seqs.is_some(),
+                changed,
             },
         });
         // A batch without events (replies, effects) waits only for the batches before it.
@@ -565,7 +595,7 @@ impl NodeLoop<'_> {
         let Outputs {
             actions,
             journaled,
-            changed_state,
+            changed,
         } = outputs;
         for (_, stamped) in &journaled {
             if let Event::PeerDiscovered { peer, .. } = &stamped.event {
@@ -579,9 +609,7 @@ impl NodeLoop<'_> {
                 );
             }
         }
-        if changed_state {
-            self.tell_followers();
-        }
+        self.followers.tell(&changed);
         if !self.watchers.is_empty() {
             for (seq, stamped) in journaled {
                 let reply = Reply::Event {
@@ -596,9 +624,17 @@ impl NodeLoop<'_> {
         for action in actions {
             match action {
                 Output::Outcome { token, outcome } => {
-                    if let Some(tx) = self.pending.remove(&token) {
+                    if let Some(client) = self.pending.remove(&token) {
+                        let followed = match &outcome {
+                            Outcome::Queued(ids) if client.follow => Some(ids.clone()),
+                            _ => None,
+                        };
                         let reply = control_reply(outcome, self.core.state(), &self.core.me().id);
-                        let _ = tx.try_send(reply);
+                        if client.reply.try_send(reply).is_ok()
+                            && let Some(ids) = followed
+                        {
+                            self.followers.add(&ids, self.core.state(), client.reply);
+                        }
                     }
                 }
                 Output::Effect(Effect::TrustChanged) => self.write_trust_file(),
@@ -634,44 +670,12 @@ impl NodeLoop<'_> {
                     paths,
                     peers,
                 }) => {
-                    let inputs = self.inputs.clone();
-                    runtime::spawn(async move {
-                        let result = runtime::unblock(move || prepare_send(&paths, &peers)).await;
-                        let _ = inputs.send(Input::SendPrepared { token, result }).await;
-                    })
-                    .detach();
+                    let prepared = self.prepared.clone();
+                    runtime::spawn(prepare_send(token, paths, peers, prepared)).detach();
                 }
                 Output::Event(_) => unreachable!("events were journaled above"),
             }
         }
-    }
-
-    /// Starts following `transfers` for a client: their rows now, then their changes.
-    fn follow(&mut self, transfers: &[String], reply: async_channel::Sender<Reply>) {
-        let ids: Result<Vec<TransferId>, _> = transfers.iter().map(|t| t.parse()).collect();
-        let Ok(ids) = ids else {
-            let _ = reply.try_send(Reply::error(
-                ErrorKind::BadRequest,
-                "follow takes full transfer ids",
-            ));
-            return;
-        };
-        let ids = ids.into_iter().take(MAX_FOLLOWED).collect();
-        let mut follower = Follower {
-            ids,
-            shown: HashMap::new(),
-            reply,
-        };
-        if follower.tell(self.core.state()) {
-            self.followers.push(follower);
-        }
-    }
-
-    /// Sends each follower the rows of its transfers that changed; drops those that went
-    /// away or do not keep up.
-    fn tell_followers(&mut self) {
-        let state = self.core.state();
-        self.followers.retain_mut(|f| f.tell(state));
     }
 
     fn now(&self) -> Now {
@@ -766,60 +770,70 @@ impl NodeLoop<'_> {
     }
 }
 
-/// Transfers one `follow` request may name (a `send` of a large directory names many).
-const MAX_FOLLOWED: usize = 100_000;
+/// Transfers queued per slice of a large `send`: the core journals and queues each slice
+/// before the next is made, so memory holds a slice, never the whole directory's events.
+const SEND_SLICE: usize = 1_000;
 
-/// A client following transfers: what it was last shown of each.
-struct Follower {
-    ids: Vec<TransferId>,
-    shown: HashMap<TransferId, TransferRow>,
-    reply: async_channel::Sender<Reply>,
-}
-
-impl Follower {
-    /// Sends the rows that changed since the last time; false once the client is gone or
-    /// does not keep up.
-    fn tell(&mut self, state: &State) -> bool {
-        let mut changed = Vec::new();
-        for id in &self.ids {
-            let Some(t) = state.transfers.get(id) else {
-                continue;
-            };
-            let row = TransferRow::of(state, id, t);
-            if self.shown.get(id) != Some(&row) {
-                self.shown.insert(*id, row.clone());
-                changed.push(row);
+/// Collects and hashes the files of a `send` (blocking; on the worker pool), then hands the
+/// core one queued transfer per file and peer, each with a fresh random id, in slices of
+/// [`SEND_SLICE`] (the channel holds one: the next is made once the loop took it).
+async fn prepare_send(
+    token: Token,
+    paths: Vec<PathBuf>,
+    peers: Vec<DeviceId>,
+    prepared: async_channel::Sender<Input>,
+) {
+    let files = match runtime::unblock(move || sources::collect(&paths)).await {
+        Ok(files) => files,
+        Err(e) => {
+            let result = Err(format!("{e:#}"));
+            let _ = prepared
+                .send(Input::SendPrepared {
+                    token,
+                    result,
+                    more: false,
+                })
+                .await;
+            return;
+        }
+    };
+    let per_slice = (SEND_SLICE / peers.len().max(1)).max(1);
+    // Cut from the end into slices with allocations of their own, so that each slice's memory
+    // goes once it is queued (100,000 files are ~25 MB here, and the state grows meanwhile).
+    let mut first = files;
+    let mut later = Vec::new();
+    while first.len() > per_slice {
+        let at = (first.len() - 1) / per_slice * per_slice;
+        later.push(first.split_off(at));
+    }
+    first.shrink_to_fit();
+    later.push(first);
+    while let Some(slice) = later.pop() {
+        let mut queued = Vec::with_capacity(slice.len() * peers.len());
+        for file in slice {
+            for peer in &peers {
+                queued.push(QueuedFile {
+                    id: TransferId(rand::random()),
+                    peer: peer.clone(),
+                    path: file.path.clone(),
+                    name: file.name.clone(),
+                    size: file.size,
+                    mime: file.mime.clone(),
+                    mode: file.mode,
+                    mtime: file.mtime,
+                    sha256: file.sha256,
+                });
             }
         }
-        changed.is_empty()
-            || self
-                .reply
-                .try_send(Reply::Transfers { transfers: changed })
-                .is_ok()
-    }
-}
-
-/// Collects and hashes the files of a `send` (blocking; on the worker pool), one queued
-/// transfer per file and peer, each with a fresh random id.
-fn prepare_send(paths: &[PathBuf], peers: &[DeviceId]) -> Result<Vec<QueuedFile>, String> {
-    let files = sources::collect(paths).map_err(|e| format!("{e:#}"))?;
-    let mut queued = Vec::with_capacity(files.len() * peers.len());
-    for file in &files {
-        for peer in peers {
-            queued.push(QueuedFile {
-                id: TransferId(rand::random()),
-                peer: peer.clone(),
-                path: file.path.clone(),
-                name: file.name.clone(),
-                size: file.size,
-                mime: file.mime.clone(),
-                mode: file.mode,
-                mtime: file.mtime,
-                sha256: file.sha256,
-            });
+        let input = Input::SendPrepared {
+            token,
+            result: Ok(queued),
+            more: !later.is_empty(),
+        };
+        if prepared.send(input).await.is_err() {
+            return; // the node is stopping
         }
     }
-    Ok(queued)
 }
 
 /// What operators see on stderr without `-v`: failures as warnings, connection changes as
@@ -868,10 +882,10 @@ fn record_event(
 /// Writes a snapshot of `state` (in parts when large), after which older segments are history
 /// kept under the journal's retention.
 pub fn compact(journal: &Journal<JournalEntry>, state: &State, time_ms: i64) -> anyhow::Result<()> {
-    let parts = record::snapshot_parts(state, time_ms);
-    let count = parts.len();
-    let seq = journal.snapshot_parts(&parts)?.wait()?;
-    info!(seq, parts = count, "compacted the journal into a snapshot");
+    let seq = journal
+        .snapshot_stream(|| record::snapshot_parts(state, time_ms))?
+        .wait()?;
+    info!(seq, "compacted the journal into a snapshot");
     Ok(())
 }
 

@@ -665,8 +665,31 @@ impl SimNode {
                     paths,
                     peers,
                 } => {
-                    let result = self.prepare_send(&paths, &peers, env.rng);
-                    self.later(env, IO_LATENCY, Input::SendPrepared { token, result });
+                    // In slices of two, as the shell's large sends come in slices.
+                    match self.prepare_send(&paths, &peers, env.rng) {
+                        Ok(files) if files.len() > 2 => {
+                            let slices: Vec<Vec<QueuedFile>> =
+                                files.chunks(2).map(<[QueuedFile]>::to_vec).collect();
+                            let last = slices.len() - 1;
+                            for (k, slice) in slices.into_iter().enumerate() {
+                                let input = Input::SendPrepared {
+                                    token,
+                                    result: Ok(slice),
+                                    more: k < last,
+                                };
+                                let after = IO_LATENCY + Duration::from_micros(k as u64);
+                                self.later(env, after, input);
+                            }
+                        }
+                        result => {
+                            let input = Input::SendPrepared {
+                                token,
+                                result,
+                                more: false,
+                            };
+                            self.later(env, IO_LATENCY, input);
+                        }
+                    }
                 }
             },
         }

@@ -1106,6 +1106,7 @@ fn large_files_are_hashed_once_per_file_after_queueing() {
             file(2, 2, "/big"),
             file(3, 1, "/gone"),
         ]),
+        more: false,
     });
     let hashes: Vec<_> = effects(&out)
         .into_iter()
@@ -1190,6 +1191,7 @@ fn send_to_the_same_device_twice_queues_its_files_once() {
             paths: vec!["/srv/file".into()],
             // Not neighbours: A, B, then A again by a prefix.
             to: vec![a.clone(), b.clone(), a[..10].to_owned()],
+            wait: false,
         },
     ));
     let peers = out

@@ -177,11 +177,13 @@ impl Core {
         &mut self,
         token: Token,
         result: Result<Vec<QueuedFile>, String>,
+        more: bool,
         now: Now,
     ) {
         let files = match result {
             Ok(files) => files,
             Err(message) => {
+                self.sends_queueing.remove(&token);
                 self.out.push_back(Output::Outcome {
                     token,
                     outcome: Outcome::refused(RefusalKind::BadRequest, message),
@@ -189,7 +191,8 @@ impl Core {
                 return;
             }
         };
-        let mut peers = Vec::new();
+        let (mut ids, mut peers) = self.sends_queueing.remove(&token).unwrap_or_default();
+        ids.reserve(files.len());
         for file in &files {
             self.emit(
                 Event::TransferQueued {
@@ -207,6 +210,7 @@ impl Core {
                 },
                 now,
             );
+            ids.push(file.id);
             if !peers.contains(&file.peer) {
                 peers.push(file.peer.clone());
             }
@@ -217,9 +221,14 @@ impl Core {
                 .filter(|f| f.sha256.is_none())
                 .map(|f| (f.path.clone(), f.id)),
         );
+        if more {
+            // Started together with the last slice, so policy orders the whole send.
+            self.sends_queueing.insert(token, (ids, peers));
+            return;
+        }
         self.out.push_back(Output::Outcome {
             token,
-            outcome: Outcome::Queued(files.iter().map(|f| f.id).collect()),
+            outcome: Outcome::Queued(ids),
         });
         // Peers already connected start at once; the others when they connect.
         for peer in peers {
