@@ -242,7 +242,8 @@ fn a_journal_of_a_million_transfers_opens_fast_and_small() {
 }
 
 /// Three rounds of a directory of small files, both nodes restarted after each round: every
-/// round arrives whole, and the nodes start again each time. `FSNODE_ROUND_FILES` sets the
+/// round arrives whole (the middle one through `send --wait`), and the nodes start again each
+/// time. `FSNODE_ROUND_FILES` sets the
 /// files per round (default 2,000 for CI's two cores; the full size is 10,000).
 #[test]
 fn rounds_of_many_files_with_restarts_between() {
@@ -262,12 +263,23 @@ fn rounds_of_many_files_with_restarts_between() {
                 .collect();
             fs::write(dir.join(format!("f{i:05}.bin")), body).unwrap();
         }
-        let sent = a
-            .home
-            .run(&["send", dir.to_str().unwrap(), "--to", &b_id])
-            .unwrap();
+        // The middle round waits with `send --wait`: it returns only once every file has
+        // arrived (a send of more than ~1,800 files once returned at once).
+        let wait = round == 1;
+        let mut args = vec!["send", dir.to_str().unwrap(), "--to", &b_id];
+        if wait {
+            args.push("--wait");
+        }
+        let sent = a.home.run(&args).unwrap();
         assert!(sent.success(), "{sent:?}");
         let received = b.home.path().join(format!("received/round{round}"));
+        if wait {
+            let arrived = fs::read_dir(&received).map(|d| d.count()).unwrap_or(0);
+            assert_eq!(
+                arrived, files,
+                "send --wait returned before every file arrived"
+            );
+        }
         wait_for(
             "every file of the round arrives",
             Duration::from_secs(60 + files as u64 / 20),
