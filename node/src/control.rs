@@ -488,19 +488,8 @@ mod tests {
                 let mut b = [0; 16];
                 b[12..].copy_from_slice(&(3_000 - n).to_be_bytes());
                 let id = TransferId(b);
-                let event = Event::TransferQueued {
-                    id,
-                    peer: peer.clone(),
-                    direction: Direction::Send,
-                    name: format!("f{n}"),
-                    size: 7,
-                    path: None,
-                    mime: None,
-                    mode: None,
-                    mtime: None,
-                    sha256: None,
-                    dir: None,
-                };
+                let event =
+                    Event::queued_bare(id, peer.clone(), Direction::Send, format!("f{n}"), 7);
                 state.apply(&Stamped {
                     time_ms: i64::from(n),
                     event,

@@ -245,6 +245,31 @@ impl Event {
         serde_json::Value::Object(flat)
     }
 
+    /// For tests: a transfer queued with only the facts every one has (no path, mime, mode,
+    /// mtime, hash or directory), as an older journal may hold it.
+    #[cfg(test)]
+    pub fn queued_bare(
+        id: TransferId,
+        peer: DeviceId,
+        direction: Direction,
+        name: String,
+        size: u64,
+    ) -> Event {
+        Event::TransferQueued {
+            id,
+            peer,
+            direction,
+            name,
+            size,
+            path: None,
+            mime: None,
+            mode: None,
+            mtime: None,
+            sha256: None,
+            dir: None,
+        }
+    }
+
     /// The one transfer this event changes, if it changes one (`OutcomesDelivered` only takes
     /// finished ones out of the live state).
     pub fn transfer(&self) -> Option<TransferId> {

@@ -119,19 +119,13 @@ mod tests {
         let id = TransferId([n; 16]);
         state.apply(&Stamped {
             time_ms: 1,
-            event: Event::TransferQueued {
+            event: Event::queued_bare(
                 id,
-                peer: crate::core::DeviceId::from_sha256(&[7; 32]),
-                direction: Direction::Send,
-                name: format!("f{n}"),
-                size: 10,
-                path: None,
-                mime: None,
-                mode: None,
-                mtime: None,
-                sha256: None,
-                dir: None,
-            },
+                crate::core::DeviceId::from_sha256(&[7; 32]),
+                Direction::Send,
+                format!("f{n}"),
+                10,
+            ),
         });
         id
     }

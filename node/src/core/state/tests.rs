@@ -404,19 +404,7 @@ fn tid(n: u32) -> TransferId {
 }
 
 fn queued_n(n: u32, direction: Direction) -> Event {
-    Event::TransferQueued {
-        id: tid(n),
-        peer: peer(1),
-        direction,
-        name: format!("file-{n}"),
-        size: 10,
-        path: None,
-        mime: None,
-        mode: None,
-        mtime: None,
-        sha256: None,
-        dir: None,
-    }
+    Event::queued_bare(tid(n), peer(1), direction, format!("file-{n}"), 10)
 }
 
 fn started_n(n: u32) -> Event {
