@@ -39,10 +39,12 @@ impl Followers {
         self.list.iter().any(|f| f.unfinished.contains(id))
     }
 
-    /// A client now follows `ids`. The ones that already moved (a connected peer may have
-    /// started some while the send was queued) are told at once; one that is gone from the
-    /// live state finished and settled before the client came, and is told as it stands in
-    /// no row at all: it does not hold the stream open.
+    /// A client now follows `ids` (when its `queued` reply went out, with the batch that queued
+    /// the last of them). The ones that already moved are told at once, as the live state has
+    /// them: that state may include the few batches still committing behind that one, the one
+    /// case where a client hears of a change a moment before it is durable. One that is gone
+    /// from the live state finished and settled before the client came; it is not told and
+    /// does not hold the stream open.
     pub fn add(&mut self, ids: &[TransferId], state: &State, reply: async_channel::Sender<Reply>) {
         let mut follower = Follower {
             unfinished: ids.iter().copied().collect(),
