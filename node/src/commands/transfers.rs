@@ -156,8 +156,8 @@ fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow:
     let mut out = std::io::stdout().lock();
     // Each transfer's latest state: finished or not, and bytes done.
     let mut latest: BTreeMap<String, (TransferStatus, u64)> = BTreeMap::new();
-    let mut finished = 0;
-    while finished < count {
+    let mut tally = Tally::default();
+    while tally.finished < count {
         let transfers = match next()? {
             Some(Reply::Transfers { transfers, .. }) => transfers,
             None => bail!("the node stopped before the transfers finished"),
@@ -173,26 +173,35 @@ fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow:
                 writeln!(out, "{line}")?;
             }
             let before = latest.insert(t.id.clone(), (t.status, t.done_bytes));
-            if t.status.is_finished() && !before.is_some_and(|(s, _)| s.is_finished()) {
-                finished += 1;
+            let newly_finished =
+                t.status.is_finished() && !before.is_some_and(|(s, _)| s.is_finished());
+            if newly_finished {
+                tally.finished += 1;
+                if t.status != TransferStatus::Completed {
+                    tally.failed += 1;
+                }
             }
-            progress.changed(&t, before);
+            let was_done = before.map_or(0, |(_, done)| done);
+            progress.changed(&t, was_done, newly_finished, tally);
         }
         out.flush()?;
     }
     progress.finish();
-    let failed = latest
-        .values()
-        .filter(|(s, _)| *s != TransferStatus::Completed)
-        .count();
-    if failed > 0 {
+    if tally.failed > 0 {
         return Err(super::TransfersFailed {
-            failed,
+            failed: tally.failed,
             total: count,
         }
         .into());
     }
     Ok(())
+}
+
+/// How many of a send's transfers have finished, and how many of those did not complete.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    finished: usize,
+    failed: usize,
 }
 
 /// What `send --wait` shows on a terminal: a bar per transfer for a few, one bar for many.
@@ -203,8 +212,6 @@ struct Progress {
     /// The one bar of a send of more than [`BARS_MAX`] transfers.
     all: Option<ProgressBar>,
     count: usize,
-    finished: usize,
-    failed: usize,
 }
 
 impl Progress {
@@ -230,8 +237,6 @@ impl Progress {
             shown: BTreeMap::new(),
             all,
             count,
-            finished: 0,
-            failed: 0,
         }
     }
 
@@ -242,29 +247,25 @@ impl Progress {
         }
     }
 
-    /// A row that changed; `before`: its status and bytes done as last shown.
-    fn changed(&mut self, t: &TransferRow, before: Option<(TransferStatus, u64)>) {
+    /// A row that changed: `was_done` its bytes done as last shown, `newly_finished` whether
+    /// it finished just now, `tally` the send's finishes so far.
+    fn changed(&mut self, t: &TransferRow, was_done: u64, newly_finished: bool, tally: Tally) {
         let Some(all) = &self.all else {
             show(&self.bars, &self.style, &mut self.shown, t);
             return;
         };
-        let (was_finished, was_done) = before.map_or((false, 0), |(s, d)| (s.is_finished(), d));
         all.inc(t.done_bytes.saturating_sub(was_done));
-        if t.status.is_finished() && !was_finished {
-            self.finished += 1;
-            if t.status != TransferStatus::Completed {
-                self.failed += 1;
-                let status = super::table::status_word(t.status);
-                let reason = t.reason.as_deref().unwrap_or("");
-                all.println(format!("{} → {}: {status} {reason}", t.name, t.peer_name));
-            }
+        if newly_finished && t.status != TransferStatus::Completed {
+            let status = super::table::status_word(t.status);
+            let reason = t.reason.as_deref().unwrap_or("");
+            all.println(format!("{} → {}: {status} {reason}", t.name, t.peer_name));
         }
         all.set_message(format!(
             "{} of {} finished{}",
-            self.finished,
+            tally.finished,
             self.count,
-            if self.failed > 0 {
-                format!(", {} not completed", self.failed)
+            if tally.failed > 0 {
+                format!(", {} not completed", tally.failed)
             } else {
                 String::new()
             }

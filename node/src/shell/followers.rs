@@ -80,24 +80,15 @@ impl Followers {
 impl Follower {
     /// False once this client is done with: everything finished, or it is gone.
     fn tell(&mut self, changed: &Changed) -> bool {
-        let mine = |(id, row): (&TransferId, &TransferRow)| {
-            self.unfinished.contains(id).then(|| row.clone())
-        };
-        let rows: Vec<TransferRow> = if changed.len() <= self.unfinished.len() {
-            changed.iter().filter_map(mine).collect()
-        } else {
-            self.unfinished
-                .iter()
-                .filter_map(|id| changed.get_key_value(id))
-                .filter_map(mine)
-                .collect()
-        };
-        for row in &rows {
-            if row.status.is_finished()
-                && let Ok(id) = row.id.parse::<TransferId>()
-            {
-                self.unfinished.remove(&id);
+        let mut rows = Vec::new();
+        for (id, row) in changed {
+            if !self.unfinished.contains(id) {
+                continue;
             }
+            if row.status.is_finished() {
+                self.unfinished.remove(id);
+            }
+            rows.push(row.clone());
         }
         for page in rows.chunks(PAGE_ROWS) {
             let reply = Reply::Transfers {

@@ -1286,19 +1286,13 @@ fn repeated_starts_for_finished_transfers_are_answered_with_their_code() {
         (refused, "refused.bin"),
         (refused_before_codes, "old.bin"),
     ] {
-        state.apply(&stamp(Event::TransferQueued {
-            id: id_,
-            peer: id(1),
-            direction: Direction::Receive,
-            name: name.into(),
-            size: 10,
-            path: None,
-            mime: None,
-            mode: None,
-            mtime: None,
-            sha256: None,
-            dir: None,
-        }));
+        state.apply(&stamp(Event::queued_bare(
+            id_,
+            id(1),
+            Direction::Receive,
+            name.into(),
+            10,
+        )));
     }
     state.apply(&stamp(Event::TransferFailed {
         id: failed,

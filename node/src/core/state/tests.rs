@@ -30,19 +30,13 @@ fn discovered(n: u8) -> Event {
 }
 
 fn queued(id: u8, p: u8, size: u64) -> Event {
-    Event::TransferQueued {
-        id: TransferId([id; 16]),
-        peer: peer(p),
-        direction: Direction::Receive,
-        name: format!("file-{id}"),
+    Event::queued_bare(
+        TransferId([id; 16]),
+        peer(p),
+        Direction::Receive,
+        format!("file-{id}"),
         size,
-        path: None,
-        mime: None,
-        mode: None,
-        mtime: None,
-        sha256: None,
-        dir: None,
-    }
+    )
 }
 
 #[test]
