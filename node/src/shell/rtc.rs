@@ -9,8 +9,9 @@
 //! calls is `core::link::sessions` (sans-IO, also driven by the whole-node simulation); this
 //! adapter binds each session's sockets and moves its datagrams and timers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -33,6 +34,11 @@ pub const CHANNEL_LABEL: &str = "fileshare";
 /// The largest message fsnode sends or accepts, advertised in offers and answers: spec 4 then
 /// gives 128 KiB chunks between fsnode nodes.
 pub const MAX_MESSAGE_SIZE: u32 = link::MAX_MESSAGE_SIZE;
+
+/// Commands a peer task takes in one turn before its outputs go out (datagrams, messages,
+/// actions): enough to bundle what arrives together, few enough that a flood of datagrams
+/// still gets its acknowledgements out.
+const COMMAND_BATCH: usize = 256;
 
 /// The largest datagram read from a session's socket (any larger is truncated and dropped by
 /// DTLS): spec 5's larger datagrams stay below it.
@@ -149,13 +155,15 @@ struct PeerSpec {
     open: Arc<AtomicBool>,
 }
 
-/// Runs every peer task on one thread of its own (a local executor on smol's reactor).
+/// Runs every peer task, and the readers of its sessions' sockets, on one thread of its own
+/// (a local executor on smol's reactor): a datagram goes from its socket to its link without
+/// a thread handover.
 fn start_links_thread() -> async_channel::Sender<PeerSpec> {
     let (tx, rx) = async_channel::unbounded::<PeerSpec>();
     let spawned = std::thread::Builder::new()
         .name("fsnode-links".into())
         .spawn(move || {
-            let executor = smol::LocalExecutor::new();
+            let executor = Rc::new(smol::LocalExecutor::new());
             runtime::block_on(executor.run(async {
                 while let Ok(spec) = rx.recv().await {
                     let task = PeerTask {
@@ -166,6 +174,7 @@ fn start_links_thread() -> async_channel::Sender<PeerSpec> {
                         open: spec.open,
                         sessions: Sessions::new(),
                         sockets: HashMap::new(),
+                        executor: executor.clone(),
                     };
                     executor.spawn(task.run(spec.receiver)).detach();
                 }
@@ -256,62 +265,58 @@ struct PeerTask {
     /// Which session carries data and how actions map to links (`core::link::sessions`).
     sessions: Sessions,
     sockets: HashMap<SessionId, SessionSockets>,
+    /// The links thread's executor, where the session sockets' readers run.
+    executor: Rc<smol::LocalExecutor<'static>>,
 }
 
 impl PeerTask {
     async fn run(mut self, commands: async_channel::Receiver<Command>) {
-        // Commands taken from the channel while batching datagrams, in their order.
-        let mut backlog: VecDeque<Command> = VecDeque::new();
+        let mut timer = runtime::Deadline::default();
         loop {
-            let command = match backlog.pop_front() {
-                Some(command) => Some(command),
-                None => {
-                    let deadline = self.sessions.poll_timeout();
-                    futures_lite::future::or(async { commands.recv().await.ok() }, async {
-                        runtime::sleep_until(deadline).await;
-                        None
-                    })
-                    .await
-                }
-            };
+            let deadline = self.sessions.poll_timeout();
+            let command = futures_lite::future::or(async { commands.recv().await.ok() }, async {
+                timer.wait(deadline).await;
+                None
+            })
+            .await;
             let now = SystemClock.now();
-            match command {
-                Some(Command::Act(Action::Close)) => {
+            let mut next = command;
+            let mut taken = 0;
+            // Everything already waiting goes in before the outputs go out: the messages the
+            // node queued together leave in as few SCTP packets as they fit in, and the
+            // datagrams that came together get one acknowledgement.
+            while let Some(command) = next {
+                if let Command::Act(Action::Close) = command {
                     self.sessions.close_all(now);
                     self.flush_outputs().await;
                     return;
                 }
-                Some(Command::Act(action)) => self.perform(action, now),
-                Some(Command::Send(data)) => {
-                    // No channel: the transfer layer resends after reconnecting.
-                    let _ = self.sessions.send(data);
-                }
-                Some(Command::Datagram {
-                    session,
-                    from,
-                    to,
-                    bytes,
-                }) => {
-                    self.sessions.deliver(session, from, to, &bytes, now);
-                    // Take every datagram already waiting before the outputs go out.
-                    while backlog.is_empty()
-                        && let Ok(next) = commands.try_recv()
-                    {
-                        match next {
-                            Command::Datagram {
-                                session,
-                                from,
-                                to,
-                                bytes,
-                            } => self.sessions.deliver(session, from, to, &bytes, now),
-                            other => backlog.push_back(other),
-                        }
-                    }
-                }
-                None => {}
+                self.handle(command, now);
+                taken += 1;
+                next = if taken < COMMAND_BATCH {
+                    commands.try_recv().ok()
+                } else {
+                    None
+                };
             }
             self.sessions.advance(now);
             self.flush_outputs().await;
+        }
+    }
+
+    fn handle(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Act(action) => self.perform(action, now),
+            Command::Send(data) => {
+                // No channel: the transfer layer resends after reconnecting.
+                let _ = self.sessions.send(data);
+            }
+            Command::Datagram {
+                session,
+                from,
+                to,
+                bytes,
+            } => self.sessions.deliver(session, from, to, &bytes, now),
         }
     }
 
@@ -335,7 +340,7 @@ impl PeerTask {
             let readers = sockets
                 .iter()
                 .map(|(local, socket)| {
-                    runtime::spawn(read_socket(
+                    self.executor.spawn(read_socket(
                         id,
                         *local,
                         socket.clone(),
@@ -447,6 +452,11 @@ fn bind(
     Ok((sockets, config))
 }
 
+/// Datagrams a socket's reader forwards before it lets its peer task run: the reader shares
+/// the links thread with it, and a peer that sends faster than the link handles must not
+/// fill the command queue without bound.
+const READ_BURST: usize = 64;
+
 /// Forwards a session socket's datagrams to its peer task until the session is dropped.
 async fn read_socket(
     session: u64,
@@ -455,9 +465,15 @@ async fn read_socket(
     commands: async_channel::Sender<Command>,
 ) {
     let mut buffer = vec![0u8; RECEIVE_BUFFER];
+    let mut burst = 0;
     loop {
+        if burst == READ_BURST {
+            burst = 0;
+            futures_lite::future::yield_now().await;
+        }
         match socket.recv_from(&mut buffer).await {
             Ok((len, from)) => {
+                burst += 1;
                 let command = Command::Datagram {
                     session,
                     from,

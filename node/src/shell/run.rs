@@ -327,12 +327,13 @@ impl NodeLoop<'_> {
     ) -> anyhow::Result<String> {
         let stop = runtime::spawn(wait_for_stop_signal(signals));
         let mut stop = Some(stop);
+        let mut deadline = runtime::Deadline::default();
         loop {
             let due = [self.core.poll_timeout(), self.router.poll_timeout()]
                 .into_iter()
                 .flatten()
                 .min();
-            let timer = runtime::sleep_until(due);
+            let timer = deadline.wait(due);
             let stop_fut = stop.as_mut().expect("stop future present");
             let oldest_commit = self.committing.oldest_pending();
             // `or` polls its first future first: a batch that became durable runs its effects

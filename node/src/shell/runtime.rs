@@ -35,12 +35,44 @@ pub async fn sleep(duration: Duration) {
     smol::Timer::after(duration).await;
 }
 
-/// Resolves at `at`, or never for `None`.
-pub async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => smol::Timer::at(at).await,
-        None => smol::Timer::never().await,
-    };
+/// The timer of a loop that recomputes its next deadline every turn (the node's loop, a peer's
+/// links). async-io wakes its reactor's thread for every timer registered, and a busy loop
+/// that registered one per turn paid a thread switch per turn for it. This one registers
+/// again only when the deadline moves earlier than the one registered, or that one has
+/// fired: it may wake a loop early, never late, and a loop's timeout handling does nothing
+/// that is not due.
+pub struct Deadline {
+    /// When the registered timer fires; `None` when none is registered.
+    armed: Option<Instant>,
+    timer: smol::Timer,
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Self {
+            armed: None,
+            timer: smol::Timer::never(),
+        }
+    }
+}
+
+impl Deadline {
+    /// Resolves at `at` or earlier (at a deadline registered before that has not fired yet),
+    /// never for `None` with none registered. Dropping the future keeps the timer for the
+    /// next call.
+    pub async fn wait(&mut self, at: Option<Instant>) {
+        if let Some(at) = at
+            && self.armed.is_none_or(|armed| at < armed)
+        {
+            self.armed = Some(at);
+            self.timer.set_at(at);
+        }
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        (&mut self.timer).await;
+        self.armed = None;
+    }
 }
 
 /// `future`, or an error once `timeout` has passed.
@@ -145,5 +177,53 @@ impl Stopwatch {
 
     pub fn elapsed(&self) -> Duration {
         self.0.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loop's deadline: a later one keeps the earlier timer (an early wake), an earlier one
+    /// replaces it, and after one fired the same deadline registers again.
+    #[test]
+    fn a_deadline_wakes_early_never_late() {
+        block_on(async {
+            let mut deadline = Deadline::default();
+            let start = Instant::now();
+            let soon = start + Duration::from_millis(20);
+            // A turn that ended before its timer fired leaves it registered.
+            let taken = futures_lite::future::or(
+                async {
+                    deadline.wait(Some(soon)).await;
+                    false
+                },
+                async { true },
+            )
+            .await;
+            assert!(taken, "the other branch is ready first");
+            // A later deadline keeps the earlier timer: it wakes at `soon`, not in 10 s.
+            deadline.wait(Some(start + Duration::from_secs(10))).await;
+            assert!(start.elapsed() < Duration::from_secs(5));
+            assert!(Instant::now() >= soon);
+            // Fired: the next deadline is registered anew, even one already past.
+            deadline.wait(Some(soon)).await;
+            // An earlier deadline replaces a later one.
+            let at = Instant::now() + Duration::from_millis(10);
+            let raced = futures_lite::future::or(
+                async {
+                    deadline.wait(Some(at + Duration::from_secs(10))).await;
+                    false
+                },
+                async {
+                    sleep(Duration::from_millis(1)).await;
+                    true
+                },
+            )
+            .await;
+            assert!(raced);
+            deadline.wait(Some(at)).await;
+            assert!(Instant::now() >= at && start.elapsed() < Duration::from_secs(5));
+        });
     }
 }

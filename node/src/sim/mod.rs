@@ -202,6 +202,7 @@ impl SimStore {
                 offset,
                 data,
                 sha256: expected,
+                sync,
             } => {
                 let Some(part) = self.open.get(&id).and_then(|(p, _)| self.parts.get_mut(p)) else {
                     return Some(StoreResult::WriteFailed {
@@ -209,7 +210,11 @@ impl SimStore {
                     });
                 };
                 if sha256(&data) != expected {
-                    return Some(StoreResult::Verified { index, ok: false });
+                    return Some(StoreResult::Verified {
+                        index,
+                        ok: false,
+                        synced: false,
+                    });
                 }
                 let Ok(start) = usize::try_from(offset) else {
                     return Some(StoreResult::WriteFailed {
@@ -222,7 +227,14 @@ impl SimStore {
                 }
                 part.written[start..end].copy_from_slice(&data);
                 self.writes.push((generation, id, offset));
-                StoreResult::Verified { index, ok: true }
+                if sync {
+                    part.synced = part.written.clone();
+                }
+                StoreResult::Verified {
+                    index,
+                    ok: true,
+                    synced: sync,
+                }
             }
             StoreOp::Sync => match self.open.get(&id).and_then(|(p, _)| self.parts.get_mut(p)) {
                 Some(part) => {
@@ -641,7 +653,8 @@ impl SimNode {
                     }
                 }
                 Effect::Store { id, op } => {
-                    let latency = if op == StoreOp::Sync {
+                    let latency = if matches!(op, StoreOp::Sync | StoreOp::Write { sync: true, .. })
+                    {
                         SYNC_LATENCY
                     } else {
                         IO_LATENCY

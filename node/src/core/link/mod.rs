@@ -371,6 +371,52 @@ impl Link {
         Ok(())
     }
 
+    /// Sends binary messages on the channel, in order, as one batch: SCTP bundles the small
+    /// ones into shared packets (one packet per message costs a datagram, its encryption
+    /// and its acknowledgement each). Messages are queued while the send buffer holds less
+    /// than `limit` bytes, the earlier ones of the batch counted; returns those not queued,
+    /// in order, to send once `buffered_amount` has fallen. A message SCTP refuses for any
+    /// other reason (the channel closing) is dropped, as [`Self::send`] would report it.
+    pub fn send_batch(
+        &mut self,
+        mut messages: VecDeque<Vec<u8>>,
+        limit: usize,
+        now: Instant,
+    ) -> VecDeque<Vec<u8>> {
+        let Some(sctp) = self.sctp.as_mut().filter(|_| self.phase == Phase::Open) else {
+            return messages;
+        };
+        let mut buffered = sctp.buffered_amount(CHANNEL_STREAM);
+        let mut batch = Vec::new();
+        while buffered < limit
+            && let Some(data) = messages.pop_front()
+        {
+            buffered += data.len().max(1);
+            batch.push(if data.is_empty() {
+                // RFC 8831 6.6: an empty message is one byte with the empty-binary PPID.
+                Message::new(CHANNEL_STREAM, PPID_BINARY_EMPTY, vec![0])
+            } else {
+                Message::new(CHANNEL_STREAM, PPID_BINARY, data)
+            });
+        }
+        if batch.is_empty() {
+            return messages;
+        }
+        let count = batch.len();
+        let refused = match sctp.send_many(batch, &SendOptions::default()) {
+            Ok(()) => 0,
+            Err(dcsctp::api::BatchSendError(errors)) => {
+                for (index, err) in &errors {
+                    tracing::debug!("data channel send of message {index} failed: {err}");
+                }
+                errors.len()
+            }
+        };
+        self.stats.messages_out += (count - refused) as u64;
+        self.pump(now);
+        messages
+    }
+
     /// Bytes queued in SCTP and not yet acknowledged.
     pub fn buffered_amount(&self) -> usize {
         self.sctp

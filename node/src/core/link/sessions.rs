@@ -265,20 +265,8 @@ impl Sessions {
     fn flush_pending(&mut self, now: Instant) {
         let mut pending = std::mem::take(&mut self.pending);
         if let Some(session) = self.active() {
-            while let Some(data) = pending.front() {
-                if session.link.buffered_amount() >= SEND_BUFFER_LIMIT {
-                    break;
-                }
-                match session.link.send(data, now) {
-                    Ok(()) => {
-                        pending.pop_front();
-                    }
-                    Err(dcsctp::api::SendError::ResourceExhaustion) => break,
-                    Err(err) => {
-                        tracing::debug!("data channel send failed: {err}");
-                        pending.pop_front();
-                    }
-                }
+            if !pending.is_empty() {
+                pending = session.link.send_batch(pending, SEND_BUFFER_LIMIT, now);
             }
         } else {
             // No channel: the transfer layer resends after reconnecting.

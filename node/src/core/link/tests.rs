@@ -213,6 +213,41 @@ fn two_links_connect_authenticate_and_exchange_messages() {
     assert!(w.a.lost.is_none() && w.b.lost.is_none());
 }
 
+/// Small messages queued together share SCTP packets: 40 messages of 100 bytes sent as one
+/// batch take a fraction of the datagrams that 40 single sends take, arrive in order, and a
+/// batch stops at the send-buffer limit, handing back the rest in order.
+#[test]
+fn a_batch_of_small_messages_shares_packets() {
+    let mut w = connect_pair(Conditions::gigabit(), 5);
+    w.open();
+    let messages =
+        |tag: u8| -> Vec<Vec<u8>> { (0..40u8).map(|i| [tag, i, 0, 0].repeat(25)).collect() };
+    let before = w.a.link.stats().datagrams_out;
+    let now = w.now;
+    for m in messages(1) {
+        w.a.link.send(&m, now).unwrap();
+    }
+    assert!(w.run(Duration::from_secs(5), |w| w.b.received.len() == 40));
+    let one_by_one = w.a.link.stats().datagrams_out - before;
+    let before = w.a.link.stats().datagrams_out;
+    let now = w.now;
+    let left =
+        w.a.link
+            .send_batch(messages(2).into(), sessions::SEND_BUFFER_LIMIT, now);
+    assert!(left.is_empty());
+    assert!(w.run(Duration::from_secs(5), |w| w.b.received.len() == 80));
+    let batched = w.a.link.stats().datagrams_out - before;
+    println!("40 x 100 bytes: {one_by_one} datagrams one by one, {batched} as one batch");
+    assert!(batched * 4 <= one_by_one, "{batched} vs {one_by_one}");
+    assert_eq!(w.b.received[40..], messages(2)[..]);
+    // A limit of 250 bytes takes three messages of 100 (each counted before the next).
+    let now = w.now;
+    let left = w.a.link.send_batch(messages(3).into(), 250, now);
+    assert_eq!(Vec::from(left), messages(3)[3..].to_vec());
+    assert!(w.run(Duration::from_secs(5), |w| w.b.received.len() == 83));
+    assert_eq!(w.b.received[80..], messages(3)[..3]);
+}
+
 #[test]
 fn candidates_name_the_mid_and_only_the_given_addresses() {
     let ca = certificate();

@@ -101,6 +101,10 @@ pub enum RecvInput {
     /// The shell handled a `Write`: `ok` when the data's SHA-256 matched and it is written at its
     /// offset; `!ok` when the hash did not match (nothing was written).
     Verified { index: u64, ok: bool },
+    /// The shell handled a `Write` with `sync`: the hash matched, the data is written, and the
+    /// `.part` was fdatasynced after it, so this chunk and every chunk reported `Verified`
+    /// before it are durable.
+    VerifiedDurable { index: u64 },
     /// Writing the `.part` failed (an IO error other than a full disk).
     WriteFailed { reason: String },
     /// Writing the `.part` failed because its file system is full: the transfer pauses.
@@ -145,13 +149,17 @@ impl RecvInput {
 #[derive(Clone, PartialEq)]
 pub enum RecvOutput {
     Send(Message),
-    /// Hash `data`; if it matches `sha256`, write it at `offset` in the `.part` file. Report
-    /// `Verified` either way (or `WriteFailed`).
+    /// Hash `data`; if it matches `sha256`, write it at `offset` in the `.part` file, and with
+    /// `sync` fdatasync the file after it. Report `Verified` either way, `VerifiedDurable` for
+    /// a synced write (or `WriteFailed`). A file's last chunk, and any chunk after `end`, is
+    /// synced with its write: a small file costs one trip to the disk, not a write and then a
+    /// sync.
     Write {
         index: u64,
         offset: u64,
         data: Vec<u8>,
         sha256: [u8; 32],
+        sync: bool,
     },
     /// fdatasync the `.part` file, then report `Synced`.
     Sync,
@@ -320,6 +328,7 @@ impl Receiver {
                 data,
             } => self.on_chunk(index, sha256, data),
             RecvInput::Verified { index, ok } => self.on_verified(index, ok),
+            RecvInput::VerifiedDurable { index } => self.on_verified_durable(index),
             RecvInput::WriteFailed { reason } => {
                 if self.phase == Phase::Receiving {
                     self.abort(format!("receiver: {reason}"));
@@ -422,11 +431,13 @@ impl Receiver {
             return;
         }
         slot.state = SlotState::Writing;
+        let sync = self.ended.is_some() || index + 1 == self.info.chunks;
         self.out.push_back(RecvOutput::Write {
             index,
             offset: chunk_offset(self.info.chunk_size, index),
             data,
             sha256,
+            sync,
         });
     }
 
@@ -467,15 +478,37 @@ impl Receiver {
         });
     }
 
+    fn on_verified_durable(&mut self, index: u64) {
+        if self.phase != Phase::Receiving {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(&index) else {
+            return;
+        };
+        if slot.state != SlotState::Writing {
+            return;
+        }
+        slot.state = SlotState::Verified;
+        // The sync after this write covered every write reported before it; the chunks of a
+        // sync still in flight stay with that one.
+        self.made_durable(SlotState::Verified);
+    }
+
     fn on_synced(&mut self) {
         if self.phase != Phase::Receiving || !self.syncing {
             return;
         }
         self.syncing = false;
+        self.made_durable(SlotState::Syncing);
+    }
+
+    /// The chunks in state `synced` are durable: journals them, moves `next` past the leading
+    /// ones, sends `progress`, and finishes or syncs what is due.
+    fn made_durable(&mut self, synced: SlotState) {
         // Newly durable chunks, as contiguous runs: one `ChunksDurable` per run.
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for (&index, slot) in self.slots.iter_mut() {
-            if slot.state != SlotState::Syncing {
+            if slot.state != synced {
                 continue;
             }
             slot.state = SlotState::Durable;
@@ -523,9 +556,22 @@ impl Receiver {
             self.sync_due = true;
             return;
         }
-        if self.slots.values().any(|s| s.state == SlotState::Verified) {
+        let last_chunk_writing = self
+            .info
+            .chunks
+            .checked_sub(1)
+            .and_then(|last| self.slots.get(&last))
+            .is_some_and(|s| s.state == SlotState::Writing);
+        if !last_chunk_writing && self.slots.values().any(|s| s.state == SlotState::Verified) {
             self.sync_due = true;
             self.maybe_sync();
+            return;
+        }
+        if self.slots.values().any(|s| s.state == SlotState::Writing) {
+            // A chunk is still being written: its report brings the sync (the last chunk's is
+            // one, and covers every chunk verified before it) and the progress after it; a
+            // progress now would say nothing new.
+            self.sync_due = true;
             return;
         }
         // Nothing to sync: progress now, and finish if everything is durable.
@@ -678,6 +724,10 @@ impl fmt::Debug for RecvInput {
                 .field("index", index)
                 .field("ok", ok)
                 .finish(),
+            Self::VerifiedDurable { index } => f
+                .debug_struct("VerifiedDurable")
+                .field("index", index)
+                .finish(),
             Self::WriteFailed { reason } => f
                 .debug_struct("WriteFailed")
                 .field("reason", reason)
@@ -711,12 +761,14 @@ impl fmt::Debug for RecvOutput {
                 offset,
                 data,
                 sha256,
+                sync,
             } => f
                 .debug_struct("Write")
                 .field("index", index)
                 .field("offset", offset)
                 .field("len", &data.len())
                 .field("sha256", &hex::encode(sha256))
+                .field("sync", sync)
                 .finish(),
             Self::Sync => f.write_str("Sync"),
             Self::Finalize { sha256 } => f

@@ -57,6 +57,15 @@ struct Scenario {
     disconnect_after: Option<usize>,
 }
 
+/// A `Write` the receiver's shell has not answered yet.
+struct PendingWrite {
+    index: u64,
+    offset: u64,
+    data: Vec<u8>,
+    sha256: [u8; 32],
+    sync: bool,
+}
+
 struct Sim {
     rng: Rng,
     now: Instant,
@@ -77,7 +86,7 @@ struct Sim {
     /// The sender's shell: reads asked for, answered in any order (even after a disconnect).
     reads: Vec<u64>,
     /// The receiver's shell: writes asked for, answered in any order.
-    writes: Vec<(u64, u64, Vec<u8>, [u8; 32])>,
+    writes: Vec<PendingWrite>,
     sync_requested: bool,
     finalize: Option<[u8; 32]>,
     final_file: Option<Vec<u8>>,
@@ -218,7 +227,14 @@ impl Sim {
                     offset,
                     data,
                     sha256,
-                } => self.writes.push((index, offset, data, sha256)),
+                    sync,
+                } => self.writes.push(PendingWrite {
+                    index,
+                    offset,
+                    data,
+                    sha256,
+                    sync,
+                }),
                 RecvOutput::Sync => {
                     assert!(!self.sync_requested, "two syncs in flight");
                     self.sync_requested = true;
@@ -329,15 +345,25 @@ impl Sim {
     }
 
     fn complete_write(&mut self) {
-        let (index, offset, data, sha256) =
-            self.writes.swap_remove(self.rng.below(self.writes.len()));
+        let PendingWrite {
+            index,
+            offset,
+            data,
+            sha256,
+            sync,
+        } = self.writes.swap_remove(self.rng.below(self.writes.len()));
         let ok = sha(&data) == sha256;
         if ok {
             let offset = offset as usize;
             self.part[offset..offset + data.len()].copy_from_slice(&data);
         }
+        let input = if ok && sync {
+            RecvInput::VerifiedDurable { index }
+        } else {
+            RecvInput::Verified { index, ok }
+        };
         if let Some(receiver) = &mut self.receiver {
-            receiver.handle(RecvInput::Verified { index, ok }, self.now);
+            receiver.handle(input, self.now);
         }
         self.drive_receiver();
     }

@@ -265,6 +265,7 @@ fn a_chunk_goes_to_the_shell_with_its_offset() {
             offset: 3 * 1024,
             sha256: sha(&data),
             data,
+            sync: false,
         }]
     );
     assert_eq!(r.outstanding_writes(), 1);
@@ -633,6 +634,96 @@ fn end_syncs_what_is_verified_and_waits_for_writes() {
             durable(5, 6),
             progress(6),
             RecvOutput::Finalize { sha256: [1; 32] }
+        ]
+    );
+}
+
+/// A file's last chunk is synced with its write, so a small file costs one trip to the disk:
+/// `end` while that write is out sends nothing (a progress would say nothing new), and the
+/// report that the write is durable journals every verified chunk, sends `progress` and
+/// finalizes.
+#[test]
+fn the_last_chunk_is_written_and_synced_in_one_trip() {
+    let size = 3 * 1024 + 10;
+    let (mut r, now) = receiver(size, 0, 16);
+    for index in 0..3 {
+        r.handle(chunk(size, index), now);
+        assert!(
+            matches!(
+                drain(&mut r).as_slice(),
+                [RecvOutput::Write { sync: false, .. }]
+            ),
+            "chunk {index} waits for the cadence's sync"
+        );
+        r.handle(RecvInput::Verified { index, ok: true }, now);
+        assert_eq!(drain(&mut r), vec![], "3 of a progress every 4");
+    }
+    r.handle(chunk(size, 3), now);
+    assert!(matches!(
+        drain(&mut r).as_slice(),
+        [RecvOutput::Write {
+            index: 3,
+            sync: true,
+            ..
+        }]
+    ));
+    r.handle(RecvInput::End { sha256: [2; 32] }, now);
+    assert_eq!(drain(&mut r), vec![], "the write is still out");
+    r.handle(RecvInput::VerifiedDurable { index: 3 }, now);
+    assert_eq!(
+        drain(&mut r),
+        vec![
+            durable(0, 4),
+            progress(4),
+            RecvOutput::Finalize { sha256: [2; 32] }
+        ]
+    );
+    r.handle(RecvInput::VerifiedDurable { index: 3 }, now);
+    assert_eq!(drain(&mut r), vec![], "a stale report");
+}
+
+/// A durable write covers the chunks verified before it, not those of a sync still in
+/// flight: they become durable with that sync's own report. A chunk after `end` is synced
+/// with its write too.
+#[test]
+fn a_durable_write_leaves_the_sync_in_flight_its_chunks() {
+    let size = 3 * 1024;
+    let (mut r, now) = receiver(size, 0, 4);
+    assert_eq!(deliver(&mut r, size, 0, true, now), vec![RecvOutput::Sync]);
+    r.handle(RecvInput::End { sha256: [3; 32] }, now);
+    assert_eq!(drain(&mut r), vec![]);
+    r.handle(chunk(size, 2), now);
+    assert!(matches!(
+        drain(&mut r).as_slice(),
+        [RecvOutput::Write {
+            index: 2,
+            sync: true,
+            ..
+        }]
+    ));
+    r.handle(chunk(size, 1), now);
+    assert!(
+        matches!(
+            drain(&mut r).as_slice(),
+            [RecvOutput::Write {
+                index: 1,
+                sync: true,
+                ..
+            }]
+        ),
+        "after end"
+    );
+    r.handle(RecvInput::Verified { index: 1, ok: true }, now);
+    assert_eq!(drain(&mut r), vec![], "a sync is in flight");
+    r.handle(RecvInput::VerifiedDurable { index: 2 }, now);
+    assert_eq!(drain(&mut r), vec![durable(1, 3), progress(0)]);
+    r.handle(RecvInput::Synced, now);
+    assert_eq!(
+        drain(&mut r),
+        vec![
+            durable(0, 1),
+            progress(3),
+            RecvOutput::Finalize { sha256: [3; 32] }
         ]
     );
 }
