@@ -1234,6 +1234,29 @@ mod tests {
         id
     }
 
+    /// The receiver refuses send `id` (policy): what the manager makes of it.
+    fn refused(
+        transfers: &mut Transfers,
+        peer: &DeviceId,
+        id: TransferId,
+        state: &State,
+        now: Instant,
+        work: &mut Vec<Work>,
+    ) {
+        transfers.on_message(
+            peer,
+            Message::Reject {
+                id,
+                reason: "not wanted".into(),
+                code: Some(crate::core::transfer::wire::RejectCode::Policy),
+            },
+            state,
+            now,
+            work,
+            &mut |_, _| None,
+        );
+    }
+
     fn started(work: &[Work]) -> Vec<TransferId> {
         work.iter()
             .filter_map(|w| match w {
@@ -1270,18 +1293,7 @@ mod tests {
 
         // One is refused by the receiver: its slot goes to the next in policy order.
         let mut work = Vec::new();
-        transfers.on_message(
-            &peer,
-            Message::Reject {
-                id: ids[299],
-                reason: "not wanted".into(),
-                code: Some(crate::core::transfer::wire::RejectCode::Policy),
-            },
-            &state,
-            now,
-            &mut work,
-            &mut |_, _| Some(crate::core::policy::AcceptAnswer::Accept { dir: None }),
-        );
+        refused(&mut transfers, &peer, ids[299], &state, now, &mut work);
         apply(&mut state, &work);
         assert!(transfers.slot_freed());
         let mut work = Vec::new();
@@ -1316,18 +1328,7 @@ mod tests {
         apply(&mut state, &work);
         // One ends: one more starts, and no more than that.
         let mut work = Vec::new();
-        transfers.on_message(
-            &peers[0],
-            Message::Reject {
-                id: first[0],
-                reason: "not wanted".into(),
-                code: Some(crate::core::transfer::wire::RejectCode::Policy),
-            },
-            &state,
-            now,
-            &mut work,
-            &mut |_, _| None,
-        );
+        refused(&mut transfers, &peers[0], first[0], &state, now, &mut work);
         apply(&mut state, &work);
         let mut work = Vec::new();
         transfers.fill(&state, now, &mut work);
@@ -1369,18 +1370,7 @@ mod tests {
                 .collect();
             let mut work = Vec::new();
             for id in running {
-                transfers.on_message(
-                    &peer,
-                    Message::Reject {
-                        id,
-                        reason: "not wanted".into(),
-                        code: Some(crate::core::transfer::wire::RejectCode::Policy),
-                    },
-                    &state,
-                    now,
-                    &mut work,
-                    &mut |_, _| None,
-                );
+                refused(&mut transfers, &peer, id, &state, now, &mut work);
             }
             apply(&mut state, &work);
             let mut work = Vec::new();

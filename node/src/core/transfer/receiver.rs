@@ -441,16 +441,20 @@ impl Receiver {
         });
     }
 
-    fn on_verified(&mut self, index: u64, ok: bool) {
+    /// The slot of chunk `index` while its write is out (a report for any other is stale).
+    fn writing_slot(&mut self, index: u64) -> Option<&mut Slot> {
         if self.phase != Phase::Receiving {
-            return;
+            return None;
         }
-        let Some(slot) = self.slots.get_mut(&index) else {
+        self.slots
+            .get_mut(&index)
+            .filter(|slot| slot.state == SlotState::Writing)
+    }
+
+    fn on_verified(&mut self, index: u64, ok: bool) {
+        let Some(slot) = self.writing_slot(index) else {
             return;
         };
-        if slot.state != SlotState::Writing {
-            return;
-        }
         if ok {
             slot.state = SlotState::Verified;
             self.verified_since_progress += 1;
@@ -479,15 +483,9 @@ impl Receiver {
     }
 
     fn on_verified_durable(&mut self, index: u64) {
-        if self.phase != Phase::Receiving {
-            return;
-        }
-        let Some(slot) = self.slots.get_mut(&index) else {
+        let Some(slot) = self.writing_slot(index) else {
             return;
         };
-        if slot.state != SlotState::Writing {
-            return;
-        }
         slot.state = SlotState::Verified;
         // The sync after this write covered every write reported before it; the chunks of a
         // sync still in flight stay with that one.
