@@ -84,6 +84,7 @@ pub fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard 
 pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     let config = Config::resolve(home, args)?;
     let clock = SystemClock;
+    runtime::raise_open_file_limit();
     let dirs = &config.dirs;
     create_private_dir(&dirs.data)?;
     create_private_dir(&dirs.runtime)?;

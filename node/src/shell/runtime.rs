@@ -139,6 +139,33 @@ pub fn udp_buffer_bytes() -> usize {
     })
 }
 
+/// Open files a node asks for: every running transfer holds one (its source or its `.part`),
+/// and every session its sockets. A receiver takes up to 128 transfers from each sender at
+/// once, so the usual soft limit of 1,024 is a handful of senders' worth.
+pub const OPEN_FILES_WANTED: u64 = 65_536;
+
+/// Raises the process's soft limit on open files towards [`OPEN_FILES_WANTED`], within the
+/// hard limit (which an unprivileged process may not raise); returns the soft limit it has.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = limit
+        .maximum
+        .map_or(OPEN_FILES_WANTED, |hard| hard.min(OPEN_FILES_WANTED));
+    if limit.current.is_some_and(|soft| soft < wanted) {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::info!("cannot raise the open-file limit to {wanted}: {err}");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current;
+    tracing::debug!(?soft, "open-file limit");
+    soft
+}
+
 /// Time as the shell sees it: monotonic for timers, wall clock for journal stamps.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;
@@ -183,6 +210,15 @@ impl Stopwatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_raised_within_the_hard_limit() {
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        let soft = raise_open_file_limit();
+        let wanted = hard.map_or(OPEN_FILES_WANTED, |h| h.min(OPEN_FILES_WANTED));
+        assert!(soft.is_none_or(|s| s >= wanted), "{soft:?} < {wanted}");
+        assert!(hard.is_none_or(|h| soft.is_some_and(|s| s <= h)));
+    }
 
     /// A loop's deadline: a later one keeps the earlier timer (an early wake), an earlier one
     /// replaces it, and after one fired the same deadline registers again.
