@@ -5,7 +5,8 @@
 //! - every `Write` is for a chunk in `[next, next + window)` and below `chunks`, at its offset,
 //!   with exactly that chunk's length, and at most `window` writes are outstanding (memory stays
 //!   bounded by the window whatever the sender does);
-//! - an index is never handed to `Write` twice while a write of it is outstanding;
+//! - an index is never handed to `Write` twice while a write of it is outstanding; a write the
+//!   shell syncs is answered `VerifiedDurable`;
 //! - at most one `Sync` is in flight; `next` and `progress.next` never go back, never pass
 //!   `chunks`; `ChunksDurable` runs are non-empty and within the file;
 //! - `Finalize` comes only after `end` and with every chunk durable; a finished receiver says
@@ -111,8 +112,8 @@ struct Model {
     size: u64,
     chunk_size: u32,
     window: u64,
-    /// Writes handed out and not answered, by index.
-    writes: Vec<u64>,
+    /// Writes handed out and not answered: index, and whether the shell syncs after it.
+    writes: Vec<(u64, bool)>,
     sync_in_flight: bool,
     progress_next: u64,
     next: u64,
@@ -135,6 +136,7 @@ impl Model {
                     offset,
                     data,
                     sha256: _,
+                    sync,
                 } => {
                     assert!(
                         index < self.chunks,
@@ -149,10 +151,10 @@ impl Model {
                         chunk_len(self.size, self.chunk_size, index)
                     );
                     assert!(
-                        !self.writes.contains(&index),
+                        !self.writes.iter().any(|(i, _)| *i == index),
                         "chunk {index} handed to Write twice"
                     );
-                    self.writes.push(index);
+                    self.writes.push((index, sync));
                     assert!(
                         self.writes.len() as u64 <= self.window,
                         "writes exceed window"
@@ -282,14 +284,17 @@ fuzz_target!(|data: &[u8]| {
                 if model.writes.is_empty() {
                     None
                 } else {
-                    let index = model.writes.remove(usize::from(pick) % model.writes.len());
-                    Some(RecvInput::Verified { index, ok })
+                    let (index, sync) = model.writes.remove(usize::from(pick) % model.writes.len());
+                    // A synced write's report says so: everything verified before it is durable.
+                    Some(if ok && sync {
+                        RecvInput::VerifiedDurable { index }
+                    } else {
+                        RecvInput::Verified { index, ok }
+                    })
                 }
             }
             Op::StrayVerified { index, ok } => {
-                if model.writes.contains(&index) {
-                    model.writes.retain(|&i| i != index);
-                }
+                model.writes.retain(|(i, _)| *i != index);
                 Some(RecvInput::Verified { index, ok })
             }
             Op::WriteFailed => Some(RecvInput::WriteFailed {

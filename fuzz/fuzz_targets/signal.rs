@@ -122,7 +122,11 @@ impl Shell {
             StoreOp::Prepare { .. } => StoreResult::PrepareFailed {
                 reason: "no space".into(),
             },
-            StoreOp::Write { index, .. } => StoreResult::Verified { index, ok },
+            StoreOp::Write { index, sync, .. } => StoreResult::Verified {
+                index,
+                ok,
+                synced: ok && sync,
+            },
             StoreOp::Sync if ok => StoreResult::Synced,
             StoreOp::Finalize { .. } if ok => StoreResult::Finalized {
                 path: PathBuf::from("/srv/receive/file.bin"),
