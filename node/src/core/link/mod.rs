@@ -228,6 +228,16 @@ enum Phase {
     Closed,
 }
 
+/// `data` as a binary message on the channel's stream. RFC 8831 6.6: an empty message is one
+/// byte with the empty-binary PPID.
+fn channel_message(data: Vec<u8>) -> Message {
+    if data.is_empty() {
+        Message::new(CHANNEL_STREAM, PPID_BINARY_EMPTY, vec![0])
+    } else {
+        Message::new(CHANNEL_STREAM, PPID_BINARY, data)
+    }
+}
+
 /// Counters for tests, logs and benches.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LinkStats {
@@ -359,13 +369,7 @@ impl Link {
         let Some(sctp) = self.sctp.as_mut().filter(|_| self.phase == Phase::Open) else {
             return Err(SendError::ShuttingDown);
         };
-        let message = if data.is_empty() {
-            // RFC 8831 6.6: an empty message is one byte with the empty-binary PPID.
-            Message::new(CHANNEL_STREAM, PPID_BINARY_EMPTY, vec![0])
-        } else {
-            Message::new(CHANNEL_STREAM, PPID_BINARY, data.to_vec())
-        };
-        sctp.send(message, &SendOptions::default())?;
+        sctp.send(channel_message(data.to_vec()), &SendOptions::default())?;
         self.stats.messages_out += 1;
         self.pump(now);
         Ok(())
@@ -392,12 +396,7 @@ impl Link {
             && let Some(data) = messages.pop_front()
         {
             buffered += data.len().max(1);
-            batch.push(if data.is_empty() {
-                // RFC 8831 6.6: an empty message is one byte with the empty-binary PPID.
-                Message::new(CHANNEL_STREAM, PPID_BINARY_EMPTY, vec![0])
-            } else {
-                Message::new(CHANNEL_STREAM, PPID_BINARY, data)
-            });
+            batch.push(channel_message(data));
         }
         if batch.is_empty() {
             return messages;
