@@ -493,8 +493,9 @@ fn a_chromium_tab_receives_a_large_file_to_disk_in_bounded_memory() {
         .unwrap();
     assert!(out.success(), "{out:?}");
     let saved = work.path().join("large-saved.bin");
-    // 20 s plus 1 s per 2 MiB: the debug build receives at about 5 MB/s.
-    let seconds = 20 + (size >> 21);
+    // 20 s plus 1 s per MiB: the debug build receives at 4-5 MB/s alone, and at under half
+    // that when the other browser test shares the machine's two cores.
+    let seconds = 20 + (size >> 20);
     browser.ask(
         &format!("download large.bin {} {seconds}", saved.display()),
         Duration::from_secs(seconds * 2 + 10),
