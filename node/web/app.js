@@ -10,6 +10,7 @@
 import { encode, decode } from './cbor.js';
 import { loadSha256, Sha256, sha256, hex, equalBytes } from './sha256.js';
 import { deviceIdOf, verificationCode, isPolite } from './trust.js';
+import { bytes, duration, finishedSummary, idGroups, canPickFolders } from './view.js';
 
 // --- limits and timings (spec 3.3, 4; README "Limits") --------------------------------------
 const ANSWER_TIMEOUT_MS = 10000;
@@ -24,10 +25,14 @@ const SEND_BUFFER_HIGH = 4 * 1024 * 1024;
 const SEND_BUFFER_LOW = 1024 * 1024;
 const ACTIVE_SENDS = 4;
 const MAX_MESSAGE_DEFAULT = 64 * 1024;
-const HASH_READ_BYTES = 4 * 1024 * 1024;
+// A picked file is read this much at a time (several chunks: every read is a trip to the
+// browser's file storage).
+const READ_BYTES = 1024 * 1024;
 // Verified chunks kept in memory until the whole-file hash has taken them (more are read back
 // from IndexedDB): the hash runs alongside the receive without holding the file.
 const HASH_IN_HAND = 8;
+/** Received chunks stored in one IndexedDB transaction at most. */
+const STORE_BATCH = 16;
 const CERT_LIFETIME_MS = 365 * 24 * 3600 * 1000;
 
 const $ = (id) => document.getElementById(id);
@@ -117,7 +122,13 @@ let trusted = null; // null unknown, false refused, true connected once
 // with the answer it gave before (spec 3.3), so a new session must never reuse one.
 let lastSeq = Date.now();
 // What the page signaled, for tests and for curious operators (devtools console).
-globalThis.fsnodeDebug = { candidates: [] };
+globalThis.fsnodeDebug = { candidates: [], send: {}, receive: {} };
+/** Adds `ms` (and one more) to a timing counter in fsnodeDebug (read by the benchmark). */
+function tally(group, name, ms = 0) {
+  const t = (fsnodeDebug[group][name] ||= { n: 0, ms: 0 });
+  t.n += 1;
+  t.ms += ms;
+}
 
 function setState(state, text) {
   const el = $('state');
@@ -190,8 +201,9 @@ async function onSignal(m) {
       return session?.onCandidate(m);
     case 'bye':
       if (m.reason === 'unauthorized') {
+        // Also what the node says at once when its operator removes this device's trust.
+        setState('untrusted', trusted ? 'no longer trusted' : 'not trusted yet');
         trusted = false;
-        setState('untrusted', 'not trusted yet');
         showTrustHelp(true);
         closeSession('unauthorized');
         setTimeout(() => { if (!session && node) startSession(); }, UNTRUSTED_RETRY_MS);
@@ -388,20 +400,6 @@ class Session {
 }
 
 // --- formatting ---------------------------------------------------------------------------------
-function bytes(n) {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
-
-function duration(seconds) {
-  if (!Number.isFinite(seconds)) return '…';
-  if (seconds < 60) return `${Math.ceil(seconds)} s`;
-  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.ceil(seconds % 60)} s`;
-  return `${Math.floor(seconds / 3600)} h ${Math.ceil((seconds % 3600) / 60)} min`;
-}
-
 function randomId() {
   return crypto.getRandomValues(new Uint8Array(16));
 }
@@ -428,6 +426,9 @@ class Row {
     this.li.dataset.state = state;
     this.bar.value = Math.max(0, Math.min(1, fraction));
     this.meta.textContent = text;
+  }
+  remove() {
+    this.li.remove();
   }
   action(label, onClick, secondary = true) {
     this.actions.textContent = '';
@@ -479,7 +480,7 @@ class Outgoing {
     this.resends = [];
     this.endSent = false;
     this.pumping = false;
-    this.fileHash = null;
+    this.source = null;
     this.meter = new Meter();
     this.row = new Row($('sends'), name);
     this.row.li.dataset.id = this.record.idHex;
@@ -499,11 +500,12 @@ class Outgoing {
       starting: 'asking the node…',
       sending: this.meter.text(doneBytes, r.size),
       verifying: 'the node is checking the file…',
-      done: `sent ${bytes(r.size)}${r.resumedFrom ? ` (resumed at ${bytes(r.resumedFrom * r.chunkSize)})` : ''}`,
+      done: `sent ${finishedSummary({ size: r.size, from: r.legFrom, startedAt: r.legStartedAt, finishedAt: r.finishedAt })}${r.resumedFrom ? ` (resumed at ${bytes(r.resumedFrom * r.chunkSize)})` : ''}`,
       cancelled: 'cancelled',
       failed: `failed: ${this.reason || ''}`,
     }[this.state];
     this.row.update(this.state, this.state === 'done' ? 1 : fraction, status);
+    showClearButtons();
     if (['queued', 'starting', 'sending', 'verifying'].includes(this.state)) {
       if (!this.cancelButton) this.cancelButton = this.row.action('Cancel', () => this.cancel());
     } else if (this.cancelButton) {
@@ -525,7 +527,7 @@ class Outgoing {
       return;
     }
     if (!this.record.chunkSize) this.record.chunkSize = s.chunkSize();
-    if (!this.fileHash) this.fileHash = hashFile(this.file);
+    if (!this.source) this.source = new SendSource(this.file, this.record.chunkSize);
     this.state = 'starting';
     this.endSent = false;
     this.resends = [];
@@ -543,6 +545,8 @@ class Outgoing {
     if (!Number.isSafeInteger(start) || start < 0 || start > this.chunks) return;
     if (start > 0 && !this.record.resumedFrom) this.record.resumedFrom = start;
     this.record.next = start;
+    this.record.legFrom = Math.min(this.record.size, start * this.record.chunkSize);
+    this.record.legStartedAt = Date.now();
     this.cursor = start;
     this.window = Math.max(1, Math.min(1024, Number(m.window) || 1));
     this.state = 'sending';
@@ -552,6 +556,7 @@ class Outgoing {
   }
 
   onProgress(s, m) {
+    if (this.stalledAt) { tally('send', 'windowStallEnd', performance.now() - this.stalledAt); this.stalledAt = 0; }
     const next = Number(m.next);
     if (!Number.isSafeInteger(next) || next > this.chunks) return;
     if (next > this.record.next) {
@@ -575,14 +580,18 @@ class Outgoing {
     this.state = m.ok === true ? 'done' : m.reason === 'cancelled' ? 'cancelled' : 'failed';
     this.reason = typeof m.reason === 'string' ? m.reason : '';
     if (this.state === 'done') this.record.next = this.chunks;
+    this.record.finishedAt = Date.now();
     this.record.cancelPending = false;
-    this.fileHash?.cancel?.();
+    this.source?.discard();
+    this.source = null;
     this.persist();
     this.render();
     scheduleSends();
   }
 
   onReject(m) {
+    this.source?.discard();
+    this.source = null;
     this.state = m.code === 'cancelled' ? 'cancelled' : 'failed';
     this.reason = `${typeof m.reason === 'string' ? m.reason : 'refused'}${m.code ? ` (${m.code})` : ''}`;
     this.record.cancelPending = false;
@@ -611,23 +620,34 @@ class Outgoing {
     try {
       while (this.state === 'sending' && session === s && !s.closed) {
         if (s.channel.bufferedAmount > SEND_BUFFER_HIGH) {
+          const t0 = performance.now();
           await bufferedLow(s.channel);
+          tally('send', 'bufferedWait', performance.now() - t0);
           continue;
         }
         let index;
         if (this.resends.length) index = this.resends.shift();
         else if (this.cursor < this.chunks && this.cursor < this.record.next + this.window) index = this.cursor++;
-        else break;
-        const from = index * this.record.chunkSize;
-        const data = new Uint8Array(await this.file.slice(from, Math.min(this.record.size, from + this.record.chunkSize)).arrayBuffer());
+        else {
+          if (this.cursor < this.chunks) { tally('send', 'windowStall'); this.stalledAt = performance.now(); }
+          break;
+        }
+        let t0 = performance.now();
+        if (!this.source) break;
+        const data = await this.source.chunk(index);
+        tally('send', 'read', performance.now() - t0);
+        t0 = performance.now();
         const digest = await sha256(data);
+        tally('send', 'hash', performance.now() - t0);
         if (this.state !== 'sending' || session !== s) break;
+        t0 = performance.now();
         s.send({ t: 'chunk', id: this.id, index, sha256: digest, data });
+        tally('send', 'encodeSend', performance.now() - t0);
       }
       if (this.state === 'sending' && this.cursor >= this.chunks && !this.endSent && session === s) {
         this.endSent = true;
-        const digest = await this.fileHash.promise;
-        if (session === s && this.state === 'sending') {
+        const digest = this.source ? await this.source.digest() : null;
+        if (digest && session === s && this.state === 'sending') {
           s.send({ t: 'end', id: this.id, sha256: digest });
           this.state = 'verifying';
           this.render();
@@ -636,9 +656,13 @@ class Outgoing {
         }
       }
     } catch (err) {
-      this.state = 'failed';
-      this.reason = `cannot read the file: ${err.message || err}`;
-      this.render();
+      if (this.state === 'sending') {
+        this.source?.discard();
+        this.source = null;
+        this.state = 'failed';
+        this.reason = `cannot read the file: ${err.message || err}`;
+        this.render();
+      }
     } finally {
       this.pumping = false;
     }
@@ -657,24 +681,61 @@ function bufferedLow(channel) {
   });
 }
 
-/** The whole file's SHA-256, read in slices beside the sending. */
-function hashFile(file) {
-  let cancelled = false;
-  const promise = (async () => {
-    const hasher = new Sha256();
-    try {
-      for (let at = 0; at < file.size; at += HASH_READ_BYTES) {
-        if (cancelled) throw new Error('cancelled');
-        hasher.update(await file.slice(at, Math.min(file.size, at + HASH_READ_BYTES)).arrayBuffer());
-      }
-      return hasher.finish();
-    } catch (err) {
-      hasher.discard();
-      throw err;
+/** A picked file as its send reads it: READ_BYTES at a time, handed out chunk by chunk, and
+ * the whole file's SHA-256 fed from the same reads while chunks come in order from the start
+ * (so a file is read and hashed for `end` in the same pass as it is sent; a resumed send
+ * catches up from where the whole-file hash stands when `end` is due). One caller at a time
+ * (the send's pump). */
+class SendSource {
+  constructor(file, chunkSize) {
+    this.file = file;
+    this.chunkSize = chunkSize;
+    this.buffer = null;
+    this.bufferFrom = 0;
+    this.whole = new Sha256();
+    this.wholeAt = 0;
+  }
+
+  async read(from, to) {
+    return new Uint8Array(await this.file.slice(from, to).arrayBuffer());
+  }
+
+  /** Chunk `index`'s bytes. */
+  async chunk(index) {
+    const size = this.file.size;
+    const from = index * this.chunkSize;
+    const to = Math.min(size, from + this.chunkSize);
+    if (!this.buffer || from < this.bufferFrom || to > this.bufferFrom + this.buffer.length) {
+      this.buffer = await this.read(from, Math.min(size, from + Math.max(READ_BYTES, this.chunkSize)));
+      this.bufferFrom = from;
+      if (this.buffer.length < to - from) throw new Error('the file is shorter than when it was picked');
     }
-  })();
-  promise.catch(() => {});
-  return { promise, cancel: () => { cancelled = true; } };
+    const data = this.buffer.subarray(from - this.bufferFrom, to - this.bufferFrom);
+    if (this.whole && from === this.wholeAt) {
+      this.whole.update(data);
+      this.wholeAt = to;
+    }
+    return data;
+  }
+
+  /** The whole file's SHA-256 (reading what the sending did not feed it). */
+  async digest() {
+    if (!this.whole) throw new Error('the file hash was discarded');
+    while (this.wholeAt < this.file.size) {
+      const to = Math.min(this.file.size, this.wholeAt + READ_BYTES);
+      this.whole.update(await this.read(this.wholeAt, to));
+      this.wholeAt = to;
+    }
+    const digest = this.whole.finish();
+    this.whole = null;
+    return digest;
+  }
+
+  discard() {
+    this.whole?.discard();
+    this.whole = null;
+    this.buffer = null;
+  }
 }
 
 // --- receiving (this page is the receiver of spec 4) ----------------------------------------------
@@ -722,11 +783,12 @@ class Incoming {
     const text = {
       receiving: this.meter.text(doneBytes, r.size),
       verifying: 'checking the whole file…',
-      done: `${bytes(r.size)} · verified`,
+      done: `${finishedSummary({ size: r.size, from: r.legFrom, startedAt: r.legStartedAt, finishedAt: r.finishedAt })} · verified`,
       failed: `failed: ${r.reason || ''}`,
       cancelled: 'cancelled',
     }[r.state];
     this.row.update(r.state, r.state === 'done' ? 1 : r.size ? doneBytes / r.size : 0, text);
+    showClearButtons();
     if (r.state === 'done' && !this.link) {
       this.row.actions.textContent = '';
       this.link = document.createElement('a');
@@ -747,6 +809,27 @@ class Incoming {
     await put('receives', this.record);
   }
 
+  /** Stores a verified chunk. Chunks that arrive while a transaction commits wait and go
+   * together in the next one (at most STORE_BATCH): one commit per batch instead of one per
+   * chunk. Resolves once the chunk's transaction committed. */
+  store(index, data) {
+    if (!this.batch || this.batch.items.length >= STORE_BATCH) {
+      const batch = { items: [] };
+      const previous = this.lastStore || Promise.resolve();
+      batch.done = previous.then(() => {
+        if (this.batch === batch) this.batch = null; // sealed: later chunks start the next one
+        const tx = db.transaction('chunks', 'readwrite');
+        const chunks = tx.objectStore('chunks');
+        for (const [i, bytes] of batch.items) chunks.put(new Blob([bytes]), [this.record.idHex, i]);
+        return done(tx);
+      });
+      this.lastStore = batch.done.catch(() => {});
+      this.batch = batch;
+    }
+    this.batch.items.push([index, data]);
+    return this.batch.done;
+  }
+
   async onChunk(s, m) {
     if (this.record.state !== 'receiving') return;
     const r = this.record;
@@ -757,7 +840,9 @@ class Incoming {
     const index = m.index;
     if (index >= r.chunks || index < r.next || this.have.has(index) || index >= r.next + RECEIVE_WINDOW) return;
     const expectedLength = index === r.chunks - 1 ? r.size - index * r.chunkSize : r.chunkSize;
+    let t0 = performance.now();
     const digest = await sha256(m.data);
+    tally('receive', 'hash', performance.now() - t0);
     if (m.data.length !== expectedLength || !equalBytes(digest, m.sha256)) {
       const failures = (this.failures.get(index) || 0) + 1;
       this.failures.set(index, failures);
@@ -770,9 +855,9 @@ class Incoming {
       return;
     }
     // Stored as a Blob: Chromium keeps large blobs on disk, so the file never sits in memory.
-    const tx = db.transaction('chunks', 'readwrite');
-    tx.objectStore('chunks').put(new Blob([m.data]), [r.idHex, index]);
-    await done(tx);
+    t0 = performance.now();
+    await this.store(index, m.data);
+    tally('receive', 'store', performance.now() - t0);
     if (this.record.state !== 'receiving') return;
     this.have.add(index);
     if (this.inHand.size < HASH_IN_HAND) this.inHand.set(index, m.data);
@@ -785,7 +870,9 @@ class Incoming {
     this.sinceProgress += 1;
     if (this.sinceProgress >= Math.max(1, Math.floor(RECEIVE_WINDOW / 4))) {
       this.sinceProgress = 0;
+      t0 = performance.now();
       await this.persist();
+      tally('receive', 'persist', performance.now() - t0);
       s.send({ t: 'progress', id: this.id, next: r.next });
     }
     this.render();
@@ -1003,6 +1090,8 @@ const transfers = {
       t = new Incoming(record);
       this.receives.set(idHex, t);
     }
+    t.record.legFrom = Math.min(t.record.size, t.record.next * t.record.chunkSize);
+    t.record.legStartedAt = Date.now();
     t.sinceProgress = 0;
     t.have.clear();
     for (const index of t.inHand.keys()) if (index >= t.record.next) t.inHand.delete(index);
@@ -1036,6 +1125,8 @@ async function addFiles(entries) {
     const record = await get('sends', key);
     const resumable = record && !['done', 'cancelled', 'failed'].includes(record.state) ? record : null;
     if (existing) {
+      existing.source?.discard();
+      existing.source = null;
       existing.file = file;
       existing.state = 'queued';
       existing.render();
@@ -1070,7 +1161,87 @@ async function droppedFiles(items) {
   return out;
 }
 
+/** The id in groups of 4 (one inline block each: a narrow screen wraps between groups only);
+ * its text is still the id, for selecting and copying. */
+function showDeviceId(id) {
+  const el = $('device-id');
+  el.textContent = '';
+  for (const group of idGroups(id)) {
+    const span = document.createElement('span');
+    span.textContent = group;
+    el.append(span);
+  }
+  $('copy-id').onclick = () => copyText(id, $('copy-id'));
+}
+
+/** Copies text: the Clipboard API where the page is a secure context, else a selected
+ * off-screen text area and `execCommand` (plain http:// LAN pages have no Clipboard API). */
+async function copyText(text, button) {
+  let ok = false;
+  try {
+    if (navigator.clipboard && globalThis.isSecureContext) {
+      await navigator.clipboard.writeText(text);
+      ok = true;
+    }
+  } catch { /* fall back below */ }
+  if (!ok) {
+    const area = document.createElement('textarea');
+    area.value = text;
+    area.setAttribute('readonly', '');
+    area.style.position = 'fixed';
+    area.style.left = '-1000px';
+    document.body.append(area);
+    area.select();
+    try { ok = document.execCommand('copy'); } catch { ok = false; }
+    area.remove();
+  }
+  button.textContent = ok ? 'Copied' : 'Select and copy';
+  setTimeout(() => { button.textContent = 'Copy'; }, 2000);
+}
+
+const FINISHED = ['done', 'cancelled', 'failed'];
+
+/** Shows each list's "Clear finished" only while it has finished rows. */
+function showClearButtons() {
+  const sends = $('clear-sends');
+  const receives = $('clear-receives');
+  if (!sends || !receives) return;
+  sends.hidden = ![...transfers.sends.values()].some((t) => FINISHED.includes(t.state));
+  receives.hidden = ![...transfers.receives.values()].some((t) => FINISHED.includes(t.record.state));
+}
+
+/** Removes finished sends from the list and forgets them (a picked file is sent anew). */
+async function clearFinishedSends() {
+  for (const [idHex, t] of [...transfers.sends]) {
+    if (!FINISHED.includes(t.state)) continue;
+    const tx = db.transaction('sends', 'readwrite');
+    tx.objectStore('sends').delete(t.key);
+    await done(tx);
+    transfers.sends.delete(idHex);
+    t.row.remove();
+  }
+  showClearButtons();
+}
+
+/** Removes finished receives and their stored chunks (the browser's copy of a received file:
+ * save it first). */
+async function clearFinishedReceives() {
+  for (const [idHex, t] of [...transfers.receives]) {
+    if (!FINISHED.includes(t.record.state)) continue;
+    await deleteChunks(idHex);
+    const tx = db.transaction('receives', 'readwrite');
+    tx.objectStore('receives').delete(idHex);
+    await done(tx);
+    transfers.receives.delete(idHex);
+    t.row.remove();
+  }
+  showClearButtons();
+}
+
 function wireInputs() {
+  $('pick-folder-label').hidden = !canPickFolders($('pick-folder'), navigator, window);
+  $('clear-sends').onclick = () => clearFinishedSends().catch((err) => showError(String(err.message || err)));
+  $('clear-receives').onclick = () => clearFinishedReceives().catch((err) => showError(String(err.message || err)));
   const picked = (input) => () => {
     const entries = [...input.files].map((file) => ({ file, name: file.webkitRelativePath || file.name }));
     input.value = '';
@@ -1119,7 +1290,7 @@ async function main() {
     await loadSha256();
     db = await openDb();
     Object.assign(me, await loadIdentity());
-    $('device-id').textContent = me.id;
+    showDeviceId(me.id);
     $('trust-command').textContent = `fsnode trust add ${me.id.slice(0, 12)}`;
     $('send-command').textContent = `fsnode send FILE --to ${me.id.slice(0, 12)}`;
     wireInputs();

@@ -333,6 +333,23 @@ fn a_chromium_tab_is_trusted_then_sends_receives_and_resumes_after_a_reload() {
     );
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    // The id in 13 groups of 4, none broken across lines at 360 px, its text still the id,
+    // with a Copy button; folders offered on this desktop browser; an icon; and finished rows
+    // that say how long they took and at what rate.
+    assert_eq!(checks["idGroups"], 13, "{checks}");
+    assert_eq!(checks["idGroupsUnbroken"], true, "{checks}");
+    assert_eq!(checks["idText"], id.as_str(), "{checks}");
+    assert_eq!(checks["copyVisible"], true, "{checks}");
+    assert_eq!(checks["folderPickerVisible"], true, "{checks}");
+    assert_eq!(checks["favicon"], "/favicon.svg", "{checks}");
+    for meta in ["finishedMeta", "receivedMeta"] {
+        let text = checks[meta].as_str().unwrap();
+        assert!(
+            text.contains(" in ") && text.contains("/s average"),
+            "{meta}: {checks}"
+        );
+    }
+    assert_eq!(checks["clearSendsVisible"], true, "{checks}");
 
     // Chromium's host candidate is `<uuid>.local`; the node resolved it with its mDNS daemon
     // (on its `--interface` inside the test LAN) to the browser's address.
@@ -345,6 +362,25 @@ fn a_chromium_tab_is_trusted_then_sends_receives_and_resumes_after_a_reload() {
         .find(|address| address.ends_with(".local"))
         .unwrap_or_else(|| panic!("no .local candidate from Chromium: {candidates}"))
         .to_ascii_lowercase();
+    // "Clear finished" empties both lists (every transfer above finished), for good: a
+    // reload shows nothing of them.
+    let cleared = browser.ask("clear-finished", Duration::from_secs(40));
+    for rows in [&cleared, &cleared["afterReload"]] {
+        assert_eq!(rows["sends"], 0, "{cleared}");
+        assert_eq!(rows["receives"], 0, "{cleared}");
+        assert_eq!(rows["clearVisible"], false, "{cleared}");
+    }
+
+    // Revoking the browser's trust ends its session at once: the page says so within 2 s.
+    let revoked_at = Instant::now();
+    let out = node.home.run(&["trust", "remove", &id[..12]]).unwrap();
+    assert!(out.success(), "{out:?}");
+    browser.ask("state untrusted 2", Duration::from_secs(5));
+    let took = revoked_at.elapsed();
+    eprintln!("browser: shown untrusted {took:?} after trust remove");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_ne!(node.connection(&id), "connected");
+
     let log = node
         .home
         .stop_with(rustix::process::Signal::TERM, Duration::from_secs(10))
@@ -457,8 +493,9 @@ fn a_chromium_tab_receives_a_large_file_to_disk_in_bounded_memory() {
         .unwrap();
     assert!(out.success(), "{out:?}");
     let saved = work.path().join("large-saved.bin");
-    // 20 s plus 1 s per 2 MiB: the debug build receives at about 5 MB/s.
-    let seconds = 20 + (size >> 21);
+    // 20 s plus 1 s per MiB: the debug build receives at 4-5 MB/s alone, and at under half
+    // that when the other browser test shares the machine's two cores.
+    let seconds = 20 + (size >> 20);
     browser.ask(
         &format!("download large.bin {} {seconds}", saved.display()),
         Duration::from_secs(seconds * 2 + 10),

@@ -87,6 +87,16 @@ pub const ASSETS: &[Asset] = &[
         body: include_bytes!("../../web/sha256.js"),
     },
     Asset {
+        path: "/view.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../web/view.js"),
+    },
+    Asset {
+        path: "/favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("../../web/favicon.svg"),
+    },
+    Asset {
         path: "/sha256.wasm",
         content_type: "application/wasm",
         body: include_bytes!(concat!(env!("OUT_DIR"), "/sha256.wasm")),
@@ -742,6 +752,11 @@ mod tests {
             assert!(page.contains("<script type=\"module\" src=\"/app.js\">"));
             let wasm = exchange(node.addr, b"GET /sha256.wasm HTTP/1.1\r\n\r\n").await;
             assert!(wasm.contains("application/wasm") && wasm.contains("\0asm"));
+            // The icon the page names in its <link rel="icon">.
+            assert!(page.contains("<link rel=\"icon\" href=\"/favicon.svg\""));
+            let icon = exchange(node.addr, b"GET /favicon.svg HTTP/1.1\r\n\r\n").await;
+            assert!(icon.starts_with("HTTP/1.1 200 OK\r\n"), "{icon}");
+            assert!(icon.contains("Content-Type: image/svg+xml") && icon.contains("<svg"));
             let missing = exchange(node.addr, b"GET /secret HTTP/1.1\r\n\r\n").await;
             assert!(
                 missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
@@ -954,6 +969,6 @@ mod page_tests {
             "{stdout}\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(stdout.contains("# pass 5"), "{stdout}");
+        assert!(stdout.contains("# pass 8"), "{stdout}");
     }
 }

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { encode, decode, CborError } from '../cbor.js';
 import { loadSha256, Sha256, sha256, hex } from '../sha256.js';
 import { base32, deviceIdFromFingerprint, verificationCode } from '../trust.js';
+import { bytes as sizeText, duration, finishedSummary, idGroups, canPickFolders } from '../view.js';
 
 await loadSha256(readFileSync(process.env.FSNODE_SHA256_WASM));
 
@@ -99,4 +100,44 @@ test('device ids are base32 of the fingerprint; the verification code matches co
   const zeros = base32(new Uint8Array(32));
   const ones = base32(new Uint8Array(32).fill(1));
   assert.equal(verificationCode(zeros, ones), process.env.FSNODE_CODE_VECTOR);
+});
+
+test('a finished row says how much, how long and the average rate', () => {
+  assert.equal(sizeText(20 * 1048576), '20.0 MiB');
+  assert.equal(duration(2.345), '2.3 s');
+  assert.equal(duration(42.4), '42 s');
+  assert.equal(duration(185), '3 min 5 s');
+  assert.equal(duration(Infinity), '…');
+  const t0 = 1_700_000_000_000;
+  assert.equal(finishedSummary({ size: 20 * 1048576, startedAt: t0, finishedAt: t0 + 4000 }),
+    '20.0 MiB in 4.0 s · 5.0 MiB/s average');
+  // A resumed transfer: the rate of what moved since it resumed.
+  assert.equal(finishedSummary({ size: 20 * 1048576, from: 10 * 1048576, startedAt: t0, finishedAt: t0 + 2000 }),
+    '20.0 MiB in 2.0 s · 5.0 MiB/s average');
+  // Rows stored before times were recorded show the size alone.
+  assert.equal(finishedSummary({ size: 1024 }), '1.0 KiB');
+});
+
+test('the device id is shown in groups of 4 that together are the id', () => {
+  const id = 'abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrst';
+  const groups = idGroups(id);
+  assert.equal(groups.length, 13);
+  assert.ok(groups.every((g) => g.length === 4));
+  assert.equal(groups.join(''), id);
+});
+
+test('folders can be picked on desktop browsers only', () => {
+  const input = { webkitdirectory: false };
+  const desktop = { userAgent: 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36' };
+  assert.equal(canPickFolders(input, desktop, {}), true);
+  assert.equal(canPickFolders({}, desktop, { showDirectoryPicker() {} }), true);
+  assert.equal(canPickFolders({}, desktop, {}), false, 'neither the attribute nor the API');
+  const android = { userAgent: 'Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36' };
+  assert.equal(canPickFolders(input, android, {}), false);
+  assert.equal(canPickFolders(input, { userAgent: desktop.userAgent, userAgentData: { mobile: true } }, {}), false);
+  const iphone = { userAgent: 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148' };
+  assert.equal(canPickFolders(input, iphone, {}), false);
+  const ipad = { userAgent: 'Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 Version/17.0 Safari/605.1.15', maxTouchPoints: 5 };
+  assert.equal(canPickFolders(input, ipad, {}), false, 'iPadOS presents itself as a Mac');
+  assert.equal(canPickFolders(input, { ...ipad, maxTouchPoints: 0 }, {}), true, 'a Mac');
 });

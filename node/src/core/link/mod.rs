@@ -471,7 +471,25 @@ impl Link {
         self.route_dtls_transmits();
         let _ = self.agent.close();
         self.phase = Phase::Closed;
+        self.log_sctp_totals();
         self.sctp = None;
+    }
+
+    /// What SCTP did over the session's life (for tuning: retransmissions, final cwnd, RTT).
+    fn log_sctp_totals(&self) {
+        if let Some(m) = self.sctp.as_ref().and_then(|s| s.get_metrics()) {
+            tracing::debug!(
+                peer = %self.config.peer,
+                tx_packets = m.tx_packets_count,
+                rtx_packets = m.rtx_packets_count,
+                rtx_bytes = m.rtx_bytes_count,
+                rx_packets = m.rx_packets_count,
+                cwnd = m.cwnd_bytes,
+                srtt_ms = m.srtt.as_millis() as u64,
+                peer_rwnd = m.peer_rwnd_bytes,
+                "SCTP totals"
+            );
+        }
     }
 
     pub fn handle_input(&mut self, input: Input<'_>, now: Instant) {
@@ -1035,6 +1053,7 @@ impl Link {
             return;
         }
         tracing::debug!(peer = %self.config.peer, "link lost: {error}");
+        self.log_sctp_totals();
         self.out.push_back(Output::Event(Event::Lost(error)));
         let _ = self.agent.close();
         self.phase = Phase::Closed;

@@ -41,7 +41,8 @@ impl Core {
                     Ok(id) => id,
                     Err(refusal) => return Some(Outcome::Refused(refusal)),
                 };
-                if self.state.is_trusted(&id) {
+                let was_trusted = self.state.is_trusted(&id);
+                if was_trusted {
                     self.emit(
                         Event::PeerRevoked {
                             peer: id.clone(),
@@ -50,6 +51,18 @@ impl Core {
                         now,
                     );
                     self.out.push_back(Output::Effect(Effect::TrustChanged));
+                }
+                // The session ends now, whatever the peer: its link is closed (DTLS
+                // close_notify) and the peer is told on signaling, as for an untrusted offer,
+                // so that it stops at once instead of waiting for its connection to time out
+                // (browsers see no close_notify: their session otherwise lingers for seconds).
+                if was_trusted {
+                    self.out.push_back(Output::Effect(Effect::Signal {
+                        peer: id.clone(),
+                        message: Message::Bye {
+                            reason: "unauthorized".into(),
+                        },
+                    }));
                 }
                 if self.negotiations.remove(&id).is_some() {
                     self.out.push_back(Output::Effect(Effect::Rtc {

@@ -813,6 +813,69 @@ fn trusting_a_discovered_device_starts_a_negotiation_towards_it() {
     }));
 }
 
+/// Revoking a connected device ends its session at once: journaled (`PeerRevoked`, then
+/// `Disconnected`), the link closed, and the peer told `bye unauthorized` on signaling (a
+/// browser otherwise kept showing "connected" until its connection timed out).
+#[test]
+fn revoking_a_connected_device_closes_its_session_and_tells_it_at_once() {
+    let mut h = Harness::new();
+    trusted_peer_at(&mut h, 1, "10.77.0.2");
+    h.handle(Input::Signal {
+        conn: 5,
+        peer: id(1),
+        message: Message::Offer {
+            sdp: sdp_with_fingerprint(1),
+            seq: 1,
+        },
+    });
+    let out = h.handle(Input::Rtc {
+        peer: id(1),
+        event: negotiation::Input::ChannelOpen,
+    });
+    assert_eq!(Harness::events(&out), ["Connected"], "{out:?}");
+    let out = h.handle(request(
+        2,
+        Request::TrustRemove {
+            device: id(1).to_string(),
+        },
+    ));
+    assert_eq!(Harness::events(&out), ["PeerRevoked", "Disconnected"]);
+    let done = effects(&out);
+    assert!(
+        done.contains(&&Effect::Rtc {
+            peer: id(1),
+            action: Action::Close
+        }),
+        "{out:?}"
+    );
+    assert!(
+        done.contains(&&Effect::Signal {
+            peer: id(1),
+            message: Message::Bye {
+                reason: "unauthorized".into()
+            }
+        }),
+        "{out:?}"
+    );
+    let peer = &h.core.state().peers[&id(1)];
+    assert!(!peer.trusted);
+    assert_eq!(peer.connection, crate::core::ConnectionState::NotConnected);
+    assert!(!h.core.negotiations.contains_key(&id(1)));
+    // A device that was not trusted is not told anything.
+    let out = h.handle(request(
+        3,
+        Request::TrustRemove {
+            device: id(1).to_string(),
+        },
+    ));
+    assert!(
+        !effects(&out)
+            .iter()
+            .any(|e| matches!(e, Effect::Signal { .. })),
+        "{out:?}"
+    );
+}
+
 fn channel_replies(outputs: &[Output]) -> Vec<transfer::Message> {
     outputs
         .iter()
