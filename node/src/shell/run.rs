@@ -178,6 +178,8 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             name = %me.name,
             device_type = %me.device_type,
             port,
+            quic = config.link.quic,
+            congestion = config.link.congestion.name(),
             "fsnode running; stop with Ctrl-C or SIGTERM"
         );
 
