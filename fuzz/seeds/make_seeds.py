@@ -202,7 +202,23 @@ def names():
         write("names", f"name{i:02}", prefix + name.encode())
 
 
+def stream_frames():
+    """Input: u16 limit (little-endian), a cut seed, then stream 0's bytes (spec 6)."""
+    def frame(body):
+        return struct.pack(">I", len(body)) + body
+
+    msgs = transfer_messages()
+    opening = cbor({"t": "progress", "id": bytes(16), "next": 0})
+    stream = frame(opening) + b"".join(frame(cbor(m)) for m in msgs.values()) + frame(b"")
+    write("stream_frames", "messages", u16(4096) + b"\x03" + stream)
+    write("stream_frames", "one_byte_cuts", u16(4096) + b"\x00" + stream)
+    write("stream_frames", "over_limit", u16(64) + b"\x05" + frame(opening) + struct.pack(">I", 65) + b"x" * 65)
+    write("stream_frames", "huge_length", u16(65535) + b"\x01" + b"\xff\xff\xff\xff" + b"x" * 16)
+    write("stream_frames", "torn_tail", u16(4096) + b"\x02" + frame(opening) + struct.pack(">I", 100) + b"y" * 10)
+
+
 if __name__ == "__main__":
+    stream_frames()
     transfer_wire()
     receiver()
     signal()

@@ -10,7 +10,13 @@
 //!   both ways, MTU 1500.
 //!
 //! The program re-executes itself inside the namespaces for the TCP baseline
-//! (`tcp-recv`/`tcp-send` subcommands).
+//! (`tcp-recv`/`tcp-send` subcommands, and `tcp-sink`/`tcp-send-for` for the fairness part).
+//!
+//! The link: two fsnode nodes run QUIC (spec 6) unless `--no-quic` writes `[link] quic = false`
+//! into every node's `fsnode.toml` (the data channel, as towards browsers); `--congestion NAME`
+//! writes QUIC's congestion controller there. Every result line names the transport the nodes
+//! reported. `fairness` measures a TCP flow alone, then beside two fsnode transfers (one node
+//! to two others, so two QUIC connections) on a `tc tbf`-shaped link, once per controller.
 #![allow(
     clippy::disallowed_methods,
     reason = "a benchmark measures wall-clock time"
@@ -28,6 +34,7 @@ use fsnode_testkit::{Host, Lan, NodeHome};
 use rustix::process::Signal;
 use serde_json::Value;
 
+mod fairness;
 mod loss;
 
 const MIB: u64 = 1024 * 1024;
@@ -43,13 +50,38 @@ struct Opts {
     small_files: usize,
     many_files: usize,
     receivers: usize,
+    /// Write `[link] quic = false`: every session on the data channel.
+    no_quic: bool,
+    /// Write `[link] congestion = NAME`.
+    congestion: Option<String>,
+    /// The rate `fairness` shapes the shared link to (a tc rate).
+    fair_rate: String,
+}
+
+impl Opts {
+    /// The `fsnode.toml` every node of the benchmark gets.
+    fn config_file(&self) -> String {
+        self.config_with(self.congestion.as_deref())
+    }
+
+    fn config_with(&self, congestion: Option<&str>) -> String {
+        let mut text = String::from("[link]\n");
+        if self.no_quic {
+            text.push_str("quic = false\n");
+        }
+        if let Some(name) = congestion {
+            text.push_str(&format!("congestion = \"{name}\"\n"));
+        }
+        text
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: fsnode-throughput [--fsnode PATH] [--runs N] [--size-mib N] [--dir DIR] \
-         [--small-files N] [--many-files N] [--receivers N] \
-         [--only loopback|gigabit|small|many|fanout|loss]...\n\
+         [--small-files N] [--many-files N] [--receivers N] [--no-quic] \
+         [--congestion bbr|cubic|newreno] [--fair-rate RATE] \
+         [--only loopback|gigabit|small|many|fanout|loss|fairness]...\n\
          (needs root: it creates network namespaces)"
     );
     std::process::exit(2)
@@ -60,6 +92,8 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("tcp-recv") => return tcp_recv(&args[1], Path::new(&args[2])),
         Some("tcp-send") => return tcp_send(&args[1], Path::new(&args[2])),
+        Some("tcp-sink") => return fairness::tcp_sink(&args[1]),
+        Some("tcp-send-for") => return fairness::tcp_send_for(&args[1], &args[2]),
         _ => {}
     }
     let mut opts = Opts {
@@ -75,6 +109,9 @@ fn main() -> anyhow::Result<()> {
         small_files: 10_000,
         many_files: 100_000,
         receivers: 3,
+        no_quic: false,
+        congestion: None,
+        fair_rate: "200mbit".into(),
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -87,6 +124,9 @@ fn main() -> anyhow::Result<()> {
             "--small-files" => opts.small_files = value().parse().unwrap_or_else(|_| usage()),
             "--many-files" => opts.many_files = value().parse().unwrap_or_else(|_| usage()),
             "--receivers" => opts.receivers = value().parse().unwrap_or_else(|_| usage()),
+            "--no-quic" => opts.no_quic = true,
+            "--congestion" => opts.congestion = Some(value()),
+            "--fair-rate" => opts.fair_rate = value(),
             "--only" => opts.only.push(value()),
             _ => usage(),
         }
@@ -98,11 +138,13 @@ fn main() -> anyhow::Result<()> {
     );
     let want = |what: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == what);
     println!(
-        "fsnode-throughput: {} MiB file, {} run(s), data in {}, fsnode {}, load average {}",
+        "fsnode-throughput: {} MiB file, {} run(s), data in {}, fsnode {}, link config {:?}, \
+         load average {}",
         opts.size_mib,
         opts.runs,
         opts.dir.display(),
         opts.fsnode.display(),
+        opts.config_file(),
         fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()
@@ -143,6 +185,9 @@ fn main() -> anyhow::Result<()> {
     }
     if want("loss") {
         loss::loss_benchmark(&opts, work.path())?;
+    }
+    if want("fairness") {
+        fairness::fairness_benchmark(&opts, work.path())?;
     }
     Ok(())
 }
@@ -199,6 +244,7 @@ struct Node {
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         fsnode: &Path,
         host: &Host,
@@ -207,9 +253,13 @@ impl Node {
         ip: &str,
         port: u16,
         receive: PathBuf,
+        config: &str,
     ) -> anyhow::Result<Node> {
         fs::create_dir_all(&receive)?;
         let mut home = NodeHome::in_host(fsnode, host)?;
+        let config_dir = home.path().join("config");
+        fs::create_dir_all(&config_dir)?;
+        fs::write(config_dir.join("fsnode.toml"), config)?;
         let args: Vec<String> = [
             "--name",
             name,
@@ -268,6 +318,19 @@ impl Node {
         Ok(self.json(&["id", "--json"])?["device_id"]
             .as_str()
             .context("device_id")?
+            .to_owned())
+    }
+
+    /// What carries the connection with `peer` (`quic`, `data-channel`).
+    fn transport(&self, peer: &str) -> anyhow::Result<String> {
+        let peers = self.json(&["peers", "--json"])?;
+        Ok(peers["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == peer)
+            .and_then(|p| p["transport"].as_str())
+            .unwrap_or("-")
             .to_owned())
     }
 
@@ -354,6 +417,7 @@ fn trusting_pair(
             lan.host(1).addr().to_string(),
         ),
     };
+    let config = opts.config_file();
     let a = Node::start(
         &opts.fsnode,
         lan.host(0),
@@ -362,6 +426,7 @@ fn trusting_pair(
         &ip_a,
         BASE_PORT,
         data.join("recv-a"),
+        &config,
     )?;
     let b = Node::start(
         &opts.fsnode,
@@ -371,6 +436,7 @@ fn trusting_pair(
         &ip_b,
         BASE_PORT + 1,
         data.join("recv-b"),
+        &config,
     )?;
     introduce(&a, &b)?;
     let (a_id, b_id) = (a.id()?, b.id()?);
@@ -437,8 +503,12 @@ fn pair_benchmark(opts: &Opts, data: &Path, big: &Path, topology: Topology) -> a
         }
     }
     let size = fs::metadata(big)?.len();
-    let (mut a, mut b, _a_id, b_id) = trusting_pair(opts, &lan, data, topology)?;
-    println!("\n== {topology:?} ==");
+    let (mut a, mut b, a_id, b_id) = trusting_pair(opts, &lan, data, topology)?;
+    println!(
+        "\n== {topology:?} == (transport: {} / {})",
+        a.transport(&b_id)?,
+        b.transport(&a_id)?
+    );
 
     // Time to an open channel: both nodes (trusting each other) restarted at once.
     let mut opens = Vec::new();
@@ -475,15 +545,17 @@ fn pair_benchmark(opts: &Opts, data: &Path, big: &Path, topology: Topology) -> a
             rss: [ra, rb],
         };
         let t = &tcp[run];
+        let gib = size as f64 / (1u64 << 30) as f64;
         println!(
-            "run {}: fsnode {:.1} MB/s ({:.2} s; cpu sender {:.2} s receiver {:.2} s; peak RSS \
-             {:.0} / {:.0} MiB) | tcp {:.1} MB/s ({:.2} s; cpu {:.2} / {:.2} s; RSS {:.0} / {:.0} MiB) \
-             | ratio {:.1} %",
+            "run {}: fsnode {:.1} MB/s ({:.2} s; cpu sender {:.2} s receiver {:.2} s = {:.2} \
+             CPU-s/GiB both; peak RSS {:.0} / {:.0} MiB) | tcp {:.1} MB/s ({:.2} s; cpu {:.2} / \
+             {:.2} s; RSS {:.0} / {:.0} MiB) | ratio {:.1} %",
             run + 1,
             s.mbps,
             s.secs,
             s.cpu[0],
             s.cpu[1],
+            (s.cpu[0] + s.cpu[1]) / gib,
             s.rss[0],
             s.rss[1],
             t.mbps,
@@ -499,9 +571,12 @@ fn pair_benchmark(opts: &Opts, data: &Path, big: &Path, topology: Topology) -> a
     let f = median(fs_runs.iter().map(|s| s.mbps).collect());
     let t = median(tcp.iter().map(|s| s.mbps).collect());
     let min = fs_runs.iter().map(|s| s.mbps).fold(f64::INFINITY, f64::min);
+    let gib = size as f64 / (1u64 << 30) as f64;
+    let cpu = median(fs_runs.iter().map(|s| (s.cpu[0] + s.cpu[1]) / gib).collect());
     println!(
         "{topology:?} median: fsnode {f:.1} MB/s, tcp {t:.1} MB/s, ratio {:.1} %, slowest run {:.1} MB/s \
-         ({:.0} % of median); peak RSS sender {:.0} MiB receiver {:.0} MiB",
+         ({:.0} % of median); {cpu:.2} CPU-s/GiB for both nodes; peak RSS sender {:.0} MiB \
+         receiver {:.0} MiB",
         100.0 * f / t,
         min,
         100.0 * min / f,
@@ -814,6 +889,7 @@ fn fanout(opts: &Opts, data: &Path, big: &Path) -> anyhow::Result<()> {
             "127.0.0.1",
             port,
             data.join(format!("recv-{i}")),
+            &opts.config_file(),
         )?);
     }
     let ids: Vec<String> = nodes.iter().map(Node::id).collect::<anyhow::Result<_>>()?;
