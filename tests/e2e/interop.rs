@@ -3,6 +3,12 @@
 //! fsnode runs on host 0 of a namespace LAN, the peer on host 1; the peer takes one JSON command
 //! per line on stdin and prints one JSON event per line (its docstring lists both).
 //!
+//! Cases that exercise what the link changes run on both transports (`on_both_transports!`:
+//! `CASE::data_channel` and `CASE::quic`): the data channel every WebRTC peer speaks, and QUIC
+//! between nodes (spec 6), which the peer offers with `--quic`. Each checks from both ends that
+//! the session ran on the transport it names. Cases about section 4's rules, which sit above the
+//! link, run on the data channel only.
+//!
 //! A test marked `#[ignore = "fsnode deviates: …"]` fails against today's fsnode because fsnode
 //! breaks the rule it names; it must pass once issues 14 and 15 are resolved
 //! (`cargo test -p fsnode --test e2e -- --ignored interop`).
@@ -199,17 +205,62 @@ impl Drop for Peer {
     }
 }
 
+/// The link between fsnode and the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// DTLS and SCTP with the pre-negotiated `fileshare` channel (spec 3.3): the peer does not
+    /// offer QUIC, as a browser or plain aiortc would not.
+    DataChannel,
+    /// QUIC on the ICE-selected pair (spec 6): the peer offers and answers `a=x-fsnode-quic:1`.
+    Quic,
+}
+
+impl Transport {
+    fn peer_flags(self) -> &'static [&'static str] {
+        match self {
+            Transport::DataChannel => &[],
+            Transport::Quic => &["--quic"],
+        }
+    }
+
+    /// The name the peer gives it in its `connected` event.
+    fn peer_name(self) -> &'static str {
+        match self {
+            Transport::DataChannel => "datachannel",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+/// Runs each case `fn CASE(Transport)` as two tests, `CASE::data_channel` and `CASE::quic`.
+macro_rules! on_both_transports {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn data_channel() {
+                super::$case(super::Transport::DataChannel)
+            }
+
+            #[test]
+            fn quic() {
+                super::$case(super::Transport::Quic)
+            }
+        }
+    )*};
+}
+
 /// fsnode on host 0, the peer on host 1 (not started yet), and a directory for the peer.
 struct Setup {
     node: Node,
     node_id: String,
     dir: tempfile::TempDir,
+    transport: Transport,
     // Declared last: dropped after the processes in its namespaces.
     lan: Lan,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    fn new(transport: Transport) -> Setup {
         let lan = Lan::new(2).unwrap();
         let node = Node::start(&lan, 0, "fsnode", &["--port", &FSNODE_PORT.to_string()]);
         let node_id = node.id();
@@ -217,6 +268,7 @@ impl Setup {
             node,
             node_id,
             dir: tempfile::tempdir().unwrap(),
+            transport,
             lan,
         }
     }
@@ -233,6 +285,7 @@ impl Setup {
             "--dial".into(),
             self.node_addr(),
         ];
+        args.extend(self.transport.peer_flags().iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         Peer::start(self.lan.host(1), self.dir.path(), &args)
     }
@@ -243,17 +296,60 @@ impl Setup {
             self.node.peer(&peer.id).is_some()
         });
         self.node.json(&["trust", "add", &peer.id, "--json"]);
-        peer.wait(from, "the channel opens", REACTION, |e| {
+        let connected = peer.wait(from, "the channel opens", REACTION, |e| {
             e["ev"] == "connected"
         });
         wait_for("fsnode shows the peer connected", REACTION, || {
             self.node.connection(&peer.id) == "connected"
         });
+        self.assert_transport(peer, &connected, self.transport);
+    }
+
+    /// The session that `connected` (the peer's event) announced ran on `transport` by both
+    /// ends' account: the peer's event and fsnode's journaled `Connected`.
+    fn assert_transport(&self, peer: &Peer, connected: &Value, transport: Transport) {
+        assert_eq!(
+            connected["transport"],
+            transport.peer_name(),
+            "the peer's session: {connected}"
+        );
+        let journaled = self.fsnode_transport(&peer.id);
+        assert_eq!(
+            journaled.as_deref().map(|t| t.contains("quic")),
+            Some(transport == Transport::Quic),
+            "fsnode's journal records the session's transport as {journaled:?}, want {transport:?}"
+        );
+    }
+
+    /// The transport fsnode's latest `Connected` with `peer` records.
+    fn fsnode_transport(&self, peer: &str) -> Option<String> {
+        self.node
+            .events()
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "Connected" && e["peer"] == peer)
+            .and_then(|e| e["transport"].as_str().map(str::to_lowercase))
     }
 
     fn connected_peer(&self, extra: &[&str]) -> Peer {
+        self.connected_peer_on(self.transport, extra)
+    }
+
+    /// A connected peer whose session must end up on `transport` (which the fallback case
+    /// needs to differ from what the peer offers).
+    fn connected_peer_on(&self, transport: Transport, extra: &[&str]) -> Peer {
         let peer = self.peer(extra);
-        self.trust_and_connect(&peer, 0);
+        wait_for("fsnode sees the peer", REACTION, || {
+            self.node.peer(&peer.id).is_some()
+        });
+        self.node.json(&["trust", "add", &peer.id, "--json"]);
+        let connected = peer.wait(0, "the channel opens", Duration::from_secs(30), |e| {
+            e["ev"] == "connected"
+        });
+        wait_for("fsnode shows the peer connected", REACTION, || {
+            self.node.connection(&peer.id) == "connected"
+        });
+        self.assert_transport(&peer, &connected, transport);
         peer
     }
 
@@ -352,10 +448,16 @@ fn parts_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
-fn interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answered() {
-    let s = Setup::new();
+fn interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answered(
+    transport: Transport,
+) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
+    if transport == Transport::Quic {
+        // fsnode offered (it trusted the peer last): it is the QUIC client.
+        let connected = peer.find(0, |e| e["ev"] == "connected").unwrap();
+        assert_eq!(connected["quic_role"], "server", "{connected}");
+    }
 
     // The peer sends 3 MiB to fsnode.
     let (path, bytes) = write_file(s.dir.path(), "to-fsnode.bin", 3 << 20, 1);
@@ -420,7 +522,7 @@ fn interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answer
 /// `reject` must carry is `interop_every_reject_carries_the_code_spec_4_names`).
 #[test]
 fn interop_every_refused_name_is_rejected() {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     let mut peer = s.connected_peer(&[]);
     let outside = tempfile::tempdir().unwrap();
     let receive = s.node.home.path().join("received");
@@ -499,7 +601,7 @@ fn start_with(id: &str, changes: &[(&str, Value)]) -> Value {
 /// `reject` with `code: "invalid"` (not a closed channel).
 #[test]
 fn interop_malformed_known_messages_get_reject_invalid() {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     let mut peer = s.connected_peer(&[]);
     let cases: Vec<(&str, Vec<(&str, Value)>)> = vec![
         ("start without name", vec![("name", Value::Null)]),
@@ -553,7 +655,7 @@ fn interop_malformed_known_messages_get_reject_invalid() {
 /// ignored, and the channel stays open throughout. The peer sends no trickled candidates.
 #[test]
 fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored() {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     // This peer does not trickle: its candidates ride in the SDP (valid, spec 3.3).
     let mut peer = s.connected_peer(&["--no-trickle"]);
     let mut failures = Vec::new();
@@ -669,15 +771,15 @@ fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored() {
 }
 
 /// Spec 4, strictness: a binary message that is not exactly one CBOR item, or a known `t`
-/// without a readable `id`, closes the data channel; the two connect again afterwards.
-#[test]
-fn interop_undecodable_messages_close_the_channel() {
-    let s = Setup::new();
+/// without a readable `id`, closes the data channel (over QUIC, spec 6: the connection); the two
+/// connect again afterwards.
+fn interop_undecodable_messages_close_the_channel(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let no_id = json!({"t": "start", "name": "x", "size": 0, "chunk_size": 1024, "chunks": 0, "mime": "x", "start_chunk": 0});
     let mut short_id = no_id.clone();
     short_id["id"] = json!({"$hex": "010203"});
-    let cases: Vec<(&str, Value)> = vec![
+    let mut cases: Vec<(&str, Value)> = vec![
         (
             "trailing bytes",
             json!({"cmd": "cbor", "msg": start_msg(&random_id(), "t.bin"), "trailing": "00"}),
@@ -693,6 +795,15 @@ fn interop_undecodable_messages_close_the_channel() {
             json!({"cmd": "cbor", "msg": short_id}),
         ),
     ];
+    if transport == Transport::Quic {
+        // Stream 0's framing: a frame of length 0 holds no CBOR item; a frame whose item ends
+        // before the frame does has trailing bytes.
+        cases.push(("an empty frame", json!({"cmd": "frame", "hex": "00000000"})));
+        cases.push((
+            "a CBOR item shorter than its frame",
+            json!({"cmd": "frame", "hex": "00000006a16174617800"}),
+        ));
+    }
     let failures = closing_cases(&mut peer, cases);
     assert!(
         failures.is_empty(),
@@ -702,15 +813,21 @@ fn interop_undecodable_messages_close_the_channel() {
 }
 
 /// Spec 4, strictness: a message larger than the receiver's advertised `a=max-message-size`
-/// closes the data channel.
-#[test]
-fn interop_a_message_over_max_message_size_closes_the_channel() {
-    let s = Setup::new();
+/// closes the data channel; over QUIC (spec 6) a frame longer than that closes the connection,
+/// and so does a length prefix announcing one (nothing after it need arrive).
+fn interop_a_message_over_max_message_size_closes_the_channel(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
-    let cases = vec![(
+    let mut cases = vec![(
         "over max-message-size",
         json!({"cmd": "oversize", "extra": 1}),
     )];
+    if transport == Transport::Quic {
+        cases.push((
+            "a length prefix of 4 GiB - 1 alone",
+            json!({"cmd": "frame", "hex": "ffffffff"}),
+        ));
+    }
     let failures = closing_cases(&mut peer, cases);
     assert!(
         failures.is_empty(),
@@ -753,7 +870,7 @@ fn closing_cases(peer: &mut Peer, cases: Vec<(&str, Value)>) -> Vec<String> {
 /// transfer that was refused or cancelled gets that code again.
 #[test]
 fn interop_every_reject_carries_the_code_spec_4_names() {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     let mut peer = s.connected_peer(&[]);
     let mut failures = Vec::new();
     let mut expect = |what: &str, answer: &Value, code: &str| {
@@ -820,9 +937,8 @@ fn interop_every_reject_carries_the_code_spec_4_names() {
 
 /// Cancel from either side, as sender and as receiver; a `start` for a cancelled transfer gets
 /// `reject` (its code: `interop_every_reject_carries_the_code_spec_4_names`).
-#[test]
-fn interop_cancel_from_either_side() {
-    let s = Setup::new();
+fn interop_cancel_from_either_side(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&["--window", "4"]);
     let received = s.node.home.path().join("received");
 
@@ -910,9 +1026,8 @@ fn interop_cancel_from_either_side() {
 
 /// Resume after a drop, both directions: the peer is killed mid-transfer, fsnode notices, the
 /// peer comes back with its state; the transfer resumes from what the receiver holds durably.
-#[test]
-fn interop_transfers_resume_after_the_peer_is_killed() {
-    let s = Setup::new();
+fn interop_transfers_resume_after_the_peer_is_killed(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&["--window", "4"]);
 
     // fsnode -> peer: the peer stops acknowledging after a few chunks and is killed.
@@ -1000,9 +1115,8 @@ fn interop_transfers_resume_after_the_peer_is_killed() {
 
 /// Spec 3.3: a peer that restarted offers again (new ICE credentials) while fsnode still believes
 /// the old session is up; fsnode answers with a fresh session and the transfer resumes on it.
-#[test]
-fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected() {
-    let s = Setup::new();
+fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&["--window", "4"]);
     let first_ufrag = peer
         .find(0, |e| e["ev"] == "offer_in" || e["ev"] == "offer_sent")
@@ -1051,7 +1165,7 @@ fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected() {
 /// Both sides offer at once (glare, spec 3.3): the peer makes its offer first and sends it the
 /// moment fsnode's arrives. Exactly one session comes up, the polite side's offer loses.
 fn glare(fsnode_polite: bool) {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     let order = if fsnode_polite {
         "--id-above"
     } else {
@@ -1106,13 +1220,15 @@ fn interop_glare_with_fsnode_impolite() {
 
 /// Spec 3.1-3.4 as observed on the wire in an ordinary connection: every signaling message fsnode
 /// sends is one the peer can take as a browser would (candidates with `sdpMid` and
-/// `sdpMLineIndex`, fingerprints matching the `hello`, integer `seq`s, a complete `hello`).
-#[test]
-fn interop_fsnode_signaling_follows_the_spec() {
-    let s = Setup::new();
+/// `sdpMLineIndex`, fingerprints matching the `hello`, integer `seq`s, a complete `hello`); over
+/// QUIC, nothing of spec 6 broken either (the attribute's form, roles, ALPN, certificate, first
+/// bytes, QUIC version 1, client authentication).
+fn interop_fsnode_signaling_follows_the_spec(transport: Transport) {
+    let s = Setup::new(transport);
     let peer = s.connected_peer(&[]);
     std::thread::sleep(Duration::from_secs(2));
-    let violations = peer.violations(0, "3");
+    let mut violations = peer.violations(0, "3");
+    violations.extend(peer.violations(0, "6"));
     assert!(
         violations.is_empty(),
         "fsnode's signaling breaks spec 3:\n{}",
@@ -1129,6 +1245,7 @@ impl Setup {
     /// meet, so both sides hold the other as trusted from the first `hello`.
     fn mutually_trusting_peer(&self, dir: &Path, extra: &[&str]) -> Peer {
         let mut args: Vec<String> = vec!["--trust".into(), self.node_id.clone()];
+        args.extend(self.transport.peer_flags().iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         let peer = Peer::start(self.lan.host(1), dir, &args);
         self.node.json(&["trust", "add", &peer.id, "--json"]);
@@ -1141,7 +1258,7 @@ impl Setup {
 /// offers first).
 #[test]
 fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite() {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     for (fsnode_polite, order) in [(false, "--id-below"), (true, "--id-above")] {
         let dir = s.dir.path().join(order.trim_start_matches('-'));
         let mut peer = s.mutually_trusting_peer(&dir, &["--no-initiate", order, &s.node_id]);
@@ -1175,14 +1292,20 @@ fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite() 
 /// Spec 3.3: the impolite peer offers at once; fsnode, polite, yields (makes no offer of its
 /// own) and answers; the same offer again (same `seq`, same SDP) gets the same answer and leaves
 /// the session up.
-#[test]
-fn interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer() {
-    let s = Setup::new();
+fn interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.mutually_trusting_peer(s.dir.path(), &["--id-above", &s.node_id]);
     let from = peer.mark();
     peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
     let answer = peer.wait(from, "fsnode answers", REACTION, |e| e["ev"] == "answer_in");
-    peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+    let connected = peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+    s.assert_transport(&peer, &connected, transport);
+    if transport == Transport::Quic {
+        assert_eq!(
+            connected["quic_role"], "client",
+            "the offerer is the QUIC client"
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         peer.find(from, |e| e["ev"] == "offer_in").is_none(),
@@ -1207,7 +1330,7 @@ fn interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer() {
 /// merely because the other exists; the two connect without waiting for a retry.
 #[test]
 fn interop_both_sides_dialling_at_once_keep_both_connections() {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     let mut peer = s.mutually_trusting_peer(s.dir.path(), &[]);
     let from = peer.mark();
     let peer_addr = format!("{}:{PEER_PORT}", s.lan.host(1).addr());
@@ -1239,7 +1362,7 @@ fn interop_both_sides_dialling_at_once_keep_both_connections() {
 /// the file; a chunk failing 3 times cancels the transfer.
 #[test]
 fn interop_a_corrupt_chunk_is_resent_and_three_failures_cancel() {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     let mut peer = s.connected_peer(&[]);
     let (path, bytes) = write_file(s.dir.path(), "corrupt-once.bin", 1 << 20, 11);
     let from = peer.mark();
@@ -1298,7 +1421,7 @@ fn resumed_start_differing(id: &str, name: &str, sent: &Value, key: &str) -> Val
 /// the first is refused (code `mismatch`: `interop_every_reject_carries_the_code_spec_4_names`).
 #[test]
 fn interop_a_resumed_start_that_differs_is_refused() {
-    let s = Setup::new();
+    let s = Setup::new(Transport::DataChannel);
     let mut peer = s.connected_peer(&[]);
     let (path, _) = write_file(s.dir.path(), "resumed.bin", 1 << 20, 13);
     let from = peer.mark();
@@ -1314,4 +1437,211 @@ fn interop_a_resumed_start_that_differs_is_refused() {
         let answer = answer_to(&mut peer, what, &id, json!({"cmd": "cbor", "msg": msg}));
         assert_eq!(answer["msg"]["t"], "reject", "{what}: {answer}");
     }
+}
+
+on_both_transports!(
+    interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answered,
+    interop_undecodable_messages_close_the_channel,
+    interop_a_message_over_max_message_size_closes_the_channel,
+    interop_cancel_from_either_side,
+    interop_transfers_resume_after_the_peer_is_killed,
+    interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected,
+    interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer,
+    interop_fsnode_signaling_follows_the_spec,
+);
+
+/// Spec 6, roles: the peer offers (it is impolite and trusted), so it is the QUIC client and
+/// fsnode the server; files go both ways on that session too.
+#[test]
+fn interop_quic_with_the_peer_as_client_transfers_both_ways() {
+    let s = Setup::new(Transport::Quic);
+    let mut peer = s.mutually_trusting_peer(s.dir.path(), &["--id-above", &s.node_id]);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+    let connected = peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+    s.assert_transport(&peer, &connected, Transport::Quic);
+    assert_eq!(connected["quic_role"], "client", "{connected}");
+
+    let (path, bytes) = write_file(s.dir.path(), "client-to-fsnode.bin", 1 << 20, 21);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "send", "path": path, "name": "client-to-fsnode.bin"}));
+    let done = peer.wait(from, "fsnode answers done", Duration::from_secs(30), |e| {
+        e["ev"] == "send_done"
+    });
+    assert_eq!(done["ok"], true, "{done}");
+    assert!(std::fs::read(s.received("client-to-fsnode.bin")).unwrap() == bytes);
+
+    let (path, bytes) = write_file(s.node.home.path(), "server-to-peer.bin", 1 << 20, 22);
+    let from = peer.mark();
+    let id = s.fsnode_sends(&peer, from, &path);
+    let got = peer.wait(
+        from,
+        "the peer has the file",
+        Duration::from_secs(30),
+        |e| e["ev"] == "recv_done",
+    );
+    assert!(std::fs::read(got["path"].as_str().unwrap()).unwrap() == bytes);
+    s.wait_transfer(&id, "completed");
+    assert!(
+        peer.violations(0, "").is_empty(),
+        "{:?}",
+        peer.violations(0, "")
+    );
+}
+
+/// Whether fsnode journaled a `FingerprintMismatch` naming `peer`.
+fn mismatch_recorded(s: &Setup, peer: &str) -> bool {
+    s.node
+        .events()
+        .iter()
+        .any(|e| e["type"] == "FingerprintMismatch" && e["claimed"] == peer)
+}
+
+/// Spec 6, identity: a peer whose QUIC certificate is not the key its `hello` and SDP name is
+/// refused in both roles: fsnode closes the QUIC connection, records `FingerprintMismatch`,
+/// and no QUIC session comes up.
+#[test]
+fn interop_quic_a_certificate_that_is_not_the_device_id_is_refused() {
+    let s = Setup::new(Transport::Quic);
+    for peer_offers in [false, true] {
+        let dir = s.dir.path().join(format!("peer-offers-{peer_offers}"));
+        let mut peer = if peer_offers {
+            // Impolite and trusted: the peer offers at once and is the QUIC client.
+            let peer =
+                s.mutually_trusting_peer(&dir, &["--quic-cert-other", "--id-above", &s.node_id]);
+            let mut peer = peer;
+            peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+            peer
+        } else {
+            // fsnode trusts the peer last and offers: fsnode is the QUIC client.
+            let peer = Peer::start(
+                s.lan.host(1),
+                &dir,
+                &[
+                    "--trust".into(),
+                    s.node_id.clone(),
+                    "--dial".into(),
+                    s.node_addr(),
+                    "--quic".into(),
+                    "--quic-cert-other".into(),
+                    "--no-initiate".into(),
+                ],
+            );
+            wait_for("fsnode sees the peer", REACTION, || {
+                s.node.peer(&peer.id).is_some()
+            });
+            s.node.json(&["trust", "add", &peer.id, "--json"]);
+            peer
+        };
+        let start = peer.wait(0, "QUIC starts", REACTION, |e| e["ev"] == "quic_start");
+        let role = if peer_offers { "client" } else { "server" };
+        assert_eq!(start["role"], role, "{start}");
+        let closed = peer.wait(0, "fsnode closes the QUIC connection", REACTION, |e| {
+            e["ev"] == "quic_closed"
+        });
+        eprintln!("peer as QUIC {role}: fsnode closed with {closed}");
+        wait_for("fsnode records FingerprintMismatch", REACTION, || {
+            mismatch_recorded(&s, &peer.id)
+        });
+        assert!(
+            peer.find(0, |e| e["ev"] == "quic_open"
+                || e["ev"] == "connected" && e["transport"] == "quic")
+                .is_none(),
+            "no QUIC session with a certificate that is not the device id"
+        );
+        assert!(
+            s.fsnode_transport(&peer.id)
+                .is_none_or(|t| !t.contains("quic")),
+            "fsnode journaled no QUIC session with the peer"
+        );
+        peer.kill();
+    }
+}
+
+/// Spec 6, fallback: the peer drops every QUIC datagram (a path or peer on which QUIC cannot
+/// work) and never offers; fsnode's handshake does not complete, it gives the session up after
+/// 5 s and its next offer leaves `a=x-fsnode-quic` out, so the two connect on the data channel.
+#[test]
+fn interop_quic_that_cannot_connect_falls_back_to_the_data_channel() {
+    let s = Setup::new(Transport::Quic);
+    let peer = s.connected_peer_on(Transport::DataChannel, &["--quic-drop", "--no-initiate"]);
+    let events = peer.events_since(0);
+    let story: Vec<String> = events
+        .iter()
+        .filter(|e| e["ev"] != "dc_in" && e["ev"] != "pc_state")
+        .map(Value::to_string)
+        .collect();
+    let offers: Vec<&Value> = events.iter().filter(|e| e["ev"] == "offer_in").collect();
+    assert_eq!(
+        offers[0]["quic"],
+        true,
+        "fsnode offers QUIC first:\n{}",
+        story.join("\n")
+    );
+    let next = offers
+        .iter()
+        .find(|o| o["seq"] != offers[0]["seq"])
+        .expect("fsnode offered again");
+    assert_eq!(
+        next["quic"],
+        false,
+        "fsnode's next offer leaves QUIC out:\n{}",
+        story.join("\n")
+    );
+    let selected = peer
+        .find(0, |e| e["ev"] == "ice_selected")
+        .expect("ICE selected a pair for QUIC");
+    let gave_up_after = next["t"].as_f64().unwrap() - selected["t"].as_f64().unwrap();
+    eprintln!("fsnode offered without QUIC {gave_up_after:.2} s after ICE selected the pair");
+    assert!(
+        (4.8..12.0).contains(&gave_up_after),
+        "fsnode gives QUIC 5 s from ICE selecting the pair, then offers again: {gave_up_after:.2} s\n{}",
+        story.join("\n")
+    );
+}
+
+/// The peer's own QUIC, against itself (no fsnode): two peers connect over QUIC and move a file;
+/// then one presents another certificate than its device id, and the other refuses it. This is
+/// what keeps the peer's checks of fsnode meaningful where fsnode cannot be made to misbehave.
+#[test]
+fn interop_peer_quic_checks_itself() {
+    let lan = Lan::new(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = |host: usize, extra: &[&str]| {
+        let mut args: Vec<String> = vec!["--quic".into()];
+        if host == 1 {
+            args.extend([
+                "--dial".into(),
+                format!("{}:{PEER_PORT}", lan.host(0).addr()),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Peer::start(lan.host(host), &dir.path().join(format!("h{host}")), &args)
+    };
+    let a = listen(0, &[]);
+    let mut b = listen(1, &[]);
+    let connected = b.wait(0, "the peers connect", REACTION, |e| e["ev"] == "connected");
+    assert_eq!(connected["transport"], "quic", "{connected}");
+    let (path, bytes) = write_file(dir.path(), "self.bin", 300 << 10, 31);
+    b.cmd(json!({"cmd": "send", "path": path, "name": "self.bin"}));
+    let got = a.wait(0, "the file arrives", REACTION, |e| e["ev"] == "recv_done");
+    assert!(std::fs::read(got["path"].as_str().unwrap()).unwrap() == bytes);
+    assert!(a.violations(0, "").is_empty(), "{:?}", a.violations(0, ""));
+
+    b.kill();
+    let from = a.mark();
+    let _b = listen(1, &["--quic-cert-other"]);
+    let refused = a.wait(
+        from,
+        "the other certificate is refused",
+        Duration::from_secs(60),
+        |e| e["ev"] == "quic_certificate_mismatch",
+    );
+    assert_eq!(refused["expected"], b.id.as_str(), "{refused}");
+    assert_ne!(refused["got"], b.id.as_str(), "{refused}");
+    assert!(
+        a.find(from, |e| e["ev"] == "connected" && e["transport"] == "quic")
+            .is_none(),
+        "no QUIC session with the wrong certificate"
+    );
 }

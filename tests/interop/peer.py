@@ -7,6 +7,9 @@ its DER), 3.1-3.4 (line JSON over TCP, `hello` first, offers/answers with `seq`,
 candidates with `sdpMid`/`sdpMLineIndex`, fingerprint checks, perfect negotiation with the 1.5 s
 polite wait, the pre-negotiated `fileshare` channel) and 4 (CBOR transfers both ways, resume,
 cancel, the refused names and the strictness rules). It skips mDNS: it dials or is dialled.
+With `--quic` it also implements 6 (`quic_link.py`): it offers and answers `a=x-fsnode-quic:1`,
+and when both descriptions carry it, QUIC (aioquic) replaces DTLS and SCTP on the ICE-selected
+pair; its `connected` event names the transport (`quic` or `datachannel`) and its QUIC role.
 
 The test drives it with one JSON command per line on stdin (`{"cmd": "send", ...}`, see
 `Peer.command`) and reads one JSON event per line on stdout (`{"ev": "connected", ...}`).
@@ -864,7 +867,8 @@ class Session:
             self.quic = quic_link.QuicLink(
                 owner=self, ice=ice._connection, is_client=controlling, certificate=cert,
                 private_key=key, expected_id=self.remote.id, max_in=LOCAL_MAX_MESSAGE,
-                report=emit, violation=violation, drop_all=args.quic_drop)
+                report=emit, violation=violation, drop_all=args.quic_drop,
+                keep_alive=not args.quic_no_keepalive)
             emit("ice_selected", transport="quic")
             self.quic.start()
 
@@ -1514,9 +1518,11 @@ def parse_args():
                         "side's 5 s handshake timer decides)")
     p.add_argument("--quic-cert-other", action="store_true",
                    help="with --quic: present another key's certificate in QUIC's TLS than the SDP names")
+    p.add_argument("--quic-no-keepalive", action="store_true",
+                   help="with --quic: send no PINGs on an idle connection (whether the other side's keep it up)")
     args = p.parse_args()
-    if (args.quic_drop or args.quic_cert_other) and not args.quic:
-        p.error("--quic-drop and --quic-cert-other need --quic")
+    if (args.quic_drop or args.quic_cert_other or args.quic_no_keepalive) and not args.quic:
+        p.error("--quic-drop, --quic-cert-other and --quic-no-keepalive need --quic")
     return args
 
 

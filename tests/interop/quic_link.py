@@ -238,7 +238,7 @@ class QuicLink:
     `violation(section, what, **fields)` print the peer's events."""
 
     def __init__(self, *, owner, ice, is_client, certificate, private_key, expected_id, max_in,
-                 report, violation, drop_all=False):
+                 report, violation, drop_all=False, keep_alive=True):
         self.owner = owner
         self.ice = ice  # aioice.Connection with a selected pair
         self.is_client = is_client
@@ -249,6 +249,7 @@ class QuicLink:
         self.report = report
         self.violation_fn = violation
         self.drop_all = drop_all
+        self.keep_alive_on = keep_alive
         self.quic = None
         self.loop = None
         self.selected_at = None
@@ -455,7 +456,8 @@ class QuicLink:
             # PinnedTls checked it; unreachable unless the handshake skipped a certificate.
             self.close_for_violation("the peer's certificate was not checked")
             return
-        self.tasks.append(asyncio.ensure_future(self.keep_alive()))
+        if self.keep_alive_on:
+            self.tasks.append(asyncio.ensure_future(self.keep_alive()))
         if self.is_client:
             self.open_channel()
 
