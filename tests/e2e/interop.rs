@@ -3,11 +3,10 @@
 //! fsnode runs on host 0 of a namespace LAN, the peer on host 1; the peer takes one JSON command
 //! per line on stdin and prints one JSON event per line (its docstring lists both).
 //!
-//! Cases that exercise what the link changes run on both transports (`on_both_transports!`:
-//! `CASE::data_channel` and `CASE::quic`): the data channel every WebRTC peer speaks, and QUIC
-//! between nodes (spec 6), which the peer offers with `--quic`. Each checks from both ends that
-//! the session ran on the transport it names. Cases about section 4's rules, which sit above the
-//! link, run on the data channel only.
+//! Every case runs on both transports (`on_both_transports!`: `CASE::data_channel` and
+//! `CASE::quic`): the data channel every WebRTC peer speaks, and QUIC between nodes (spec 6),
+//! which the peer offers with `--quic`; each checks from both ends that its session ran on the
+//! transport it names. A few cases are QUIC's alone (roles, certificates, fallback).
 //!
 //! A test marked `#[ignore = "fsnode deviates: …"]` fails against today's fsnode because fsnode
 //! breaks the rule it names; it must pass once issues 14 and 15 are resolved
@@ -313,6 +312,9 @@ impl Setup {
             transport.peer_name(),
             "the peer's session: {connected}"
         );
+        wait_for("fsnode shows the peer connected", REACTION, || {
+            self.node.connection(&peer.id) == "connected"
+        });
         let journaled = self.fsnode_transport(&peer.id);
         assert_eq!(
             journaled.as_deref().map(|t| t.contains("quic")),
@@ -520,9 +522,8 @@ fn interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answer
 
 /// Spec 4, names: every refused name gets `reject`, and nothing is written (the code each
 /// `reject` must carry is `interop_every_reject_carries_the_code_spec_4_names`).
-#[test]
-fn interop_every_refused_name_is_rejected() {
-    let s = Setup::new(Transport::DataChannel);
+fn interop_every_refused_name_is_rejected(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let outside = tempfile::tempdir().unwrap();
     let receive = s.node.home.path().join("received");
@@ -599,9 +600,8 @@ fn start_with(id: &str, changes: &[(&str, Value)]) -> Value {
 
 /// Spec 4, strictness: a known `t` with missing or wrongly typed keys and a readable `id` gets
 /// `reject` with `code: "invalid"` (not a closed channel).
-#[test]
-fn interop_malformed_known_messages_get_reject_invalid() {
-    let s = Setup::new(Transport::DataChannel);
+fn interop_malformed_known_messages_get_reject_invalid(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let cases: Vec<(&str, Vec<(&str, Value)>)> = vec![
         ("start without name", vec![("name", Value::Null)]),
@@ -653,9 +653,8 @@ fn interop_malformed_known_messages_get_reject_invalid() {
 /// Spec 4: a `start` whose `size`, `chunk_size` and `chunks` disagree (or whose chunk size is
 /// out of bounds) is refused; unknown keys, unknown ids, unknown kinds and text messages are
 /// ignored, and the channel stays open throughout. The peer sends no trickled candidates.
-#[test]
-fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored() {
-    let s = Setup::new(Transport::DataChannel);
+fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored(transport: Transport) {
+    let s = Setup::new(transport);
     // This peer does not trickle: its candidates ride in the SDP (valid, spec 3.3).
     let mut peer = s.connected_peer(&["--no-trickle"]);
     let mut failures = Vec::new();
@@ -732,11 +731,16 @@ fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored() {
             "unknown kind",
             cbor(json!({"t": "x-future", "id": stranger})),
         ),
-        (
-            "text message",
-            json!({"cmd": "text", "text": "{\"t\":\"start\"}"}),
-        ),
     ];
+    let ignored = ignored.into_iter().chain(
+        // Stream 0 has no text messages (spec 6): only the data channel can carry one.
+        (transport == Transport::DataChannel).then(|| {
+            (
+                "text message",
+                json!({"cmd": "text", "text": "{\"t\":\"start\"}"}),
+            )
+        }),
+    );
     for (what, command) in ignored {
         let probe = random_id();
         let from = peer.mark();
@@ -868,9 +872,8 @@ fn closing_cases(peer: &mut Peer, cases: Vec<(&str, Value)>) -> Vec<String> {
 
 /// Spec 4, `reject.code`: every `reject` carries the code of its cause, and a `start` for a
 /// transfer that was refused or cancelled gets that code again.
-#[test]
-fn interop_every_reject_carries_the_code_spec_4_names() {
-    let s = Setup::new(Transport::DataChannel);
+fn interop_every_reject_carries_the_code_spec_4_names(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let mut failures = Vec::new();
     let mut expect = |what: &str, answer: &Value, code: &str| {
@@ -1164,8 +1167,8 @@ fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected(tran
 
 /// Both sides offer at once (glare, spec 3.3): the peer makes its offer first and sends it the
 /// moment fsnode's arrives. Exactly one session comes up, the polite side's offer loses.
-fn glare(fsnode_polite: bool) {
-    let s = Setup::new(Transport::DataChannel);
+fn glare(transport: Transport, fsnode_polite: bool) {
+    let s = Setup::new(transport);
     let order = if fsnode_polite {
         "--id-above"
     } else {
@@ -1208,14 +1211,12 @@ fn glare(fsnode_polite: bool) {
     assert_eq!(s.node.connection(&peer.id), "connected");
 }
 
-#[test]
-fn interop_glare_with_fsnode_polite() {
-    glare(true);
+fn interop_glare_with_fsnode_polite(transport: Transport) {
+    glare(transport, true);
 }
 
-#[test]
-fn interop_glare_with_fsnode_impolite() {
-    glare(false);
+fn interop_glare_with_fsnode_impolite(transport: Transport) {
+    glare(transport, false);
 }
 
 /// Spec 3.1-3.4 as observed on the wire in an ordinary connection: every signaling message fsnode
@@ -1256,9 +1257,10 @@ impl Setup {
 /// Spec 3.3: on discovering a trusted peer the impolite side initiates at once, the polite side
 /// waits 1.5 s and initiates only if no offer arrived meanwhile (here none does: the peer never
 /// offers first).
-#[test]
-fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite() {
-    let s = Setup::new(Transport::DataChannel);
+fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite(
+    transport: Transport,
+) {
+    let s = Setup::new(transport);
     for (fsnode_polite, order) in [(false, "--id-below"), (true, "--id-above")] {
         let dir = s.dir.path().join(order.trim_start_matches('-'));
         let mut peer = s.mutually_trusting_peer(&dir, &["--no-initiate", order, &s.node_id]);
@@ -1285,7 +1287,8 @@ fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite() 
                 "the impolite side initiates at once: {delay:.2} s"
             );
         }
-        peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+        let connected = peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+        s.assert_transport(&peer, &connected, transport);
     }
 }
 
@@ -1328,9 +1331,8 @@ fn interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer(trans
 
 /// Spec 3.1: when both sides dial at once, two connections exist and neither side closes one
 /// merely because the other exists; the two connect without waiting for a retry.
-#[test]
-fn interop_both_sides_dialling_at_once_keep_both_connections() {
-    let s = Setup::new(Transport::DataChannel);
+fn interop_both_sides_dialling_at_once_keep_both_connections(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.mutually_trusting_peer(s.dir.path(), &[]);
     let from = peer.mark();
     let peer_addr = format!("{}:{PEER_PORT}", s.lan.host(1).addr());
@@ -1340,6 +1342,7 @@ fn interop_both_sides_dialling_at_once_keep_both_connections() {
     let connected = peer.wait(from, "connected", Duration::from_secs(5), |e| {
         e["ev"] == "connected"
     });
+    s.assert_transport(&peer, &connected, transport);
     std::thread::sleep(Duration::from_secs(3));
     let events = peer.events_since(from);
     let hellos = events.iter().filter(|e| e["ev"] == "hello").count();
@@ -1360,9 +1363,8 @@ fn interop_both_sides_dialling_at_once_keep_both_connections() {
 
 /// Spec 4: a chunk whose SHA-256 does not match gets `resend` and the resent chunk completes
 /// the file; a chunk failing 3 times cancels the transfer.
-#[test]
-fn interop_a_corrupt_chunk_is_resent_and_three_failures_cancel() {
-    let s = Setup::new(Transport::DataChannel);
+fn interop_a_corrupt_chunk_is_resent_and_three_failures_cancel(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let (path, bytes) = write_file(s.dir.path(), "corrupt-once.bin", 1 << 20, 11);
     let from = peer.mark();
@@ -1419,9 +1421,8 @@ fn resumed_start_differing(id: &str, name: &str, sent: &Value, key: &str) -> Val
 
 /// Spec 4, resume: a `start` for a transfer in progress whose `size` or `chunk_size` differ from
 /// the first is refused (code `mismatch`: `interop_every_reject_carries_the_code_spec_4_names`).
-#[test]
-fn interop_a_resumed_start_that_differs_is_refused() {
-    let s = Setup::new(Transport::DataChannel);
+fn interop_a_resumed_start_that_differs_is_refused(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let (path, _) = write_file(s.dir.path(), "resumed.bin", 1 << 20, 13);
     let from = peer.mark();
@@ -1441,13 +1442,23 @@ fn interop_a_resumed_start_that_differs_is_refused() {
 
 on_both_transports!(
     interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answered,
+    interop_every_refused_name_is_rejected,
+    interop_malformed_known_messages_get_reject_invalid,
+    interop_inconsistent_starts_are_refused_and_unknown_things_ignored,
     interop_undecodable_messages_close_the_channel,
     interop_a_message_over_max_message_size_closes_the_channel,
+    interop_every_reject_carries_the_code_spec_4_names,
     interop_cancel_from_either_side,
     interop_transfers_resume_after_the_peer_is_killed,
     interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected,
-    interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer,
+    interop_glare_with_fsnode_polite,
+    interop_glare_with_fsnode_impolite,
     interop_fsnode_signaling_follows_the_spec,
+    interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite,
+    interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer,
+    interop_both_sides_dialling_at_once_keep_both_connections,
+    interop_a_corrupt_chunk_is_resent_and_three_failures_cancel,
+    interop_a_resumed_start_that_differs_is_refused,
 );
 
 /// Spec 6, roles: the peer offers (it is impolite and trusted), so it is the QUIC client and
