@@ -1569,46 +1569,83 @@ fn interop_quic_a_certificate_that_is_not_the_device_id_is_refused() {
     }
 }
 
-/// Spec 6, fallback: the peer drops every QUIC datagram (a path or peer on which QUIC cannot
-/// work) and never offers; fsnode's handshake does not complete, it gives the session up after
-/// 5 s and its next offer leaves `a=x-fsnode-quic` out, so the two connect on the data channel.
+/// Spec 6, fallback, in both roles: the peer drops every QUIC datagram (a path or peer on which
+/// QUIC cannot work). fsnode's handshake does not complete, it gives the session up 5 s after ICE
+/// selected the pair, and its next offer leaves `a=x-fsnode-quic` out, so the two connect on the
+/// data channel. First fsnode offers (QUIC client), then the peer does (fsnode the server).
 #[test]
 fn interop_quic_that_cannot_connect_falls_back_to_the_data_channel() {
     let s = Setup::new(Transport::Quic);
-    let peer = s.connected_peer_on(Transport::DataChannel, &["--quic-drop", "--no-initiate"]);
-    let events = peer.events_since(0);
-    let story: Vec<String> = events
-        .iter()
-        .filter(|e| e["ev"] != "dc_in" && e["ev"] != "pc_state")
-        .map(Value::to_string)
-        .collect();
-    let offers: Vec<&Value> = events.iter().filter(|e| e["ev"] == "offer_in").collect();
-    assert_eq!(
-        offers[0]["quic"],
-        true,
-        "fsnode offers QUIC first:\n{}",
-        story.join("\n")
-    );
-    let next = offers
-        .iter()
-        .find(|o| o["seq"] != offers[0]["seq"])
-        .expect("fsnode offered again");
-    assert_eq!(
-        next["quic"],
-        false,
-        "fsnode's next offer leaves QUIC out:\n{}",
-        story.join("\n")
-    );
-    let selected = peer
-        .find(0, |e| e["ev"] == "ice_selected")
-        .expect("ICE selected a pair for QUIC");
-    let gave_up_after = next["t"].as_f64().unwrap() - selected["t"].as_f64().unwrap();
-    eprintln!("fsnode offered without QUIC {gave_up_after:.2} s after ICE selected the pair");
-    assert!(
-        (4.8..12.0).contains(&gave_up_after),
-        "fsnode gives QUIC 5 s from ICE selecting the pair, then offers again: {gave_up_after:.2} s\n{}",
-        story.join("\n")
-    );
+    for peer_offers in [false, true] {
+        let dir = s.dir.path().join(format!("peer-offers-{peer_offers}"));
+        let peer = if peer_offers {
+            let mut peer =
+                s.mutually_trusting_peer(&dir, &["--quic-drop", "--id-above", &s.node_id]);
+            peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+            peer
+        } else {
+            let mut args: Vec<String> = vec![
+                "--trust".into(),
+                s.node_id.clone(),
+                "--dial".into(),
+                s.node_addr(),
+            ];
+            args.extend(["--quic", "--quic-drop", "--no-initiate"].map(String::from));
+            let peer = Peer::start(s.lan.host(1), &dir, &args);
+            wait_for("fsnode sees the peer", REACTION, || {
+                s.node.peer(&peer.id).is_some()
+            });
+            s.node.json(&["trust", "add", &peer.id, "--json"]);
+            peer
+        };
+        let connected = peer.wait(0, "connected", Duration::from_secs(30), |e| {
+            e["ev"] == "connected"
+        });
+        s.assert_transport(&peer, &connected, Transport::DataChannel);
+        let events = peer.events_since(0);
+        let story: Vec<String> = events
+            .iter()
+            .filter(|e| e["ev"] != "dc_in" && e["ev"] != "pc_state")
+            .map(Value::to_string)
+            .collect();
+        let story = story.join("\n");
+        let first = events
+            .iter()
+            .find(|e| e["ev"] == "answer_in" || e["ev"] == "offer_in")
+            .expect("a first negotiation");
+        assert_eq!(
+            (first["ev"].as_str(), &first["quic"]),
+            (
+                Some(if peer_offers { "answer_in" } else { "offer_in" }),
+                &json!(true)
+            ),
+            "the first session is to run QUIC:\n{story}"
+        );
+        let selected = peer
+            .find(0, |e| e["ev"] == "ice_selected")
+            .expect("ICE selected a pair for QUIC");
+        let next = events
+            .iter()
+            .find(|e| {
+                e["ev"] == "offer_in"
+                    && e["t"].as_f64() > selected["t"].as_f64()
+                    && (peer_offers || e["seq"] != first["seq"])
+            })
+            .unwrap_or_else(|| panic!("fsnode offered again:\n{story}"));
+        assert_eq!(
+            next["quic"], false,
+            "fsnode's next offer leaves QUIC out:\n{story}"
+        );
+        let gave_up_after = next["t"].as_f64().unwrap() - selected["t"].as_f64().unwrap();
+        eprintln!(
+            "peer offers: {peer_offers}: fsnode offered without QUIC {gave_up_after:.2} s after ICE selected the pair"
+        );
+        assert!(
+            (4.8..12.0).contains(&gave_up_after),
+            "fsnode gives QUIC 5 s from ICE selecting the pair, then offers again: {gave_up_after:.2} s\n{story}"
+        );
+        drop(peer);
+    }
 }
 
 /// The peer's own QUIC, against itself (no fsnode): two peers connect over QUIC and move a file;
