@@ -207,6 +207,11 @@ pub struct RunArgs {
     /// Where received files land (default: the user's download directory).
     #[arg(long, value_name = "DIR")]
     pub receive_dir: Option<PathBuf>,
+
+    /// Never offer QUIC (spec 6): every session, also with other fsnode nodes, runs on the
+    /// WebRTC data channel (as `[link] quic = false` in fsnode.toml).
+    #[arg(long)]
+    pub no_quic: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::cli::{DeviceTypeArg, RunArgs};
 use crate::core::DeviceType;
+use crate::core::link::Congestion;
 use crate::dirs::Dirs;
 
 /// spec section 2: the `name` TXT value is at most 63 bytes.
@@ -26,6 +27,53 @@ pub struct Config {
     pub plugins: crate::policy::Settings,
     /// The journal's options (its history retention from `[journal]`).
     pub journal: fsnode_journal::Options,
+    /// How links to other fsnode nodes run (`[link]`).
+    pub link: LinkSettings,
+}
+
+/// The `[link]` table, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Run QUIC with other fsnode nodes (spec 6); false keeps every session on the data channel.
+    pub quic: bool,
+    /// QUIC's congestion controller.
+    pub congestion: Congestion,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        Self {
+            quic: true,
+            congestion: Congestion::default(),
+        }
+    }
+}
+
+/// The `[link]` table of the config file; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LinkFile {
+    /// `false`: never offer QUIC, every session runs on the WebRTC data channel.
+    pub quic: Option<bool>,
+    /// `bbr`, `cubic` or `newreno`.
+    pub congestion: Option<String>,
+}
+
+impl LinkFile {
+    fn settings(&self) -> Result<LinkSettings, ConfigError> {
+        let defaults = LinkSettings::default();
+        let congestion = match self.congestion.as_deref().map(str::trim) {
+            None => defaults.congestion,
+            Some("bbr") => Congestion::Bbr,
+            Some("cubic") => Congestion::Cubic,
+            Some("newreno") => Congestion::NewReno,
+            Some(other) => return Err(ConfigError::Congestion(other.to_owned())),
+        };
+        Ok(LinkSettings {
+            quic: self.quic.unwrap_or(defaults.quic),
+            congestion,
+        })
+    }
 }
 
 /// History the journal keeps by default: a month, at most 256 MiB.
@@ -95,6 +143,8 @@ pub struct ConfigFile {
     pub plugins: PluginsFile,
     #[serde(default)]
     pub journal: JournalFile,
+    #[serde(default)]
+    pub link: LinkFile,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +160,11 @@ pub enum ConfigError {
     EmptyName,
     #[error("device type {0:?} is not one of desktop, mobile, server")]
     DeviceType(String),
+    #[error(
+        "[link] congestion = {0:?} is not a congestion controller fsnode knows: use \"bbr\", \
+         \"cubic\" or \"newreno\""
+    )]
+    Congestion(String),
     #[error(transparent)]
     Dirs(#[from] crate::dirs::DirsError),
 }
@@ -192,8 +247,13 @@ impl Config {
                     .map_or(defaults.deadline, Duration::from_millis),
             },
         };
+        let mut link = file.link.settings()?;
+        if args.no_quic {
+            link.quic = false;
+        }
         Ok(Self {
             plugins,
+            link,
             journal: file.journal.options(),
             dirs,
             name,
@@ -251,6 +311,7 @@ mod tests {
             port: Some(0),
             interfaces: vec!["veth1".into()],
             receive_dir: Some("/srv/in".into()),
+            no_quic: false,
         };
         let from_flags = Config::resolve(Some(home.path()), &args).unwrap();
         assert_eq!(from_flags.name, "flag");
@@ -346,6 +407,56 @@ mod tests {
         );
         fs::write(dirs.config_file(), "[journal]\nkeep = 1\n").unwrap();
         assert!(Config::resolve(Some(home.path()), &RunArgs::default()).is_err());
+    }
+
+    #[test]
+    fn the_link_table_turns_quic_off_and_picks_the_congestion_controller() {
+        let home = tempfile::tempdir().unwrap();
+        let dirs = Dirs::under(home.path());
+        fs::create_dir_all(&dirs.config).unwrap();
+        let default = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(default.link, LinkSettings::default());
+        assert!(default.link.quic);
+        fs::write(
+            dirs.config_file(),
+            "[link]\nquic = false\ncongestion = \"cubic\"\n",
+        )
+        .unwrap();
+        let set = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(
+            set.link,
+            LinkSettings {
+                quic: false,
+                congestion: Congestion::Cubic
+            }
+        );
+        fs::write(dirs.config_file(), "[link]\ncongestion = \"newreno\"\n").unwrap();
+        let newreno = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(newreno.link.congestion, Congestion::NewReno);
+        // The flag turns QUIC off whatever the file says.
+        let flag = RunArgs {
+            no_quic: true,
+            ..RunArgs::default()
+        };
+        assert!(!Config::resolve(Some(home.path()), &flag).unwrap().link.quic);
+        // A controller fsnode does not know is a clear configuration error (exit code 6).
+        fs::write(dirs.config_file(), "[link]\ncongestion = \"vegas\"\n").unwrap();
+        let err = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Congestion(ref v) if v == "vegas"));
+        assert!(
+            err.to_string()
+                .contains("\"bbr\", \"cubic\" or \"newreno\""),
+            "{err}"
+        );
+        assert_eq!(
+            crate::exit::code_for(&anyhow::Error::from(err)),
+            crate::exit::CONFIG
+        );
+        fs::write(dirs.config_file(), "[link]\nquic = \"yes\"\n").unwrap();
+        assert!(matches!(
+            Config::resolve(Some(home.path()), &RunArgs::default()),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::link::TransportKind;
 use super::{DeviceId, DeviceType, TransferId};
 
 /// One journal record's payload: when it happened (wall clock, unix milliseconds) and what.
@@ -118,6 +119,10 @@ pub enum Event {
     },
     Connected {
         peer: DeviceId,
+        /// What carries the session (spec 6: QUIC between fsnode nodes, else the data
+        /// channel). Journals written before QUIC read as `data-channel`, which they were.
+        #[serde(default)]
+        transport: TransportKind,
     },
     Disconnected {
         peer: DeviceId,

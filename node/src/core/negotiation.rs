@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::DeviceId;
 use super::Event;
+use super::link::TransportKind;
 use super::signal::{Candidate, Message};
 
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,8 +79,10 @@ pub enum Input {
     RemoteCandidate(Candidate),
     /// The adapter finished setting the remote description.
     RemoteApplied,
-    /// The data channel opened: connected.
-    ChannelOpen,
+    /// The channel opened (on `transport`): connected.
+    ChannelOpen {
+        transport: TransportKind,
+    },
     /// ICE or the connection went `disconnected`/`failed`, or the adapter failed.
     Lost {
         reason: String,
@@ -299,7 +302,7 @@ impl Negotiation {
                     self.act(Action::AddCandidate(candidate));
                 }
             }
-            Input::ChannelOpen => {
+            Input::ChannelOpen { transport } => {
                 self.open_deadline = None;
                 if self.status != Status::Connected {
                     if std::mem::take(&mut self.replacing) {
@@ -312,6 +315,7 @@ impl Negotiation {
                     self.losses = 0;
                     self.record(Event::Connected {
                         peer: self.peer.clone(),
+                        transport,
                     });
                 }
             }

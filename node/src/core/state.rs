@@ -39,6 +39,9 @@ pub struct PeerState {
     pub requested_at_ms: Option<i64>,
     pub requested_from: Option<SocketAddr>,
     pub connection: ConnectionState,
+    /// What carries the connection while it is up (spec 6: QUIC or the data channel).
+    #[serde(default)]
+    pub transport: Option<crate::core::link::TransportKind>,
     pub last_seen_ms: Option<i64>,
 }
 
@@ -268,6 +271,7 @@ impl State {
                 for peer in self.peers.values_mut() {
                     peer.discovered = false;
                     peer.connection = ConnectionState::NotConnected;
+                    peer.transport = None;
                 }
                 for transfer in self.transfers.values_mut() {
                     if matches!(
@@ -285,6 +289,7 @@ impl State {
                 for peer in self.peers.values_mut() {
                     peer.discovered = false;
                     peer.connection = ConnectionState::NotConnected;
+                    peer.transport = None;
                 }
             }
             Event::PeerDiscovered {
@@ -351,17 +356,20 @@ impl State {
                 }
             }
             Event::NegotiationFailed { peer, reason } => {
-                self.peers.entry(peer.clone()).or_default().connection =
-                    ConnectionState::Failed(reason.clone());
+                let entry = self.peers.entry(peer.clone()).or_default();
+                entry.connection = ConnectionState::Failed(reason.clone());
+                entry.transport = None;
             }
-            Event::Connected { peer } => {
+            Event::Connected { peer, transport } => {
                 let entry = self.peers.entry(peer.clone()).or_default();
                 entry.connection = ConnectionState::Connected;
+                entry.transport = Some(*transport);
                 entry.last_seen_ms = Some(now);
             }
             Event::Disconnected { peer, .. } => {
                 if let Some(entry) = self.peers.get_mut(peer) {
                     entry.connection = ConnectionState::NotConnected;
+                    entry.transport = None;
                 }
             }
             Event::FingerprintMismatch { .. } => {}

@@ -8,6 +8,11 @@
 //! credentials. Which session carries data, replacing an old one and mapping actions to link
 //! calls is `core::link::sessions` (sans-IO, also driven by the whole-node simulation); this
 //! adapter binds each session's sockets and moves its datagrams and timers.
+//!
+//! The sockets go through quinn-udp: one `sendmsg` carries a link's batch of QUIC datagrams
+//! (GSO, where the kernel has it), one `recvmmsg` reads up to [`RECEIVE_BATCH`] buffers each
+//! holding up to 64 KiB of coalesced datagrams (GRO), and the ECN bits travel both ways. STUN
+//! and DTLS go out and come in on the same sockets, one datagram at a time.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,8 +25,9 @@ use smol::Async;
 use tracing::{debug, warn};
 
 use crate::core::DeviceId;
+use crate::core::link::quic::QuicSettings;
 use crate::core::link::sessions::{SessionId, SessionOutput, Sessions};
-use crate::core::link::{self, LinkConfig, SctpTuning};
+use crate::core::link::{self, LinkConfig, SctpTuning, Transmit};
 use crate::core::negotiation::{Action, Input as NegotiationInput};
 use crate::core::node::Input;
 use crate::identity::Identity;
@@ -40,18 +46,25 @@ pub const MAX_MESSAGE_SIZE: u32 = link::MAX_MESSAGE_SIZE;
 /// still gets its acknowledgements out.
 const COMMAND_BATCH: usize = 256;
 
-/// The largest datagram read from a session's socket (any larger is truncated and dropped by
-/// DTLS): spec 5's larger datagrams stay below it.
+/// Each receive buffer: the largest datagram, or GRO's largest run of coalesced datagrams
+/// (any larger datagram is truncated and dropped by its transport): spec 5's larger datagrams
+/// stay below it.
 const RECEIVE_BUFFER: usize = 65536;
+/// Buffers one `recvmmsg` fills (shared by every socket of the links thread).
+pub const RECEIVE_BATCH: usize = 8;
 
 /// Commands to one peer's task.
 enum Command {
     Act(Action),
     Send(Vec<u8>),
-    Datagram {
+    /// Datagrams from one source that arrived together: `bytes` holds them back to back,
+    /// each `stride` bytes long (the last may be shorter).
+    Datagrams {
         session: u64,
         from: SocketAddr,
         to: SocketAddr,
+        ecn: Option<u8>,
+        stride: usize,
         bytes: Vec<u8>,
     },
 }
@@ -133,6 +146,7 @@ struct Settings {
     ips: Vec<IpAddr>,
     path_max_datagram: usize,
     receive_window: usize,
+    quic: QuicSettings,
 }
 
 /// Carries out the negotiation machines' actions: one task per peer owns its sessions and
@@ -195,6 +209,7 @@ impl RtcAdapter {
     pub fn new(
         identity: Arc<Identity>,
         udp_addrs: Vec<SocketAddr>,
+        quic: QuicSettings,
         inputs: async_channel::Sender<Input>,
     ) -> Self {
         let served: Vec<IpAddr> = udp_addrs.iter().map(SocketAddr::ip).collect();
@@ -204,6 +219,7 @@ impl RtcAdapter {
             path_max_datagram: path_max_datagram(interface_mtu(&ips)),
             receive_window: sctp_receive_window(runtime::udp_buffer_bytes()),
             ips,
+            quic,
         };
         Self {
             settings: Arc::new(settings),
@@ -222,9 +238,10 @@ impl RtcAdapter {
         })
     }
 
+    /// Hands `action` to `peer`'s task. The task (and its `Sessions`) outlives a `Close`: it
+    /// remembers spec 6's fallback for the peer; it holds no socket while no session is up.
     pub fn act(&mut self, peer: &DeviceId, action: Action) {
-        let closing = action == Action::Close;
-        if closing && !self.peers.contains_key(peer) {
+        if action == Action::Close && !self.peers.contains_key(peer) {
             return;
         }
         let handle = self.peers.entry(peer.clone()).or_insert_with(|| {
@@ -242,17 +259,57 @@ impl RtcAdapter {
             let _ = self.spawner.try_send(spec);
             PeerHandle { commands: tx, open }
         });
-        // The channel is unbounded and the task only stops after `Close`, which removes it.
+        // The channel is unbounded and the task lives as long as the adapter.
         let _ = handle.commands.try_send(Command::Act(action));
-        if closing {
-            self.peers.remove(peer);
+    }
+}
+
+/// One session socket with quinn-udp's state for it (GSO, GRO, ECN).
+struct UdpSocket {
+    io: Async<std::net::UdpSocket>,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl UdpSocket {
+    /// Sends `transmit` (a GSO batch in one call where the kernel still takes one).
+    async fn send(&self, transmit: &Transmit) -> std::io::Result<()> {
+        let ecn = transmit.ecn.and_then(quinn_udp::EcnCodepoint::from_bits);
+        let segments = transmit
+            .segment_size
+            .map_or(1, |size| transmit.bytes.len().div_ceil(size.max(1)));
+        if segments <= self.state.max_gso_segments() {
+            let datagrams = quinn_udp::Transmit {
+                destination: transmit.to,
+                ecn,
+                contents: &transmit.bytes,
+                segment_size: transmit.segment_size.filter(|_| segments > 1),
+                src_ip: None,
+            };
+            return self
+                .io
+                .write_with(|socket| self.state.send(socket.into(), &datagrams))
+                .await;
         }
+        // quinn-udp turned GSO off after the kernel refused it: one datagram at a time.
+        for datagram in transmit.datagrams() {
+            let one = quinn_udp::Transmit {
+                destination: transmit.to,
+                ecn,
+                contents: datagram,
+                segment_size: None,
+                src_ip: None,
+            };
+            self.io
+                .write_with(|socket| self.state.send(socket.into(), &one))
+                .await?;
+        }
+        Ok(())
     }
 }
 
 /// A session's sockets (their reader tasks end when it is dropped).
 struct SessionSockets {
-    sockets: Vec<(SocketAddr, Arc<Async<std::net::UdpSocket>>)>,
+    sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
     _readers: Vec<runtime::Task<()>>,
 }
 
@@ -286,11 +343,6 @@ impl PeerTask {
             // node queued together leave in as few SCTP packets as they fit in, and the
             // datagrams that came together get one acknowledgement.
             while let Some(command) = next {
-                if let Command::Act(Action::Close) = command {
-                    self.sessions.close_all(now);
-                    self.flush_outputs().await;
-                    return;
-                }
                 self.handle(command, now);
                 taken += 1;
                 next = if taken < COMMAND_BATCH {
@@ -311,12 +363,18 @@ impl PeerTask {
                 // No channel: the transfer layer resends after reconnecting.
                 let _ = self.sessions.send(data);
             }
-            Command::Datagram {
+            Command::Datagrams {
                 session,
                 from,
                 to,
+                ecn,
+                stride,
                 bytes,
-            } => self.sessions.deliver(session, from, to, &bytes, now),
+            } => {
+                for datagram in bytes.chunks(stride.max(1)) {
+                    self.sessions.deliver(session, from, to, ecn, datagram, now);
+                }
+            }
         }
     }
 
@@ -369,7 +427,7 @@ impl PeerTask {
                             .iter()
                             .find(|(addr, _)| *addr == transmit.from)
                             .map(|(_, socket)| socket)
-                    }) && let Err(err) = socket.send_to(&transmit.bytes, transmit.to).await
+                    }) && let Err(err) = socket.send(&transmit).await
                     {
                         debug!("UDP send to {}: {err}", transmit.to);
                     }
@@ -413,14 +471,9 @@ impl PeerTask {
 fn bind(
     settings: &Settings,
     peer: &DeviceId,
-) -> Result<
-    (
-        Vec<(SocketAddr, Arc<Async<std::net::UdpSocket>>)>,
-        LinkConfig,
-    ),
-    String,
-> {
+) -> Result<(Vec<(SocketAddr, Arc<UdpSocket>)>, LinkConfig), String> {
     let mut sockets = Vec::new();
+    let mut gso_segments = usize::MAX;
     for ip in &settings.ips {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, 0))
             .map_err(|e| format!("binding a UDP socket on {ip}: {e}"))?;
@@ -428,8 +481,11 @@ fn bind(
         let local = socket
             .local_addr()
             .map_err(|e| format!("reading a socket address: {e}"))?;
-        let socket = Async::new(socket).map_err(|e| format!("UDP socket: {e}"))?;
-        sockets.push((local, Arc::new(socket)));
+        let state = quinn_udp::UdpSocketState::new((&socket).into())
+            .map_err(|e| format!("UDP socket options on {local}: {e}"))?;
+        gso_segments = gso_segments.min(state.max_gso_segments());
+        let io = Async::new(socket).map_err(|e| format!("UDP socket: {e}"))?;
+        sockets.push((local, Arc::new(UdpSocket { io, state })));
     }
     if sockets.is_empty() {
         return Err("no address to bind a UDP socket on".into());
@@ -447,6 +503,10 @@ fn bind(
             receive_window: settings.receive_window,
             ..SctpTuning::default()
         },
+        quic: QuicSettings {
+            max_segments: settings.quic.max_segments.min(gso_segments).max(1),
+            ..settings.quic.clone()
+        },
         seed,
     };
     Ok((sockets, config))
@@ -457,31 +517,77 @@ fn bind(
 /// fill the command queue without bound.
 const READ_BURST: usize = 64;
 
+thread_local! {
+    /// The receive buffers of the links thread: its readers take turns, each copying out what
+    /// one `recvmmsg` returned before the next runs.
+    static RECEIVE: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0; RECEIVE_BUFFER * RECEIVE_BATCH]);
+}
+
+/// What one `recvmmsg` read: (source, ECN bits, stride, datagrams back to back).
+type Received = Vec<(SocketAddr, Option<u8>, usize, Vec<u8>)>;
+
+/// One `recvmmsg` on `socket` into the thread's buffers.
+fn receive(
+    socket: &std::net::UdpSocket,
+    state: &quinn_udp::UdpSocketState,
+) -> std::io::Result<Received> {
+    RECEIVE.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        let mut meta = [quinn_udp::RecvMeta::default(); RECEIVE_BATCH];
+        let mut slices: Vec<std::io::IoSliceMut<'_>> = buffer
+            .chunks_mut(RECEIVE_BUFFER)
+            .map(std::io::IoSliceMut::new)
+            .collect();
+        let count = state.recv(socket.into(), &mut slices, &mut meta)?;
+        Ok(meta[..count]
+            .iter()
+            .zip(slices.iter())
+            .map(|(meta, slice)| {
+                let stride = if meta.stride == 0 {
+                    meta.len
+                } else {
+                    meta.stride
+                };
+                (
+                    meta.addr,
+                    meta.ecn.map(|e| e as u8),
+                    stride,
+                    slice[..meta.len].to_vec(),
+                )
+            })
+            .collect())
+    })
+}
+
 /// Forwards a session socket's datagrams to its peer task until the session is dropped.
 async fn read_socket(
     session: u64,
     local: SocketAddr,
-    socket: Arc<Async<std::net::UdpSocket>>,
+    socket: Arc<UdpSocket>,
     commands: async_channel::Sender<Command>,
 ) {
-    let mut buffer = vec![0u8; RECEIVE_BUFFER];
     let mut burst = 0;
     loop {
-        if burst == READ_BURST {
+        if burst >= READ_BURST {
             burst = 0;
             futures_lite::future::yield_now().await;
         }
-        match socket.recv_from(&mut buffer).await {
-            Ok((len, from)) => {
-                burst += 1;
-                let command = Command::Datagram {
-                    session,
-                    from,
-                    to: local,
-                    bytes: buffer[..len].to_vec(),
-                };
-                if commands.send(command).await.is_err() {
-                    return;
+        match socket.io.read_with(|io| receive(io, &socket.state)).await {
+            Ok(received) => {
+                for (from, ecn, stride, bytes) in received {
+                    burst += bytes.len().div_ceil(stride.max(1));
+                    let command = Command::Datagrams {
+                        session,
+                        from,
+                        to: local,
+                        ecn,
+                        stride,
+                        bytes,
+                    };
+                    if commands.send(command).await.is_err() {
+                        return;
+                    }
                 }
             }
             Err(err) => {
@@ -546,8 +652,8 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let (tx_a, rx_a) = async_channel::unbounded();
         let (tx_b, rx_b) = async_channel::unbounded();
-        let mut a = RtcAdapter::new(Arc::new(ia), vec![lo], tx_a);
-        let mut b = RtcAdapter::new(Arc::new(ib), vec![lo], tx_b);
+        let mut a = RtcAdapter::new(Arc::new(ia), vec![lo], QuicSettings::default(), tx_a);
+        let mut b = RtcAdapter::new(Arc::new(ib), vec![lo], QuicSettings::default(), tx_b);
         runtime::block_on(async {
             a.act(&id_b, Action::CreateOffer);
             let NegotiationInput::LocalOffer { sdp: offer } = next_rtc(&rx_a).await else {
@@ -591,8 +697,15 @@ mod tests {
                     })
                     .await;
                 match (side, event) {
-                    (0, NegotiationInput::ChannelOpen) => open.0 = true,
-                    (1, NegotiationInput::ChannelOpen) => open.1 = true,
+                    (0, NegotiationInput::ChannelOpen { transport }) => {
+                        assert_eq!(
+                            transport,
+                            link::TransportKind::Quic,
+                            "two fsnode nodes run QUIC"
+                        );
+                        open.0 = true
+                    }
+                    (1, NegotiationInput::ChannelOpen { .. }) => open.1 = true,
                     (_, NegotiationInput::Lost { reason }) => panic!("lost: {reason}"),
                     _ => {}
                 }

@@ -161,7 +161,12 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|ip| std::net::SocketAddr::new(*ip, 0))
             .collect();
-        let rtc = RtcAdapter::new(Arc::new(identity), ice_addresses, inputs_tx.clone());
+        let quic = crate::core::link::quic::QuicSettings {
+            enabled: config.link.quic,
+            congestion: config.link.congestion,
+            ..Default::default()
+        };
+        let rtc = RtcAdapter::new(Arc::new(identity), ice_addresses, quic, inputs_tx.clone());
         let store = Store::new(dirs.receive.clone()).with_context(|| {
             format!("creating the receive directory {}", dirs.receive.display())
         })?;
@@ -852,7 +857,7 @@ fn log_event(event: &Event) {
             ?address,
             "refused a peer whose certificate is not the device it claims to be"
         ),
-        Event::Connected { peer } => info!(%peer, "connected"),
+        Event::Connected { peer, transport } => info!(%peer, %transport, "connected"),
         Event::Disconnected { peer, reason } => info!(%peer, %reason, "disconnected"),
         Event::PluginDisabled { plugin, reason } => {
             warn!(%plugin, %reason, "policy plugin disabled; the next one or the default decides")

@@ -2,7 +2,8 @@
 //! one BUNDLEd `m=application … UDP/DTLS/SCTP webrtc-datachannel` section (mid `0` in our
 //! offers; an answer echoes the offer's mid), trickle ICE, `a=fingerprint:sha-256`,
 //! `a=setup`, `a=sctp-port:5000`, `a=max-message-size` and, between fsnode nodes, spec 5's
-//! `a=x-fsnode-max-datagram`. What browsers, aiortc and fsnode all write and accept.
+//! `a=x-fsnode-max-datagram` and spec 6's `a=x-fsnode-quic:1`. What browsers, aiortc and
+//! fsnode all write and accept (stacks that do not know an attribute ignore it).
 //!
 //! Every remote description came from the network: it is parsed with bounds (size, candidate
 //! count) and anything fsnode does not need is ignored.
@@ -22,6 +23,10 @@ pub const MID: &str = "0";
 pub const SCTP_PORT: u16 = 5000;
 /// The attribute of spec 5: the largest UDP payload the sender of the description accepts.
 pub const MAX_DATAGRAM_ATTRIBUTE: &str = "x-fsnode-max-datagram";
+/// The attribute of spec 6: the sender runs QUIC (version 1 of spec 6) on the ICE path.
+pub const QUIC_ATTRIBUTE: &str = "x-fsnode-quic";
+/// The only value of [`QUIC_ATTRIBUTE`] this build knows.
+pub const QUIC_VERSION: &str = "1";
 /// Descriptions larger than this are refused before parsing (signaling lines are 256 KiB).
 pub const MAX_DESCRIPTION_BYTES: usize = 256 * 1024;
 /// Candidates read from one description; the rest are ignored.
@@ -82,6 +87,8 @@ pub struct LocalDescription {
     pub candidates: Vec<String>,
     pub max_message_size: u64,
     pub max_datagram: Option<u32>,
+    /// Spec 6: offer QUIC (`a=x-fsnode-quic:1`).
+    pub quic: bool,
 }
 
 /// What fsnode needs from the peer's description.
@@ -97,6 +104,8 @@ pub struct RemoteDescription {
     /// `a=max-message-size`; `DEFAULT_MAX_MESSAGE_SIZE` when absent, 0 = no limit.
     pub max_message_size: u64,
     pub max_datagram: Option<u32>,
+    /// Spec 6: the peer runs QUIC (`a=x-fsnode-quic:1`; any other value is not QUIC we know).
+    pub quic: bool,
     /// Candidate lines carried in the description (at most `MAX_DESCRIPTION_CANDIDATES`).
     pub candidates: Vec<String>,
 }
@@ -159,6 +168,9 @@ impl LocalDescription {
         ]);
         if let Some(max_datagram) = self.max_datagram {
             media_attributes.push(attribute(MAX_DATAGRAM_ATTRIBUTE, max_datagram.to_string()));
+        }
+        if self.quic {
+            media_attributes.push(attribute(QUIC_ATTRIBUTE, QUIC_VERSION));
         }
         let media = MediaDescription {
             media_name: MediaName {
@@ -270,6 +282,7 @@ impl RemoteDescription {
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
         let max_datagram = value(MAX_DATAGRAM_ATTRIBUTE).and_then(|v| v.parse().ok());
+        let quic = value(QUIC_ATTRIBUTE).is_some_and(|v| v == QUIC_VERSION);
         let candidates = media
             .attributes
             .iter()
@@ -286,6 +299,7 @@ impl RemoteDescription {
             sctp_port,
             max_message_size,
             max_datagram,
+            quic,
             candidates,
         })
     }
@@ -306,6 +320,7 @@ mod tests {
             candidates: vec!["1 1 udp 2130706431 10.0.0.1 5000 typ host".into()],
             max_message_size: 262144,
             max_datagram: Some(9000),
+            quic: true,
         }
     }
 
@@ -322,6 +337,7 @@ mod tests {
             "a=sctp-port:5000",
             "a=max-message-size:262144",
             "a=x-fsnode-max-datagram:9000",
+            "a=x-fsnode-quic:1",
             "a=end-of-candidates",
             "a=candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host",
         ] {
@@ -342,7 +358,18 @@ mod tests {
         assert_eq!(remote.mid, "0");
         assert_eq!(remote.max_message_size, 262144);
         assert_eq!(remote.max_datagram, Some(9000));
+        assert!(remote.quic);
         assert_eq!(remote.candidates.len(), 1);
+        // Without the attribute, or with a value this build does not know: no QUIC.
+        let plain = LocalDescription {
+            quic: false,
+            ..local(Setup::ActPass)
+        }
+        .to_sdp();
+        assert!(!plain.contains("x-fsnode-quic"));
+        assert!(!RemoteDescription::parse(&plain, false).unwrap().quic);
+        let future = sdp.replace("a=x-fsnode-quic:1", "a=x-fsnode-quic:2");
+        assert!(!RemoteDescription::parse(&future, false).unwrap().quic);
     }
 
     /// A Chrome answer (trimmed to its data section) and an aiortc offer: both read, with
@@ -361,6 +388,7 @@ mod tests {
         let remote = RemoteDescription::parse(&chrome, true).unwrap();
         assert_eq!(remote.setup, Setup::Active);
         assert_eq!(remote.max_datagram, None);
+        assert!(!remote.quic, "a browser never gets QUIC");
         let aiortc = format!(
             "v=0\r\no=- 3905 3905 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
              a=msid-semantic:WMS *\r\nm=application 51820 DTLS/SCTP 5000\r\n\

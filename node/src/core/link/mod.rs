@@ -1,7 +1,16 @@
 //! The link: one peer session's transport as a sans-IO machine. It owns an ICE agent
-//! (`rtc-ice`), a DTLS endpoint (`rtc-dtls`) holding the node's identity certificate, an SCTP
-//! socket (`dcsctp`) over DTLS application data, and fsnode's one data channel: `fileshare`,
-//! pre-negotiated stream 0, ordered, reliable, no DCEP (spec 3.3).
+//! (`rtc-ice`) and, above it, one of two transports chosen when the remote description is
+//! applied:
+//!
+//! - **QUIC** (spec 6, [`quic`]) when both descriptions carry `a=x-fsnode-quic:1`: quinn-proto
+//!   with TLS 1.3, both identity certificates pinned, stream 0 as the channel. What two fsnode
+//!   nodes use.
+//! - **The WebRTC data channel** ([`data_channel`]) otherwise: DTLS (`rtc-dtls`) with the
+//!   identity certificate and SCTP (`dcsctp`) with the one pre-negotiated `fileshare` channel.
+//!   What browsers, aiortc and older fsnode builds get.
+//!
+//! Above the link nothing asks which one carries a session: both give the same events
+//! (`Authenticated`, `ChannelOpen`, `Message`, `Lost`) and take the same `send`.
 //!
 //! Shape (the core's, after str0m): the shell feeds `handle_input(Input, now)` — a datagram
 //! that arrived on one of the node's sockets, or a timeout — and drains `poll_output()` until
@@ -9,20 +18,23 @@
 //! Signaling is method calls (`offer`, `answer`, `apply_answer`, `add_remote_candidate`),
 //! because the negotiation machine already decides *when* each happens.
 //!
-//! Layering, per RFC 7983's demultiplexing of the first byte: STUN (0–3) goes to ICE; DTLS
-//! (20–63) goes to the DTLS endpoint once ICE has a selected pair; DTLS application data is
-//! SCTP. Outgoing DTLS records go to ICE's selected pair. The DTLS endpoint holds a single
-//! association keyed by a placeholder address: ICE, not the 5-tuple, says where it lives.
+//! Demultiplexing by the first byte (RFC 9443): STUN (0–3) goes to ICE; DTLS (20–63) and QUIC
+//! (64–127, 192–255) go to the session's transport, and only once ICE has a selected pair and
+//! only from a remote candidate that passed ICE's checks. Everything else is dropped. The
+//! transports' datagrams go to ICE's selected pair.
 //!
-//! Roles: the offerer is ICE-controlling; DTLS client/server follow `a=setup` (an answer from
-//! fsnode says `active`, as browsers do). Both ends start SCTP once DTLS is up (simultaneous
-//! INIT is part of SCTP), and the channel is open when SCTP is.
+//! Roles: the offerer is ICE-controlling, and the QUIC client; DTLS client/server follow
+//! `a=setup`.
 //!
-//! Identity: DTLS aborts unless the peer's certificate hashes to the device id this link was
-//! made for (the `hello` id, which negotiation already matched against the SDP fingerprint);
-//! a mismatch is `Event::Lost(LinkError::FingerprintMismatch)`.
+//! Identity: both transports refuse a peer whose certificate does not hash to the device id
+//! this link was made for (the `hello` id, which negotiation already matched against the SDP
+//! fingerprint); a mismatch is `Event::Lost(LinkError::FingerprintMismatch)`.
 
+pub mod data_channel;
 pub mod description;
+pub mod framing;
+pub mod pinned;
+pub mod quic;
 pub mod randomness;
 pub mod sessions;
 #[cfg(test)]
@@ -31,18 +43,11 @@ pub mod sim;
 mod tests;
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use dcsctp::api::{
-    DcSctpSocket, Message, Options as SctpOptions, PpId, SendError, SendOptions, SocketEvent,
-    SocketTime, StreamId, ZERO_CHECKSUM_ALTERNATE_ERROR_DETECTION_METHOD_LOWER_LAYER_DTLS,
-};
-use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig};
-use rtc_dtls::endpoint::{Endpoint as DtlsEndpoint, EndpointEvent};
-use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc_ice::agent::Agent;
 use rtc_ice::agent::agent_config::AgentConfig;
 use rtc_ice::candidate::candidate_host::CandidateHostConfig;
@@ -52,30 +57,29 @@ use rtc_ice::network_type::NetworkType;
 use rtc_ice::state::ConnectionState;
 use rtc_shared::{TransportContext, TransportMessage, TransportProtocol};
 use sansio::Protocol;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use self::data_channel::DataChannel;
 use self::description::{LocalDescription, RemoteDescription, Setup};
+use self::quic::{Quic, QuicParams, QuicSettings};
 use self::randomness::SeededProvider;
 use super::DeviceId;
 use super::signal::Candidate;
 
+pub use self::data_channel::{DTLS_RECORD_OVERHEAD, SctpTuning};
 pub use self::description::DescriptionError;
-
-/// The data channel's SCTP stream (pre-negotiated id 0).
-pub const CHANNEL_STREAM: StreamId = StreamId(0);
-/// WebRTC PPIDs (RFC 8831 8): binary, empty binary; text (51, 56) and DCEP (50) are ignored.
-pub const PPID_BINARY: PpId = PpId(53);
-pub const PPID_BINARY_EMPTY: PpId = PpId(57);
+pub use self::quic::Congestion;
 
 /// The largest UDP payload sent without spec 5's agreement: what every WebRTC stack receives.
 pub const DEFAULT_MAX_DATAGRAM: usize = 1472;
-/// DTLS 1.2 record overhead with AES-GCM: 13 header + 8 explicit nonce + 16 tag.
-pub const DTLS_RECORD_OVERHEAD: usize = 37;
 /// The largest message fsnode sends or accepts (advertised as `a=max-message-size`): spec 4
 /// then gives 128 KiB chunks between fsnode nodes.
 pub const MAX_MESSAGE_SIZE: u32 = 256 * 1024;
 /// Messages a peer that says "no limit" is still sent at most (what we also accept).
 const UNLIMITED_MESSAGE_CAP: usize = 16 * 1024 * 1024;
+/// What a peer that says nothing accepts (RFC 8841's 64 KiB).
+const DEFAULT_MESSAGE_LIMIT: usize = 64 * 1024;
 
 /// ICE checks every 50 ms (webrtc-rs: 200) with the same 1.4 s budget per pair: on a LAN the
 /// round trip is far below either, so the pair is found sooner.
@@ -85,57 +89,41 @@ pub const ICE_MAX_BINDING_REQUESTS: u16 = 28;
 pub const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(25);
 pub const ICE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-/// The first DTLS flight is retransmitted after this long (doubling); RFC 6347 says 1 s, a
-/// LAN's round trip is under a millisecond.
-pub const DTLS_FLIGHT_INTERVAL: Duration = Duration::from_millis(200);
-/// Where the one DTLS association lives inside the endpoint (routing is ICE's business).
-const DTLS_ASSOCIATION: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 65535);
+/// QUIC's own idle timeout: a keep-alive interval past ICE's disconnected timeout, so that
+/// ICE's consent checks, not QUIC, end a silent session (spec 6: section 3.3's timing).
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(7);
 /// Remote candidates taken per session, trickled and in descriptions together.
 pub const MAX_REMOTE_CANDIDATES: usize = 64;
 
-/// SCTP tuning, LAN first. dcsctp's defaults are the Internet's (RTO floor 400 ms, 220 ms of
-/// RTT variance assumed, 200 ms delayed acks); on a LAN the round trip is a fraction of a
-/// millisecond, so a lost retransmission waited hundreds of times the path's RTT.
-#[derive(Clone, Debug)]
-pub struct SctpTuning {
-    pub rto_initial: Duration,
-    pub rto_min: Duration,
-    pub rto_max: Duration,
-    pub min_rtt_variance: Duration,
-    pub delayed_ack_max_timeout: Duration,
-    pub max_timer_backoff: Duration,
-    /// What the peer may have in flight to us (`a_rwnd`).
-    pub receive_window: usize,
-    /// What may wait in our SCTP send queue before `send` refuses (back-pressure).
-    pub send_buffer: usize,
-    pub cwnd_mtus_initial: usize,
-    pub max_burst: i32,
-    /// RFC 9653, used only when the peer's INIT offers the same method.
-    pub zero_checksum: bool,
+/// Which transport carries a session (journaled in `Connected`, shown by `fsnode peers`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// DTLS + SCTP: every session before QUIC existed.
+    #[default]
+    DataChannel,
+    Quic,
 }
 
-impl Default for SctpTuning {
-    fn default() -> Self {
-        Self {
-            rto_initial: Duration::from_millis(100),
-            rto_min: Duration::from_millis(20),
-            rto_max: Duration::from_secs(5),
-            min_rtt_variance: Duration::from_millis(10),
-            delayed_ack_max_timeout: Duration::from_millis(10),
-            max_timer_backoff: Duration::from_secs(1),
-            receive_window: 8 * 1024 * 1024,
-            send_buffer: 4 * 1024 * 1024,
-            cwnd_mtus_initial: 10,
-            max_burst: 16,
-            zero_checksum: true,
+impl TransportKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::DataChannel => "data-channel",
+            TransportKind::Quic => "quic",
         }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 /// What a link is made from.
 #[derive(Clone)]
 pub struct LinkConfig {
-    /// The node's DTLS certificate (its identity).
+    /// The node's certificate (its identity), for DTLS and for QUIC's TLS.
     pub certificate: rtc_dtls::crypto::Certificate,
     /// The device the session is for: the peer's certificate must hash to it.
     pub peer: DeviceId,
@@ -147,7 +135,10 @@ pub struct LinkConfig {
     pub advertise_max_datagram: Option<u32>,
     pub max_message_size: u32,
     pub sctp: SctpTuning,
-    /// Seeds ICE credentials, tie breakers, DTLS randoms and SCTP's verification tags.
+    /// Spec 6: whether to offer QUIC, and how to run it.
+    pub quic: QuicSettings,
+    /// Seeds ICE credentials, tie breakers, DTLS randoms, SCTP's verification tags and QUIC's
+    /// endpoint.
     pub seed: [u8; 32],
 }
 
@@ -157,9 +148,9 @@ pub enum LinkError {
     Description(#[from] DescriptionError),
     #[error("the remote description's fingerprint names {got}, not the expected {expected}")]
     DescriptionFingerprint { expected: DeviceId, got: DeviceId },
-    #[error("the peer's DTLS certificate is {got}, not the expected {expected}")]
+    #[error("the peer's certificate is {got}, not the expected {expected}")]
     FingerprintMismatch { expected: DeviceId, got: DeviceId },
-    #[error("the peer sent no DTLS certificate")]
+    #[error("the peer sent no certificate")]
     NoCertificate,
     #[error("ICE: {0}")]
     Ice(String),
@@ -171,38 +162,83 @@ pub enum LinkError {
     DtlsClosed,
     #[error("SCTP: {0}")]
     Sctp(String),
+    /// QUIC failed before its channel opened (a fallback to the data channel follows).
+    #[error("QUIC setup failed: {0}")]
+    QuicSetup(String),
+    #[error("QUIC: {0} within 5 s of ICE selecting a pair")]
+    QuicTimeout(&'static str),
+    #[error("QUIC: {0}")]
+    Quic(String),
+    #[error("QUIC: the peer ended stream 0")]
+    QuicChannelClosed,
+    #[error("QUIC: {0}")]
+    Frame(#[from] framing::FrameError),
     #[error("wrong call for the link's state: {0}")]
     State(&'static str),
     #[error("crypto provider: {0}")]
     Crypto(String),
 }
 
+impl LinkError {
+    /// QUIC did not get as far as an open channel for a reason other than the peer's key: the
+    /// next session with this peer uses the data channel for a while (spec 6).
+    pub fn is_quic_setup_failure(&self) -> bool {
+        matches!(self, LinkError::QuicSetup(_) | LinkError::QuicTimeout(_))
+    }
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the channel is not open")]
+    NotOpen,
+    #[error("a {len}-byte message is over the peer's limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("the send buffer is full: wait for buffered_amount to fall")]
+    BufferFull,
+}
+
 /// What arrives from the shell.
 pub enum Input<'a> {
-    /// A UDP datagram received on `to` (one of `local_addrs`) from `from`.
+    /// A UDP datagram received on `to` (one of `local_addrs`) from `from`, with the ECN bits
+    /// of its IP header when the socket reports them.
     Datagram {
         from: SocketAddr,
         to: SocketAddr,
+        ecn: Option<u8>,
         bytes: &'a [u8],
     },
     /// The time of the last `Output::Timeout` has come (extra calls are harmless).
     Timeout,
 }
 
+/// Datagrams to send from the socket `from` to `to`: `bytes` is one datagram, or with
+/// `segment_size` several of that size (the last may be shorter), for GSO.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub bytes: Vec<u8>,
+    pub segment_size: Option<usize>,
+    /// ECN bits for the IP header (QUIC's; None for STUN and DTLS).
+    pub ecn: Option<u8>,
+}
+
+impl Transmit {
+    /// The datagrams it carries, one by one.
+    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+        let size = self.segment_size.unwrap_or(self.bytes.len()).max(1);
+        self.bytes.chunks(size)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A local candidate to trickle (`candidate: ""` = end of candidates).
     LocalCandidate(Candidate),
-    /// ICE and DTLS are up, the peer proved it holds the expected key.
+    /// ICE and the transport's handshake are up, the peer proved it holds the expected key.
     Authenticated,
-    /// The `fileshare` channel is open: `send` works.
+    /// The channel is open: `send` works.
     ChannelOpen,
     /// A binary message on the channel (text messages are dropped, spec 4).
     Message(Vec<u8>),
@@ -222,20 +258,10 @@ pub enum Output {
 enum Phase {
     /// Local description set, waiting for the remote one.
     AwaitingRemote,
-    /// ICE checking (DTLS and SCTP follow on their own).
+    /// ICE checking (the transport follows on its own).
     Connecting,
     Open,
     Closed,
-}
-
-/// `data` as a binary message on the channel's stream. RFC 8831 6.6: an empty message is one
-/// byte with the empty-binary PPID.
-fn channel_message(data: Vec<u8>) -> Message {
-    if data.is_empty() {
-        Message::new(CHANNEL_STREAM, PPID_BINARY_EMPTY, vec![0])
-    } else {
-        Message::new(CHANNEL_STREAM, PPID_BINARY, data)
-    }
 }
 
 /// Counters for tests, logs and benches.
@@ -245,17 +271,116 @@ pub struct LinkStats {
     pub datagrams_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Datagrams dropped: unknown kind, DTLS before ICE, or no selected pair to send on.
+    /// Datagrams dropped: unknown kind, not for this session's transport, before ICE selected
+    /// a pair or from an address ICE did not validate, or nothing to send them on.
     pub dropped: u64,
     pub messages_in: u64,
     pub messages_out: u64,
 }
 
-struct Dtls {
-    endpoint: DtlsEndpoint,
-    /// A client's handshake config until ICE selects a pair and it connects.
-    pending_client: Option<Arc<HandshakeConfig>>,
-    complete: bool,
+/// Where a transport puts what it produces: datagrams routed to ICE's selected pair, events
+/// for the node, and the error that ends the session (the first one wins).
+pub struct Sink<'a> {
+    route: Option<(SocketAddr, SocketAddr)>,
+    out: &'a mut VecDeque<Output>,
+    stats: &'a mut LinkStats,
+    lost: Option<LinkError>,
+}
+
+impl Sink<'_> {
+    fn datagram(&mut self, bytes: Vec<u8>, segment_size: Option<usize>, ecn: Option<u8>) {
+        let count = segment_size.map_or(1, |s| bytes.len().div_ceil(s.max(1))) as u64;
+        match self.route {
+            Some((from, to)) => {
+                self.stats.datagrams_out += count;
+                self.stats.bytes_out += bytes.len() as u64;
+                self.out.push_back(Output::Transmit(Transmit {
+                    from,
+                    to,
+                    bytes,
+                    segment_size,
+                    ecn,
+                }));
+            }
+            None => self.stats.dropped += count,
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    fn message(&mut self, data: Vec<u8>) {
+        self.stats.messages_in += 1;
+        self.out.push_back(Output::Event(Event::Message(data)));
+    }
+
+    fn dropped(&mut self) {
+        self.stats.dropped += 1;
+    }
+
+    fn lose(&mut self, error: LinkError) {
+        if self.lost.is_none() {
+            self.lost = Some(error);
+        }
+    }
+}
+
+/// What carries the channel above ICE.
+enum Transport {
+    DataChannel(Box<DataChannel>),
+    Quic(Box<Quic>),
+}
+
+impl Transport {
+    fn kind(&self) -> TransportKind {
+        match self {
+            Transport::DataChannel(_) => TransportKind::DataChannel,
+            Transport::Quic(_) => TransportKind::Quic,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Transport::DataChannel(dc) => dc.is_open(),
+            Transport::Quic(quic) => quic.is_open(),
+        }
+    }
+
+    fn on_pair_selected(&mut self, now: Instant, sink: &mut Sink<'_>) {
+        match self {
+            Transport::DataChannel(dc) => dc.on_pair_selected(now, sink),
+            Transport::Quic(quic) => quic.on_pair_selected(now, sink),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, sink: &mut Sink<'_>) {
+        match self {
+            Transport::DataChannel(dc) => dc.handle_timeout(now, sink),
+            Transport::Quic(quic) => quic.handle_timeout(now, sink),
+        }
+    }
+
+    fn pump(&mut self, now: Instant, sink: &mut Sink<'_>) -> bool {
+        match self {
+            Transport::DataChannel(dc) => dc.pump(now, sink),
+            Transport::Quic(quic) => quic.pump(now, sink),
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        match self {
+            Transport::DataChannel(dc) => dc.poll_timeout(),
+            Transport::Quic(quic) => quic.poll_timeout(),
+        }
+    }
+
+    fn close(&mut self, now: Instant, sink: &mut Sink<'_>) {
+        match self {
+            Transport::DataChannel(dc) => dc.close(now, sink),
+            Transport::Quic(quic) => quic.close(now, sink),
+        }
+    }
 }
 
 pub struct Link {
@@ -266,19 +391,15 @@ pub struct Link {
     agent: Agent,
     local: LocalDescription,
     remote: Option<RemoteDescription>,
-    dtls: Option<Dtls>,
-    /// The certificate id the DTLS verifier saw when it refused one.
-    refused_certificate: Arc<Mutex<Option<DeviceId>>>,
-    sctp: Option<Box<dyn DcSctpSocket>>,
-    sctp_max_message: usize,
+    transport: Option<Transport>,
+    /// The transport chosen for this session (kept after it is gone).
+    kind: Option<TransportKind>,
+    /// The largest message the peer accepts (its `a=max-message-size`, bounded).
+    max_outgoing: usize,
     phase: Phase,
     remote_candidates: usize,
     out: VecDeque<Output>,
     stats: LinkStats,
-}
-
-fn dtls_error(e: impl std::fmt::Display) -> LinkError {
-    LinkError::Dtls(e.to_string())
 }
 
 fn ice_error(e: impl std::fmt::Display) -> LinkError {
@@ -363,69 +484,61 @@ impl Link {
         Ok(())
     }
 
-    /// Sends one binary message on the channel. `Err(ResourceExhaustion)` means the send
-    /// buffer is full: wait for `buffered_amount` to fall.
+    /// Sends one binary message on the channel. `Err(BufferFull)` means the send buffer is
+    /// full: wait for `buffered_amount` to fall.
     pub fn send(&mut self, data: &[u8], now: Instant) -> Result<(), SendError> {
-        let Some(sctp) = self.sctp.as_mut().filter(|_| self.phase == Phase::Open) else {
-            return Err(SendError::ShuttingDown);
-        };
-        sctp.send(channel_message(data.to_vec()), &SendOptions::default())?;
+        if self.phase != Phase::Open {
+            return Err(SendError::NotOpen);
+        }
+        match self.transport.as_mut() {
+            Some(Transport::DataChannel(dc)) => dc.send(data)?,
+            Some(Transport::Quic(quic)) => quic.send(data)?,
+            None => return Err(SendError::NotOpen),
+        }
         self.stats.messages_out += 1;
         self.pump(now);
         Ok(())
     }
 
-    /// Sends binary messages on the channel, in order, as one batch: SCTP bundles the small
-    /// ones into shared packets (one packet per message costs a datagram, its encryption
-    /// and its acknowledgement each). Messages are queued while the send buffer holds less
-    /// than `limit` bytes, the earlier ones of the batch counted; returns those not queued,
-    /// in order, to send once `buffered_amount` has fallen. A message SCTP refuses for any
-    /// other reason (the channel closing) is dropped, as [`Self::send`] would report it.
+    /// Sends binary messages on the channel, in order, as one batch: small ones share packets
+    /// (SCTP bundles them; QUIC frames them back to back on stream 0). Messages are queued
+    /// while less than `limit` bytes wait in the transport's send buffer, the earlier ones of
+    /// the batch counted; returns those not queued, in order, to send once `buffered_amount`
+    /// has fallen.
     pub fn send_batch(
         &mut self,
-        mut messages: VecDeque<Vec<u8>>,
+        messages: VecDeque<Vec<u8>>,
         limit: usize,
         now: Instant,
     ) -> VecDeque<Vec<u8>> {
-        let Some(sctp) = self.sctp.as_mut().filter(|_| self.phase == Phase::Open) else {
-            return messages;
-        };
-        let mut buffered = sctp.buffered_amount(CHANNEL_STREAM);
-        let mut batch = Vec::new();
-        while buffered < limit
-            && let Some(data) = messages.pop_front()
-        {
-            buffered += data.len().max(1);
-            batch.push(channel_message(data));
-        }
-        if batch.is_empty() {
+        if self.phase != Phase::Open {
             return messages;
         }
-        let count = batch.len();
-        let refused = match sctp.send_many(batch, &SendOptions::default()) {
-            Ok(()) => 0,
-            Err(dcsctp::api::BatchSendError(errors)) => {
-                for (index, err) in &errors {
-                    tracing::debug!("data channel send of message {index} failed: {err}");
-                }
-                errors.len()
-            }
+        let (left, sent) = match self.transport.as_mut() {
+            Some(Transport::DataChannel(dc)) => dc.send_batch(messages, limit),
+            Some(Transport::Quic(quic)) => quic.send_batch(messages, limit),
+            None => return messages,
         };
-        self.stats.messages_out += (count - refused) as u64;
-        self.pump(now);
-        messages
+        self.stats.messages_out += sent;
+        if sent > 0 {
+            self.pump(now);
+        }
+        left
     }
 
-    /// Bytes queued in SCTP and not yet acknowledged.
+    /// Bytes handed to the link and not yet on their way: SCTP's queued and unacknowledged
+    /// bytes; for QUIC, the frames its send window (16 MiB unacknowledged) did not take yet.
     pub fn buffered_amount(&self) -> usize {
-        self.sctp
-            .as_ref()
-            .map_or(0, |s| s.buffered_amount(CHANNEL_STREAM))
+        match self.transport.as_ref() {
+            Some(Transport::DataChannel(dc)) => dc.buffered_amount(),
+            Some(Transport::Quic(quic)) => quic.buffered_amount(),
+            None => 0,
+        }
     }
 
     /// The largest message the peer accepts (its `a=max-message-size`, bounded).
     pub fn max_message_size(&self) -> usize {
-        self.sctp_max_message
+        self.max_outgoing
     }
 
     pub fn is_open(&self) -> bool {
@@ -434,6 +547,16 @@ impl Link {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// The transport chosen when the remote description was applied.
+    pub fn transport(&self) -> Option<TransportKind> {
+        self.kind
+    }
+
+    /// Whether our description offers QUIC (spec 6).
+    pub fn offers_quic(&self) -> bool {
+        self.local.quic
     }
 
     pub fn stats(&self) -> &LinkStats {
@@ -447,31 +570,45 @@ impl Link {
 
     /// Whether RFC 9653 zero checksum is in use (both ends agreed in SCTP's INIT).
     pub fn uses_zero_checksum(&self) -> bool {
-        self.sctp
-            .as_ref()
-            .and_then(|s| s.get_metrics())
-            .is_some_and(|m| m.uses_zero_checksum)
+        match &self.transport {
+            Some(Transport::DataChannel(dc)) => dc.uses_zero_checksum(),
+            _ => false,
+        }
     }
 
-    /// The SCTP packet size in use.
+    /// The SCTP packet size a data channel with this remote description uses.
     pub fn sctp_mtu(&self) -> usize {
         self.sctp_mtu_for(self.remote.as_ref())
     }
 
-    /// Ends the session: DTLS `close_notify` so the peer knows at once. No events follow.
+    /// Tests: as the QUIC client, do not send the opening frame on stream 0 (what an
+    /// independent client might do); call before ICE selects a pair.
+    #[cfg(test)]
+    pub fn skip_opening_frame(&mut self) {
+        if let Some(Transport::Quic(quic)) = self.transport.as_mut() {
+            quic.skip_opening_frame();
+        }
+    }
+
+    /// Ends the session: the peer is told at once (DTLS `close_notify`, QUIC's
+    /// CONNECTION_CLOSE), whose datagrams are the last outputs. No events follow.
     pub fn close(&mut self, now: Instant) {
         if self.phase == Phase::Closed {
             return;
         }
-        if let Some(dtls) = self.dtls.as_mut()
-            && dtls.complete
-        {
-            let _ = dtls.endpoint.close(now);
+        if let Some(transport) = self.transport.as_mut() {
+            let route = selected_route(&self.agent);
+            let mut sink = Sink {
+                route,
+                out: &mut self.out,
+                stats: &mut self.stats,
+                lost: None,
+            };
+            transport.close(now, &mut sink);
         }
-        self.route_dtls_transmits();
         let _ = self.agent.close();
         self.phase = Phase::Closed;
-        self.sctp = None;
+        self.transport = None;
     }
 
     pub fn handle_input(&mut self, input: Input<'_>, now: Instant) {
@@ -479,10 +616,15 @@ impl Link {
             return;
         }
         match input {
-            Input::Datagram { from, to, bytes } => {
+            Input::Datagram {
+                from,
+                to,
+                ecn,
+                bytes,
+            } => {
                 self.stats.datagrams_in += 1;
                 self.stats.bytes_in += bytes.len() as u64;
-                self.handle_datagram(from, to, bytes, now);
+                self.handle_datagram(from, to, ecn, bytes, now);
             }
             Input::Timeout => self.handle_timeout(now),
         }
@@ -559,6 +701,7 @@ impl Link {
             candidates,
             max_message_size: u64::from(config.max_message_size),
             max_datagram: config.advertise_max_datagram,
+            quic: config.quic.enabled,
         };
         Ok(Self {
             config,
@@ -568,10 +711,9 @@ impl Link {
             agent,
             local,
             remote: None,
-            dtls: None,
-            refused_certificate: Arc::new(Mutex::new(None)),
-            sctp: None,
-            sctp_max_message: DEFAULT_MESSAGE_LIMIT,
+            transport: None,
+            kind: None,
+            max_outgoing: DEFAULT_MESSAGE_LIMIT,
             phase: Phase::AwaitingRemote,
             remote_candidates: 0,
             out: VecDeque::new(),
@@ -597,7 +739,8 @@ impl Link {
             })));
     }
 
-    /// Takes the remote description: checks its fingerprints, starts ICE, readies DTLS.
+    /// Takes the remote description: checks its fingerprints, starts ICE, and readies the
+    /// transport both descriptions agree on.
     fn set_remote(&mut self, remote: RemoteDescription, now: Instant) -> Result<(), LinkError> {
         if let Some(got) = remote
             .fingerprints
@@ -609,7 +752,7 @@ impl Link {
                 got: got.clone(),
             });
         }
-        self.sctp_max_message = match remote.max_message_size {
+        self.max_outgoing = match remote.max_message_size {
             0 => UNLIMITED_MESSAGE_CAP,
             n => usize::try_from(n)
                 .unwrap_or(UNLIMITED_MESSAGE_CAP)
@@ -619,13 +762,6 @@ impl Link {
             // A bad candidate in a description is skipped like a bad trickled one.
             let _ = self.add_remote_candidate_line(&line);
         }
-        let is_client = match (self.controlling, remote.setup) {
-            // We offered actpass: the answer decides.
-            (true, Setup::Active) => false,
-            (true, _) => true,
-            // We answered: our own setup decides.
-            (false, _) => self.local.setup == Setup::Active,
-        };
         self.agent
             .start_connectivity_checks(
                 now,
@@ -634,67 +770,67 @@ impl Link {
                 remote.ice_pwd.clone(),
             )
             .map_err(ice_error)?;
-        let handshake = Arc::new(self.handshake_config(is_client)?);
-        self.dtls = Some(if is_client {
-            Dtls {
-                endpoint: DtlsEndpoint::new(DTLS_ASSOCIATION, TransportProtocol::UDP, None),
-                pending_client: Some(handshake),
-                complete: false,
-            }
+        let transport = if self.local.quic && remote.quic {
+            Transport::Quic(Box::new(self.quic_transport()?))
         } else {
-            Dtls {
-                endpoint: DtlsEndpoint::new(
-                    DTLS_ASSOCIATION,
-                    TransportProtocol::UDP,
-                    Some(handshake),
-                ),
-                pending_client: None,
-                complete: false,
-            }
-        });
+            let is_client = match (self.controlling, remote.setup) {
+                // We offered actpass: the answer decides.
+                (true, Setup::Active) => false,
+                (true, _) => true,
+                // We answered: our own setup decides.
+                (false, _) => self.local.setup == Setup::Active,
+            };
+            Transport::DataChannel(Box::new(DataChannel::new(
+                &self.config,
+                self.provider.clone(),
+                is_client,
+                self.sctp_mtu_for(Some(&remote)),
+                self.max_outgoing,
+                remote.sctp_port,
+                self.epoch,
+            )?))
+        };
+        self.kind = Some(transport.kind());
+        self.transport = Some(transport);
         self.remote = Some(remote);
         self.phase = Phase::Connecting;
         Ok(())
     }
 
-    fn handshake_config(&self, is_client: bool) -> Result<HandshakeConfig, LinkError> {
-        let expected = self.config.peer.clone();
-        let refused = self.refused_certificate.clone();
-        // The only check on the peer's certificate (self-signed, so no chain to verify):
-        // it must be the key of the device this session is for.
-        let verify = Arc::new(
-            move |certificates: &[Vec<u8>],
-                  _: &[rustls_pki_types::CertificateDer<'static>]|
-                  -> Result<(), rtc_shared::error::Error> {
-                let Some(der) = certificates.first() else {
-                    return Err(rtc_shared::error::Error::ErrNonCertificate);
-                };
-                let got = DeviceId::from_certificate_der(der);
-                if got == expected {
-                    Ok(())
-                } else {
-                    *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
-                    Err(rtc_shared::error::Error::ErrNoMatchingCertificateFingerprint)
-                }
-            },
-        );
-        ConfigBuilder::default()
-            .with_crypto_provider(self.provider.clone())
-            .with_certificates(vec![self.config.certificate.clone()])
-            .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            .with_insecure_skip_verify(true)
-            .with_verify_peer_certificate(Some(verify))
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            // fsnode carries no media, but WebRTC stacks expect `use_srtp` in every handshake
-            // (aiortc's DTLS fails one without a negotiated profile, either role); the keys
-            // are simply never used.
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ])
-            .with_flight_interval(DTLS_FLIGHT_INTERVAL)
-            .build(is_client, None)
-            .map_err(dtls_error)
+    fn quic_transport(&self) -> Result<Quic, LinkError> {
+        let der = self
+            .config
+            .certificate
+            .certificate
+            .first()
+            .ok_or(LinkError::NoCertificate)?;
+        let key = self
+            .config
+            .certificate
+            .private_key
+            .signing_key
+            .to_pkcs8_der()
+            .map_err(|e| LinkError::Crypto(e.to_string()))?
+            .ok_or_else(|| LinkError::Crypto("the identity key cannot be exported".into()))?;
+        let credentials = pinned::Credentials {
+            certificate: der.clone(),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.as_ref().to_vec().into()),
+        };
+        // The endpoint's seed: the next draws of the link's seeded stream.
+        let mut seed = [0u8; 32];
+        for chunk in seed.chunks_mut(8) {
+            chunk.copy_from_slice(&self.provider.next_u64().to_le_bytes());
+        }
+        Quic::new(QuicParams {
+            credentials: &credentials,
+            peer: self.config.peer.clone(),
+            is_client: self.controlling,
+            settings: &self.config.quic,
+            path_max_datagram: self.config.path_max_datagram,
+            max_incoming: self.config.max_message_size as usize,
+            max_outgoing: self.max_outgoing,
+            seed,
+        })
     }
 
     fn sctp_mtu_for(&self, remote: Option<&RemoteDescription>) -> usize {
@@ -708,47 +844,21 @@ impl Link {
         agreed
             .min(self.config.path_max_datagram)
             .saturating_sub(DTLS_RECORD_OVERHEAD)
-            .max(MIN_SCTP_MTU)
-    }
-
-    fn start_sctp(&mut self, now: Instant) {
-        let tuning = &self.config.sctp;
-        let mut options = SctpOptions {
-            mtu: self.sctp_mtu(),
-            max_message_size: self.sctp_max_message,
-            max_receiver_window_buffer_size: tuning
-                .receive_window
-                .max(2 * self.config.max_message_size as usize),
-            max_send_buffer_size: tuning.send_buffer.max(2 * self.sctp_max_message),
-            per_stream_send_queue_limit: tuning.send_buffer.max(2 * self.sctp_max_message),
-            rto_initial: tuning.rto_initial,
-            rto_min: tuning.rto_min,
-            rto_max: tuning.rto_max,
-            min_rtt_variance: tuning.min_rtt_variance,
-            delayed_ack_max_timeout: tuning.delayed_ack_max_timeout,
-            max_timer_backoff_duration: Some(tuning.max_timer_backoff),
-            cwnd_mtus_initial: tuning.cwnd_mtus_initial,
-            max_burst: tuning.max_burst,
-            ..SctpOptions::default()
-        };
-        if let Some(remote) = &self.remote {
-            options.remote_port = remote.sctp_port;
-        }
-        if tuning.zero_checksum {
-            options.zero_checksum_alternate_error_detection_method =
-                ZERO_CHECKSUM_ALTERNATE_ERROR_DETECTION_METHOD_LOWER_LAYER_DTLS;
-        }
-        let mut socket = dcsctp::new_socket("fsnode", &options);
-        socket.advance_time(self.socket_time(now));
-        socket.connect();
-        self.sctp = Some(socket);
+            .max(data_channel::MIN_SCTP_MTU)
     }
 
     // ---- the datagram path ----
 
-    fn handle_datagram(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8], now: Instant) {
-        match bytes.first() {
-            Some(0..=3) => {
+    fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        to: SocketAddr,
+        ecn: Option<u8>,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        let transport = match (bytes.first(), &self.transport) {
+            (Some(0..=3), _) => {
                 let message = TransportMessage {
                     now,
                     transport: TransportContext {
@@ -762,14 +872,17 @@ impl Link {
                 if self.agent.handle_read(message).is_err() {
                     self.stats.dropped += 1;
                 }
+                return;
             }
-            Some(20..=63) => self.handle_dtls(from, to, bytes, now),
-            _ => self.stats.dropped += 1,
-        }
-    }
-
-    fn handle_dtls(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8], now: Instant) {
-        let transport = TransportContext {
+            (Some(20..=63), Some(Transport::DataChannel(_)))
+            | (Some(64..=127 | 192..=255), Some(Transport::Quic(_))) => self.transport.as_mut(),
+            _ => None,
+        };
+        let Some(transport) = transport else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let context = TransportContext {
             local_addr: to,
             peer_addr: from,
             transport_protocol: TransportProtocol::UDP,
@@ -777,88 +890,23 @@ impl Link {
         };
         // Only from a remote candidate that passed ICE (this also counts as consent).
         if self.agent.get_selected_candidate_pair().is_none()
-            || !self.agent.is_valid_non_stun_traffic(now, transport)
+            || !self.agent.is_valid_non_stun_traffic(now, context)
         {
             self.stats.dropped += 1;
             return;
         }
-        let Some(dtls) = self.dtls.as_mut() else {
-            self.stats.dropped += 1;
-            return;
+        let mut sink = Sink {
+            route: selected_route(&self.agent),
+            out: &mut self.out,
+            stats: &mut self.stats,
+            lost: None,
         };
-        let events = match dtls
-            .endpoint
-            .read(now, DTLS_ASSOCIATION, None, BytesMut::from(bytes))
-        {
-            Ok(events) => events,
-            Err(err) => {
-                // A bad record is dropped; a failed handshake ends the session.
-                let fatal = !dtls.complete;
-                self.route_dtls_transmits();
-                if fatal {
-                    let error = self.handshake_error(err);
-                    self.lose(error);
-                } else {
-                    self.stats.dropped += 1;
-                }
-                return;
-            }
-        };
-        for event in events {
-            match event {
-                EndpointEvent::HandshakeComplete => self.on_dtls_complete(now),
-                EndpointEvent::ApplicationData(data) => {
-                    if let Some(sctp) = self.sctp.as_mut() {
-                        sctp.handle_input(&data);
-                    }
-                }
-                EndpointEvent::PeerClosed => {
-                    self.route_dtls_transmits();
-                    self.lose(LinkError::DtlsClosed);
-                    return;
-                }
-                _ => {}
-            }
+        match transport {
+            Transport::DataChannel(dc) => dc.handle_datagram(bytes, now, &mut sink),
+            Transport::Quic(quic) => quic.handle_datagram(bytes, ecn, now, &mut sink),
         }
-    }
-
-    fn handshake_error(&self, err: impl std::fmt::Display) -> LinkError {
-        match self
-            .refused_certificate
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            Some(got) => LinkError::FingerprintMismatch {
-                expected: self.config.peer.clone(),
-                got,
-            },
-            None => dtls_error(err),
-        }
-    }
-
-    fn on_dtls_complete(&mut self, now: Instant) {
-        let Some(dtls) = self.dtls.as_mut() else {
-            return;
-        };
-        dtls.complete = true;
-        // The verifier already refused any other key; this re-check also catches a peer that
-        // sent no certificate at all.
-        let presented = dtls
-            .endpoint
-            .get_connection_state(DTLS_ASSOCIATION)
-            .and_then(|state| state.peer_certificates.first())
-            .map(|der| DeviceId::from_certificate_der(der));
-        match presented {
-            Some(id) if id == self.config.peer => {
-                self.out.push_back(Output::Event(Event::Authenticated));
-                self.start_sctp(now);
-            }
-            Some(got) => self.lose(LinkError::FingerprintMismatch {
-                expected: self.config.peer.clone(),
-                got,
-            }),
-            None => self.lose(LinkError::NoCertificate),
+        if let Some(error) = sink.lost {
+            self.lose(error);
         }
     }
 
@@ -866,20 +914,18 @@ impl Link {
         if let Err(err) = self.agent.handle_timeout(now) {
             tracing::debug!("ICE timeout handling: {err}");
         }
-        if let Some(dtls) = self.dtls.as_mut()
-            && dtls
-                .endpoint
-                .poll_timeout(&DTLS_ASSOCIATION)
-                .is_some_and(|t| t <= now)
-            && let Err(err) = dtls.endpoint.handle_timeout(DTLS_ASSOCIATION, now)
-        {
-            let error = self.handshake_error(err);
-            self.lose(error);
+        let Some(transport) = self.transport.as_mut() else {
             return;
-        }
-        let time = self.socket_time(now);
-        if let Some(sctp) = self.sctp.as_mut() {
-            sctp.advance_time(time);
+        };
+        let mut sink = Sink {
+            route: selected_route(&self.agent),
+            out: &mut self.out,
+            stats: &mut self.stats,
+            lost: None,
+        };
+        transport.handle_timeout(now, &mut sink);
+        if let Some(error) = sink.lost {
+            self.lose(error);
         }
     }
 
@@ -890,13 +936,19 @@ impl Link {
                 return;
             }
             let mut progressed = false;
+            let mut selected = false;
             while let Some(transmit) = self.agent.poll_write() {
                 progressed = true;
-                self.push_transmit(
-                    transmit.transport.local_addr,
-                    transmit.transport.peer_addr,
-                    transmit.message.to_vec(),
-                );
+                let bytes = transmit.message.to_vec();
+                self.stats.datagrams_out += 1;
+                self.stats.bytes_out += bytes.len() as u64;
+                self.out.push_back(Output::Transmit(Transmit {
+                    from: transmit.transport.local_addr,
+                    to: transmit.transport.peer_addr,
+                    bytes,
+                    segment_size: None,
+                    ecn: None,
+                }));
             }
             while let Some(event) = self.agent.poll_event() {
                 progressed = true;
@@ -912,122 +964,40 @@ impl Link {
                         }
                         _ => {}
                     },
-                    rtc_ice::agent::Event::SelectedCandidatePairChange(..) => {
-                        self.on_pair_selected(now);
-                    }
+                    rtc_ice::agent::Event::SelectedCandidatePairChange(..) => selected = true,
                     _ => {}
                 }
             }
-            if self.route_dtls_transmits() {
+            let Some(transport) = self.transport.as_mut() else {
+                if !progressed {
+                    return;
+                }
+                continue;
+            };
+            let mut sink = Sink {
+                route: selected_route(&self.agent),
+                out: &mut self.out,
+                stats: &mut self.stats,
+                lost: None,
+            };
+            if selected {
+                transport.on_pair_selected(now, &mut sink);
+            }
+            if transport.pump(now, &mut sink) {
                 progressed = true;
             }
-            if self.pump_sctp(now) {
-                progressed = true;
+            let opened = transport.is_open();
+            if let Some(error) = sink.lost {
+                self.lose(error);
+                return;
+            }
+            if opened && self.phase == Phase::Connecting {
+                self.phase = Phase::Open;
             }
             if !progressed {
                 return;
             }
         }
-    }
-
-    fn on_pair_selected(&mut self, now: Instant) {
-        let Some(dtls) = self.dtls.as_mut() else {
-            return;
-        };
-        if let Some(handshake) = dtls.pending_client.take()
-            && let Err(err) = dtls
-                .endpoint
-                .connect(now, DTLS_ASSOCIATION, handshake, None)
-        {
-            self.lose(dtls_error(err));
-        }
-    }
-
-    /// SCTP's events and messages; returns whether anything happened.
-    fn pump_sctp(&mut self, now: Instant) -> bool {
-        let mut progressed = false;
-        loop {
-            let Some(sctp) = self.sctp.as_mut() else {
-                return progressed;
-            };
-            let Some(event) = sctp.poll_event() else {
-                break;
-            };
-            progressed = true;
-            match event {
-                SocketEvent::SendPacket(packet) => {
-                    if let Some(dtls) = self.dtls.as_mut()
-                        && let Err(err) = dtls.endpoint.write(now, DTLS_ASSOCIATION, &packet)
-                    {
-                        tracing::debug!("DTLS write: {err}");
-                    }
-                    self.route_dtls_transmits();
-                }
-                SocketEvent::OnConnected() if self.phase == Phase::Connecting => {
-                    self.phase = Phase::Open;
-                    self.out.push_back(Output::Event(Event::ChannelOpen));
-                }
-                SocketEvent::OnClosed() => {
-                    self.lose(LinkError::Sctp("closed by the peer".into()));
-                    return true;
-                }
-                SocketEvent::OnAborted(kind, reason) => {
-                    self.lose(LinkError::Sctp(format!("aborted ({kind:?}): {reason}")));
-                    return true;
-                }
-                _ => {}
-            }
-        }
-        while let Some(message) = self.sctp.as_mut().and_then(|s| s.get_next_message()) {
-            progressed = true;
-            if message.stream_id != CHANNEL_STREAM {
-                continue;
-            }
-            let data = match message.ppid {
-                PPID_BINARY => message.payload,
-                PPID_BINARY_EMPTY => Vec::new(),
-                // Text, DCEP and anything else: not fsnode's (spec 4 ignores text).
-                _ => continue,
-            };
-            self.stats.messages_in += 1;
-            self.out.push_back(Output::Event(Event::Message(data)));
-        }
-        progressed
-    }
-
-    /// DTLS records to ICE's selected pair; returns whether there were any.
-    fn route_dtls_transmits(&mut self) -> bool {
-        let Some(dtls) = self.dtls.as_mut() else {
-            return false;
-        };
-        let mut any = false;
-        let route = self
-            .agent
-            .get_selected_candidate_pair()
-            .map(|(local, remote)| (local.base_addr(), remote.addr()));
-        while let Some(transmit) = dtls.endpoint.poll_transmit() {
-            any = true;
-            match route {
-                Some((from, to)) => {
-                    self.stats.datagrams_out += 1;
-                    self.stats.bytes_out += transmit.message.len() as u64;
-                    self.out.push_back(Output::Transmit(Transmit {
-                        from,
-                        to,
-                        bytes: transmit.message.to_vec(),
-                    }));
-                }
-                None => self.stats.dropped += 1,
-            }
-        }
-        any
-    }
-
-    fn push_transmit(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
-        self.stats.datagrams_out += 1;
-        self.stats.bytes_out += bytes.len() as u64;
-        self.out
-            .push_back(Output::Transmit(Transmit { from, to, bytes }));
     }
 
     fn lose(&mut self, error: LinkError) {
@@ -1038,11 +1008,7 @@ impl Link {
         self.out.push_back(Output::Event(Event::Lost(error)));
         let _ = self.agent.close();
         self.phase = Phase::Closed;
-        self.sctp = None;
-    }
-
-    fn socket_time(&self, now: Instant) -> SocketTime {
-        SocketTime::zero() + now.saturating_duration_since(self.epoch)
+        self.transport = None;
     }
 
     fn next_timeout(&mut self) -> Instant {
@@ -1055,24 +1021,16 @@ impl Link {
         if let Some(t) = self.agent.poll_timeout() {
             next = next.min(t);
         }
-        if let Some(t) = self
-            .dtls
-            .as_ref()
-            .and_then(|d| d.endpoint.poll_timeout(&DTLS_ASSOCIATION))
-        {
+        if let Some(t) = self.transport.as_mut().and_then(Transport::poll_timeout) {
             next = next.min(t);
-        }
-        if let Some(sctp) = self.sctp.as_ref() {
-            let t = sctp.poll_timeout();
-            if t != SocketTime::infinite_future() {
-                next = next.min(self.epoch + (t - SocketTime::zero()));
-            }
         }
         next
     }
 }
 
-/// What a peer that says nothing accepts (RFC 8841's 64 KiB).
-const DEFAULT_MESSAGE_LIMIT: usize = 64 * 1024;
-/// Below this an SCTP packet cannot carry its own headers and a useful chunk.
-const MIN_SCTP_MTU: usize = 1024;
+/// ICE's selected pair as (our socket, the peer's address).
+fn selected_route(agent: &Agent) -> Option<(SocketAddr, SocketAddr)> {
+    agent
+        .get_selected_candidate_pair()
+        .map(|(local, remote)| (local.base_addr(), remote.addr()))
+}

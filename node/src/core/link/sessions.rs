@@ -7,13 +7,71 @@
 //! Every offer answered is a new session with fresh sockets and ICE credentials. The session
 //! that carries data keeps doing so until a newer one opens its channel (then the old one is
 //! closed) or until it fails itself; an offer alone never ends it.
+//!
+//! Spec 6's fallback lives here too, because it is about this peer and outlives its sessions
+//! (a `Close` ends every session but keeps this memory): when QUIC does not bring a session's
+//! channel up, this node's next offers and answers to the peer leave out `a=x-fsnode-quic`
+//! for [`QUIC_FALLBACK_FIRST`], doubling with every further failure up to
+//! [`QUIC_FALLBACK_LONGEST`]; a QUIC channel that opens ends the fallback. So a peer behind
+//! something that breaks QUIC costs one failed attempt per period, never a flapping session
+//! (a data-channel session that is up stays up, whatever the period), and a long-running node
+//! tries QUIC again within hours.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{Event, Input as LinkInput, Link, LinkConfig, Output as LinkOutput, Transmit};
+use super::{
+    Event, Input as LinkInput, Link, LinkConfig, Output as LinkOutput, Transmit, TransportKind,
+};
 use crate::core::negotiation::{Action, Input as NegotiationInput};
+
+/// How long sessions with a peer use the data channel after QUIC first failed to come up.
+pub const QUIC_FALLBACK_FIRST: Duration = Duration::from_secs(10 * 60);
+/// The longest fallback (each further failure doubles it up to this).
+pub const QUIC_FALLBACK_LONGEST: Duration = Duration::from_secs(4 * 3600);
+
+/// Spec 6's fallback for one peer: until when its sessions leave QUIC out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicFallback {
+    until: Option<Instant>,
+    next: Duration,
+}
+
+impl Default for QuicFallback {
+    fn default() -> Self {
+        Self {
+            until: None,
+            next: QUIC_FALLBACK_FIRST,
+        }
+    }
+}
+
+impl QuicFallback {
+    /// Whether sessions made at `now` leave QUIC out.
+    pub fn active(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// When the fallback ends (if one is running).
+    pub fn until(&self) -> Option<Instant> {
+        self.until
+    }
+
+    /// QUIC did not bring a session's channel up.
+    fn failed(&mut self, now: Instant) {
+        if self.active(now) {
+            return; // an older attempt's failure reported late: already falling back
+        }
+        self.until = Some(now + self.next);
+        self.next = (self.next * 2).min(QUIC_FALLBACK_LONGEST);
+    }
+
+    /// A QUIC channel opened: QUIC works with this peer again.
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+}
 
 /// Bytes a channel may have queued in SCTP before further messages wait here.
 pub const SEND_BUFFER_LIMIT: usize = 4 * 1024 * 1024;
@@ -51,7 +109,7 @@ struct Session {
 /// What one pass over the links found, reported once every link was drained.
 enum Report {
     Negotiation(NegotiationInput),
-    Opened(SessionId),
+    Opened(SessionId, TransportKind),
     Message(SessionId, Vec<u8>),
 }
 
@@ -63,6 +121,7 @@ pub struct Sessions {
     pending: VecDeque<Vec<u8>>,
     /// A channel is open to carry messages.
     carrying: bool,
+    quic_fallback: QuicFallback,
     out: VecDeque<SessionOutput>,
 }
 
@@ -79,8 +138,36 @@ impl Sessions {
             next_session: 1,
             pending: VecDeque::new(),
             carrying: false,
+            quic_fallback: QuicFallback::default(),
             out: VecDeque::new(),
         }
+    }
+
+    /// Spec 6's fallback towards this peer.
+    pub fn quic_fallback(&self) -> &QuicFallback {
+        &self.quic_fallback
+    }
+
+    /// The transport of the session carrying data, if one is.
+    pub fn transport(&self) -> Option<TransportKind> {
+        self.sessions
+            .iter()
+            .rev()
+            .find(|s| s.opened && s.link.is_open())
+            .and_then(|s| s.link.transport())
+    }
+
+    /// A new session's configuration: QUIC left out while the fallback runs.
+    fn session_config(
+        &self,
+        now: Instant,
+        config: &mut dyn FnMut() -> Result<LinkConfig, String>,
+    ) -> Result<LinkConfig, String> {
+        let mut config = config()?;
+        if self.quic_fallback.active(now) {
+            config.quic.enabled = false;
+        }
+        Ok(config)
     }
 
     /// The id the next session made by `perform` gets (the shell binds its sockets first).
@@ -145,7 +232,8 @@ impl Sessions {
     ) -> Result<(), String> {
         match action {
             Action::CreateOffer => {
-                let (link, sdp) = Link::offer(config()?, now).map_err(|e| e.to_string())?;
+                let config = self.session_config(now, config)?;
+                let (link, sdp) = Link::offer(config, now).map_err(|e| e.to_string())?;
                 self.add_session(link, true, now);
                 self.report(NegotiationInput::LocalOffer { sdp });
             }
@@ -160,8 +248,9 @@ impl Sessions {
                 if self.sessions.last().is_some_and(|s| s.offering) {
                     self.sessions.pop();
                 }
+                let config = self.session_config(now, config)?;
                 let (link, answer) =
-                    Link::answer(config()?, &sdp, now).map_err(|e| format!("answering: {e}"))?;
+                    Link::answer(config, &sdp, now).map_err(|e| format!("answering: {e}"))?;
                 self.add_session(link, false, now);
                 self.report(NegotiationInput::RemoteApplied);
                 self.report(NegotiationInput::LocalAnswer { sdp: answer });
@@ -227,18 +316,27 @@ impl Sessions {
         self.pending.clear();
     }
 
-    /// A datagram arrived on a socket of `session` (one already gone is ignored).
+    /// A datagram arrived on a socket of `session` (one already gone is ignored), with the
+    /// ECN bits of its IP header when the socket reports them.
     pub fn deliver(
         &mut self,
         session: SessionId,
         from: SocketAddr,
         to: SocketAddr,
+        ecn: Option<u8>,
         bytes: &[u8],
         now: Instant,
     ) {
         if let Some(s) = self.sessions.iter_mut().find(|s| s.id == session) {
-            s.link
-                .handle_input(LinkInput::Datagram { from, to, bytes }, now);
+            s.link.handle_input(
+                LinkInput::Datagram {
+                    from,
+                    to,
+                    ecn,
+                    bytes,
+                },
+                now,
+            );
         }
     }
 
@@ -294,7 +392,8 @@ impl Sessions {
                     LinkOutput::Event(Event::LocalCandidate(_) | Event::Authenticated) => {}
                     LinkOutput::Event(Event::ChannelOpen) => {
                         s.opened = true;
-                        reports.push(Report::Opened(s.id));
+                        let kind = s.link.transport().unwrap_or_default();
+                        reports.push(Report::Opened(s.id, kind));
                     }
                     LinkOutput::Event(Event::Message(data)) => {
                         reports.push(Report::Message(s.id, data));
@@ -308,6 +407,13 @@ impl Sessions {
             }
         }
         for (id, error) in lost {
+            if error.is_quic_setup_failure() {
+                self.quic_fallback.failed(now);
+                tracing::info!(
+                    "QUIC did not come up ({error}); the data channel is used for the next \
+                     sessions with this peer"
+                );
+            }
             let was_newest = Some(id) == newest;
             self.sessions.retain(|s| s.id != id);
             if self.active().is_none() {
@@ -327,7 +433,10 @@ impl Sessions {
         for report in reports {
             match report {
                 Report::Negotiation(event) => self.report(event),
-                Report::Opened(id) => {
+                Report::Opened(id, transport) => {
+                    if transport == TransportKind::Quic {
+                        self.quic_fallback.succeeded();
+                    }
                     // The new session is up: every older one is closed (spec 3.3).
                     for s in self.sessions.iter_mut().filter(|s| s.id < id) {
                         s.link.close(now);
@@ -335,7 +444,7 @@ impl Sessions {
                     self.sessions.retain(|s| s.id >= id);
                     newest_open = id;
                     self.carrying = true;
-                    self.report(NegotiationInput::ChannelOpen);
+                    self.report(NegotiationInput::ChannelOpen { transport });
                 }
                 Report::Message(id, _) if id < newest_open => {}
                 Report::Message(_, data) => self.out.push_back(SessionOutput::Message(data)),
@@ -362,6 +471,7 @@ mod tests {
 
     use super::*;
     use crate::core::DeviceId;
+    use crate::core::link::quic::QuicSettings;
     use crate::core::link::sim::{Conditions, SimNet};
     use crate::core::link::{MAX_MESSAGE_SIZE, SctpTuning};
 
@@ -377,6 +487,7 @@ mod tests {
         ports: BTreeMap<u16, SessionId>,
         reported: Vec<NegotiationInput>,
         messages: Vec<Vec<u8>>,
+        quic: bool,
     }
 
     impl Side {
@@ -390,6 +501,7 @@ mod tests {
                 ports: BTreeMap::new(),
                 reported: Vec::new(),
                 messages: Vec::new(),
+                quic: true,
             }
         }
 
@@ -403,6 +515,10 @@ mod tests {
                 advertise_max_datagram: None,
                 max_message_size: MAX_MESSAGE_SIZE,
                 sctp: SctpTuning::default(),
+                quic: QuicSettings {
+                    enabled: self.quic,
+                    ..QuicSettings::default()
+                },
                 seed: [port as u8 ^ self.ip[3]; 32],
             };
             let id = self.sessions.next_id();
@@ -501,7 +617,7 @@ mod tests {
                     };
                     if let Some(&session) = side.ports.get(&d.to.port()) {
                         side.sessions
-                            .deliver(session, d.from, d.to, &d.bytes, self.now);
+                            .deliver(session, d.from, d.to, None, &d.bytes, self.now);
                     }
                 }
             }
@@ -556,7 +672,7 @@ mod tests {
     fn channel_opens(side: &Side) -> usize {
         side.reported
             .iter()
-            .filter(|r| **r == NegotiationInput::ChannelOpen)
+            .filter(|r| matches!(r, NegotiationInput::ChannelOpen { .. }))
             .count()
     }
 

@@ -27,6 +27,8 @@ pub struct Conditions {
     pub reorder_delay: Duration,
     /// Datagrams with a larger UDP payload are dropped (the path's MTU less headers).
     pub max_datagram: usize,
+    /// A middlebox that drops QUIC (first byte 64-127 or 192-255) and passes STUN and DTLS.
+    pub block_quic: bool,
 }
 
 impl Conditions {
@@ -40,6 +42,7 @@ impl Conditions {
             reorder: 0.0,
             reorder_delay: Duration::from_micros(500),
             max_datagram: 1472,
+            block_quic: false,
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct NetStats {
     pub lost: u64,
     pub cut: u64,
     pub too_big: u64,
+    /// Dropped by the QUIC-blocking middlebox.
+    pub blocked: u64,
     pub duplicated: u64,
     pub reordered: u64,
 }
@@ -116,13 +121,28 @@ impl SimNet {
         self.cuts.push((start, start + length));
     }
 
+    /// Puts a transmit's datagrams on the wire (a GSO batch is one datagram per segment).
     pub fn send(&mut self, transmit: Transmit, now: Instant) {
+        if transmit.segment_size.is_some() {
+            for datagram in transmit.datagrams() {
+                self.send_one(transmit.from, transmit.to, datagram.to_vec(), now);
+            }
+        } else {
+            self.send_one(transmit.from, transmit.to, transmit.bytes, now);
+        }
+    }
+
+    fn send_one(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>, now: Instant) {
         self.stats.sent += 1;
         if self.cuts.iter().any(|(s, e)| now >= *s && now < *e) {
             self.stats.cut += 1;
             return;
         }
-        if transmit.bytes.len() > self.conditions.max_datagram {
+        if self.conditions.block_quic && matches!(bytes.first(), Some(64..=127 | 192..=255)) {
+            self.stats.blocked += 1;
+            return;
+        }
+        if bytes.len() > self.conditions.max_datagram {
             self.stats.too_big += 1;
             return;
         }
@@ -131,8 +151,8 @@ impl SimNet {
             return;
         }
         // IP + UDP headers on the wire.
-        let wire = (transmit.bytes.len() + 28) as f64;
-        let free = self.free_at.entry(transmit.from).or_insert(now);
+        let wire = (bytes.len() + 28) as f64;
+        let free = self.free_at.entry(from).or_insert(now);
         let start = (*free).max(now);
         let done = start + Duration::from_secs_f64(wire / self.conditions.rate);
         *free = done;
@@ -153,11 +173,7 @@ impl SimNet {
         } else {
             1
         };
-        let datagram = Datagram {
-            from: transmit.from,
-            to: transmit.to,
-            bytes: transmit.bytes,
-        };
+        let datagram = Datagram { from, to, bytes };
         for copy in 0..copies {
             self.seq += 1;
             self.in_flight.push(InFlight {

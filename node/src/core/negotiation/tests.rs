@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::*;
+use crate::core::link::TransportKind;
 
 fn ids() -> (DeviceId, DeviceId) {
     let a = DeviceId::from_sha256(&[1; 32]);
@@ -403,7 +404,12 @@ fn a_session_replacing_a_connected_one_ends_it_only_when_it_opens() {
     );
     n.handle(Input::LocalAnswer { sdp: "a1".into() }, t0);
     n.handle(Input::RemoteApplied, t0);
-    n.handle(Input::ChannelOpen, t0);
+    n.handle(
+        Input::ChannelOpen {
+            transport: TransportKind::DataChannel,
+        },
+        t0,
+    );
     drain(&mut n);
     n.handle(
         Input::RemoteOffer {
@@ -425,7 +431,12 @@ fn a_session_replacing_a_connected_one_ends_it_only_when_it_opens() {
     );
     n.handle(Input::LocalAnswer { sdp: "a2".into() }, t0 + secs(5.0));
     n.handle(Input::RemoteApplied, t0 + secs(5.0));
-    n.handle(Input::ChannelOpen, t0 + secs(5.1));
+    n.handle(
+        Input::ChannelOpen {
+            transport: TransportKind::Quic,
+        },
+        t0 + secs(5.1),
+    );
     let records: Vec<_> = drain(&mut n)
         .into_iter()
         .filter_map(|o| match o {
@@ -440,7 +451,10 @@ fn a_session_replacing_a_connected_one_ends_it_only_when_it_opens() {
                 peer: peer.clone(),
                 reason: "replaced by a new session".into()
             },
-            Event::Connected { peer }
+            Event::Connected {
+                peer,
+                transport: TransportKind::Quic
+            }
         ]
     );
     assert_eq!(n.status(), &Status::Connected);
@@ -476,7 +490,12 @@ fn a_remote_hang_up_mid_negotiation_fails_or_disconnects_and_closes() {
         },
         t0 + secs(61.1),
     );
-    n.handle(Input::ChannelOpen, t0 + secs(61.2));
+    n.handle(
+        Input::ChannelOpen {
+            transport: TransportKind::DataChannel,
+        },
+        t0 + secs(61.2),
+    );
     drain(&mut n);
     assert_eq!(n.status(), &Status::Connected);
     n.handle(
@@ -560,8 +579,18 @@ fn simulated_pairs_always_converge_on_one_negotiation() {
                 }
             }
             if applied == [true, true] {
-                polite.handle(Input::ChannelOpen, t0 + secs(t));
-                impolite.handle(Input::ChannelOpen, t0 + secs(t));
+                polite.handle(
+                    Input::ChannelOpen {
+                        transport: TransportKind::DataChannel,
+                    },
+                    t0 + secs(t),
+                );
+                impolite.handle(
+                    Input::ChannelOpen {
+                        transport: TransportKind::DataChannel,
+                    },
+                    t0 + secs(t),
+                );
             }
             t += 0.1;
         }

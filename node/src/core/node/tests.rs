@@ -621,7 +621,9 @@ fn a_trusted_device_at_a_new_address_is_recorded_once_its_session_opens() {
     });
     let out = h.handle(Input::Rtc {
         peer: id(1),
-        event: negotiation::Input::ChannelOpen,
+        event: negotiation::Input::ChannelOpen {
+            transport: crate::core::link::TransportKind::Quic,
+        },
     });
     assert_eq!(
         Harness::events(&out),

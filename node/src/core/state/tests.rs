@@ -1,5 +1,6 @@
 use super::*;
 use crate::core::Authority;
+use crate::core::link::TransportKind;
 use proptest::prelude::*;
 
 fn peer(n: u8) -> DeviceId {
@@ -74,7 +75,13 @@ fn a_restart_voids_connections_and_discovery_but_not_trust_or_transfers() {
                 by: Authority::Operator,
             },
         ),
-        at(4, Event::Connected { peer: peer(1) }),
+        at(
+            4,
+            Event::Connected {
+                peer: peer(1),
+                transport: TransportKind::Quic,
+            },
+        ),
         at(5, queued(9, 1, 10_000)),
         at(
             6,
@@ -95,6 +102,7 @@ fn a_restart_voids_connections_and_discovery_but_not_trust_or_transfers() {
         ),
     ]);
     assert_eq!(state.peers[&peer(1)].connection, ConnectionState::Connected);
+    assert_eq!(state.peers[&peer(1)].transport, Some(TransportKind::Quic));
     assert_eq!(
         state.transfers[&TransferId([9; 16])].status,
         TransferStatus::Active
@@ -103,6 +111,7 @@ fn a_restart_voids_connections_and_discovery_but_not_trust_or_transfers() {
     state.apply(&at(100, started(0)));
     let p = &state.peers[&peer(1)];
     assert_eq!(p.connection, ConnectionState::NotConnected);
+    assert_eq!(p.transport, None);
     assert!(!p.discovered);
     assert!(p.trusted);
     assert_eq!(
@@ -110,6 +119,32 @@ fn a_restart_voids_connections_and_discovery_but_not_trust_or_transfers() {
         TransferStatus::Queued
     );
     assert_eq!(state.starts, 2);
+}
+
+/// `Connected` written before QUIC had no transport: it replays as the data channel, which it
+/// was; and `journal show --json` names the transport.
+#[test]
+fn a_connected_event_of_an_older_journal_replays_as_the_data_channel() {
+    #[derive(serde::Serialize)]
+    enum Old {
+        Connected { peer: DeviceId },
+    }
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&Old::Connected { peer: peer(1) }, &mut bytes).unwrap();
+    let event: Event = ciborium::from_reader(bytes.as_slice()).unwrap();
+    assert_eq!(
+        event,
+        Event::Connected {
+            peer: peer(1),
+            transport: TransportKind::DataChannel
+        }
+    );
+    let quic = Event::Connected {
+        peer: peer(1),
+        transport: TransportKind::Quic,
+    };
+    assert_eq!(quic.to_json()["transport"], "quic");
+    assert_eq!(event.to_json()["transport"], "data-channel");
 }
 
 #[test]
@@ -308,7 +343,14 @@ fn arb_event() -> impl Strategy<Value = Event> {
             address: None
         }),
         (p.clone(), 1u64..5).prop_map(|(peer, seq)| Event::OfferSent { peer, seq }),
-        p.clone().prop_map(|peer| Event::Connected { peer }),
+        (p.clone(), any::<bool>()).prop_map(|(peer, quic)| Event::Connected {
+            peer,
+            transport: if quic {
+                TransportKind::Quic
+            } else {
+                TransportKind::DataChannel
+            },
+        }),
         p.clone().prop_map(|peer| Event::NegotiationFailed {
             peer,
             reason: "no answer".into()
