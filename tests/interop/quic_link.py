@@ -258,8 +258,10 @@ class QuicLink:
         self.closed = False
         self.peer_certificate_id = None
         self.inbox = bytearray()
+        self.stream_finished = False
         self.reported = set()
         self.dropped = 0
+        self.datagrams_in = 0  # QUIC datagrams from the other side, dropped ones included
         self.tasks = []
         self.timer = None
         self.timer_at = None
@@ -340,9 +342,13 @@ class QuicLink:
         self.lost("we closed the QUIC connection: " + reason)
 
     def on_handshake_timeout(self):
-        if self.handshake_done or self.closed:
+        """Spec 6's 5 s. Spec gap: "the handshake has completed" is read as the channel being
+        open: a client whose TLS handshake completed but whose server never confirmed it (it
+        refused our certificate without a word) is no better off than one with no handshake."""
+        if self.open or self.closed:
             return
-        self.report("quic_handshake_timeout", after=HANDSHAKE_TIMEOUT, role=self.role)
+        self.report("quic_handshake_timeout", after=HANDSHAKE_TIMEOUT, role=self.role,
+                    datagrams_in=self.datagrams_in, tls_done=self.handshake_done)
         self.owner.quic_handshake_failed()
         if self.quic is not None:
             self.quic.close(error_code=CLOSE_NORMAL, reason_phrase="handshake timeout")
@@ -387,6 +393,7 @@ class QuicLink:
             self.violation_once("first-byte", "6",
                                 "a datagram in no QUIC range (greased QUIC bit?)", first_byte=first)
             return
+        self.datagrams_in += 1
         if self.drop_all:
             self.dropped += 1
             return
@@ -429,17 +436,30 @@ class QuicLink:
                     self.lost("stream 0 reset by the other side")
             elif isinstance(event, events.ConnectionTerminated):
                 self.report("quic_closed", error_code=event.error_code, frame_type=event.frame_type,
-                            reason=event.reason_phrase)
+                            reason=event.reason_phrase, datagrams_in=self.datagrams_in)
                 self.lost(f"QUIC connection closed ({event.error_code}: {event.reason_phrase})")
-        if (not self.closed and not self.is_client and self.handshake_done and not self.open
-                and 0 in self.quic._streams):
-            # The client opened stream 0 (an empty STREAM frame makes no StreamDataReceived).
+        self.maybe_open()
+
+    def maybe_open(self):
+        """Spec 6: the channel is open "when the client has opened stream 0 and the server has
+        accepted it". The server knows once stream 0 appears (an empty STREAM frame makes no
+        StreamDataReceived, hence the look at aioquic's streams). Spec gap: the client cannot see
+        the server accept anything; it counts the channel open once the handshake is confirmed
+        (HANDSHAKE_DONE, RFC 9001 4.1.2), which a server sends only after it checked the
+        client's certificate: a TLS 1.3 client finishes its handshake before the server has
+        judged its certificate, so the handshake's completion alone says nothing."""
+        if self.open or self.closed or not self.handshake_done:
+            return
+        if self.is_client:
+            ready = self.quic._handshake_confirmed
+        else:
+            ready = 0 in self.quic._streams
+        if ready:
             self.open_channel()
+            self.drain_frames()
 
     def on_handshake_completed(self, event):
         self.handshake_done = True
-        if self.handshake_timer is not None:
-            self.handshake_timer.cancel()
         took = self.loop.time() - self.selected_at
         params = []
         for ext_type, ext_data in self.quic.tls.received_extensions or []:
@@ -459,16 +479,17 @@ class QuicLink:
         if self.keep_alive_on:
             self.tasks.append(asyncio.ensure_future(self.keep_alive()))
         if self.is_client:
-            self.open_channel()
-
-    def open_channel(self):
-        if self.is_client:
+            # Spec 6: the client opens stream 0 at once.
             stream_id = self.quic.get_next_available_stream_id()
             assert stream_id == 0, stream_id
             stream = self.quic._get_or_create_stream_for_send(stream_id)
             stream.sender = StreamOpeningSender(stream_id)
             self.schedule_transmit()
+
+    def open_channel(self):
         self.open = True
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
         self.report("quic_open", role=self.role, ms=round((self.loop.time() - self.selected_at) * 1000))
         self.owner.quic_open(self)
 
@@ -478,11 +499,15 @@ class QuicLink:
             self.violation_once(f"stream-{event.stream_id}", "6", "data on a stream other than 0",
                                 stream_id=event.stream_id)
             return
-        if not self.open:
-            if self.is_client:
-                return
-            self.open_channel()
+        # Held until the channel is open (flow control bounds what can wait here).
         self.inbox += event.data
+        self.stream_finished = self.stream_finished or event.end_stream
+        if self.open:
+            self.drain_frames()
+        else:
+            self.maybe_open()
+
+    def drain_frames(self):
         while not self.closed and len(self.inbox) >= LENGTH_PREFIX:
             length = int.from_bytes(self.inbox[:LENGTH_PREFIX], "big")
             if length > self.max_in:
@@ -497,7 +522,7 @@ class QuicLink:
             if not self.owner.quic_message(message):
                 self.close_for_violation("a message that breaks section 4")
                 return
-        if event.end_stream and not self.closed:
+        if self.stream_finished and not self.closed:
             # Spec gap: nothing says a side may finish stream 0; treated as the session's end.
             self.report("quic_stream0_finished", partial_bytes=len(self.inbox))
             self.lost("stream 0 finished by the other side")
