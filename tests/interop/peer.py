@@ -1135,6 +1135,8 @@ class Peer:
         if self.args.quic_cert_other:
             key, cert = new_identity()
             return cert, key
+        if self.args.quic_no_cert:
+            return None, None
         return self.cert, self.key
 
     def check_fingerprint(self, conn, sdp, kind):
@@ -1397,13 +1399,15 @@ class Peer:
             emit("sent", ok=ok)
         elif name == "frame":
             # QUIC only: bytes on stream 0 as given, no length prefix added (framing probes:
-            # a prefix announcing more than the limit, a frame split across writes).
+            # a prefix announcing more than the limit, a frame split across writes); `stream`
+            # sends on another stream (one this side may open), `fin` ends the stream.
             remote = self.current()
             link = remote.session.quic if remote is not None else None
             if link is None:
                 emit("sent", ok=False, why="no QUIC session")
                 return
-            link.send_raw(bytes.fromhex(cmd["hex"]))
+            link.send_raw(bytes.fromhex(cmd["hex"]), stream_id=cmd.get("stream", 0),
+                          end_stream=cmd.get("fin", False))
             emit("sent", ok=True)
         elif name == "oversize":
             # One valid CBOR map of an unknown kind (ignored at any legal size), `extra` bytes
@@ -1518,11 +1522,14 @@ def parse_args():
                         "side's 5 s handshake timer decides)")
     p.add_argument("--quic-cert-other", action="store_true",
                    help="with --quic: present another key's certificate in QUIC's TLS than the SDP names")
+    p.add_argument("--quic-no-cert", action="store_true",
+                   help="with --quic: as QUIC client, present no certificate (an empty Certificate message)")
     p.add_argument("--quic-no-keepalive", action="store_true",
                    help="with --quic: send no PINGs on an idle connection (whether the other side's keep it up)")
     args = p.parse_args()
-    if (args.quic_drop or args.quic_cert_other or args.quic_no_keepalive) and not args.quic:
-        p.error("--quic-drop, --quic-cert-other and --quic-no-keepalive need --quic")
+    if (args.quic_drop or args.quic_cert_other or args.quic_no_cert or args.quic_no_keepalive) \
+            and not args.quic:
+        p.error("--quic-drop, --quic-cert-other, --quic-no-cert and --quic-no-keepalive need --quic")
     return args
 
 

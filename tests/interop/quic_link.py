@@ -535,11 +535,11 @@ class QuicLink:
             raise TypeError("QUIC's stream 0 carries no text messages")
         self.send_raw(len(message).to_bytes(LENGTH_PREFIX, "big") + bytes(message))
 
-    def send_raw(self, data):
-        """Bytes on stream 0 as they are (framing probes)."""
+    def send_raw(self, data, stream_id=0, end_stream=False):
+        """Bytes on a stream as they are (framing probes; stream 0 unless told)."""
         if self.closed or not self.open:
             raise ConnectionError("the QUIC channel is not open")
-        self.quic.send_stream_data(0, data)
+        self.quic.send_stream_data(stream_id, data, end_stream=end_stream)
         self.schedule_transmit()
 
     def schedule_transmit(self):
