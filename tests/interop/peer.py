@@ -851,7 +851,6 @@ class Session:
         """Both descriptions carry the attribute: once ICE has selected a pair, QUIC runs on it
         where aiortc would start DTLS (and after it SCTP), which then never starts."""
         self.transport = "quic"
-        self.quic_client = is_client
         dtls = self.pc.sctp.transport
 
         async def start_quic_instead_of_dtls(_remote_dtls_parameters):
