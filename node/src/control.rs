@@ -153,6 +153,10 @@ pub struct PeerRow {
     /// programs; absent from older nodes' replies.
     #[serde(default)]
     pub connection_state: ConnectionState,
+    /// What carries the connection while it is up: `quic` between fsnode nodes (spec 6),
+    /// `data-channel` otherwise; absent while not connected and from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<crate::core::link::TransportKind>,
     /// The code both operators see for this pair of devices.
     pub verification_code: String,
 }
@@ -222,6 +226,9 @@ impl PeerRow {
             requested: !peer.trusted && peer.requested_at_ms.is_some(),
             connection: peer.connection.label(),
             connection_state: peer.connection.clone(),
+            transport: peer
+                .transport
+                .filter(|_| peer.connection == ConnectionState::Connected),
             verification_code: trust::verification_code(me, id),
         }
     }

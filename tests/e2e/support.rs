@@ -110,6 +110,22 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// What carries the connection with `peer` (`quic`, `data-channel`; empty when none).
+    pub fn transport(&self, peer: &str) -> String {
+        self.peer(peer)
+            .and_then(|p| p["transport"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The transports of the `Connected` events about `peer`, oldest first.
+    pub fn connected_transports(&self, peer: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["type"] == "Connected" && e["peer"] == peer)
+            .map(|e| e["transport"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
     /// Resident memory of the running daemon, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let pid = self.home.daemon_pid().expect("a running daemon");

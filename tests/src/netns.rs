@@ -277,6 +277,32 @@ impl Lan {
         h.nft(&rules)
     }
 
+    /// A middlebox on host `i`'s link that drops QUIC and passes everything else: UDP
+    /// datagrams whose first payload byte has bit 0x40 set (RFC 9443: QUIC's 64-127 and
+    /// 192-255; STUN's 0-3 and DTLS's 20-63 have it clear), both directions. Replaces any
+    /// [`Lan::drop_percent`]; [`Lan::clear_drop`] removes it.
+    pub fn drop_quic(&self, i: usize) -> anyhow::Result<()> {
+        let h = self.checked(i)?;
+        ensure!(
+            tool_exists("nft"),
+            "drop_quic needs nftables' `nft`, which is not installed (apt-get install nftables)"
+        );
+        // The transport header is 8 bytes of UDP: the payload's first byte starts at bit 64,
+        // and 0x40 is its second bit.
+        let verdict = "meta l4proto udp @th,65,1 1 drop";
+        let rules = format!(
+            "add table inet {NFT_TABLE}\n\
+             delete table inet {NFT_TABLE}\n\
+             table inet {NFT_TABLE} {{\n\
+             \tchain input {{ type filter hook input priority 0; policy accept; \
+             iifname \"{HOST_INTERFACE}\" {verdict}; }}\n\
+             \tchain output {{ type filter hook output priority 0; policy accept; \
+             oifname \"{HOST_INTERFACE}\" {verdict}; }}\n\
+             }}\n"
+        );
+        h.nft(&rules)
+    }
+
     /// Removes what [`Lan::drop_percent`] set on host `i` (a no-op when nothing is set).
     pub fn clear_drop(&self, i: usize) -> anyhow::Result<()> {
         let h = self.checked(i)?;

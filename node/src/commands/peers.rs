@@ -87,7 +87,7 @@ fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<14} {:<20} {:<8} {:<22} {:<8} {:<16} CODE",
+        "{:<14} {:<20} {:<8} {:<22} {:<8} {:<24} CODE",
         "DEVICE", "NAME", "TYPE", "ADDRESS", "TRUSTED", "STATE"
     )?;
     for peer in peers {
@@ -100,11 +100,15 @@ fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
             (_, true, _) => "asked to connect".to_owned(),
             (ConnectionState::NotConnected, _, true) => "seen".to_owned(),
             (ConnectionState::NotConnected, _, false) => "offline".to_owned(),
+            (ConnectionState::Connected, _, _) => match peer.transport {
+                Some(transport) => format!("{} ({transport})", peer.connection),
+                None => peer.connection.clone(),
+            },
             _ => peer.connection.clone(),
         };
         writeln!(
             out,
-            "{:<14} {:<20} {:<8} {:<22} {:<8} {:<16} {}",
+            "{:<14} {:<20} {:<8} {:<22} {:<8} {:<24} {}",
             &peer.id.as_str()[..12],
             peer.name.chars().take(20).collect::<String>(),
             peer.device_type,

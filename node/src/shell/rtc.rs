@@ -259,6 +259,10 @@ impl RtcAdapter {
             let _ = self.spawner.try_send(spec);
             PeerHandle { commands: tx, open }
         });
+        if action == Action::Close {
+            // Nothing is sent from now on, whenever the task gets to the close.
+            handle.open.store(false, Ordering::Release);
+        }
         // The channel is unbounded and the task lives as long as the adapter.
         let _ = handle.commands.try_send(Command::Act(action));
     }
@@ -643,17 +647,32 @@ mod tests {
 
     /// Two adapters on loopback, signaling passed by hand: the offer's fingerprint is the
     /// node's device id (spec 1), candidates name only the served address and the data
-    /// m-line, the channel opens and carries a message, and `Close` ends it.
+    /// m-line, the channel opens on QUIC (GSO batches through quinn-udp) and carries a
+    /// message, and `Close` ends it.
     #[test]
     fn two_adapters_connect_over_loopback_udp() {
+        connect_over_loopback([true, true], link::TransportKind::Quic);
+    }
+
+    /// The same with QUIC switched off on one side: DTLS and SCTP on the same sockets.
+    #[test]
+    fn two_adapters_connect_over_loopback_udp_on_the_data_channel() {
+        connect_over_loopback([true, false], link::TransportKind::DataChannel);
+    }
+
+    fn connect_over_loopback(quic: [bool; 2], want: link::TransportKind) {
         let (_da, ia) = test_identity();
         let (_db, ib) = test_identity();
         let (id_a, id_b) = (ia.device_id.clone(), ib.device_id.clone());
         let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let (tx_a, rx_a) = async_channel::unbounded();
         let (tx_b, rx_b) = async_channel::unbounded();
-        let mut a = RtcAdapter::new(Arc::new(ia), vec![lo], QuicSettings::default(), tx_a);
-        let mut b = RtcAdapter::new(Arc::new(ib), vec![lo], QuicSettings::default(), tx_b);
+        let settings = |enabled| QuicSettings {
+            enabled,
+            ..QuicSettings::default()
+        };
+        let mut a = RtcAdapter::new(Arc::new(ia), vec![lo], settings(quic[0]), tx_a);
+        let mut b = RtcAdapter::new(Arc::new(ib), vec![lo], settings(quic[1]), tx_b);
         runtime::block_on(async {
             a.act(&id_b, Action::CreateOffer);
             let NegotiationInput::LocalOffer { sdp: offer } = next_rtc(&rx_a).await else {
@@ -698,14 +717,13 @@ mod tests {
                     .await;
                 match (side, event) {
                     (0, NegotiationInput::ChannelOpen { transport }) => {
-                        assert_eq!(
-                            transport,
-                            link::TransportKind::Quic,
-                            "two fsnode nodes run QUIC"
-                        );
+                        assert_eq!(transport, want);
                         open.0 = true
                     }
-                    (1, NegotiationInput::ChannelOpen { .. }) => open.1 = true,
+                    (1, NegotiationInput::ChannelOpen { transport }) => {
+                        assert_eq!(transport, want);
+                        open.1 = true
+                    }
                     (_, NegotiationInput::Lost { reason }) => panic!("lost: {reason}"),
                     _ => {}
                 }
@@ -713,7 +731,10 @@ mod tests {
             assert!(a.send(&id_b, vec![9; 100_000]));
             let message = runtime::timeout(std::time::Duration::from_secs(10), async {
                 loop {
-                    if let Ok(Input::Channel { data, .. }) = rx_b.recv().await {
+                    // QUIC's opening frame comes first; the core ignores it.
+                    if let Ok(Input::Channel { data, .. }) = rx_b.recv().await
+                        && data != link::quic::opening_frame()
+                    {
                         return Ok(data);
                     }
                 }
@@ -723,7 +744,8 @@ mod tests {
             assert_eq!(message, vec![9; 100_000]);
             a.act(&id_b, Action::Close);
             assert!(!a.send(&id_b, vec![1]), "no channel after Close");
-            // B hears of the close at once (DTLS close_notify), not after ICE's timeout.
+            // B hears of the close at once (DTLS close_notify, QUIC's CONNECTION_CLOSE), not
+            // after ICE's timeout.
             loop {
                 if let NegotiationInput::Lost { .. } = next_rtc(&rx_b).await {
                     break;

@@ -54,6 +54,7 @@ mod tests {
             requested: false,
             connection: "not connected".into(),
             connection_state: Default::default(),
+            transport: None,
             verification_code: "1234 5678".into(),
         };
         let text = render([row.clone()].iter());

@@ -793,8 +793,9 @@ impl SimNode {
         }
         sessions.advance(env.now);
         self.flush_sessions(&peer, env);
+        // A `Close` ends every session; the peer's `Sessions` stays (it remembers spec 6's
+        // fallback), as the shell's peer task does.
         if closing {
-            self.sessions.remove(&peer);
             self.ports.retain(|_, (p, _)| *p != peer);
         }
     }

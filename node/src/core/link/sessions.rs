@@ -471,6 +471,7 @@ mod tests {
 
     use super::*;
     use crate::core::DeviceId;
+    use crate::core::link::TransportKind;
     use crate::core::link::quic::QuicSettings;
     use crate::core::link::sim::{Conditions, SimNet};
     use crate::core::link::{MAX_MESSAGE_SIZE, SctpTuning};
@@ -733,6 +734,155 @@ mod tests {
                 .chain(&pair.b.reported)
                 .any(|r| matches!(r, NegotiationInput::Lost { .. }))
         );
+    }
+
+    fn lost(side: &Side) -> Vec<String> {
+        side.reported
+            .iter()
+            .filter_map(|r| match r {
+                NegotiationInput::Lost { reason } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn opened_on(side: &Side) -> Vec<TransportKind> {
+        side.reported
+            .iter()
+            .filter_map(|r| match r {
+                NegotiationInput::ChannelOpen { transport } => Some(*transport),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The SDP of the offer `side` makes now (the offer is then rolled back).
+    fn offer_of(side: &mut Side, net: &mut SimNet, now: Instant) -> String {
+        side.act(Action::CreateOffer, net, now);
+        let offer = side.take(|r| match r {
+            NegotiationInput::LocalOffer { sdp } => Some(sdp.clone()),
+            _ => None,
+        });
+        side.act(Action::Rollback, net, now);
+        side.take(|r| matches!(r, NegotiationInput::LocalCandidate(_)).then_some(()));
+        offer[0].clone()
+    }
+
+    /// Two fsnode peers run QUIC, and report which transport opened.
+    #[test]
+    fn two_fsnode_peers_open_on_quic() {
+        let mut pair = Pair::new();
+        pair.negotiate(true);
+        assert!(pair.run(|p| channel_opens(&p.a) == 1 && channel_opens(&p.b) == 1));
+        assert_eq!(opened_on(&pair.a), [TransportKind::Quic]);
+        assert_eq!(opened_on(&pair.b), [TransportKind::Quic]);
+        assert_eq!(pair.a.sessions.transport(), Some(TransportKind::Quic));
+        assert!(pair.a.sessions.send(vec![5; 1000]));
+        assert!(pair.run(|p| p.b.messages.len() == 2));
+        // The opening frame first (the core ignores it), then the message.
+        assert_eq!(pair.b.messages[1], vec![5; 1000]);
+    }
+
+    /// Spec 6's fallback. A path that drops QUIC: the session is lost 5 s after ICE selected a
+    /// pair, with a reason naming QUIC, on both sides; the memory survives the `Close` that
+    /// negotiation then sends; the next offer and answer leave `a=x-fsnode-quic` out and the
+    /// data channel opens. Ten minutes later offers carry it again; a further failure falls
+    /// back for twice as long; a QUIC channel that opens ends the fallback.
+    #[test]
+    fn a_quic_failure_falls_back_to_the_data_channel_for_a_while() {
+        let mut pair = Pair::new();
+        pair.net.conditions.block_quic = true;
+        let start = pair.now;
+        pair.negotiate(true);
+        assert!(pair.run(|p| !lost(&p.a).is_empty() && !lost(&p.b).is_empty()));
+        for side in [&pair.a, &pair.b] {
+            assert!(lost(side)[0].contains("QUIC"), "{:?}", lost(side));
+            assert!(side.sessions.quic_fallback().active(pair.now));
+            let until = side.sessions.quic_fallback().until().unwrap();
+            assert!(until >= start + QUIC_FALLBACK_FIRST);
+            assert!(until < pair.now + QUIC_FALLBACK_FIRST + Duration::from_millis(1));
+        }
+        let now = pair.now;
+        pair.a.act(Action::Close, &mut pair.net, now);
+        pair.b.act(Action::Close, &mut pair.net, now);
+        assert!(
+            pair.a.sessions.quic_fallback().active(now),
+            "outlives Close"
+        );
+        let offer = offer_of(&mut pair.a, &mut pair.net, now);
+        assert!(!offer.contains("x-fsnode-quic"), "{offer}");
+        // An offer with QUIC (from a's key, without a's memory) gets an answer without it.
+        let mut fresh = Side::new(
+            pair.a.certificate.clone(),
+            pair.a.peer.clone(),
+            [10, 77, 0, 1],
+        );
+        fresh.next_port = 42_000;
+        let offer = offer_of(&mut fresh, &mut pair.net, now);
+        assert!(offer.contains("a=x-fsnode-quic:1\r\n"));
+        pair.b
+            .act(Action::AnswerOffer { sdp: offer }, &mut pair.net, now);
+        let answer = pair.b.take(|r| match r {
+            NegotiationInput::LocalAnswer { sdp } => Some(sdp.clone()),
+            _ => None,
+        });
+        assert!(!answer[0].contains("x-fsnode-quic"), "{}", answer[0]);
+        pair.b.act(Action::Close, &mut pair.net, now);
+        pair.b.reported.clear();
+        pair.negotiate(true);
+        assert!(pair.run(|p| channel_opens(&p.a) == 1 && channel_opens(&p.b) == 1));
+        assert_eq!(opened_on(&pair.a), [TransportKind::DataChannel]);
+        assert_eq!(opened_on(&pair.b), [TransportKind::DataChannel]);
+        assert!(pair.a.sessions.send(vec![6; 1000]));
+        assert!(pair.run(|p| p.b.messages == [vec![6; 1000]]));
+
+        // Later, with nothing up: offers carry QUIC again.
+        let later = [&pair.a, &pair.b]
+            .iter()
+            .filter_map(|side| side.sessions.quic_fallback().until())
+            .max()
+            .unwrap();
+        let now = pair.now;
+        pair.a.act(Action::Close, &mut pair.net, now);
+        pair.b.act(Action::Close, &mut pair.net, now);
+        pair.now = later;
+        let offer = offer_of(&mut pair.b, &mut pair.net, later);
+        assert!(offer.contains("a=x-fsnode-quic:1\r\n"));
+        // A second failure: twice as long.
+        pair.b.reported.clear();
+        pair.negotiate(false);
+        assert!(pair.run(|p| !lost(&p.b).is_empty()));
+        let second = pair.b.sessions.quic_fallback().until().unwrap() - pair.now;
+        assert!(
+            second > 2 * QUIC_FALLBACK_FIRST - Duration::from_secs(6),
+            "{second:?}"
+        );
+        assert!(second <= 2 * QUIC_FALLBACK_FIRST);
+    }
+
+    #[test]
+    fn the_fallback_doubles_up_to_four_hours_and_ends_when_quic_opens() {
+        let t0 = Instant::now();
+        let mut fallback = QuicFallback::default();
+        assert!(!fallback.active(t0));
+        let mut at = t0;
+        let mut lengths = Vec::new();
+        for _ in 0..8 {
+            fallback.failed(at);
+            // A late report of the same failure changes nothing.
+            let until = fallback.until().unwrap();
+            fallback.failed(at + Duration::from_secs(1));
+            assert_eq!(fallback.until(), Some(until));
+            lengths.push((until - at).as_secs() / 60);
+            assert!(fallback.active(until - Duration::from_secs(1)));
+            assert!(!fallback.active(until));
+            at = until;
+        }
+        assert_eq!(lengths, [10, 20, 40, 80, 160, 240, 240, 240]);
+        fallback.succeeded();
+        assert!(!fallback.active(at));
+        fallback.failed(at);
+        assert_eq!(fallback.until(), Some(at + QUIC_FALLBACK_FIRST));
     }
 
     /// `Close` ends every session; sending then fails, and the peer hears of it at once.
