@@ -1116,6 +1116,45 @@ fn interop_transfers_resume_after_the_peer_is_killed(transport: Transport) {
     );
 }
 
+/// A cut in the middle of a transfer: fsnode has a window of chunks out to the peer, the peer's
+/// link goes down for 3 s and its acknowledgements go into the cut, then the link comes back. The
+/// file arrives byte-identical, on the session that rode the cut out or on a new one (resume),
+/// and nothing the peer saw breaks the spec.
+fn interop_a_transfer_survives_a_cut_link(transport: Transport) {
+    let s = Setup::new(transport);
+    let mut peer = s.connected_peer(&["--window", "8"]);
+    let (path, bytes) = write_file(s.node.home.path(), "cut.bin", 4 << 20, 41);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "hold_progress"}));
+    let id = s.fsnode_sends(&peer, from, &path);
+    peer.wait(from, "a window of chunks arrives", REACTION, |e| {
+        e["ev"] == "dc_in" && e["msg"]["t"] == "chunk" && e["msg"]["index"].as_u64() >= Some(7)
+    });
+    s.lan.link_down(1).unwrap();
+    peer.cmd(json!({"cmd": "release_progress"}));
+    std::thread::sleep(Duration::from_secs(3));
+    s.lan.link_up(1).unwrap();
+    let got = peer.wait(
+        from,
+        "the file arrives after the cut",
+        Duration::from_secs(60),
+        |e| e["ev"] == "recv_done" && e["id"] == id.as_str(),
+    );
+    assert!(std::fs::read(got["path"].as_str().unwrap()).unwrap() == bytes);
+    s.wait_transfer(&id, "completed");
+    let lost = peer
+        .events_since(from)
+        .iter()
+        .filter(|e| e["ev"] == "disconnected")
+        .count();
+    eprintln!("{transport:?}: sessions lost to the 3 s cut: {lost}");
+    assert!(
+        peer.violations(0, "").is_empty(),
+        "{:?}",
+        peer.violations(0, "")
+    );
+}
+
 /// Spec 3.3: a peer that restarted offers again (new ICE credentials) while fsnode still believes
 /// the old session is up; fsnode answers with a fresh session and the transfer resumes on it.
 fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected(transport: Transport) {
@@ -1450,6 +1489,7 @@ on_both_transports!(
     interop_every_reject_carries_the_code_spec_4_names,
     interop_cancel_from_either_side,
     interop_transfers_resume_after_the_peer_is_killed,
+    interop_a_transfer_survives_a_cut_link,
     interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected,
     interop_glare_with_fsnode_polite,
     interop_glare_with_fsnode_impolite,
