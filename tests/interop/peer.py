@@ -123,8 +123,9 @@ def device_id_of(cert):
     return b32(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
 
 
-def new_identity():
-    key = ec.generate_private_key(ec.SECP256R1())
+def new_identity(key=None):
+    """A self-signed certificate for `key` (a new P-256 key when None)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "fsnode-interop-peer")])
     start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
     cert = (
@@ -149,13 +150,17 @@ def load_identity(path, below=None, above=None):
         key = serialization.load_pem_private_key(pem, password=None)
         cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE") :])
         return key, cert
-    for _ in range(1000):
-        key, cert = new_identity()
+    # The id hashes the certificate, so a new serial number is a new id: one key, many
+    # signatures (cheap), until the order holds. An id near either end of the order (one of
+    # fsnode's starting "zz", say) can take thousands of tries.
+    key = None
+    for _ in range(200_000):
+        key, cert = new_identity(key)
         did = device_id_of(cert)
         if (below is None or did < below) and (above is None or did > above):
             break
     else:
-        raise SystemExit("no identity with the requested id order in 1000 tries")
+        raise SystemExit("no identity with the requested id order in 200,000 tries")
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
