@@ -33,7 +33,9 @@ command -v npm >/dev/null 2>&1 || debian_packages+=(npm)
 #   zeroconf      python-zeroconf: the independent mDNS implementation discovery is checked against
 #   aiortc        the independent WebRTC stack of the interop peer (tests/interop/peer.py)
 #   cbor2         the interop peer's CBOR for the transfer protocol (spec 4)
-python_modules=("zeroconf:zeroconf>=0.130" "aiortc:aiortc==1.16.0" "cbor2:cbor2==6.3.0")
+#   aioquic       the interop peer's QUIC between nodes (spec 6), by aiortc's author
+python_modules=("zeroconf:zeroconf>=0.130" "aiortc:aiortc==1.16.0" "cbor2:cbor2==6.3.0"
+                "aioquic:aioquic==1.7.2")
 wasm_target=wasm32-unknown-unknown
 #   playwright-core  drives Chromium for tests/e2e/browser.rs (never downloads a browser: it
 #                    runs Debian's /usr/bin/chromium); kept in a cache, not installed globally

@@ -3,6 +3,11 @@
 //! fsnode runs on host 0 of a namespace LAN, the peer on host 1; the peer takes one JSON command
 //! per line on stdin and prints one JSON event per line (its docstring lists both).
 //!
+//! Every case runs on both transports (`on_both_transports!`: `CASE::data_channel` and
+//! `CASE::quic`): the data channel every WebRTC peer speaks, and QUIC between nodes (spec 6),
+//! which the peer offers with `--quic`; each checks from both ends that its session ran on the
+//! transport it names. A few cases are QUIC's alone (roles, certificates, fallback).
+//!
 //! A test marked `#[ignore = "fsnode deviates: …"]` fails against today's fsnode because fsnode
 //! breaks the rule it names; it must pass once issues 14 and 15 are resolved
 //! (`cargo test -p fsnode --test e2e -- --ignored interop`).
@@ -199,17 +204,62 @@ impl Drop for Peer {
     }
 }
 
+/// The link between fsnode and the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// DTLS and SCTP with the pre-negotiated `fileshare` channel (spec 3.3): the peer does not
+    /// offer QUIC, as a browser or plain aiortc would not.
+    DataChannel,
+    /// QUIC on the ICE-selected pair (spec 6): the peer offers and answers `a=x-fsnode-quic:1`.
+    Quic,
+}
+
+impl Transport {
+    fn peer_flags(self) -> &'static [&'static str] {
+        match self {
+            Transport::DataChannel => &[],
+            Transport::Quic => &["--quic"],
+        }
+    }
+
+    /// The name the peer gives it in its `connected` event.
+    fn peer_name(self) -> &'static str {
+        match self {
+            Transport::DataChannel => "datachannel",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+/// Runs each case `fn CASE(Transport)` as two tests, `CASE::data_channel` and `CASE::quic`.
+macro_rules! on_both_transports {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn data_channel() {
+                super::$case(super::Transport::DataChannel)
+            }
+
+            #[test]
+            fn quic() {
+                super::$case(super::Transport::Quic)
+            }
+        }
+    )*};
+}
+
 /// fsnode on host 0, the peer on host 1 (not started yet), and a directory for the peer.
 struct Setup {
     node: Node,
     node_id: String,
     dir: tempfile::TempDir,
+    transport: Transport,
     // Declared last: dropped after the processes in its namespaces.
     lan: Lan,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    fn new(transport: Transport) -> Setup {
         let lan = Lan::new(2).unwrap();
         let node = Node::start(&lan, 0, "fsnode", &["--port", &FSNODE_PORT.to_string()]);
         let node_id = node.id();
@@ -217,6 +267,7 @@ impl Setup {
             node,
             node_id,
             dir: tempfile::tempdir().unwrap(),
+            transport,
             lan,
         }
     }
@@ -233,6 +284,7 @@ impl Setup {
             "--dial".into(),
             self.node_addr(),
         ];
+        args.extend(self.transport.peer_flags().iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         Peer::start(self.lan.host(1), self.dir.path(), &args)
     }
@@ -243,17 +295,63 @@ impl Setup {
             self.node.peer(&peer.id).is_some()
         });
         self.node.json(&["trust", "add", &peer.id, "--json"]);
-        peer.wait(from, "the channel opens", REACTION, |e| {
+        let connected = peer.wait(from, "the channel opens", REACTION, |e| {
             e["ev"] == "connected"
         });
         wait_for("fsnode shows the peer connected", REACTION, || {
             self.node.connection(&peer.id) == "connected"
         });
+        self.assert_transport(peer, &connected, self.transport);
+    }
+
+    /// The session that `connected` (the peer's event) announced ran on `transport` by both
+    /// ends' account: the peer's event and fsnode's journaled `Connected`.
+    fn assert_transport(&self, peer: &Peer, connected: &Value, transport: Transport) {
+        assert_eq!(
+            connected["transport"],
+            transport.peer_name(),
+            "the peer's session: {connected}"
+        );
+        wait_for("fsnode shows the peer connected", REACTION, || {
+            self.node.connection(&peer.id) == "connected"
+        });
+        let journaled = self.fsnode_transport(&peer.id);
+        assert_eq!(
+            journaled.as_deref().map(|t| t.contains("quic")),
+            Some(transport == Transport::Quic),
+            "fsnode's journal records the session's transport as {journaled:?}, want {transport:?}"
+        );
+    }
+
+    /// The transport fsnode's latest `Connected` with `peer` records.
+    fn fsnode_transport(&self, peer: &str) -> Option<String> {
+        self.node
+            .events()
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "Connected" && e["peer"] == peer)
+            .and_then(|e| e["transport"].as_str().map(str::to_lowercase))
     }
 
     fn connected_peer(&self, extra: &[&str]) -> Peer {
+        self.connected_peer_on(self.transport, extra)
+    }
+
+    /// A connected peer whose session must end up on `transport` (which the fallback case
+    /// needs to differ from what the peer offers).
+    fn connected_peer_on(&self, transport: Transport, extra: &[&str]) -> Peer {
         let peer = self.peer(extra);
-        self.trust_and_connect(&peer, 0);
+        wait_for("fsnode sees the peer", REACTION, || {
+            self.node.peer(&peer.id).is_some()
+        });
+        self.node.json(&["trust", "add", &peer.id, "--json"]);
+        let connected = peer.wait(0, "the channel opens", Duration::from_secs(30), |e| {
+            e["ev"] == "connected"
+        });
+        wait_for("fsnode shows the peer connected", REACTION, || {
+            self.node.connection(&peer.id) == "connected"
+        });
+        self.assert_transport(&peer, &connected, transport);
         peer
     }
 
@@ -352,10 +450,16 @@ fn parts_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
-fn interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answered() {
-    let s = Setup::new();
+fn interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answered(
+    transport: Transport,
+) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
+    if transport == Transport::Quic {
+        // fsnode offered (it trusted the peer last): it is the QUIC client.
+        let connected = peer.find(0, |e| e["ev"] == "connected").unwrap();
+        assert_eq!(connected["quic_role"], "server", "{connected}");
+    }
 
     // The peer sends 3 MiB to fsnode.
     let (path, bytes) = write_file(s.dir.path(), "to-fsnode.bin", 3 << 20, 1);
@@ -418,9 +522,8 @@ fn interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answer
 
 /// Spec 4, names: every refused name gets `reject`, and nothing is written (the code each
 /// `reject` must carry is `interop_every_reject_carries_the_code_spec_4_names`).
-#[test]
-fn interop_every_refused_name_is_rejected() {
-    let s = Setup::new();
+fn interop_every_refused_name_is_rejected(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let outside = tempfile::tempdir().unwrap();
     let receive = s.node.home.path().join("received");
@@ -497,9 +600,8 @@ fn start_with(id: &str, changes: &[(&str, Value)]) -> Value {
 
 /// Spec 4, strictness: a known `t` with missing or wrongly typed keys and a readable `id` gets
 /// `reject` with `code: "invalid"` (not a closed channel).
-#[test]
-fn interop_malformed_known_messages_get_reject_invalid() {
-    let s = Setup::new();
+fn interop_malformed_known_messages_get_reject_invalid(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let cases: Vec<(&str, Vec<(&str, Value)>)> = vec![
         ("start without name", vec![("name", Value::Null)]),
@@ -551,9 +653,8 @@ fn interop_malformed_known_messages_get_reject_invalid() {
 /// Spec 4: a `start` whose `size`, `chunk_size` and `chunks` disagree (or whose chunk size is
 /// out of bounds) is refused; unknown keys, unknown ids, unknown kinds and text messages are
 /// ignored, and the channel stays open throughout. The peer sends no trickled candidates.
-#[test]
-fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored() {
-    let s = Setup::new();
+fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored(transport: Transport) {
+    let s = Setup::new(transport);
     // This peer does not trickle: its candidates ride in the SDP (valid, spec 3.3).
     let mut peer = s.connected_peer(&["--no-trickle"]);
     let mut failures = Vec::new();
@@ -630,11 +731,16 @@ fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored() {
             "unknown kind",
             cbor(json!({"t": "x-future", "id": stranger})),
         ),
-        (
-            "text message",
-            json!({"cmd": "text", "text": "{\"t\":\"start\"}"}),
-        ),
     ];
+    let ignored = ignored.into_iter().chain(
+        // Stream 0 has no text messages (spec 6): only the data channel can carry one.
+        (transport == Transport::DataChannel).then(|| {
+            (
+                "text message",
+                json!({"cmd": "text", "text": "{\"t\":\"start\"}"}),
+            )
+        }),
+    );
     for (what, command) in ignored {
         let probe = random_id();
         let from = peer.mark();
@@ -669,15 +775,15 @@ fn interop_inconsistent_starts_are_refused_and_unknown_things_ignored() {
 }
 
 /// Spec 4, strictness: a binary message that is not exactly one CBOR item, or a known `t`
-/// without a readable `id`, closes the data channel; the two connect again afterwards.
-#[test]
-fn interop_undecodable_messages_close_the_channel() {
-    let s = Setup::new();
+/// without a readable `id`, closes the data channel (over QUIC, spec 6: the connection); the two
+/// connect again afterwards.
+fn interop_undecodable_messages_close_the_channel(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let no_id = json!({"t": "start", "name": "x", "size": 0, "chunk_size": 1024, "chunks": 0, "mime": "x", "start_chunk": 0});
     let mut short_id = no_id.clone();
     short_id["id"] = json!({"$hex": "010203"});
-    let cases: Vec<(&str, Value)> = vec![
+    let mut cases: Vec<(&str, Value)> = vec![
         (
             "trailing bytes",
             json!({"cmd": "cbor", "msg": start_msg(&random_id(), "t.bin"), "trailing": "00"}),
@@ -693,6 +799,15 @@ fn interop_undecodable_messages_close_the_channel() {
             json!({"cmd": "cbor", "msg": short_id}),
         ),
     ];
+    if transport == Transport::Quic {
+        // Stream 0's framing: a frame of length 0 holds no CBOR item; a frame whose item ends
+        // before the frame does has trailing bytes.
+        cases.push(("an empty frame", json!({"cmd": "frame", "hex": "00000000"})));
+        cases.push((
+            "a CBOR item shorter than its frame",
+            json!({"cmd": "frame", "hex": "00000006a16174617800"}),
+        ));
+    }
     let failures = closing_cases(&mut peer, cases);
     assert!(
         failures.is_empty(),
@@ -702,15 +817,21 @@ fn interop_undecodable_messages_close_the_channel() {
 }
 
 /// Spec 4, strictness: a message larger than the receiver's advertised `a=max-message-size`
-/// closes the data channel.
-#[test]
-fn interop_a_message_over_max_message_size_closes_the_channel() {
-    let s = Setup::new();
+/// closes the data channel; over QUIC (spec 6) a frame longer than that closes the connection,
+/// and so does a length prefix announcing one (nothing after it need arrive).
+fn interop_a_message_over_max_message_size_closes_the_channel(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
-    let cases = vec![(
+    let mut cases = vec![(
         "over max-message-size",
         json!({"cmd": "oversize", "extra": 1}),
     )];
+    if transport == Transport::Quic {
+        cases.push((
+            "a length prefix of 4 GiB - 1 alone",
+            json!({"cmd": "frame", "hex": "ffffffff"}),
+        ));
+    }
     let failures = closing_cases(&mut peer, cases);
     assert!(
         failures.is_empty(),
@@ -751,9 +872,8 @@ fn closing_cases(peer: &mut Peer, cases: Vec<(&str, Value)>) -> Vec<String> {
 
 /// Spec 4, `reject.code`: every `reject` carries the code of its cause, and a `start` for a
 /// transfer that was refused or cancelled gets that code again.
-#[test]
-fn interop_every_reject_carries_the_code_spec_4_names() {
-    let s = Setup::new();
+fn interop_every_reject_carries_the_code_spec_4_names(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let mut failures = Vec::new();
     let mut expect = |what: &str, answer: &Value, code: &str| {
@@ -820,9 +940,8 @@ fn interop_every_reject_carries_the_code_spec_4_names() {
 
 /// Cancel from either side, as sender and as receiver; a `start` for a cancelled transfer gets
 /// `reject` (its code: `interop_every_reject_carries_the_code_spec_4_names`).
-#[test]
-fn interop_cancel_from_either_side() {
-    let s = Setup::new();
+fn interop_cancel_from_either_side(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&["--window", "4"]);
     let received = s.node.home.path().join("received");
 
@@ -910,9 +1029,8 @@ fn interop_cancel_from_either_side() {
 
 /// Resume after a drop, both directions: the peer is killed mid-transfer, fsnode notices, the
 /// peer comes back with its state; the transfer resumes from what the receiver holds durably.
-#[test]
-fn interop_transfers_resume_after_the_peer_is_killed() {
-    let s = Setup::new();
+fn interop_transfers_resume_after_the_peer_is_killed(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&["--window", "4"]);
 
     // fsnode -> peer: the peer stops acknowledging after a few chunks and is killed.
@@ -998,11 +1116,49 @@ fn interop_transfers_resume_after_the_peer_is_killed() {
     );
 }
 
+/// A cut in the middle of a transfer: fsnode has a window of chunks out to the peer, the peer's
+/// link goes down for 3 s and its acknowledgements go into the cut, then the link comes back. The
+/// file arrives byte-identical, on the session that rode the cut out or on a new one (resume),
+/// and nothing the peer saw breaks the spec.
+fn interop_a_transfer_survives_a_cut_link(transport: Transport) {
+    let s = Setup::new(transport);
+    let mut peer = s.connected_peer(&["--window", "8"]);
+    let (path, bytes) = write_file(s.node.home.path(), "cut.bin", 4 << 20, 41);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "hold_progress"}));
+    let id = s.fsnode_sends(&peer, from, &path);
+    peer.wait(from, "a window of chunks arrives", REACTION, |e| {
+        e["ev"] == "dc_in" && e["msg"]["t"] == "chunk" && e["msg"]["index"].as_u64() >= Some(7)
+    });
+    s.lan.link_down(1).unwrap();
+    peer.cmd(json!({"cmd": "release_progress"}));
+    std::thread::sleep(Duration::from_secs(3));
+    s.lan.link_up(1).unwrap();
+    let got = peer.wait(
+        from,
+        "the file arrives after the cut",
+        Duration::from_secs(60),
+        |e| e["ev"] == "recv_done" && e["id"] == id.as_str(),
+    );
+    assert!(std::fs::read(got["path"].as_str().unwrap()).unwrap() == bytes);
+    s.wait_transfer(&id, "completed");
+    let lost = peer
+        .events_since(from)
+        .iter()
+        .filter(|e| e["ev"] == "disconnected")
+        .count();
+    eprintln!("{transport:?}: sessions lost to the 3 s cut: {lost}");
+    assert!(
+        peer.violations(0, "").is_empty(),
+        "{:?}",
+        peer.violations(0, "")
+    );
+}
+
 /// Spec 3.3: a peer that restarted offers again (new ICE credentials) while fsnode still believes
 /// the old session is up; fsnode answers with a fresh session and the transfer resumes on it.
-#[test]
-fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected() {
-    let s = Setup::new();
+fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&["--window", "4"]);
     let first_ufrag = peer
         .find(0, |e| e["ev"] == "offer_in" || e["ev"] == "offer_sent")
@@ -1050,8 +1206,8 @@ fn interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected() {
 
 /// Both sides offer at once (glare, spec 3.3): the peer makes its offer first and sends it the
 /// moment fsnode's arrives. Exactly one session comes up, the polite side's offer loses.
-fn glare(fsnode_polite: bool) {
-    let s = Setup::new();
+fn glare(transport: Transport, fsnode_polite: bool) {
+    let s = Setup::new(transport);
     let order = if fsnode_polite {
         "--id-above"
     } else {
@@ -1094,25 +1250,25 @@ fn glare(fsnode_polite: bool) {
     assert_eq!(s.node.connection(&peer.id), "connected");
 }
 
-#[test]
-fn interop_glare_with_fsnode_polite() {
-    glare(true);
+fn interop_glare_with_fsnode_polite(transport: Transport) {
+    glare(transport, true);
 }
 
-#[test]
-fn interop_glare_with_fsnode_impolite() {
-    glare(false);
+fn interop_glare_with_fsnode_impolite(transport: Transport) {
+    glare(transport, false);
 }
 
 /// Spec 3.1-3.4 as observed on the wire in an ordinary connection: every signaling message fsnode
 /// sends is one the peer can take as a browser would (candidates with `sdpMid` and
-/// `sdpMLineIndex`, fingerprints matching the `hello`, integer `seq`s, a complete `hello`).
-#[test]
-fn interop_fsnode_signaling_follows_the_spec() {
-    let s = Setup::new();
+/// `sdpMLineIndex`, fingerprints matching the `hello`, integer `seq`s, a complete `hello`); over
+/// QUIC, nothing of spec 6 broken either (the attribute's form, roles, ALPN, certificate, first
+/// bytes, QUIC version 1, client authentication).
+fn interop_fsnode_signaling_follows_the_spec(transport: Transport) {
+    let s = Setup::new(transport);
     let peer = s.connected_peer(&[]);
     std::thread::sleep(Duration::from_secs(2));
-    let violations = peer.violations(0, "3");
+    let mut violations = peer.violations(0, "3");
+    violations.extend(peer.violations(0, "6"));
     assert!(
         violations.is_empty(),
         "fsnode's signaling breaks spec 3:\n{}",
@@ -1129,6 +1285,7 @@ impl Setup {
     /// meet, so both sides hold the other as trusted from the first `hello`.
     fn mutually_trusting_peer(&self, dir: &Path, extra: &[&str]) -> Peer {
         let mut args: Vec<String> = vec!["--trust".into(), self.node_id.clone()];
+        args.extend(self.transport.peer_flags().iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         let peer = Peer::start(self.lan.host(1), dir, &args);
         self.node.json(&["trust", "add", &peer.id, "--json"]);
@@ -1139,9 +1296,10 @@ impl Setup {
 /// Spec 3.3: on discovering a trusted peer the impolite side initiates at once, the polite side
 /// waits 1.5 s and initiates only if no offer arrived meanwhile (here none does: the peer never
 /// offers first).
-#[test]
-fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite() {
-    let s = Setup::new();
+fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite(
+    transport: Transport,
+) {
+    let s = Setup::new(transport);
     for (fsnode_polite, order) in [(false, "--id-below"), (true, "--id-above")] {
         let dir = s.dir.path().join(order.trim_start_matches('-'));
         let mut peer = s.mutually_trusting_peer(&dir, &["--no-initiate", order, &s.node_id]);
@@ -1168,21 +1326,28 @@ fn interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite() 
                 "the impolite side initiates at once: {delay:.2} s"
             );
         }
-        peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+        let connected = peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+        s.assert_transport(&peer, &connected, transport);
     }
 }
 
 /// Spec 3.3: the impolite peer offers at once; fsnode, polite, yields (makes no offer of its
 /// own) and answers; the same offer again (same `seq`, same SDP) gets the same answer and leaves
 /// the session up.
-#[test]
-fn interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer() {
-    let s = Setup::new();
+fn interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.mutually_trusting_peer(s.dir.path(), &["--id-above", &s.node_id]);
     let from = peer.mark();
     peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
     let answer = peer.wait(from, "fsnode answers", REACTION, |e| e["ev"] == "answer_in");
-    peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+    let connected = peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+    s.assert_transport(&peer, &connected, transport);
+    if transport == Transport::Quic {
+        assert_eq!(
+            connected["quic_role"], "client",
+            "the offerer is the QUIC client"
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         peer.find(from, |e| e["ev"] == "offer_in").is_none(),
@@ -1205,9 +1370,8 @@ fn interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer() {
 
 /// Spec 3.1: when both sides dial at once, two connections exist and neither side closes one
 /// merely because the other exists; the two connect without waiting for a retry.
-#[test]
-fn interop_both_sides_dialling_at_once_keep_both_connections() {
-    let s = Setup::new();
+fn interop_both_sides_dialling_at_once_keep_both_connections(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.mutually_trusting_peer(s.dir.path(), &[]);
     let from = peer.mark();
     let peer_addr = format!("{}:{PEER_PORT}", s.lan.host(1).addr());
@@ -1217,6 +1381,7 @@ fn interop_both_sides_dialling_at_once_keep_both_connections() {
     let connected = peer.wait(from, "connected", Duration::from_secs(5), |e| {
         e["ev"] == "connected"
     });
+    s.assert_transport(&peer, &connected, transport);
     std::thread::sleep(Duration::from_secs(3));
     let events = peer.events_since(from);
     let hellos = events.iter().filter(|e| e["ev"] == "hello").count();
@@ -1237,9 +1402,8 @@ fn interop_both_sides_dialling_at_once_keep_both_connections() {
 
 /// Spec 4: a chunk whose SHA-256 does not match gets `resend` and the resent chunk completes
 /// the file; a chunk failing 3 times cancels the transfer.
-#[test]
-fn interop_a_corrupt_chunk_is_resent_and_three_failures_cancel() {
-    let s = Setup::new();
+fn interop_a_corrupt_chunk_is_resent_and_three_failures_cancel(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let (path, bytes) = write_file(s.dir.path(), "corrupt-once.bin", 1 << 20, 11);
     let from = peer.mark();
@@ -1296,9 +1460,8 @@ fn resumed_start_differing(id: &str, name: &str, sent: &Value, key: &str) -> Val
 
 /// Spec 4, resume: a `start` for a transfer in progress whose `size` or `chunk_size` differ from
 /// the first is refused (code `mismatch`: `interop_every_reject_carries_the_code_spec_4_names`).
-#[test]
-fn interop_a_resumed_start_that_differs_is_refused() {
-    let s = Setup::new();
+fn interop_a_resumed_start_that_differs_is_refused(transport: Transport) {
+    let s = Setup::new(transport);
     let mut peer = s.connected_peer(&[]);
     let (path, _) = write_file(s.dir.path(), "resumed.bin", 1 << 20, 13);
     let from = peer.mark();
@@ -1314,4 +1477,326 @@ fn interop_a_resumed_start_that_differs_is_refused() {
         let answer = answer_to(&mut peer, what, &id, json!({"cmd": "cbor", "msg": msg}));
         assert_eq!(answer["msg"]["t"], "reject", "{what}: {answer}");
     }
+}
+
+on_both_transports!(
+    interop_transfers_both_ways_are_byte_identical_and_finished_starts_are_answered,
+    interop_every_refused_name_is_rejected,
+    interop_malformed_known_messages_get_reject_invalid,
+    interop_inconsistent_starts_are_refused_and_unknown_things_ignored,
+    interop_undecodable_messages_close_the_channel,
+    interop_a_message_over_max_message_size_closes_the_channel,
+    interop_every_reject_carries_the_code_spec_4_names,
+    interop_cancel_from_either_side,
+    interop_transfers_resume_after_the_peer_is_killed,
+    interop_a_transfer_survives_a_cut_link,
+    interop_a_restarted_peer_offers_again_while_fsnode_believes_it_connected,
+    interop_glare_with_fsnode_polite,
+    interop_glare_with_fsnode_impolite,
+    interop_fsnode_signaling_follows_the_spec,
+    interop_fsnode_initiates_at_once_when_impolite_and_after_1_5_s_when_polite,
+    interop_fsnode_polite_answers_and_a_repeated_offer_gets_the_same_answer,
+    interop_both_sides_dialling_at_once_keep_both_connections,
+    interop_a_corrupt_chunk_is_resent_and_three_failures_cancel,
+    interop_a_resumed_start_that_differs_is_refused,
+);
+
+/// Spec 6, roles: the peer offers (it is impolite and trusted), so it is the QUIC client and
+/// fsnode the server; files go both ways on that session too.
+#[test]
+fn interop_quic_with_the_peer_as_client_transfers_both_ways() {
+    let s = Setup::new(Transport::Quic);
+    let mut peer = s.mutually_trusting_peer(s.dir.path(), &["--id-above", &s.node_id]);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+    let connected = peer.wait(from, "connected", REACTION, |e| e["ev"] == "connected");
+    s.assert_transport(&peer, &connected, Transport::Quic);
+    assert_eq!(connected["quic_role"], "client", "{connected}");
+
+    let (path, bytes) = write_file(s.dir.path(), "client-to-fsnode.bin", 1 << 20, 21);
+    let from = peer.mark();
+    peer.cmd(json!({"cmd": "send", "path": path, "name": "client-to-fsnode.bin"}));
+    let done = peer.wait(from, "fsnode answers done", Duration::from_secs(30), |e| {
+        e["ev"] == "send_done"
+    });
+    assert_eq!(done["ok"], true, "{done}");
+    assert!(std::fs::read(s.received("client-to-fsnode.bin")).unwrap() == bytes);
+
+    let (path, bytes) = write_file(s.node.home.path(), "server-to-peer.bin", 1 << 20, 22);
+    let from = peer.mark();
+    let id = s.fsnode_sends(&peer, from, &path);
+    let got = peer.wait(
+        from,
+        "the peer has the file",
+        Duration::from_secs(30),
+        |e| e["ev"] == "recv_done",
+    );
+    assert!(std::fs::read(got["path"].as_str().unwrap()).unwrap() == bytes);
+    s.wait_transfer(&id, "completed");
+    assert!(
+        peer.violations(0, "").is_empty(),
+        "{:?}",
+        peer.violations(0, "")
+    );
+}
+
+/// Whether fsnode journaled a `FingerprintMismatch` naming `peer`.
+fn mismatch_recorded(s: &Setup, peer: &str) -> bool {
+    s.node
+        .events()
+        .iter()
+        .any(|e| e["type"] == "FingerprintMismatch" && e["claimed"] == peer)
+}
+
+/// A peer that presents in QUIC what `flag` says (`--quic-cert-other`: another key's certificate
+/// than its `hello` and SDP name; `--quic-no-cert`: none, as client), in the given role; returns
+/// it once QUIC has started (the peer's `quic_start`).
+fn peer_with_bad_quic_credentials(s: &Setup, peer_offers: bool, flag: &str) -> Peer {
+    let dir = s
+        .dir
+        .path()
+        .join(format!("peer-offers-{peer_offers}{flag}"));
+    let peer = if peer_offers {
+        // Impolite and trusted: the peer offers at once and is the QUIC client.
+        let mut peer = s.mutually_trusting_peer(&dir, &[flag, "--id-above", &s.node_id]);
+        peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+        peer
+    } else {
+        // fsnode trusts the peer last and offers: fsnode is the QUIC client.
+        let mut args: Vec<String> = vec![
+            "--trust".into(),
+            s.node_id.clone(),
+            "--dial".into(),
+            s.node_addr(),
+        ];
+        args.extend(["--quic", flag, "--no-initiate"].map(String::from));
+        let peer = Peer::start(s.lan.host(1), &dir, &args);
+        wait_for("fsnode sees the peer", REACTION, || {
+            s.node.peer(&peer.id).is_some()
+        });
+        s.node.json(&["trust", "add", &peer.id, "--json"]);
+        peer
+    };
+    let start = peer.wait(0, "QUIC starts", REACTION, |e| e["ev"] == "quic_start");
+    let role = if peer_offers { "client" } else { "server" };
+    assert_eq!(start["role"], role, "{start}");
+    peer
+}
+
+/// What fsnode journaled about `peer`, one event per line.
+fn journal_about(s: &Setup, peer: &str) -> String {
+    s.node
+        .events()
+        .iter()
+        .filter(|e| e["peer"] == peer || e["claimed"] == peer)
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Spec 6, identity: a peer whose QUIC certificate is not the key its `hello` and SDP name is
+/// refused in both roles, and so is a client that presents no certificate: fsnode gives the
+/// session up, says so in its journal, and no QUIC session comes up, however often the two try
+/// again. (What fsnode does next is not spec 6's: it may fall back to the data channel, whose
+/// DTLS authenticates the peer again.)
+#[test]
+fn interop_quic_a_certificate_that_is_not_the_device_id_is_refused() {
+    let s = Setup::new(Transport::Quic);
+    for (peer_offers, flag) in [
+        (false, "--quic-cert-other"),
+        (true, "--quic-cert-other"),
+        (true, "--quic-no-cert"),
+    ] {
+        let mut peer = peer_with_bad_quic_credentials(&s, peer_offers, flag);
+        wait_for("fsnode gives the session up", REACTION, || {
+            s.node.events().iter().any(|e| {
+                e["type"] == "Disconnected" && e["peer"] == peer.id.as_str()
+                    || e["type"] == "FingerprintMismatch" && e["claimed"] == peer.id.as_str()
+            })
+        });
+        // Long enough for several attempts (fsnode offers again about every 2 s).
+        std::thread::sleep(Duration::from_secs(4));
+        let about = journal_about(&s, &peer.id);
+        eprintln!("peer offers: {peer_offers}, {flag}; fsnode journaled:\n{about}");
+        assert!(
+            peer.find(0, |e| e["ev"] == "quic_open"
+                || e["ev"] == "connected" && e["transport"] == "quic")
+                .is_none(),
+            "{flag}: no QUIC session"
+        );
+        assert!(
+            s.node.events().iter().all(|e| e["type"] != "Connected"
+                || e["peer"] != peer.id.as_str()
+                || e["transport"] != "quic"),
+            "{flag}: fsnode connected no QUIC session with the peer:\n{about}"
+        );
+        peer.kill();
+    }
+}
+
+/// Spec 6, identity, to the letter: "a mismatch closes the connection and is recorded as for
+/// DTLS (`FingerprintMismatch`)": the peer receives a CONNECTION_CLOSE (it does not just time
+/// out), and fsnode's journal has a `FingerprintMismatch` naming the peer.
+#[test]
+#[ignore = "fsnode deviates: spec 6 says a QUIC certificate mismatch closes the connection and \
+            is recorded as FingerprintMismatch; fsnode, in both roles, drops the connection \
+            without a CONNECTION_CLOSE (the peer learns only from its own timers) and journals \
+            Disconnected instead"]
+fn interop_quic_a_certificate_mismatch_is_closed_and_recorded_as_fingerprint_mismatch() {
+    let s = Setup::new(Transport::Quic);
+    let mut failures = Vec::new();
+    for peer_offers in [false, true] {
+        let mut peer = peer_with_bad_quic_credentials(&s, peer_offers, "--quic-cert-other");
+        let ended = peer.wait(0, "the QUIC connection ends", REACTION, |e| {
+            e["ev"] == "quic_closed" || e["ev"] == "quic_handshake_timeout"
+        });
+        if ended["ev"] != "quic_closed" {
+            let story: Vec<String> = peer
+                .events_since(0)
+                .iter()
+                .filter(|e| {
+                    let ev = e["ev"].as_str().unwrap_or("");
+                    ev.starts_with("quic") || ev.contains("offer") || ev.contains("answer")
+                })
+                .map(Value::to_string)
+                .collect();
+            failures.push(format!(
+                "peer offers: {peer_offers}: no CONNECTION_CLOSE from fsnode: {ended}\n{}",
+                story.join("\n")
+            ));
+        }
+        if !mismatch_recorded(&s, &peer.id) {
+            failures.push(format!(
+                "peer offers: {peer_offers}: no FingerprintMismatch journaled:\n{}",
+                journal_about(&s, &peer.id)
+            ));
+        }
+        peer.kill();
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Spec 6, fallback, in both roles: the peer drops every QUIC datagram (a path or peer on which
+/// QUIC cannot work). fsnode's handshake does not complete, it gives the session up 5 s after ICE
+/// selected the pair, and its next offer leaves `a=x-fsnode-quic` out, so the two connect on the
+/// data channel. First fsnode offers (QUIC client), then the peer does (fsnode the server).
+#[test]
+fn interop_quic_that_cannot_connect_falls_back_to_the_data_channel() {
+    let s = Setup::new(Transport::Quic);
+    for peer_offers in [false, true] {
+        let dir = s.dir.path().join(format!("peer-offers-{peer_offers}"));
+        let peer = if peer_offers {
+            let mut peer =
+                s.mutually_trusting_peer(&dir, &["--quic-drop", "--id-above", &s.node_id]);
+            peer.cmd(json!({"cmd": "dial", "addr": s.node_addr()}));
+            peer
+        } else {
+            let mut args: Vec<String> = vec![
+                "--trust".into(),
+                s.node_id.clone(),
+                "--dial".into(),
+                s.node_addr(),
+            ];
+            args.extend(["--quic", "--quic-drop", "--no-initiate"].map(String::from));
+            let peer = Peer::start(s.lan.host(1), &dir, &args);
+            wait_for("fsnode sees the peer", REACTION, || {
+                s.node.peer(&peer.id).is_some()
+            });
+            s.node.json(&["trust", "add", &peer.id, "--json"]);
+            peer
+        };
+        let connected = peer.wait(0, "connected", Duration::from_secs(30), |e| {
+            e["ev"] == "connected"
+        });
+        s.assert_transport(&peer, &connected, Transport::DataChannel);
+        let events = peer.events_since(0);
+        let story: Vec<String> = events
+            .iter()
+            .filter(|e| e["ev"] != "dc_in" && e["ev"] != "pc_state")
+            .map(Value::to_string)
+            .collect();
+        let story = story.join("\n");
+        let first = events
+            .iter()
+            .find(|e| e["ev"] == "answer_in" || e["ev"] == "offer_in")
+            .expect("a first negotiation");
+        assert_eq!(
+            (first["ev"].as_str(), &first["quic"]),
+            (
+                Some(if peer_offers { "answer_in" } else { "offer_in" }),
+                &json!(true)
+            ),
+            "the first session is to run QUIC:\n{story}"
+        );
+        let selected = peer
+            .find(0, |e| e["ev"] == "ice_selected")
+            .expect("ICE selected a pair for QUIC");
+        let next = events
+            .iter()
+            .find(|e| {
+                e["ev"] == "offer_in"
+                    && e["t"].as_f64() > selected["t"].as_f64()
+                    && (peer_offers || e["seq"] != first["seq"])
+            })
+            .unwrap_or_else(|| panic!("fsnode offered again:\n{story}"));
+        assert_eq!(
+            next["quic"], false,
+            "fsnode's next offer leaves QUIC out:\n{story}"
+        );
+        let gave_up_after = next["t"].as_f64().unwrap() - selected["t"].as_f64().unwrap();
+        eprintln!(
+            "peer offers: {peer_offers}: fsnode offered without QUIC {gave_up_after:.2} s after ICE selected the pair"
+        );
+        assert!(
+            (4.8..12.0).contains(&gave_up_after),
+            "fsnode gives QUIC 5 s from ICE selecting the pair, then offers again: {gave_up_after:.2} s\n{story}"
+        );
+        drop(peer);
+    }
+}
+
+/// The peer's own QUIC, against itself (no fsnode): two peers connect over QUIC and move a file;
+/// then one presents another certificate than its device id, and the other refuses it. This is
+/// what keeps the peer's checks of fsnode meaningful where fsnode cannot be made to misbehave.
+#[test]
+fn interop_peer_quic_checks_itself() {
+    let lan = Lan::new(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = |host: usize, extra: &[&str]| {
+        let mut args: Vec<String> = vec!["--quic".into()];
+        if host == 1 {
+            args.extend([
+                "--dial".into(),
+                format!("{}:{PEER_PORT}", lan.host(0).addr()),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Peer::start(lan.host(host), &dir.path().join(format!("h{host}")), &args)
+    };
+    let a = listen(0, &[]);
+    let mut b = listen(1, &[]);
+    let connected = b.wait(0, "the peers connect", REACTION, |e| e["ev"] == "connected");
+    assert_eq!(connected["transport"], "quic", "{connected}");
+    let (path, bytes) = write_file(dir.path(), "self.bin", 300 << 10, 31);
+    b.cmd(json!({"cmd": "send", "path": path, "name": "self.bin"}));
+    let got = a.wait(0, "the file arrives", REACTION, |e| e["ev"] == "recv_done");
+    assert!(std::fs::read(got["path"].as_str().unwrap()).unwrap() == bytes);
+    assert!(a.violations(0, "").is_empty(), "{:?}", a.violations(0, ""));
+
+    b.kill();
+    let from = a.mark();
+    let _b = listen(1, &["--quic-cert-other"]);
+    let refused = a.wait(
+        from,
+        "the other certificate is refused",
+        Duration::from_secs(60),
+        |e| e["ev"] == "quic_certificate_mismatch",
+    );
+    assert_eq!(refused["expected"], b.id.as_str(), "{refused}");
+    assert_ne!(refused["got"], b.id.as_str(), "{refused}");
+    assert!(
+        a.find(from, |e| e["ev"] == "connected" && e["transport"] == "quic")
+            .is_none(),
+        "no QUIC session with the wrong certificate"
+    );
 }

@@ -7,6 +7,9 @@ its DER), 3.1-3.4 (line JSON over TCP, `hello` first, offers/answers with `seq`,
 candidates with `sdpMid`/`sdpMLineIndex`, fingerprint checks, perfect negotiation with the 1.5 s
 polite wait, the pre-negotiated `fileshare` channel) and 4 (CBOR transfers both ways, resume,
 cancel, the refused names and the strictness rules). It skips mDNS: it dials or is dialled.
+With `--quic` it also implements 6 (`quic_link.py`): it offers and answers `a=x-fsnode-quic:1`,
+and when both descriptions carry it, QUIC (aioquic) replaces DTLS and SCTP on the ICE-selected
+pair; its `connected` event names the transport (`quic` or `datachannel`) and its QUIC role.
 
 The test drives it with one JSON command per line on stdin (`{"cmd": "send", ...}`, see
 `Peer.command`) and reads one JSON event per line on stdout (`{"ev": "connected", ...}`).
@@ -42,9 +45,10 @@ try:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    import quic_link
 except ImportError as missing:
-    sys.exit(f"the interop peer needs aiortc and cbor2 ({missing}): "
-             "python3 -m pip install aiortc==1.16.0 cbor2==6.3.0 (test.sh installs them)")
+    sys.exit(f"the interop peer needs aiortc, aioquic and cbor2 ({missing}): python3 -m pip install "
+             "aiortc==1.16.0 aioquic==1.7.2 cbor2==6.3.0 (test.sh installs them)")
 
 MAX_LINE = 256 * 1024  # spec 3.1
 HELLO_TIMEOUT = 10.0  # spec 3.1
@@ -119,8 +123,9 @@ def device_id_of(cert):
     return b32(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
 
 
-def new_identity():
-    key = ec.generate_private_key(ec.SECP256R1())
+def new_identity(key=None):
+    """A self-signed certificate for `key` (a new P-256 key when None)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "fsnode-interop-peer")])
     start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
     cert = (
@@ -145,13 +150,17 @@ def load_identity(path, below=None, above=None):
         key = serialization.load_pem_private_key(pem, password=None)
         cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE") :])
         return key, cert
-    for _ in range(1000):
-        key, cert = new_identity()
+    # The id hashes the certificate, so a new serial number is a new id: one key, many
+    # signatures (cheap), until the order holds. An id near either end of the order (one of
+    # fsnode's starting "zz", say) can take thousands of tries.
+    key = None
+    for _ in range(200_000):
+        key, cert = new_identity(key)
         did = device_id_of(cert)
         if (below is None or did < below) and (above is None or did > above):
             break
     else:
-        raise SystemExit("no identity with the requested id order in 1000 tries")
+        raise SystemExit("no identity with the requested id order in 200,000 tries")
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -800,9 +809,11 @@ class Conn:
 
 
 class Session:
-    """One RTCPeerConnection and its pre-negotiated channel."""
+    """One RTCPeerConnection and its pre-negotiated channel; with QUIC (spec 6) the same ICE
+    transport carries a `quic_link.QuicLink` instead of DTLS and SCTP."""
 
     def __init__(self, peer, remote):
+        self.peer, self.remote = peer, remote
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         # aiortc makes a fresh certificate per connection; ours is the device's identity.
         self.pc._RTCPeerConnection__certificates = [peer.certificate]
@@ -812,14 +823,19 @@ class Session:
         self.open = False
         self.closed = False
         self.pending = []  # (arrival, candidate message) before the remote description
+        self.local_quic = False  # our description carries a=x-fsnode-quic:1
+        self.transport = "datachannel"
+        self.quic = None  # the QuicLink once ICE selected a pair
 
         @self.dc.on("open")
         def on_open():
-            peer.on_channel_open(remote, self)
+            peer.on_channel_open(remote, self, self.dc.send)
 
         @self.dc.on("message")
         def on_message(data):
-            peer.on_channel_message(remote, self, data)
+            if not peer.on_channel_message(remote, self, data):
+                self.dc.close()
+                asyncio.ensure_future(self.close())
 
         @self.dc.on("close")
         def on_close():
@@ -832,8 +848,54 @@ class Session:
             if state in ("failed", "closed", "disconnected"):
                 peer.on_session_lost(remote, self, "connection " + state)
 
+    def local_sdp(self):
+        sdp = self.pc.localDescription.sdp
+        return quic_link.add_quic_attribute(sdp) if self.local_quic else sdp
+
+    def use_quic(self, is_client):
+        """Both descriptions carry the attribute: once ICE has selected a pair, QUIC runs on it
+        where aiortc would start DTLS (and after it SCTP), which then never starts."""
+        self.transport = "quic"
+        dtls = self.pc.sctp.transport
+
+        async def start_quic_instead_of_dtls(_remote_dtls_parameters):
+            ice = dtls.transport
+            if self.quic is not None or self.closed or ice.state != "completed":
+                return
+            args = self.peer.args
+            controlling = ice._connection.ice_controlling
+            if controlling != is_client:
+                violation("6", "the ICE-controlling side is not the offerer", ice_controlling=controlling,
+                          we_offered=is_client)
+            cert, key = self.peer.quic_identity()
+            self.quic = quic_link.QuicLink(
+                owner=self, ice=ice._connection, is_client=controlling, certificate=cert,
+                private_key=key, expected_id=self.remote.id, max_in=LOCAL_MAX_MESSAGE,
+                report=emit, violation=violation, drop_all=args.quic_drop,
+                keep_alive=not args.quic_no_keepalive)
+            emit("ice_selected", transport="quic")
+            self.quic.start()
+
+        dtls.start = start_quic_instead_of_dtls
+
+    # QuicLink's owner interface
+    def quic_open(self, link):
+        self.peer.on_channel_open(self.remote, self, link.send)
+
+    def quic_message(self, data):
+        return self.peer.on_channel_message(self.remote, self, data)
+
+    def quic_lost(self, why):
+        self.peer.on_session_lost(self.remote, self, why)
+
+    def quic_handshake_failed(self):
+        # Spec 6: the next offer from this node leaves out a=x-fsnode-quic.
+        self.remote.quic_fallback_next = True
+
     async def close(self):
         self.closed = True
+        if self.quic is not None:
+            self.quic.stop()
         try:
             await self.pc.close()
         except Exception:
@@ -860,6 +922,7 @@ class Remote:
         self.unauthorized = False
         self.held = None
         self.initiate_task = None
+        self.quic_fallback_next = False  # a QUIC handshake timed out: leave QUIC out of the next offer
 
 
 class Peer:
@@ -868,6 +931,7 @@ class Peer:
         os.makedirs(args.state, exist_ok=True)
         os.makedirs(args.receive_dir, exist_ok=True)
         key, cert = load_identity(os.path.join(args.state, "identity.pem"), args.id_below, args.id_above)
+        self.key, self.cert = key, cert
         self.certificate = RTCCertificate(key=key, cert=cert)
         self.id = device_id_of(cert)
         self.remotes = {}
@@ -968,7 +1032,7 @@ class Peer:
         return False
 
     async def send_description(self, remote, kind, seq, session):
-        sdp = session.pc.localDescription.sdp
+        sdp = session.local_sdp()
         if self.args.no_trickle:
             await self.signal(remote, {"type": kind, "sdp": sdp, "seq": seq})
             return sdp
@@ -1015,6 +1079,11 @@ class Peer:
             await session.pc.setLocalDescription(await session.pc.createOffer())
         finally:
             remote.making_offer = False
+        session.local_quic = self.args.quic and not remote.quic_fallback_next
+        if self.args.quic and remote.quic_fallback_next:
+            # Spec 6: after a QUIC handshake that did not complete, the next offer goes without.
+            remote.quic_fallback_next = False
+            emit("quic_left_out_of_offer")
         remote.seq += 1
         seq = remote.seq
         if self.hold_first_offer:
@@ -1056,6 +1125,24 @@ class Peer:
             remote.outstanding = None
             emit("negotiation_failed", seq=seq, reason="no answer")
 
+    def quic_attribute(self, sdp, kind):
+        """Whether the remote description offers QUIC (spec 6: media-level, exactly
+        `a=x-fsnode-quic:1`); other forms are reported and count as absent."""
+        found, others = quic_link.quic_attribute_of(sdp)
+        if others:
+            violation("6", f"an {kind} with a malformed or misplaced x-fsnode-quic attribute", lines=others)
+        return found
+
+    def quic_identity(self):
+        """The certificate and key this peer presents in QUIC's TLS: its identity (spec 6), or
+        with --quic-cert-other a fresh one (a peer whose QUIC key is not its SDP fingerprint)."""
+        if self.args.quic_cert_other:
+            key, cert = new_identity()
+            return cert, key
+        if self.args.quic_no_cert:
+            return None, None
+        return self.cert, self.key
+
     def check_fingerprint(self, conn, sdp, kind):
         ids = sha256_fingerprint_ids(sdp)
         if not ids or any(i != conn.remote_id for i in ids):
@@ -1096,7 +1183,8 @@ class Peer:
         remote.offers_in += 1
         remote.unauthorized = False
         creds = ice_credentials(sdp)
-        emit("offer_in", seq=seq, conn=conn.n, ufrag=creds[0])
+        offers_quic = self.quic_attribute(sdp, "offer")
+        emit("offer_in", seq=seq, conn=conn.n, ufrag=creds[0], quic=offers_quic)
         if not self.trusted(remote.id):
             conn.send({"type": "bye", "reason": "unauthorized"})
             return
@@ -1135,6 +1223,10 @@ class Peer:
             session = new
         session.remote_creds = creds
         session.remote_max = max_message_size(sdp)
+        # Spec 6: a node that can run QUIC carries the attribute in every answer.
+        session.local_quic = self.args.quic
+        if session.local_quic and offers_quic and session.quic is None:
+            session.use_quic(is_client=False)
         await session.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self.flush_candidates(session)
         await session.pc.setLocalDescription(await session.pc.createAnswer())
@@ -1159,9 +1251,12 @@ class Peer:
         session = remote.session
         session.remote_creds = ice_credentials(sdp)
         session.remote_max = max_message_size(sdp)
+        answers_quic = self.quic_attribute(sdp, "answer")
+        if session.local_quic and answers_quic and session.quic is None:
+            session.use_quic(is_client=True)
         await session.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         await self.flush_candidates(session)
-        emit("answer_in", seq=seq, sdp_sha256=hashlib.sha256(sdp.encode()).hexdigest())
+        emit("answer_in", seq=seq, sdp_sha256=hashlib.sha256(sdp.encode()).hexdigest(), quic=answers_quic)
 
     async def on_candidate(self, remote, msg):
         cand = msg.get("candidate")
@@ -1207,29 +1302,32 @@ class Peer:
 
     # -- sessions
 
-    def on_channel_open(self, remote, session):
+    def on_channel_open(self, remote, session, send):
         if session is not remote.session:
             return
         session.open = True
         remote.connected = True
         remote.backoff = 0
-        emit("connected", id=remote.id, remote_max=session.remote_max)
+        role = None if session.quic is None else session.quic.role
+        emit("connected", id=remote.id, remote_max=session.remote_max, transport=session.transport,
+             quic_role=role)
         for old in remote.old_sessions:
             asyncio.ensure_future(old.close())
         remote.old_sessions = []
-        self.transfers.on_open(session.dc.send, session.remote_max)
+        self.transfers.on_open(send, session.remote_max)
 
     def on_channel_message(self, remote, session, data):
+        """One message on the channel (or QUIC's stream 0); False: the channel must close."""
         if session is not remote.session:
             emit("stale_session_message")
-            return
+            return True
         if isinstance(data, str):
             emit("dc_text_in", text=data[:200])
-            return
+            return True
         if not self.transfers.on_message(data):
-            emit("closing_channel")
-            session.dc.close()
-            asyncio.ensure_future(session.close())
+            emit("closing_channel", transport=session.transport)
+            return False
+        return True
 
     def on_session_lost(self, remote, session, why):
         if session.closed and session is not remote.session:
@@ -1295,23 +1393,42 @@ class Peer:
                 t.channel[0](bytes.fromhex(cmd["hex"]))
             emit("sent", ok=ok)
         elif name == "text":
+            remote = self.current()
+            if remote is not None and remote.session.quic is not None:
+                emit("sent", ok=False, why="QUIC's stream 0 has no text messages")
+                return
             ok = t.channel is not None
             if ok:
                 t.channel[0](cmd["text"])
             emit("sent", ok=ok)
+        elif name == "frame":
+            # QUIC only: bytes on stream 0 as given, no length prefix added (framing probes:
+            # a prefix announcing more than the limit, a frame split across writes); `stream`
+            # sends on another stream (one this side may open), `fin` ends the stream.
+            remote = self.current()
+            link = remote.session.quic if remote is not None else None
+            if link is None:
+                emit("sent", ok=False, why="no QUIC session")
+                return
+            link.send_raw(bytes.fromhex(cmd["hex"]), stream_id=cmd.get("stream", 0),
+                          end_stream=cmd.get("fin", False))
+            emit("sent", ok=True)
         elif name == "oversize":
             # One valid CBOR map of an unknown kind (ignored at any legal size), `extra` bytes
             # over the receiver's advertised max-message-size: only its size is wrong.
             remote = self.current()
             limit = remote.session.remote_max if remote else 0
             blob = padded_message((limit or LOCAL_MAX_MESSAGE) + cmd.get("extra", 1))
-            sctp = remote.session.pc.sctp
-            saved = sctp._remote_max_message_size
-            sctp._remote_max_message_size = 0  # aiortc would refuse: that is the point
-            try:
-                remote.session.dc.send(blob)
-            finally:
-                sctp._remote_max_message_size = saved
+            if remote.session.quic is not None:
+                remote.session.quic.send(blob)  # nothing on this side limits what it sends
+            else:
+                sctp = remote.session.pc.sctp
+                saved = sctp._remote_max_message_size
+                sctp._remote_max_message_size = 0  # aiortc would refuse: that is the point
+                try:
+                    remote.session.dc.send(blob)
+                finally:
+                    sctp._remote_max_message_size = saved
             emit("sent", ok=True, size=len(blob), limit=limit)
         elif name == "repeat_offer":
             # Our newest offer again, same seq and SDP (as a retry after a lost answer would be).
@@ -1322,7 +1439,8 @@ class Peer:
         elif name == "status":
             remote = self.current()
             emit("status", connected=remote is not None,
-                 remote_max=remote.session.remote_max if remote else None)
+                 remote_max=remote.session.remote_max if remote else None,
+                 transport=remote.session.transport if remote else None)
         elif name == "quit":
             raise SystemExit(0)
         else:
@@ -1401,7 +1519,22 @@ def parse_args():
     p.add_argument("--no-trickle", action="store_true", help="candidates inside the SDP only")
     p.add_argument("--hold-first-offer", action="store_true",
                    help="prepare the first offer at once, send it when the remote's offer arrives (glare)")
-    return p.parse_args()
+    p.add_argument("--quic", action="store_true",
+                   help="offer and answer a=x-fsnode-quic:1; run QUIC when both descriptions carry it (spec 6)")
+    p.add_argument("--quic-drop", action="store_true",
+                   help="with --quic: drop every QUIC datagram both ways (a broken QUIC path; the other "
+                        "side's 5 s handshake timer decides)")
+    p.add_argument("--quic-cert-other", action="store_true",
+                   help="with --quic: present another key's certificate in QUIC's TLS than the SDP names")
+    p.add_argument("--quic-no-cert", action="store_true",
+                   help="with --quic: as QUIC client, present no certificate (an empty Certificate message)")
+    p.add_argument("--quic-no-keepalive", action="store_true",
+                   help="with --quic: send no PINGs on an idle connection (whether the other side's keep it up)")
+    args = p.parse_args()
+    if (args.quic_drop or args.quic_cert_other or args.quic_no_cert or args.quic_no_keepalive) \
+            and not args.quic:
+        p.error("--quic-drop, --quic-cert-other, --quic-no-cert and --quic-no-keepalive need --quic")
+    return args
 
 
 if __name__ == "__main__":
