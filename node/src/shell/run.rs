@@ -722,6 +722,12 @@ impl NodeLoop<'_> {
                     // Dropping the writer closes the connection gracefully.
                     self.writers.remove(&conn);
                 }
+                RouterOutput::Unreachable { peer, errors } => {
+                    debug!(%peer, "no signaling connection: {}", errors.join("; "));
+                    // Changes nothing journaled: what the core keeps is read when a
+                    // negotiation with the peer fails.
+                    self.core.handle(Input::Unreachable { peer, errors }, now);
+                }
             }
         }
     }
@@ -754,8 +760,8 @@ impl NodeLoop<'_> {
                 self.core.handle(Input::ConnClosed { conn }, now);
                 self.route(RouterInput::Down { conn }, now);
             }
-            ConnEvent::DialFailed { peer, addr } => {
-                self.route(RouterInput::DialFailed { peer, addr }, now);
+            ConnEvent::DialFailed { peer, addr, error } => {
+                self.route(RouterInput::DialFailed { peer, addr, error }, now);
             }
         }
     }

@@ -47,8 +47,13 @@ pub enum ConnEvent {
     },
     /// The connection's reader ended: nothing more arrives on it.
     Down { conn: ConnId },
-    /// A dial made to deliver messages to `peer` at `addr` failed.
-    DialFailed { peer: DeviceId, addr: SocketAddr },
+    /// A dial made to deliver messages to `peer` at `addr` failed; `error` says how, for
+    /// people ([`dial_error`]).
+    DialFailed {
+        peer: DeviceId,
+        addr: SocketAddr,
+        error: String,
+    },
 }
 
 /// Everything a connection task needs to report.
@@ -160,17 +165,18 @@ pub async fn dial(
     let connected = runtime::timeout(CONNECT_TIMEOUT, async {
         TcpStream::connect(addr).await.map_err(anyhow::Error::from)
     })
-    .await
-    .with_context(|| format!("connecting to {addr}"));
+    .await;
     let result = match connected {
         Ok(stream) => {
             let side = Side::Dialed {
                 expected: expected.clone(),
                 token,
             };
-            serve(stream, addr, side, &reporter).await
+            serve(stream, addr, side, &reporter)
+                .await
+                .with_context(|| format!("signaling with {addr}"))
         }
-        Err(err) => Err(err),
+        Err(err) => Err(anyhow::anyhow!(dial_error(addr, &err))),
     };
     let Err(err) = result else { return };
     debug!(%addr, "signaling dial: {err:#}");
@@ -186,8 +192,32 @@ pub async fn dial(
     if let Some(peer) = expected {
         let _ = reporter
             .conns
-            .send(ConnEvent::DialFailed { peer, addr })
+            .send(ConnEvent::DialFailed {
+                peer,
+                addr,
+                error: format!("{err:#}"),
+            })
             .await;
+    }
+}
+
+/// What a failed TCP connect to `addr` means, for people: nothing listening there is not
+/// the same as a host that does not answer.
+fn dial_error(addr: SocketAddr, err: &anyhow::Error) -> String {
+    if err.downcast_ref::<runtime::TimedOut>().is_some() {
+        return format!("no answer at {addr} within {}s", CONNECT_TIMEOUT.as_secs());
+    }
+    match err
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+    {
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            format!("nothing listens at {addr} (connection refused)")
+        }
+        Some(std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable) => {
+            format!("no route to {addr}")
+        }
+        _ => format!("connecting to {addr}: {err:#}"),
     }
 }
 
