@@ -34,7 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node in the foreground until SIGINT or SIGTERM.
     Run(RunArgs),
-    /// Print this node's device id, name and type (creates the identity if there is none).
+    /// Print this node's device id, name, type, port and page URL with a QR code for phones
+    /// (the running node's; creates the identity if there is none).
     Id(IdArgs),
     /// Read the node's journal: every event it recorded, verification, state at any point.
     Journal(JournalArgs),
@@ -195,7 +196,8 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub device_type: Option<DeviceTypeArg>,
 
-    /// TCP signaling port (0 picks a free one).
+    /// TCP port for signaling and the node's page [default: 7452, or a free port when 7452 is
+    /// taken]. A port given here (or in the config file) must be free; 0 picks a free one.
     #[arg(long)]
     pub port: Option<u16>,
 
@@ -211,9 +213,13 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct IdArgs {
-    /// Print JSON (for scripts).
+    /// Print JSON (for scripts): device_id, name, device_type, running, port, urls,
+    /// identity_file.
     #[arg(long)]
     pub json: bool,
+    /// Print the page's QR code even when stdout is not a terminal (it is printed on one).
+    #[arg(long)]
+    pub qr: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod hostile;
 mod interop;
 mod longevity;
 mod plugins;
+mod rediscovery;
 mod support;
 mod transfer;
 

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::control::{
-    ErrorKind, Reply, Request, TransferRow, reply as control_reply, view as control_view,
+    ErrorKind, NodeStatus, Reply, Request, TransferRow, reply as control_reply,
+    view as control_view,
 };
 use crate::core::DeviceId;
 use crate::core::TransferId;
@@ -73,9 +74,12 @@ pub fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard 
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FSNODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal: a log file or a supervisor's journal gets
+    // plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
     guard
@@ -124,7 +128,8 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     runtime::block_on(async {
         let addresses = network::listen_addresses(&config.interfaces)?;
-        let (listeners, port) = signaling::bind(&addresses, config.port).await?;
+        let (listeners, port) =
+            signaling::bind(&addresses, config.port, config.port_is_default).await?;
         let me = Me {
             id: identity.device_id.clone(),
             name: config.name.clone(),
@@ -168,11 +173,16 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         let io = TransferIo::new(store, inputs_tx.clone());
         runtime::spawn(control::serve(control_listener, requests_tx)).detach();
         let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
+        let page_urls: Vec<String> = network::page_addresses(&addresses)
+            .into_iter()
+            .map(|ip| network::page_url(ip, port))
+            .collect();
         info!(
             device_id = %me.id,
             name = %me.name,
             device_type = %me.device_type,
             port,
+            page = %page_urls.join(" "),
             "fsnode running; stop with Ctrl-C or SIGTERM"
         );
 
@@ -203,6 +213,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             followers: Followers::default(),
             collected: Collected::default(),
             committing: CommitQueue::default(),
+            page_urls,
         };
         if has_plugins {
             let now = Now {
@@ -315,6 +326,8 @@ struct NodeLoop<'a> {
     /// Batches whose events are appended, oldest first: each one's replies and effects run
     /// once its events are durable, in order (see [`MAX_COMMITS_IN_FLIGHT`]).
     committing: CommitQueue<Outputs>,
+    /// The node's page on each address it serves (`fsnode id`).
+    page_urls: Vec<String>,
 }
 
 impl NodeLoop<'_> {
@@ -411,6 +424,15 @@ impl NodeLoop<'_> {
                     reply,
                 }) => {
                     self.policy.describe(reply);
+                    continue;
+                }
+                Wake::Request(ControlRequest {
+                    request: Request::Status,
+                    reply,
+                }) => {
+                    let mut status = NodeStatus::of(self.core.me());
+                    status.urls = self.page_urls.clone();
+                    let _ = reply.try_send(Reply::Status(status));
                     continue;
                 }
                 Wake::Request(ControlRequest { request, reply }) => {
