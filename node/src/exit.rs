@@ -24,6 +24,16 @@ pub const TRANSFER_FAILED: u8 = 7;
 /// `run`: the port the operator named (`--port`, or `port` in the config file) is in use.
 pub const PORT_IN_USE: u8 = 8;
 
+/// Another node already runs on this home (exit code [`JOURNAL`]: it holds the journal).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another fsnode is already running with this home (its control socket {} answers); stop it or use another --home",
+    socket.display()
+)]
+pub struct AlreadyRunning {
+    pub socket: std::path::PathBuf,
+}
+
 /// The port the operator named for signaling is taken (exit code [`PORT_IN_USE`]).
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -52,6 +62,9 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<crate::commands::TransfersFailed>() {
             return TRANSFER_FAILED;
+        }
+        if cause.is::<AlreadyRunning>() {
+            return JOURNAL;
         }
         if cause.is::<PortInUse>() {
             return PORT_IN_USE;

@@ -23,7 +23,19 @@ pub fn peers(home: Option<&Path>, args: &PeersArgs) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("{address:?} resolves to no address"))?,
         },
     };
-    let reply = client::ask(home, request)?;
+    let offline = match request {
+        Request::Peers => super::provision::read_offline(home, &request)?,
+        _ => None,
+    };
+    let reply = match offline {
+        Some(reply) => {
+            eprintln!(
+                "no node is running for this home: the devices as its journal last knew them"
+            );
+            reply
+        }
+        None => client::ask(home, request)?,
+    };
     print(&reply, args.json)
 }
 
@@ -39,7 +51,14 @@ pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
     };
     let reply = match super::provision::trust_offline(home, &request)? {
         Some(Reply::Error(error)) => return Err(client::refusal(&error)),
-        Some(reply) => reply,
+        Some(reply) => {
+            if matches!(reply, Reply::TrustList { .. }) {
+                eprintln!(
+                    "no node is running for this home: the devices as its journal last knew them"
+                );
+            }
+            reply
+        }
         None => client::ask(home, request)?,
     };
     print(&reply, args.json)
@@ -99,6 +118,12 @@ fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
         let state = match (&peer.connection_state, peer.requested, peer.discovered) {
             (_, true, _) => "asked to connect".to_owned(),
             (ConnectionState::NotConnected, _, true) => "seen".to_owned(),
+            // Read from a stopped node's journal: `last seen …`.
+            (ConnectionState::NotConnected, _, false)
+                if peer.connection != ConnectionState::NotConnected.label() =>
+            {
+                peer.connection.clone()
+            }
             (ConnectionState::NotConnected, _, false) => "offline".to_owned(),
             _ => peer.connection.clone(),
         };

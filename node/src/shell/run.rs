@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cli::RunArgs;
 use crate::config::Config;
@@ -102,7 +103,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     let control_listener = control::bind(&dirs.control_socket())?;
 
     let journal_dir = dirs.journal();
-    let (journal, report) = Journal::<JournalEntry>::open(&journal_dir, config.journal.clone())
+    let (journal, report) = open_journal_waiting(&journal_dir, &config.journal)
         .with_context(|| format!("opening the journal at {}", journal_dir.display()))?;
     if let Some(torn) = &report.truncated_tail {
         warn!(
@@ -240,6 +241,28 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(dirs.control_socket());
     journal.close().context("closing the journal")?;
     Ok(())
+}
+
+/// How long `run` waits for the journal's lock. This node holds the control socket, so no
+/// other node runs on this home: the lock is a short command's (`trust add` without a node),
+/// released within moments.
+pub const JOURNAL_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the journal as its writer, waiting up to [`JOURNAL_LOCK_WAIT`] while another process
+/// holds its lock.
+fn open_journal_waiting(
+    dir: &Path,
+    options: &fsnode_journal::Options,
+) -> Result<(Journal<JournalEntry>, fsnode_journal::OpenReport), fsnode_journal::JournalError> {
+    let deadline = SystemClock.now() + JOURNAL_LOCK_WAIT;
+    loop {
+        match Journal::<JournalEntry>::open(dir, options.clone()) {
+            Err(fsnode_journal::JournalError::Locked { .. }) if SystemClock.now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// What the node loop selects over.
