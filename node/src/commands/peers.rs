@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::path::Path;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 
 use crate::cli::{PeersArgs, PeersCommand, TrustArgs, TrustCommand};
 use crate::commands::client;
@@ -16,27 +16,46 @@ pub fn peers(home: Option<&Path>, args: &PeersArgs) -> anyhow::Result<()> {
     let request = match &args.command {
         None => Request::Peers,
         Some(PeersCommand::Add { address }) => Request::PeersAdd {
-            address: address
-                .to_socket_addrs()
-                .with_context(|| format!("{address:?} is not HOST:PORT"))?
-                .next()
-                .ok_or_else(|| anyhow!("{address:?} resolves to no address"))?,
+            address: resolve(address)?,
         },
     };
     let offline = match request {
         Request::Peers => super::provision::read_offline(home, &request)?,
         _ => None,
     };
-    let reply = match offline {
-        Some(reply) => {
-            eprintln!(
-                "no node is running for this home: the devices as its journal last knew them"
-            );
-            reply
-        }
-        None => client::ask(home, request)?,
+    let Some(reply) = offline else {
+        return print(&client::ask(home, request)?, args.json);
     };
-    print(&reply, args.json)
+    // The devices as the stopped node's journal last knew them, and still exit 3: `peers`
+    // answering is how scripts tell that the node is up.
+    print(&reply, args.json)?;
+    Err(client::NoNode {
+        socket: crate::config::resolve_dirs(home)?.control_socket(),
+    }
+    .into())
+}
+
+/// `HOST:PORT` (an address or a name) as the address to dial, with an error that says which
+/// part was wrong.
+fn resolve(address: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(addr) = address.parse() {
+        return Ok(addr);
+    }
+    let example = "e.g. 192.168.1.20:7452, [fd00::20]:7452 or nas.local:7452";
+    let Some((host, port)) = address.rsplit_once(':') else {
+        bail!("{address:?} is not HOST:PORT: the port is missing ({example})");
+    };
+    if port.parse::<u16>().is_err() {
+        bail!("{address:?} is not HOST:PORT: {port:?} is not a port number ({example})");
+    }
+    match address.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| anyhow!("the name {host:?} resolves to no address")),
+        Err(err) => Err(anyhow!(
+            "the name {host:?} did not resolve ({err}); give the node's address instead ({example})"
+        )),
+    }
 }
 
 pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
