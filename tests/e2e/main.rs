@@ -10,6 +10,7 @@ mod foundation;
 mod hostile;
 mod interop;
 mod longevity;
+mod operator;
 mod plugins;
 mod rediscovery;
 mod support;
