@@ -15,6 +15,7 @@ mod plugins;
 mod rediscovery;
 mod support;
 mod transfer;
+mod walkthrough;
 
 use std::path::PathBuf;
 

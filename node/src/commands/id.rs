@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::cli::{IdArgs, RunArgs};
-use crate::commands::client::{self, NoNode};
+use crate::commands::client;
 use crate::config::{Config, DEFAULT_PORT};
 use crate::control::{NodeStatus, Reply, Request};
 use crate::core::{DeviceId, DeviceType};
@@ -35,11 +35,11 @@ pub fn id(home: Option<&std::path::Path>, args: &IdArgs) -> anyhow::Result<()> {
     let config = Config::resolve(home, &RunArgs::default())?;
     let (identity, _) = Identity::load_or_create(&config.dirs.identity(), SystemClock.wall())?;
     let socket = config.dirs.control_socket();
+    // A node starting or stopping at this moment may accept and not answer: not running, as
+    // far as `id` can tell.
     let running = match client::request(&socket, Request::Status) {
         Ok(Reply::Status(status)) => Some(status),
-        Ok(_) => None,
-        Err(err) if err.is::<NoNode>() => None,
-        Err(err) => return Err(err),
+        _ => None,
     };
     let view = match &running {
         Some(NodeStatus {

@@ -33,11 +33,17 @@ pub fn read_offline(home: Option<&Path>, request: &Request) -> anyhow::Result<Op
         return Ok(None);
     }
     let journal_dir = dirs.journal();
-    if !journal_dir.is_dir() {
-        // Never started: nothing known yet.
-        let state = crate::core::State::default();
-        let me = offline_me(&dirs, &state)?;
-        return Ok(crate::control::view(request, &state, &me));
+    if !journal_dir.is_dir() || !dirs.identity().exists() {
+        // Never started: nothing known yet. (A reader creates nothing, not even the identity:
+        // a node starting at this moment does.)
+        return Ok(match request {
+            Request::Peers => Some(Reply::Peers { peers: Vec::new() }),
+            Request::TrustList => Some(Reply::TrustList {
+                trusted: Vec::new(),
+                requests: Vec::new(),
+            }),
+            _ => None,
+        });
     }
     let options = ConfigFile::load(&dirs.config_file())?.journal.options();
     let reader = Reader::<JournalEntry>::open(&journal_dir, options)
@@ -47,7 +53,7 @@ pub fn read_offline(home: Option<&Path>, request: &Request) -> anyhow::Result<Op
         .with_context(|| format!("reading the journal at {}", journal_dir.display()))?;
     let (mut state, _) = record::fold(replay, None)
         .with_context(|| format!("reading the journal at {}", journal_dir.display()))?;
-    let me = offline_me(&dirs, &state)?;
+    let me = offline_me(Identity::load(&dirs.identity())?, &state);
     // Nothing of the last run's network state holds now (as a restart's `NodeStarted` says):
     // no device is on the LAN or connected for a node that is not running.
     for peer in state.peers.values_mut() {
@@ -79,9 +85,8 @@ fn last_seen(at_ms: Option<i64>) -> String {
 }
 
 /// This node's facts for a view built offline: its identity and the name it last ran with.
-fn offline_me(dirs: &crate::dirs::Dirs, state: &crate::core::State) -> anyhow::Result<Me> {
-    let (identity, _) = Identity::load_or_create(&dirs.identity(), SystemClock.wall())?;
-    Ok(Me {
+fn offline_me(identity: Identity, state: &crate::core::State) -> Me {
+    Me {
         id: identity.device_id,
         name: state
             .node
@@ -92,7 +97,7 @@ fn offline_me(dirs: &crate::dirs::Dirs, state: &crate::core::State) -> anyhow::R
             .as_ref()
             .map_or(DeviceType::Server, |n| n.device_type),
         signaling_port: 0,
-    })
+    }
 }
 
 /// Answers `trust add|remove` from the journal when no node holds it; `None` when a node runs.
@@ -119,8 +124,9 @@ pub fn trust_offline(home: Option<&Path>, request: &Request) -> anyhow::Result<O
         }
     };
     let clock = SystemClock;
+    let (identity, _) = Identity::load_or_create(&dirs.identity(), clock.wall())?;
     let (state, _) = record::fold(journal.replay()?, None)?;
-    let me = offline_me(&dirs, &state)?;
+    let me = offline_me(identity, &state);
     let now = Now {
         instant: clock.now(),
         wall_ms: clock.wall_ms(),

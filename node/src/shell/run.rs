@@ -34,6 +34,7 @@ use crate::record::{self, JournalEntry};
 use crate::shell::atomic_file::{self, Replace};
 use crate::shell::commit::{Batch, CommitQueue};
 use crate::shell::control::{self, ControlRequest};
+use crate::shell::event_log;
 use crate::shell::followers::{Changed, Followers};
 use crate::shell::local_names::LocalNames;
 use crate::shell::mdns::Mdns;
@@ -501,7 +502,7 @@ impl NodeLoop<'_> {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Event(stamped) => {
-                    log_event(&stamped.event);
+                    event_log::log(&stamped.event, self.core.state(), &self.core.me().id);
                     if let Some(id) = stamped.event.transfer()
                         && self.followers.follows(&id)
                     {
@@ -891,32 +892,6 @@ async fn prepare_send(
 
 /// What operators see on stderr without `-v`: failures as warnings, connection changes as
 /// info; everything else at debug (the journal has it all).
-fn log_event(event: &Event) {
-    match event {
-        Event::NegotiationFailed { peer, reason } => {
-            warn!(%peer, %reason, "could not connect")
-        }
-        Event::FingerprintMismatch {
-            claimed, address, ..
-        } => warn!(
-            %claimed,
-            ?address,
-            "refused a peer whose certificate is not the device it claims to be"
-        ),
-        Event::Connected { peer } => info!(%peer, "connected"),
-        Event::Disconnected { peer, reason } => info!(%peer, %reason, "disconnected"),
-        Event::PluginDisabled { plugin, reason } => {
-            warn!(%plugin, %reason, "policy plugin disabled; the next one or the default decides")
-        }
-        Event::AuthorizationRequested { peer, name, .. } => info!(
-            %peer,
-            %name,
-            "an untrusted device asked to connect; `fsnode trust add` to allow it"
-        ),
-        other => debug!(event = ?other, "event"),
-    }
-}
-
 /// Appends an event, waits until it is durable, then folds it into state: event first,
 /// effect after.
 fn record_event(
