@@ -19,20 +19,20 @@ pub fn peers(home: Option<&Path>, args: &PeersArgs) -> anyhow::Result<()> {
             address: resolve(address)?,
         },
     };
-    let offline = match request {
-        Request::Peers => super::provision::read_offline(home, &request)?,
-        _ => None,
-    };
-    let Some(reply) = offline else {
+    if !matches!(request, Request::Peers) {
         return print(&client::ask(home, request)?, args.json);
-    };
-    // The devices as the stopped node's journal last knew them, and still exit 3: `peers`
-    // answering is how scripts tell that the node is up.
-    print(&reply, args.json)?;
-    Err(client::NoNode {
-        socket: crate::config::resolve_dirs(home)?.control_socket(),
     }
-    .into())
+    // Read-only: the node's answer, or (none answering, or one starting or stopping) the
+    // devices as its journal last knew them, and still exit 3: `peers` succeeding is how
+    // scripts tell that the node is up.
+    let no_node = match client::ask(home, request.clone()) {
+        Ok(reply) => return print(&reply, args.json),
+        Err(err) => err,
+    };
+    if let Some(reply) = super::provision::read_offline(home, &request)? {
+        print(&reply, args.json)?;
+    }
+    Err(no_node)
 }
 
 /// `HOST:PORT` (an address or a name) as the address to dial, with an error that says which
@@ -68,16 +68,24 @@ pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
         },
         TrustCommand::List => Request::TrustList,
     };
-    let reply = match super::provision::trust_offline(home, &request)? {
-        Some(Reply::Error(error)) => return Err(client::refusal(&error)),
-        Some(reply) => {
-            if matches!(reply, Reply::TrustList { .. }) {
+    if matches!(request, Request::TrustList) {
+        // Read-only: the node's answer, else (none answering, or one starting or stopping)
+        // the journal's, read without its lock.
+        let reply = match client::ask(home, request.clone()) {
+            Ok(reply) => reply,
+            Err(_) => {
                 eprintln!(
                     "no node is running for this home: the devices as its journal last knew them"
                 );
+                super::provision::read_offline(home, &request)?
+                    .ok_or_else(|| anyhow!("no reply"))?
             }
-            reply
-        }
+        };
+        return print(&reply, args.json);
+    }
+    let reply = match super::provision::trust_offline(home, &request)? {
+        Some(Reply::Error(error)) => return Err(client::refusal(&error)),
+        Some(reply) => reply,
         None => client::ask(home, request)?,
     };
     print(&reply, args.json)

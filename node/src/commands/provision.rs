@@ -24,14 +24,10 @@ use crate::identity::Identity;
 use crate::record::{self, JournalEntry};
 use crate::shell::runtime::{Clock, SystemClock};
 
-/// Answers `trust list` or `peers` from the journal, read without its lock, when no node
-/// answers on the control socket; `None` when one does (ask it).
+/// Answers `trust list` or `peers` from the journal, read without its lock: for when no node
+/// answered on the control socket (`None` for other requests).
 pub fn read_offline(home: Option<&Path>, request: &Request) -> anyhow::Result<Option<Reply>> {
     let dirs = resolve_dirs(home)?;
-    let socket = dirs.control_socket();
-    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        return Ok(None);
-    }
     let journal_dir = dirs.journal();
     if !journal_dir.is_dir() || !dirs.identity().exists() {
         // Never started: nothing known yet. (A reader creates nothing, not even the identity:
@@ -102,9 +98,6 @@ fn offline_me(identity: Identity, state: &crate::core::State) -> Me {
 
 /// Answers `trust add|remove` from the journal when no node holds it; `None` when a node runs.
 pub fn trust_offline(home: Option<&Path>, request: &Request) -> anyhow::Result<Option<Reply>> {
-    if matches!(request, Request::TrustList) {
-        return read_offline(home, request);
-    }
     if !matches!(
         request,
         Request::TrustAdd { .. } | Request::TrustRemove { .. }
