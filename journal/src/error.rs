@@ -27,8 +27,7 @@ pub enum JournalError {
     /// A segment is damaged somewhere other than a torn tail.
     #[error(
         "journal segment {segment} is corrupt at byte offset {offset}: {reason}; the records \
-         before this offset are intact; run `fsnode journal verify` to inspect the journal, then \
-         move the damaged segment aside or truncate it at this offset to recover"
+         before this offset are intact"
     )]
     Corrupt {
         /// The segment file.

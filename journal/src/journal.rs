@@ -379,7 +379,7 @@ fn encode_bounded<T: Serialize>(
     Ok(())
 }
 
-fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)

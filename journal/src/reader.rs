@@ -27,7 +27,7 @@ const LIST_ATTEMPTS: usize = 5;
 /// [`Reader::replay`] but still read by [`Reader::replay_from`] and [`Reader::verify`].
 pub struct Reader<R> {
     dir: PathBuf,
-    opts: Options,
+    pub(crate) opts: Options,
     _record: PhantomData<fn() -> R>,
 }
 

@@ -95,6 +95,20 @@ impl Current {
         Ok(())
     }
 
+    /// Reads a frame header where one may start; `false` when the final segment ends right
+    /// there because a live writer trimmed its preallocated zeros meanwhile (see
+    /// [`Current::rest_is_zero`]).
+    fn read_header(&mut self, buf: &mut [u8]) -> Result<bool, JournalError> {
+        match self.reader.read_exact(buf) {
+            Ok(()) => {
+                self.pos += buf.len() as u64;
+                Ok(true)
+            }
+            Err(e) if self.is_final && e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(read_error(&self.path, self.pos, e)),
+        }
+    }
+
     /// Whether every byte from the current position to the limit is zero.
     fn rest_is_zero(&mut self) -> Result<bool, JournalError> {
         let mut chunk = [0u8; 8192];
@@ -102,7 +116,16 @@ impl Current {
             let n =
                 usize::try_from(self.limit - self.pos).map_or(chunk.len(), |r| r.min(chunk.len()));
             let buf = &mut chunk[..n];
-            self.read_exact(buf)?;
+            match self.reader.read_exact(buf) {
+                Ok(()) => self.pos += n as u64,
+                // A reader beside a live writer: closing, the writer trims the zeros it
+                // preallocated after the data of the last segment, so that segment may end
+                // early here. Only zeros were cut.
+                Err(e) if self.is_final && e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(true);
+                }
+                Err(e) => return Err(read_error(&self.path, self.pos, e)),
+            }
             if buf.iter().any(|&b| b != 0) {
                 return Ok(false);
             }
@@ -236,8 +259,7 @@ impl FrameScan {
                 let mut partial = [0u8; FRAME_HEADER_LEN];
                 // remaining < 17, so the cast is lossless.
                 let partial = &mut partial[..remaining as usize];
-                cur.read_exact(partial)?;
-                if partial.iter().all(|&b| b == 0) {
+                if !cur.read_header(partial)? || partial.iter().all(|&b| b == 0) {
                     self.end_segment(offset)?;
                 } else {
                     let end = offset + FRAME_HEADER_LEN as u64;
@@ -251,7 +273,10 @@ impl FrameScan {
             }
 
             let mut raw = [0u8; FRAME_HEADER_LEN];
-            cur.read_exact(&mut raw)?;
+            if !cur.read_header(&mut raw)? {
+                self.end_segment(offset)?;
+                continue;
+            }
             let Some(header) = FrameHeader::decode(&raw) else {
                 self.end_segment(offset)?;
                 continue;

@@ -34,7 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node in the foreground until SIGINT or SIGTERM.
     Run(RunArgs),
-    /// Print this node's device id, name and type (creates the identity if there is none).
+    /// Print this node's device id, name, type, port and page URL with a QR code for phones
+    /// (the running node's; creates the identity if there is none).
     Id(IdArgs),
     /// Read the node's journal: every event it recorded, verification, state at any point.
     Journal(JournalArgs),
@@ -73,6 +74,7 @@ pub enum PluginsCommand {
     /// Load a plugin offline, ask it every question with sample facts, and print its answers
     /// and what each call cost.
     Check {
+        /// The plugin component to load (a `.wasm` file).
         #[arg(value_name = "FILE.wasm")]
         file: PathBuf,
         /// Configuration text handed to the plugin (default: NAME.toml beside it, if any).
@@ -109,8 +111,10 @@ pub struct SendArgs {
 
 #[derive(Debug, Args)]
 pub struct CancelArgs {
+    /// The transfer: its id as `fsnode transfers` lists it, or a unique prefix of it.
     #[arg(value_name = "TRANSFER")]
     pub transfer: String,
+    /// Print JSON (for scripts).
     #[arg(long)]
     pub json: bool,
 }
@@ -124,7 +128,7 @@ pub struct TransfersArgs {
     #[arg(long)]
     pub all: bool,
     /// Finished transfers of the last DURATION (e.g. `2h`, `7days`) from the journal's history.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
     pub since: Option<std::time::Duration>,
     /// With --all/--since: how many to show (a page).
     #[arg(long, default_value_t = 50)]
@@ -155,6 +159,8 @@ pub enum PeersCommand {
     /// Dial a node at HOST:PORT directly (when multicast is blocked); its identity comes from
     /// its hello, and is proven by DTLS when it connects.
     Add {
+        /// The other node's address (or name) and signaling port, e.g. 192.168.1.20:7452 (its
+        /// `fsnode id` prints the port).
         #[arg(value_name = "HOST:PORT")]
         address: String,
     },
@@ -173,11 +179,15 @@ pub struct TrustArgs {
 pub enum TrustCommand {
     /// Trust a device: its full id or a unique prefix of at least 8 characters.
     Add {
+        /// The device: its full 52-character id (`fsnode peers` or the other side's `fsnode
+        /// id` shows it), or a unique prefix of at least 8 characters of a device this node
+        /// has seen.
         #[arg(value_name = "ID|PREFIX")]
         device: String,
     },
-    /// Stop trusting a device.
+    /// Stop trusting a device (its connection closes; queued transfers wait).
     Remove {
+        /// The trusted device: its id or a unique prefix of at least 8 characters.
         #[arg(value_name = "ID|PREFIX")]
         device: String,
     },
@@ -195,12 +205,13 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub device_type: Option<DeviceTypeArg>,
 
-    /// TCP signaling port (0 picks a free one).
+    /// TCP port for signaling and the node's page [default: 7452, or a free port when 7452 is
+    /// taken]. A port given here (or in the config file) must be free; 0 picks a free one.
     #[arg(long)]
     pub port: Option<u16>,
 
-    /// Serve discovery and ICE only on this network interface (repeatable). Default: every
-    /// interface that is up, except loopback.
+    /// Serve discovery (mDNS), signaling and the page (TCP), and ICE only on this network
+    /// interface (repeatable). Default: every interface that is up, except loopback.
     #[arg(long = "interface", value_name = "NAME")]
     pub interfaces: Vec<String>,
 
@@ -216,9 +227,13 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct IdArgs {
-    /// Print JSON (for scripts).
+    /// Print JSON (for scripts): device_id, name, device_type, running, port, urls,
+    /// identity_file.
     #[arg(long)]
     pub json: bool,
+    /// Print the page's QR code even when stdout is not a terminal (it is printed on one).
+    #[arg(long)]
+    pub qr: bool,
 }
 
 #[derive(Debug, Args)]
@@ -261,4 +276,11 @@ pub enum DeviceTypeArg {
     Desktop,
     Mobile,
     Server,
+}
+
+/// `--since DURATION`, with an error that shows what a duration looks like.
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|err| {
+        format!("{text:?} is not a duration ({err}); write a number and a unit, e.g. 90s, 2h, 7days or 1week")
+    })
 }

@@ -17,12 +17,24 @@ use crate::dirs::Dirs;
 /// spec section 2: the `name` TXT value is at most 63 bytes.
 pub const MAX_NAME_BYTES: usize = 63;
 
+/// The signaling port (and the page's) when the operator names none: unassigned in IANA's
+/// registry, the default of no common software we know of (development servers, databases,
+/// Syncthing, KDE Connect, LocalSend), and below Linux's ephemeral range (32768-60999), so an
+/// outgoing connection never holds it. The same port at every start keeps the page's URL and
+/// `peers add HOST:PORT` valid across restarts; when it is taken, the node says so and serves
+/// on a free port instead.
+pub const DEFAULT_PORT: u16 = 7452;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub dirs: Dirs,
     pub name: String,
     pub device_type: DeviceType,
+    /// The signaling port: [`DEFAULT_PORT`] unless the flag or the file names one (0: any).
     pub port: u16,
+    /// Whether `port` is the default, which gives way to a free port when taken (a port the
+    /// operator named does not: taken, it stops the node with [`crate::exit::PORT_IN_USE`]).
+    pub port_is_default: bool,
     pub interfaces: Vec<String>,
     pub plugins: crate::policy::Settings,
     /// The journal's options (its history retention from `[journal]`).
@@ -165,6 +177,10 @@ pub enum ConfigError {
          \"cubic\" or \"newreno\""
     )]
     Congestion(String),
+    #[error("no network interface named {0:?} has an address (`ip addr` lists them)")]
+    NoInterface(String),
+    #[error("the interfaces {0:?} have no usable address (IPv6 link-local ones cannot be served)")]
+    NoAddress(Vec<String>),
     #[error(transparent)]
     Dirs(#[from] crate::dirs::DirsError),
 }
@@ -251,6 +267,7 @@ impl Config {
         if args.no_quic {
             link.quic = false;
         }
+        let chosen = args.port.or(file.port);
         Ok(Self {
             plugins,
             link,
@@ -258,7 +275,8 @@ impl Config {
             dirs,
             name,
             device_type,
-            port: args.port.or(file.port).unwrap_or(0),
+            port: chosen.unwrap_or(DEFAULT_PORT),
+            port_is_default: chosen.is_none(),
             interfaces,
         })
     }
@@ -317,7 +335,12 @@ mod tests {
         assert_eq!(from_flags.name, "flag");
         assert_eq!(from_flags.device_type, DeviceType::Mobile);
         assert_eq!(from_flags.port, 0);
+        assert!(!from_flags.port_is_default);
         assert_eq!(from_flags.interfaces, vec!["veth1"]);
+        let home = tempfile::tempdir().unwrap();
+        let defaults = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(defaults.port, DEFAULT_PORT);
+        assert!(defaults.port_is_default);
         assert_eq!(from_flags.dirs.receive, Path::new("/srv/in"));
     }
 

@@ -133,6 +133,10 @@ pub struct NodeStatus {
     pub device_type: DeviceType,
     pub signaling_port: u16,
     pub version: String,
+    /// The node's page on each address it serves (`http://ADDRESS:PORT/`); absent from older
+    /// nodes' replies.
+    #[serde(default)]
+    pub urls: Vec<String>,
 }
 
 /// One device, as `fsnode peers` shows it.
@@ -242,6 +246,7 @@ impl NodeStatus {
             device_type: me.device_type,
             signaling_port: me.signaling_port,
             version: env!("CARGO_PKG_VERSION").into(),
+            urls: Vec::new(),
         }
     }
 }

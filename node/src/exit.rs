@@ -21,6 +21,29 @@ pub const IDENTITY: u8 = 5;
 pub const CONFIG: u8 = 6;
 /// `send --wait`: at least one transfer failed, was rejected or was cancelled.
 pub const TRANSFER_FAILED: u8 = 7;
+/// `run`: the port the operator named (`--port`, or `port` in the config file) is in use.
+pub const PORT_IN_USE: u8 = 8;
+
+/// Another node already runs on this home (exit code [`JOURNAL`]: it holds the journal).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another fsnode is already running with this home (its control socket {} answers); stop it or use another --home",
+    socket.display()
+)]
+pub struct AlreadyRunning {
+    pub socket: std::path::PathBuf,
+}
+
+/// The port the operator named for signaling is taken (exit code [`PORT_IN_USE`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "port {port} on {address} is in use by another program: pick another with --port (or `port` in fsnode.toml), or leave it out to use the default ({default}) or a free port",
+    default = crate::config::DEFAULT_PORT
+)]
+pub struct PortInUse {
+    pub port: u16,
+    pub address: std::net::IpAddr,
+}
 
 /// The exit code for an error that reached `main`.
 pub fn code_for(error: &anyhow::Error) -> u8 {
@@ -39,6 +62,12 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<crate::commands::TransfersFailed>() {
             return TRANSFER_FAILED;
+        }
+        if cause.is::<AlreadyRunning>() {
+            return JOURNAL;
+        }
+        if cause.is::<PortInUse>() {
+            return PORT_IN_USE;
         }
     }
     FAILURE

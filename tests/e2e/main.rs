@@ -10,9 +10,12 @@ mod foundation;
 mod hostile;
 mod interop;
 mod longevity;
+mod operator;
 mod plugins;
+mod rediscovery;
 mod support;
 mod transfer;
+mod walkthrough;
 
 use std::path::PathBuf;
 

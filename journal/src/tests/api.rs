@@ -617,3 +617,17 @@ fn handles_are_send_and_sync() {
     send_sync::<JournalError>();
     send::<crate::Replay<Ev>>();
 }
+
+/// A reader (`fsnode journal show`, `trust list` without a node) beside a writer that closes
+/// meanwhile: the writer trims the zeros it preallocated, and the reader, which measured the
+/// segment before, reads the records and an end, not a damaged segment.
+#[test]
+fn a_reader_sees_the_end_of_a_segment_its_writer_trims_while_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path(), Options::default());
+    append_all(&journal, (0..3).map(|i| note(format!("{i}"))));
+    let reading = reader(dir.path()).replay().unwrap();
+    journal.close().unwrap();
+    let read: Vec<u64> = reading.map(|r| r.unwrap().seq).collect();
+    assert_eq!(read, vec![1, 2, 3]);
+}

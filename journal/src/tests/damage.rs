@@ -543,3 +543,84 @@ fn random_bytes_never_panic() {
         let _ = Journal::<Ev>::open(dir.path(), Options::default());
     }
 }
+
+/// A repair after a bit flip in the middle of the only segment: the damaged frame and every
+/// frame after it are cut (counted beforehand), moved aside, and the journal opens and goes on.
+#[test]
+fn repair_truncates_a_bit_flip_mid_segment_and_keeps_what_it_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with(dir.path(), 6, Options::default());
+    let path = segment_paths(dir.path()).remove(0);
+    let frames = frames_of(&path);
+    let before = fs::read(&path).unwrap();
+    flip_bit(&path, frames[2].start + 20, 3);
+    let damage = reader(dir.path()).damage().unwrap().expect("damage found");
+    assert_eq!(
+        (damage.segment.as_path(), damage.offset),
+        (path.as_path(), frames[2].start)
+    );
+    assert_eq!((damage.records_kept, damage.records_lost), (2, 4));
+    let keep = tempfile::tempdir().unwrap();
+    let repaired = crate::repair(dir.path(), &Options::default(), keep.path())
+        .unwrap()
+        .expect("repaired");
+    assert_eq!(repaired.damage, damage);
+    assert_eq!(fs::metadata(&path).unwrap().len(), frames[2].start);
+    // The cut bytes, as they were on disk (the flipped bit included).
+    let cut = fs::read(&repaired.kept_in[0]).unwrap();
+    assert_eq!(cut.len() as u64, before.len() as u64 - frames[2].start);
+    assert_eq!(cut[21..], before[frames[2].start as usize + 21..]);
+    let (journal, _) = Journal::<Ev>::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(seqs(&records(journal.replay())), vec![1, 2]);
+    assert_eq!(append_all(&journal, [note("on")]), vec![3]);
+    journal.close().unwrap();
+    assert_eq!(reader(dir.path()).damage().unwrap(), None);
+}
+
+/// Damage in an earlier segment: that segment is cut at the damage and every later segment is
+/// moved aside whole; what the later segments held is counted as lost.
+#[test]
+fn repair_of_damage_in_an_earlier_segment_moves_the_later_ones_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with(dir.path(), 12, small());
+    let paths = segment_paths(dir.path());
+    assert!(paths.len() >= 3, "{paths:?}");
+    let frames = frames_of(&paths[1]);
+    flip_bit(&paths[1], frames[0].start + 18, 1);
+    let total = 12;
+    let damage = reader(dir.path()).damage().unwrap().expect("damage found");
+    assert_eq!(damage.segment, paths[1]);
+    assert_eq!(damage.later_segments, paths[2..].to_vec());
+    assert_eq!(damage.records_kept + damage.records_lost, total);
+    let keep = tempfile::tempdir().unwrap();
+    let repaired = crate::repair(dir.path(), &small(), keep.path())
+        .unwrap()
+        .expect("repaired");
+    assert_eq!(repaired.kept_in.len(), 1 + paths.len() - 2);
+    assert!(paths[2..].iter().all(|p| !p.exists()));
+    let (journal, report) = Journal::<Ev>::open(dir.path(), small()).unwrap();
+    assert_eq!(report.records, damage.records_kept);
+    journal.close().unwrap();
+}
+
+/// A torn tail is not damage: the writer drops it when it opens, so a repair does nothing.
+#[test]
+fn repair_leaves_a_torn_tail_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with(dir.path(), 3, Options::default());
+    let path = segment_paths(dir.path()).remove(0);
+    let len = fs::metadata(&path).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    assert_eq!(reader(dir.path()).damage().unwrap(), None);
+    let keep = tempfile::tempdir().unwrap();
+    assert_eq!(
+        crate::repair(dir.path(), &Options::default(), keep.path()).unwrap(),
+        None
+    );
+    assert_eq!(fs::metadata(&path).unwrap().len(), len - 3);
+}

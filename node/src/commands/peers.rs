@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::path::Path;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 
 use crate::cli::{PeersArgs, PeersCommand, TrustArgs, TrustCommand};
 use crate::commands::client;
@@ -16,15 +16,46 @@ pub fn peers(home: Option<&Path>, args: &PeersArgs) -> anyhow::Result<()> {
     let request = match &args.command {
         None => Request::Peers,
         Some(PeersCommand::Add { address }) => Request::PeersAdd {
-            address: address
-                .to_socket_addrs()
-                .with_context(|| format!("{address:?} is not HOST:PORT"))?
-                .next()
-                .ok_or_else(|| anyhow!("{address:?} resolves to no address"))?,
+            address: resolve(address)?,
         },
     };
-    let reply = client::ask(home, request)?;
-    print(&reply, args.json)
+    if !matches!(request, Request::Peers) {
+        return print(&client::ask(home, request)?, args.json);
+    }
+    // Read-only: the node's answer, or (none answering, or one starting or stopping) the
+    // devices as its journal last knew them, and still exit 3: `peers` succeeding is how
+    // scripts tell that the node is up.
+    let no_node = match client::ask(home, request.clone()) {
+        Ok(reply) => return print(&reply, args.json),
+        Err(err) => err,
+    };
+    if let Some(reply) = super::provision::read_offline(home, &request)? {
+        print(&reply, args.json)?;
+    }
+    Err(no_node)
+}
+
+/// `HOST:PORT` (an address or a name) as the address to dial, with an error that says which
+/// part was wrong.
+fn resolve(address: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(addr) = address.parse() {
+        return Ok(addr);
+    }
+    let example = "e.g. 192.168.1.20:7452, [fd00::20]:7452 or nas.local:7452";
+    let Some((host, port)) = address.rsplit_once(':') else {
+        bail!("{address:?} is not HOST:PORT: the port is missing ({example})");
+    };
+    if port.parse::<u16>().is_err() {
+        bail!("{address:?} is not HOST:PORT: {port:?} is not a port number ({example})");
+    }
+    match address.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| anyhow!("the name {host:?} resolves to no address")),
+        Err(err) => Err(anyhow!(
+            "the name {host:?} did not resolve ({err}); give the node's address instead ({example})"
+        )),
+    }
 }
 
 pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
@@ -37,6 +68,21 @@ pub fn trust(home: Option<&Path>, args: &TrustArgs) -> anyhow::Result<()> {
         },
         TrustCommand::List => Request::TrustList,
     };
+    if matches!(request, Request::TrustList) {
+        // Read-only: the node's answer, else (none answering, or one starting or stopping)
+        // the journal's, read without its lock.
+        let reply = match client::ask(home, request.clone()) {
+            Ok(reply) => reply,
+            Err(_) => {
+                eprintln!(
+                    "no node is running for this home: the devices as its journal last knew them"
+                );
+                super::provision::read_offline(home, &request)?
+                    .ok_or_else(|| anyhow!("no reply"))?
+            }
+        };
+        return print(&reply, args.json);
+    }
     let reply = match super::provision::trust_offline(home, &request)? {
         Some(Reply::Error(error)) => return Err(client::refusal(&error)),
         Some(reply) => reply,
@@ -99,6 +145,12 @@ fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
         let state = match (&peer.connection_state, peer.requested, peer.discovered) {
             (_, true, _) => "asked to connect".to_owned(),
             (ConnectionState::NotConnected, _, true) => "seen".to_owned(),
+            // Read from a stopped node's journal: `last seen …`.
+            (ConnectionState::NotConnected, _, false)
+                if peer.connection != ConnectionState::NotConnected.label() =>
+            {
+                peer.connection.clone()
+            }
             (ConnectionState::NotConnected, _, false) => "offline".to_owned(),
             (ConnectionState::Connected, _, _) => match peer.transport {
                 Some(transport) => format!("{} ({transport})", peer.connection),

@@ -7,16 +7,21 @@
 //!   loop before a connection is served);
 //! - new untrusted device ids per source address, and at most [`Limits::max_untrusted`] held at
 //!   once (the oldest is evicted);
-//! - journaling: a sighting of an untrusted device is recorded at most once per
-//!   [`Limits::journal_every`]; the rest are dropped and counted.
+//! - journaling: a sighting that changes nothing known of an untrusted device is never
+//!   recorded; a change (back on the LAN, a new address, port or name) is recorded within the
+//!   device's budget ([`Limits::change_burst`], then one per [`Limits::change_every`]). The
+//!   latest change beyond the budget is held back in memory, one per device, and recorded when
+//!   the budget allows (or at once when the operator trusts the device): mDNS reports a
+//!   service again only when its records change, so a change dropped here would never come
+//!   back, and a restarted device would stay lost at its old port.
 //!
 //! Sans-IO: time comes in as `now`, nothing here reads a clock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::DeviceId;
+use super::{DeviceId, DeviceType};
 
 /// Untrusted devices held at once, in memory and in the journal's state.
 pub const MAX_UNTRUSTED: usize = 1024;
@@ -34,8 +39,11 @@ pub struct Limits {
     pub new_id_burst: u32,
     /// ...and then one per this interval.
     pub new_id_every: Duration,
-    /// An untrusted device's sightings are journaled at most once per this interval.
-    pub journal_every: Duration,
+    /// Changes of one untrusted device journaled at once (a restart costs one or two: back
+    /// on the LAN, then its IPv6 addresses a moment later)...
+    pub change_burst: u32,
+    /// ...and then one per this interval.
+    pub change_every: Duration,
     /// Source addresses whose budgets are remembered; the least recently used is forgotten.
     pub max_addresses: usize,
     /// Policy is asked about an untrusted device's offers at most once per this interval.
@@ -55,7 +63,8 @@ impl Default for Limits {
             connection_every: Duration::from_millis(50),
             new_id_burst: 32,
             new_id_every: Duration::from_secs(10),
-            journal_every: Duration::from_secs(3600),
+            change_burst: 10,
+            change_every: Duration::from_secs(360),
             max_addresses: 4096,
             offer_question_every: Duration::from_secs(60),
             ignored_burst: 64,
@@ -100,6 +109,11 @@ impl Bucket {
         }
         self.tokens -= 1;
         true
+    }
+
+    /// When the next token comes, for a bucket that `take` just found empty.
+    fn next_token_at(&self, every: Duration) -> Instant {
+        self.refilled_at + every
     }
 }
 
@@ -193,15 +207,13 @@ impl ConnectionBudgets {
     }
 }
 
-/// What to do with one sighting of an untrusted device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Held; it may be journaled now (call [`Admission::journaled`] when it is).
-    Record,
-    /// Held, and journaled within the interval: update nothing durable.
-    Quiet,
-    /// Not admitted (its address introduced too many new ids lately): dropped and counted.
-    Dropped,
+/// What an untrusted device was seen as (an announcement or a `hello`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    pub name: String,
+    pub device_type: DeviceType,
+    pub addresses: Vec<IpAddr>,
+    pub port: u16,
 }
 
 /// Counters of what was dropped, for the operator and for tests.
@@ -209,7 +221,8 @@ pub enum Verdict {
 pub struct Dropped {
     /// Sightings of devices that were not admitted.
     pub devices: u64,
-    /// Sightings of held devices not journaled (within the interval).
+    /// Changes of held devices not journaled when they came (over the device's budget; the
+    /// latest is held back), and offers not put to policy (within the minute).
     pub sightings: u64,
     /// Held devices evicted to make room for newer ones.
     pub evicted: u64,
@@ -217,10 +230,22 @@ pub struct Dropped {
 
 #[derive(Debug)]
 struct Held {
-    /// When a sighting of it was last journaled (`None`: never).
-    journaled_at: Option<Instant>,
+    /// Its budget of journaled changes.
+    changes: Bucket,
+    /// The latest change over the budget, and when the budget allows it.
+    held_back: Option<(Sighting, Instant)>,
     /// When policy was last asked about an offer of it (`None`: never).
     asked_at: Option<Instant>,
+}
+
+impl Held {
+    fn new(limits: &Limits, now: Instant) -> Self {
+        Self {
+            changes: Bucket::full(limits.change_burst, now),
+            held_back: None,
+            asked_at: None,
+        }
+    }
 }
 
 /// Untrusted devices held in memory, and the per-address budget of new ones.
@@ -231,6 +256,8 @@ pub struct Admission {
     /// Held devices, oldest admitted first (may name devices already removed: skipped).
     order: VecDeque<DeviceId>,
     new_ids: PerAddress,
+    /// Held-back changes by when their device's budget allows them (one per device).
+    due: BTreeSet<(Instant, DeviceId)>,
     /// The budget of ignored announcements journaled (`None` until the first).
     ignored: Option<Bucket>,
     dropped: Dropped,
@@ -249,6 +276,7 @@ impl Admission {
             held: HashMap::new(),
             order: VecDeque::new(),
             new_ids: PerAddress::new(limits.max_addresses),
+            due: BTreeSet::new(),
             ignored: None,
             dropped: Dropped::default(),
         }
@@ -258,43 +286,31 @@ impl Admission {
         &self.limits
     }
 
-    /// Holds a device the node already knows of (from its journal), without spending any
-    /// address's budget; journaled already, so it counts as recorded at `now`.
+    /// Holds a device the node already knows of (from its journal, or no longer trusted)
+    /// without spending any address's budget, with its whole budget of changes: its first
+    /// sighting after a restart (the node's or its own) is recorded at once.
     pub fn hold_known(&mut self, id: DeviceId, now: Instant) {
         if self.held.contains_key(&id) {
             return;
         }
         self.make_room();
-        self.held.insert(
-            id.clone(),
-            Held {
-                journaled_at: Some(now),
-                asked_at: None,
-            },
-        );
+        self.held.insert(id.clone(), Held::new(&self.limits, now));
         self.order.push_back(id);
     }
 
     /// One sighting of the untrusted device `id`, coming from `from` (the source address of
-    /// a connection, the announced address of an mDNS record). A device not held yet spends
-    /// one of `from`'s new-id budget; `operator` (the operator asked for this dial) bypasses it.
-    pub fn sighting(
+    /// a connection, the announced address of an mDNS record): whether it is held (admitted).
+    /// A device not held yet spends one of `from`'s new-id budget; `operator` (the operator
+    /// asked for this dial) bypasses it. A device not admitted is dropped and counted.
+    pub fn admit(
         &mut self,
         id: &DeviceId,
         from: Option<IpAddr>,
         operator: bool,
         now: Instant,
-    ) -> Verdict {
-        if let Some(held) = self.held.get(id) {
-            let due = operator
-                || held.journaled_at.is_none_or(|at| {
-                    now.saturating_duration_since(at) >= self.limits.journal_every
-                });
-            if due {
-                return Verdict::Record;
-            }
-            self.dropped.sightings += 1;
-            return Verdict::Quiet;
+    ) -> bool {
+        if self.held.contains_key(id) {
+            return true;
         }
         let within_budget = operator
             || from.is_none_or(|ip| {
@@ -303,25 +319,82 @@ impl Admission {
             });
         if !within_budget {
             self.dropped.devices += 1;
-            return Verdict::Dropped;
+            return false;
         }
         self.make_room();
-        self.held.insert(
-            id.clone(),
-            Held {
-                journaled_at: None,
-                asked_at: None,
-            },
-        );
+        self.held.insert(id.clone(), Held::new(&self.limits, now));
         self.order.push_back(id.clone());
-        Verdict::Record
+        true
     }
 
-    /// A sighting of `id` was journaled at `now`.
-    pub fn journaled(&mut self, id: &DeviceId, now: Instant) {
-        if let Some(held) = self.held.get_mut(id) {
-            held.journaled_at = Some(now);
+    /// May a change of the held device `id` be journaled now? Spends one of its budget; a
+    /// change over the budget is counted (and should be [`Admission::hold_back`]).
+    pub fn may_journal(&mut self, id: &DeviceId, now: Instant) -> bool {
+        let (burst, every) = (self.limits.change_burst, self.limits.change_every);
+        let Some(held) = self.held.get_mut(id) else {
+            return false;
+        };
+        let ok = held.changes.take(burst, every, now);
+        if !ok {
+            self.dropped.sightings += 1;
         }
+        ok
+    }
+
+    /// Keeps `sighting`, a change of the held device `id` over its budget, to be journaled
+    /// when the budget allows ([`Admission::take_due`]); it replaces a change held back before.
+    pub fn hold_back(&mut self, id: &DeviceId, sighting: Sighting) {
+        let every = self.limits.change_every;
+        let Some(held) = self.held.get_mut(id) else {
+            return;
+        };
+        let at = match &held.held_back {
+            Some((_, at)) => *at,
+            None => {
+                let at = held.changes.next_token_at(every);
+                self.due.insert((at, id.clone()));
+                at
+            }
+        };
+        held.held_back = Some((sighting, at));
+    }
+
+    /// Takes the change held back for `id`, if any (it is being journaled, or is moot).
+    pub fn take_held_back(&mut self, id: &DeviceId) -> Option<Sighting> {
+        let (sighting, at) = self.held.get_mut(id)?.held_back.take()?;
+        self.due.remove(&(at, id.clone()));
+        Some(sighting)
+    }
+
+    /// When a held-back change may next be journaled.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// The held-back changes whose devices' budgets allow them at `now`, each spending one.
+    pub fn take_due(&mut self, now: Instant) -> Vec<(DeviceId, Sighting)> {
+        let (burst, every) = (self.limits.change_burst, self.limits.change_every);
+        let mut due = Vec::new();
+        while let Some((at, id)) = self.due.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.due.remove(&(at, id.clone()));
+            let Some(held) = self.held.get_mut(&id) else {
+                continue;
+            };
+            let Some((sighting, _)) = held.held_back.take() else {
+                continue;
+            };
+            if held.changes.take(burst, every, now) {
+                due.push((id, sighting));
+            } else {
+                let at = held.changes.next_token_at(every).max(now);
+                self.due.insert((at, id.clone()));
+                held.held_back = Some((sighting, at));
+            }
+        }
+        due
     }
 
     /// May policy be asked about an offer of the held device `id` now? At most once per
@@ -364,7 +437,18 @@ impl Admission {
 
     /// `id` became trusted (or was removed): it no longer counts against the bound.
     pub fn forget(&mut self, id: &DeviceId) {
-        self.held.remove(id);
+        self.remove(id);
+    }
+
+    /// Removes a held device and what it held back.
+    fn remove(&mut self, id: &DeviceId) -> bool {
+        let Some(held) = self.held.remove(id) else {
+            return false;
+        };
+        if let Some((_, at)) = held.held_back {
+            self.due.remove(&(at, id.clone()));
+        }
+        true
     }
 
     pub fn held(&self) -> usize {
@@ -381,7 +465,7 @@ impl Admission {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if self.held.remove(&oldest).is_some() {
+            if self.remove(&oldest) {
                 self.dropped.evicted += 1;
             }
         }
@@ -436,58 +520,100 @@ mod tests {
     fn a_flood_of_random_ids_from_one_address_admits_a_burst_and_counts_the_rest() {
         let t0 = Instant::now();
         let mut admission = Admission::default();
-        let mut recorded = 0;
+        let mut admitted = 0;
         for n in 0..110_000 {
             // 110,000 hellos over 11 s.
             let now = t0 + Duration::from_micros(100 * u64::from(n));
-            match admission.sighting(&id(n), Some(ip(9)), false, now) {
-                Verdict::Record => {
-                    admission.journaled(&id(n), now);
-                    recorded += 1;
-                }
-                Verdict::Quiet => panic!("every id is new"),
-                Verdict::Dropped => {}
+            if admission.admit(&id(n), Some(ip(9)), false, now) {
+                admitted += 1;
             }
         }
         // The burst, plus one per 10 s of the 11 s.
-        assert_eq!(recorded, 33);
+        assert_eq!(admitted, 33);
         assert_eq!(admission.held(), 33);
         assert_eq!(admission.dropped().devices, 110_000 - 33);
         // Another host still gets in.
-        assert_eq!(
-            admission.sighting(&id(999_999), Some(ip(10)), false, t0),
-            Verdict::Record
+        assert!(admission.admit(&id(999_999), Some(ip(10)), false, t0));
+    }
+
+    fn sighting(port: u16) -> Sighting {
+        Sighting {
+            name: "restarting".into(),
+            device_type: DeviceType::Desktop,
+            addresses: vec![ip(1)],
+            port,
+        }
+    }
+
+    /// A device that keeps changing (restarting on a new port, or a host forging it) gets its
+    /// burst of journaled changes, then one per interval; the latest change over the budget is
+    /// kept, one per device, and comes out when the budget allows.
+    #[test]
+    fn a_held_devices_changes_get_a_burst_then_a_steady_rate_and_the_latest_is_held_back() {
+        let t0 = Instant::now();
+        let limits = Limits::default();
+        let mut admission = Admission::default();
+        assert!(admission.admit(&id(1), Some(ip(1)), false, t0));
+        let journaled = (0..limits.change_burst)
+            .filter(|_| admission.may_journal(&id(1), t0))
+            .count();
+        assert_eq!(journaled, limits.change_burst as usize);
+        assert_eq!(admission.poll_timeout(), None);
+        for port in 1..1000 {
+            let now = t0 + Duration::from_millis(u64::from(port));
+            assert!(!admission.may_journal(&id(1), now));
+            admission.hold_back(&id(1), sighting(port));
+        }
+        assert_eq!(admission.dropped().sightings, 999);
+        let due = t0 + limits.change_every;
+        assert_eq!(admission.poll_timeout(), Some(due), "one entry per device");
+        assert!(
+            admission
+                .take_due(due - Duration::from_millis(1))
+                .is_empty()
         );
+        assert_eq!(admission.take_due(due), vec![(id(1), sighting(999))]);
+        assert_eq!(admission.poll_timeout(), None);
+        // That spent the interval's token.
+        assert!(!admission.may_journal(&id(1), due));
+        // A change held back and then taken by the operator (trust add) leaves nothing due.
+        admission.hold_back(&id(1), sighting(5));
+        assert_eq!(admission.take_held_back(&id(1)), Some(sighting(5)));
+        assert_eq!(admission.poll_timeout(), None);
+        assert!(
+            admission
+                .take_due(due + limits.change_every * 10)
+                .is_empty()
+        );
+        // A device held from the journal has its whole budget.
+        admission.hold_known(id(2), t0);
+        assert!((0..limits.change_burst).all(|_| admission.may_journal(&id(2), t0)));
+        // A device not held has none.
+        assert!(!admission.may_journal(&id(3), t0));
     }
 
     #[test]
-    fn a_held_device_is_journaled_at_most_once_an_hour() {
+    fn an_evicted_device_takes_what_it_held_back_with_it() {
         let t0 = Instant::now();
-        let mut admission = Admission::default();
-        assert_eq!(
-            admission.sighting(&id(1), Some(ip(1)), false, t0),
-            Verdict::Record
-        );
-        admission.journaled(&id(1), t0);
-        for s in 1..3600 {
-            let now = t0 + Duration::from_secs(s);
-            assert_eq!(
-                admission.sighting(&id(1), Some(ip(1)), false, now),
-                Verdict::Quiet
-            );
+        let limits = Limits {
+            max_untrusted: 2,
+            change_burst: 1,
+            ..Limits::default()
+        };
+        let mut admission = Admission::new(limits);
+        for n in 0..2u8 {
+            assert!(admission.admit(&id(u32::from(n)), Some(ip(n)), false, t0));
+            assert!(admission.may_journal(&id(u32::from(n)), t0));
+            assert!(!admission.may_journal(&id(u32::from(n)), t0));
+            admission.hold_back(&id(u32::from(n)), sighting(u16::from(n)));
         }
-        assert_eq!(admission.dropped().sightings, 3599);
-        let hour = t0 + Duration::from_secs(3600);
-        assert_eq!(
-            admission.sighting(&id(1), Some(ip(1)), false, hour),
-            Verdict::Record
-        );
-        // The operator's own dial is always recorded.
-        admission.journaled(&id(1), hour);
-        assert_eq!(
-            admission.sighting(&id(1), Some(ip(1)), true, hour),
-            Verdict::Record
-        );
+        assert_eq!(admission.due.len(), 2);
+        assert!(admission.admit(&id(7), Some(ip(7)), false, t0));
+        assert!(!admission.holds(&id(0)));
+        assert_eq!(admission.due.len(), 1);
+        admission.forget(&id(1));
+        assert!(admission.due.is_empty());
+        assert!(admission.take_due(t0 + limits.change_every).is_empty());
     }
 
     #[test]
@@ -500,8 +626,7 @@ mod tests {
         let mut admission = Admission::new(limits);
         for n in 0..6u8 {
             // Each from its own address: within every budget.
-            let verdict = admission.sighting(&id(u32::from(n)), Some(ip(n)), false, t0);
-            assert_eq!(verdict, Verdict::Record);
+            assert!(admission.admit(&id(u32::from(n)), Some(ip(n)), false, t0));
         }
         assert_eq!(admission.held(), 4);
         assert_eq!(admission.dropped().evicted, 2);
@@ -511,7 +636,7 @@ mod tests {
         admission.forget(&id(2));
         assert_eq!(admission.held(), 3);
         for n in 100..10_000u32 {
-            admission.sighting(&id(n), None, false, t0);
+            admission.admit(&id(n), None, false, t0);
         }
         assert_eq!(admission.held(), 4);
         assert!(admission.order.len() <= 8);
@@ -541,7 +666,7 @@ mod tests {
         let t0 = Instant::now();
         let mut admission = Admission::default();
         assert!(!admission.may_ask(&id(1), t0), "not held: never asked");
-        admission.sighting(&id(1), Some(ip(1)), false, t0);
+        admission.admit(&id(1), Some(ip(1)), false, t0);
         assert!(admission.may_ask(&id(1), t0));
         assert!((1..60).all(|s| !admission.may_ask(&id(1), t0 + Duration::from_secs(s))));
         assert!(admission.may_ask(&id(1), t0 + Duration::from_secs(60)));

@@ -82,7 +82,12 @@ pub fn check(announcement: &Announcement) -> Result<Announced, String> {
         .txt
         .get("type")
         .map_or(DeviceType::Unknown, |t| DeviceType::from_wire(t));
-    let mut addresses = announcement.addresses.clone();
+    let mut addresses: Vec<IpAddr> = announcement
+        .addresses
+        .iter()
+        .copied()
+        .filter(|ip| !is_unscoped_link_local(ip))
+        .collect();
     addresses.sort();
     addresses.dedup();
     addresses.truncate(MAX_ADDRESSES);
@@ -93,6 +98,14 @@ pub fn check(announcement: &Announcement) -> Result<Announced, String> {
         addresses,
         port: announcement.port,
     })
+}
+
+/// An IPv6 link-local address (`fe80::/10`) is reachable only through the interface it was
+/// seen on (its scope), which an announcement's address list does not carry: dialling it
+/// fails (`EINVAL`), and recording it would only make the device's addresses change with
+/// every announcement that lists it or not.
+pub fn is_unscoped_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
 fn truncate(text: &str) -> String {
@@ -132,6 +145,27 @@ mod tests {
         assert_eq!(peer.name, "desk");
         assert_eq!(peer.device_type, DeviceType::Server);
         assert_eq!(peer.addresses.len(), 1, "duplicates dropped");
+    }
+
+    /// mdns-sd hands over a host's IPv6 link-local addresses without their interface, often a
+    /// moment after its IPv4 one: kept, they could not be dialled and would make every
+    /// restart of a device look like two changes.
+    #[test]
+    fn link_local_ipv6_addresses_are_not_kept() {
+        let mut a = good();
+        a.addresses = vec![
+            "fe80::2872:b2ff:feb8:dac6".parse().unwrap(),
+            "10.77.0.3".parse().unwrap(),
+            "fd00:77::3".parse().unwrap(),
+        ];
+        let peer = check(&a).unwrap();
+        assert_eq!(
+            peer.addresses,
+            vec![
+                "10.77.0.3".parse::<IpAddr>().unwrap(),
+                "fd00:77::3".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::admission::{self, Admission, Verdict};
+use super::admission::{self, Admission, Sighting};
 use super::discovery::{self, Announcement};
 use super::negotiation::{self, Action, Negotiation};
 use super::policy::{
@@ -123,6 +123,9 @@ pub enum Input {
     ConnClosed { conn: ConnId },
     /// A dial the operator asked for failed.
     DialFailed { token: Token, error: String },
+    /// Every address of `peer` was dialled to deliver its messages and none answered; `errors`
+    /// says why, per address ("nothing listens at ADDR (connection refused)").
+    Unreachable { peer: DeviceId, errors: Vec<String> },
     /// A negotiation message on signaling connection `conn`, whose `hello` named `peer`.
     Signal {
         conn: ConnId,
@@ -262,6 +265,10 @@ pub struct Core {
     /// The address of the connection that carried each peer's latest offer or answer: the one
     /// a session that comes up was negotiated through.
     negotiated_via: BTreeMap<DeviceId, SocketAddr>,
+    /// Trusted devices whose messages no dial could deliver, and why: a negotiation with one
+    /// of them that then fails says so rather than blaming the peer for not answering. Cleared
+    /// when a connection with the device comes up (bounded by the trusted devices).
+    unreachable: BTreeMap<DeviceId, String>,
     /// Trusted devices whose mDNS goodbye arrived while their session was up: lost once the
     /// session ends (bounded by the trusted devices).
     goodbyes_while_connected: std::collections::BTreeSet<DeviceId>,
@@ -306,8 +313,11 @@ impl Core {
             recent_mismatches: VecDeque::new(),
             sends_queueing: BTreeMap::new(),
             goodbyes_while_connected: Default::default(),
+            unreachable: BTreeMap::new(),
         };
-        // Untrusted devices from the journal are held, oldest first, and count as recorded.
+        // Untrusted devices from the journal are held, oldest first, each with its whole
+        // budget of changes: none is on the LAN for this run yet (`NodeStarted`), so the first
+        // sighting of each is a change, recorded at once.
         let mut known: Vec<_> = core
             .state
             .peers
@@ -342,6 +352,7 @@ impl Core {
             .chain(self.next_probe)
             .chain(self.transfers.poll_timeout())
             .chain(self.questions.values().map(|asked| asked.deadline))
+            .chain(self.admission.poll_timeout())
             .min()
     }
 
@@ -367,6 +378,11 @@ impl Core {
                 token,
                 outcome: Outcome::refused(RefusalKind::Unreachable, error),
             }),
+            Input::Unreachable { peer, errors } => {
+                if self.state.is_trusted(&peer) && !errors.is_empty() {
+                    self.unreachable.insert(peer, errors.join("; "));
+                }
+            }
             Input::Signal {
                 conn,
                 peer,
@@ -396,10 +412,11 @@ impl Core {
         self.start_waiting_sends(now);
     }
 
-    /// Timers: negotiation deadlines, transfer deadlines, and probing trusted devices that
-    /// mDNS does not show.
+    /// Timers: negotiation deadlines, transfer deadlines, sightings of untrusted devices held
+    /// back for their budget, and probing trusted devices that mDNS does not show.
     pub fn handle_timeout(&mut self, now: Now) {
         self.expire_questions(now);
+        self.journal_due_sightings(now);
         let mut work = Vec::new();
         self.transfers
             .handle_timeout(now.instant, &self.state, &mut work);
@@ -445,8 +462,14 @@ impl Core {
     }
 
     fn emit(&mut self, event: Event, now: Now) {
-        if let Event::PeerAuthorized { peer, .. } = &event {
-            self.admission.forget(peer);
+        match &event {
+            Event::PeerAuthorized { peer, .. } => self.admission.forget(peer),
+            // Known, so its sightings spend no address's budget of new ids.
+            Event::PeerRevoked { peer, .. } => {
+                self.admission.hold_known(peer.clone(), now.instant);
+                self.unreachable.remove(peer);
+            }
+            _ => {}
         }
         let stamped = Stamped {
             time_ms: now.wall_ms,

@@ -17,7 +17,9 @@
 //!   make the node connect elsewhere; its messages go only on a connection it opened.
 //! - What no dial could deliver is kept for a while and goes out when the peer is seen again
 //!   or connects (the peer restarted on a new port, say), so an offer does not wait for the
-//!   negotiation's next retry.
+//!   negotiation's next retry. The router says why each address failed ([`Output::Unreachable`]),
+//!   so that a negotiation that then times out tells the operator what happened, not that the
+//!   peer did not answer.
 //! - Closing is graceful: the shell stops writing, keeps handling what arrives until the peer
 //!   closes too or [`GRACEFUL_CLOSE`] passes.
 
@@ -50,11 +52,16 @@ pub struct Route {
 }
 
 impl Route {
-    /// Addresses to dial, in order, each once; port 0 (a peer that cannot be dialled) is none.
+    /// Addresses to dial, in order, each once; port 0 (a peer that cannot be dialled) is none,
+    /// and neither is an IPv6 link-local address (no interface to dial it on; journals of
+    /// earlier builds may hold some).
     pub fn dial_order(&self) -> VecDeque<SocketAddr> {
         let mut order = VecDeque::new();
         for addr in self.stored.iter().chain(&self.candidates) {
-            if addr.port() != 0 && !order.contains(addr) {
+            if addr.port() != 0
+                && !super::discovery::is_unscoped_link_local(&addr.ip())
+                && !order.contains(addr)
+            {
                 order.push_back(*addr);
             }
         }
@@ -73,8 +80,13 @@ pub enum Input {
     },
     /// Connection `conn` closed (its reader ended).
     Down { conn: ConnId },
-    /// A dial the router asked for, to `addr` for `peer`, failed.
-    DialFailed { peer: DeviceId, addr: SocketAddr },
+    /// A dial the router asked for, to `addr` for `peer`, failed; `error` says how (for
+    /// people: "nothing listens at ADDR (connection refused)").
+    DialFailed {
+        peer: DeviceId,
+        addr: SocketAddr,
+        error: String,
+    },
     /// Send `line` (one encoded message) to `peer`, reachable by `route`.
     Send {
         peer: DeviceId,
@@ -97,6 +109,9 @@ pub enum Output {
     /// Close `conn` gracefully: stop writing, keep reading until the peer closes or
     /// [`GRACEFUL_CLOSE`] passes.
     Close { conn: ConnId },
+    /// Every address of `peer` was dialled and none answered: what waits for it is kept for
+    /// its next appearance. `errors` says why, one per address, in dial order.
+    Unreachable { peer: DeviceId, errors: Vec<String> },
 }
 
 #[derive(Debug)]
@@ -115,6 +130,8 @@ struct Waiting {
     /// The address being dialled, and those left to try after it.
     dialing: Option<SocketAddr>,
     untried: VecDeque<SocketAddr>,
+    /// Why each address dialled in this round failed.
+    errors: Vec<String>,
     /// Every dial failed: kept until then for the peer's next appearance.
     undelivered_until: Option<Instant>,
     /// The route of the latest `Send`, to prefer connections from its stored addresses.
@@ -201,7 +218,7 @@ impl Router {
             Input::Down { conn } => {
                 self.conns.remove(&conn);
             }
-            Input::DialFailed { peer, addr } => self.on_dial_failed(peer, addr, now),
+            Input::DialFailed { peer, addr, error } => self.on_dial_failed(peer, addr, error, now),
             Input::Send { peer, line, route } => self.send(peer, line, route, now),
             Input::Seen { peer, route } => {
                 self.remember(&peer, &route);
@@ -211,6 +228,7 @@ impl Router {
                 waiting.route = route;
                 if waiting.dialing.is_none() {
                     waiting.untried = waiting.route.dial_order();
+                    waiting.errors.clear();
                     waiting.undelivered_until = None;
                     self.dial_next(&peer, now);
                 }
@@ -282,12 +300,13 @@ impl Router {
         }
         if waiting.dialing.is_none() {
             waiting.untried = dial_order;
+            waiting.errors.clear();
             waiting.undelivered_until = None;
             self.dial_next(&peer, now);
         }
     }
 
-    fn on_dial_failed(&mut self, peer: DeviceId, addr: SocketAddr, now: Instant) {
+    fn on_dial_failed(&mut self, peer: DeviceId, addr: SocketAddr, error: String, now: Instant) {
         let Some(waiting) = self.waiting.get_mut(&peer) else {
             return;
         };
@@ -295,11 +314,13 @@ impl Router {
             return;
         }
         waiting.dialing = None;
+        // One per address dialled this round (at most the route's addresses).
+        waiting.errors.push(error);
         self.dial_next(&peer, now);
     }
 
     /// Dials the next untried address of `peer`, or, with none left, keeps its lines as
-    /// undelivered until [`UNDELIVERED_FOR`] from `now`.
+    /// undelivered until [`UNDELIVERED_FOR`] from `now` and says why none answered.
     fn dial_next(&mut self, peer: &DeviceId, now: Instant) {
         let Some(waiting) = self.waiting.get_mut(peer) else {
             return;
@@ -314,6 +335,12 @@ impl Router {
             }
             None => {
                 waiting.undelivered_until = Some(now + UNDELIVERED_FOR);
+                if !waiting.errors.is_empty() {
+                    self.out.push_back(Output::Unreachable {
+                        peer: peer.clone(),
+                        errors: std::mem::take(&mut waiting.errors),
+                    });
+                }
             }
         }
     }
@@ -425,6 +452,7 @@ mod tests {
             Input::DialFailed {
                 peer: peer(1),
                 addr: addr("10.77.0.2:4000"),
+                error: "refused".into(),
             },
             t0,
         );
@@ -445,11 +473,28 @@ mod tests {
                 Input::DialFailed {
                     peer: peer(1),
                     addr: addr(a),
+                    error: format!("nothing listens at {a}"),
                 },
                 t0,
             );
         }
-        drain(&mut r);
+        // The last failure says why none answered, address by address.
+        assert_eq!(
+            drain(&mut r),
+            vec![
+                Output::Dial {
+                    peer: peer(1),
+                    addr: addr("10.77.0.9:4000")
+                },
+                Output::Unreachable {
+                    peer: peer(1),
+                    errors: vec![
+                        "nothing listens at 10.77.0.2:4000".into(),
+                        "nothing listens at 10.77.0.9:4000".into()
+                    ]
+                }
+            ]
+        );
         assert_eq!(r.poll_timeout(), Some(t0 + UNDELIVERED_FOR));
         // Seen again on a new port: dialled there, and the offer goes out when it is up.
         let moved = Route {
@@ -479,6 +524,7 @@ mod tests {
                 Input::DialFailed {
                     peer: peer(1),
                     addr: addr(a),
+                    error: "refused".into(),
                 },
                 t0,
             );

@@ -32,10 +32,10 @@ pub struct ControlRequest {
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another fsnode is already running with this home (its control socket {} answers); stop it or use another --home",
-                path.display()
-            );
+            return Err(crate::exit::AlreadyRunning {
+                socket: path.to_path_buf(),
+            }
+            .into());
         }
         fs::remove_file(path)
             .with_context(|| format!("removing the stale control socket {}", path.display()))?;

@@ -4,6 +4,7 @@
 pub mod atomic_file;
 pub mod commit;
 pub mod control;
+pub mod event_log;
 pub mod followers;
 pub mod local_names;
 pub mod mdns;

@@ -13,11 +13,13 @@ use tracing::{debug, info, warn};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::control::{
-    ErrorKind, Reply, Request, TransferRow, reply as control_reply, view as control_view,
+    ErrorKind, NodeStatus, Reply, Request, TransferRow, reply as control_reply,
+    view as control_view,
 };
 use crate::core::DeviceId;
 use crate::core::TransferId;
@@ -32,6 +34,7 @@ use crate::record::{self, JournalEntry};
 use crate::shell::atomic_file::{self, Replace};
 use crate::shell::commit::{Batch, CommitQueue};
 use crate::shell::control::{self, ControlRequest};
+use crate::shell::event_log;
 use crate::shell::followers::{Changed, Followers};
 use crate::shell::local_names::LocalNames;
 use crate::shell::mdns::Mdns;
@@ -73,9 +76,12 @@ pub fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard 
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FSNODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal: a log file or a supervisor's journal gets
+    // plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
     guard
@@ -98,7 +104,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     let control_listener = control::bind(&dirs.control_socket())?;
 
     let journal_dir = dirs.journal();
-    let (journal, report) = Journal::<JournalEntry>::open(&journal_dir, config.journal.clone())
+    let (journal, report) = open_journal_waiting(&journal_dir, &config.journal)
         .with_context(|| format!("opening the journal at {}", journal_dir.display()))?;
     if let Some(torn) = &report.truncated_tail {
         warn!(
@@ -124,7 +130,8 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     runtime::block_on(async {
         let addresses = network::listen_addresses(&config.interfaces)?;
-        let (listeners, port) = signaling::bind(&addresses, config.port).await?;
+        let (listeners, port) =
+            signaling::bind(&addresses, config.port, config.port_is_default).await?;
         let me = Me {
             id: identity.device_id.clone(),
             name: config.name.clone(),
@@ -173,6 +180,10 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         let io = TransferIo::new(store, inputs_tx.clone());
         runtime::spawn(control::serve(control_listener, requests_tx)).detach();
         let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
+        let page_urls: Vec<String> = network::page_addresses(&addresses)
+            .into_iter()
+            .map(|ip| network::page_url(ip, port))
+            .collect();
         info!(
             device_id = %me.id,
             name = %me.name,
@@ -180,6 +191,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             port,
             quic = config.link.quic,
             congestion = config.link.congestion.name(),
+            page = %page_urls.join(" "),
             "fsnode running; stop with Ctrl-C or SIGTERM"
         );
 
@@ -210,6 +222,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             followers: Followers::default(),
             collected: Collected::default(),
             committing: CommitQueue::default(),
+            page_urls,
         };
         if has_plugins {
             let now = Now {
@@ -236,6 +249,28 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(dirs.control_socket());
     journal.close().context("closing the journal")?;
     Ok(())
+}
+
+/// How long `run` waits for the journal's lock. This node holds the control socket, so no
+/// other node runs on this home: the lock is a short command's (`trust add` without a node),
+/// released within moments.
+pub const JOURNAL_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the journal as its writer, waiting up to [`JOURNAL_LOCK_WAIT`] while another process
+/// holds its lock.
+fn open_journal_waiting(
+    dir: &Path,
+    options: &fsnode_journal::Options,
+) -> Result<(Journal<JournalEntry>, fsnode_journal::OpenReport), fsnode_journal::JournalError> {
+    let deadline = SystemClock.now() + JOURNAL_LOCK_WAIT;
+    loop {
+        match Journal::<JournalEntry>::open(dir, options.clone()) {
+            Err(fsnode_journal::JournalError::Locked { .. }) if SystemClock.now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// What the node loop selects over.
@@ -322,6 +357,8 @@ struct NodeLoop<'a> {
     /// Batches whose events are appended, oldest first: each one's replies and effects run
     /// once its events are durable, in order (see [`MAX_COMMITS_IN_FLIGHT`]).
     committing: CommitQueue<Outputs>,
+    /// The node's page on each address it serves (`fsnode id`).
+    page_urls: Vec<String>,
 }
 
 impl NodeLoop<'_> {
@@ -420,6 +457,15 @@ impl NodeLoop<'_> {
                     self.policy.describe(reply);
                     continue;
                 }
+                Wake::Request(ControlRequest {
+                    request: Request::Status,
+                    reply,
+                }) => {
+                    let mut status = NodeStatus::of(self.core.me());
+                    status.urls = self.page_urls.clone();
+                    let _ = reply.try_send(Reply::Status(status));
+                    continue;
+                }
                 Wake::Request(ControlRequest { request, reply }) => {
                     if let Some(command) = request.command() {
                         let token = self.next_token;
@@ -463,7 +509,7 @@ impl NodeLoop<'_> {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Event(stamped) => {
-                    log_event(&stamped.event);
+                    event_log::log(&stamped.event, self.core.state(), &self.core.me().id);
                     if let Some(id) = stamped.event.transfer()
                         && self.followers.follows(&id)
                     {
@@ -729,6 +775,12 @@ impl NodeLoop<'_> {
                     // Dropping the writer closes the connection gracefully.
                     self.writers.remove(&conn);
                 }
+                RouterOutput::Unreachable { peer, errors } => {
+                    debug!(%peer, "no signaling connection: {}", errors.join("; "));
+                    // Changes nothing journaled: what the core keeps is read when a
+                    // negotiation with the peer fails.
+                    self.core.handle(Input::Unreachable { peer, errors }, now);
+                }
             }
         }
     }
@@ -761,8 +813,8 @@ impl NodeLoop<'_> {
                 self.core.handle(Input::ConnClosed { conn }, now);
                 self.route(RouterInput::Down { conn }, now);
             }
-            ConnEvent::DialFailed { peer, addr } => {
-                self.route(RouterInput::DialFailed { peer, addr }, now);
+            ConnEvent::DialFailed { peer, addr, error } => {
+                self.route(RouterInput::DialFailed { peer, addr, error }, now);
             }
         }
     }
@@ -847,32 +899,6 @@ async fn prepare_send(
 
 /// What operators see on stderr without `-v`: failures as warnings, connection changes as
 /// info; everything else at debug (the journal has it all).
-fn log_event(event: &Event) {
-    match event {
-        Event::NegotiationFailed { peer, reason } => {
-            warn!(%peer, %reason, "could not connect")
-        }
-        Event::FingerprintMismatch {
-            claimed, address, ..
-        } => warn!(
-            %claimed,
-            ?address,
-            "refused a peer whose certificate is not the device it claims to be"
-        ),
-        Event::Connected { peer, transport } => info!(%peer, %transport, "connected"),
-        Event::Disconnected { peer, reason } => info!(%peer, %reason, "disconnected"),
-        Event::PluginDisabled { plugin, reason } => {
-            warn!(%plugin, %reason, "policy plugin disabled; the next one or the default decides")
-        }
-        Event::AuthorizationRequested { peer, name, .. } => info!(
-            %peer,
-            %name,
-            "an untrusted device asked to connect; `fsnode trust add` to allow it"
-        ),
-        other => debug!(event = ?other, "event"),
-    }
-}
-
 /// Appends an event, waits until it is durable, then folds it into state: event first,
 /// effect after.
 fn record_event(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::shell::runtime::net::{TcpListener, TcpStream, UnixStream};
 use anyhow::{Context, bail};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::core::DeviceId;
 use crate::core::admission::ConnectionBudgets;
@@ -47,8 +47,13 @@ pub enum ConnEvent {
     },
     /// The connection's reader ended: nothing more arrives on it.
     Down { conn: ConnId },
-    /// A dial made to deliver messages to `peer` at `addr` failed.
-    DialFailed { peer: DeviceId, addr: SocketAddr },
+    /// A dial made to deliver messages to `peer` at `addr` failed; `error` says how, for
+    /// people ([`dial_error`]).
+    DialFailed {
+        peer: DeviceId,
+        addr: SocketAddr,
+        error: String,
+    },
 }
 
 /// Everything a connection task needs to report.
@@ -80,19 +85,70 @@ impl Reporter {
 }
 
 /// Binds the signaling port on each address (all on the same port; `port` 0 picks one).
-pub async fn bind(addresses: &[IpAddr], port: u16) -> anyhow::Result<(Vec<TcpListener>, u16)> {
+pub async fn bind(
+    addresses: &[IpAddr],
+    port: u16,
+    is_default: bool,
+) -> anyhow::Result<(Vec<TcpListener>, u16)> {
+    match bind_all(addresses, port).await {
+        Err(Bind::InUse { address, .. }) if is_default => {
+            let (listeners, free) = bind_all(addresses, 0).await.map_err(Bind::into_error)?;
+            warn!(
+                "the default port {port} is in use on {address}; serving on port {free} instead (the page's URL and `peers add` use it; --port fixes one)"
+            );
+            Ok((listeners, free))
+        }
+        result => result.map_err(Bind::into_error),
+    }
+}
+
+/// Why binding the signaling port failed.
+enum Bind {
+    /// Another socket holds `port` on `address`.
+    InUse {
+        port: u16,
+        address: IpAddr,
+    },
+    Other(anyhow::Error),
+}
+
+impl Bind {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Bind::InUse { port, address } => {
+                anyhow::Error::new(crate::exit::PortInUse { port, address })
+            }
+            Bind::Other(err) => err,
+        }
+    }
+}
+
+/// Binds `port` (0: a free one, then the same on every further address) on each address.
+async fn bind_all(addresses: &[IpAddr], port: u16) -> Result<(Vec<TcpListener>, u16), Bind> {
     let mut listeners = Vec::new();
     let mut port = port;
     for ip in addresses {
         let addr = SocketAddr::new(*ip, port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the signaling port on {addr}"))?;
-        port = listener.local_addr()?.port();
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && port != 0 => {
+                return Err(Bind::InUse { port, address: *ip });
+            }
+            Err(err) => {
+                let context = format!("binding the signaling port on {addr}");
+                return Err(Bind::Other(anyhow::Error::new(err).context(context)));
+            }
+        };
+        port = listener
+            .local_addr()
+            .map_err(|e| Bind::Other(e.into()))?
+            .port();
         listeners.push(listener);
     }
     if listeners.is_empty() {
-        bail!("no address to listen on for signaling");
+        return Err(Bind::Other(anyhow::anyhow!(
+            "no address to listen on for signaling"
+        )));
     }
     Ok((listeners, port))
 }
@@ -160,17 +216,18 @@ pub async fn dial(
     let connected = runtime::timeout(CONNECT_TIMEOUT, async {
         TcpStream::connect(addr).await.map_err(anyhow::Error::from)
     })
-    .await
-    .with_context(|| format!("connecting to {addr}"));
+    .await;
     let result = match connected {
         Ok(stream) => {
             let side = Side::Dialed {
                 expected: expected.clone(),
                 token,
             };
-            serve(stream, addr, side, &reporter).await
+            serve(stream, addr, side, &reporter)
+                .await
+                .with_context(|| format!("signaling with {addr}"))
         }
-        Err(err) => Err(err),
+        Err(err) => Err(anyhow::anyhow!(dial_error(addr, &err))),
     };
     let Err(err) = result else { return };
     debug!(%addr, "signaling dial: {err:#}");
@@ -186,8 +243,32 @@ pub async fn dial(
     if let Some(peer) = expected {
         let _ = reporter
             .conns
-            .send(ConnEvent::DialFailed { peer, addr })
+            .send(ConnEvent::DialFailed {
+                peer,
+                addr,
+                error: format!("{err:#}"),
+            })
             .await;
+    }
+}
+
+/// What a failed TCP connect to `addr` means, for people: nothing listening there is not
+/// the same as a host that does not answer.
+fn dial_error(addr: SocketAddr, err: &anyhow::Error) -> String {
+    if err.downcast_ref::<runtime::TimedOut>().is_some() {
+        return format!("no answer at {addr} within {}s", CONNECT_TIMEOUT.as_secs());
+    }
+    match err
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+    {
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            format!("nothing listens at {addr} (connection refused)")
+        }
+        Some(std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable) => {
+            format!("no route to {addr}")
+        }
+        _ => format!("connecting to {addr}: {err:#}"),
     }
 }
 

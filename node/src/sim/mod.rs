@@ -869,6 +869,9 @@ impl SimNode {
                         env.schedule(at + SIGNALING_DELAY, u32::MAX, own);
                     }
                 }
+                RouterOutput::Unreachable { peer, errors } => {
+                    self.inbox.push_back(Input::Unreachable { peer, errors });
+                }
             }
         }
     }
@@ -1290,7 +1293,8 @@ impl World {
         let Some(target) = target.filter(|_| !cut) else {
             self.with_node(node, |n, env| {
                 if let Some(peer) = peer {
-                    n.route(RouterInput::DialFailed { peer, addr }, env);
+                    let error = format!("nothing listens at {addr} (connection refused)");
+                    n.route(RouterInput::DialFailed { peer, addr, error }, env);
                 }
                 if let Some(token) = token {
                     n.handle(

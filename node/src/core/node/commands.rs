@@ -22,6 +22,7 @@ impl Core {
                     ));
                 }
                 if !self.state.is_trusted(&id) {
+                    self.journal_held_back(&id, now);
                     self.emit(
                         Event::PeerAuthorized {
                             peer: id.clone(),

@@ -26,7 +26,14 @@ impl Core {
             .and_then(Negotiation::poll_output)
         {
             match output {
-                negotiation::Output::Record(event) => {
+                negotiation::Output::Record(mut event) => {
+                    if let Event::NegotiationFailed { reason, .. } = &mut event
+                        && let Some(why) = self.unreachable.get(peer)
+                    {
+                        // No offer ever reached the peer: say what happened where it was
+                        // dialled, not that it did not answer.
+                        *reason = format!("unreachable: {why}");
+                    }
                     let connected = matches!(event, Event::Connected { .. });
                     let disconnected = matches!(
                         event,

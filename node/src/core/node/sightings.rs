@@ -25,35 +25,99 @@ impl Core {
             return;
         }
         let from = peer.addresses.first().copied();
-        if !self.admit_sighting(&peer.id, from, false, now) {
-            return;
-        }
-        self.discovered(
-            peer.id,
-            peer.name,
-            peer.device_type,
-            peer.addresses,
-            peer.port,
-            now,
-        );
+        let sighting = Sighting {
+            name: peer.name,
+            device_type: peer.device_type,
+            addresses: peer.addresses,
+            port: peer.port,
+        };
+        self.seen_untrusted(peer.id, sighting, from, false, now);
     }
 
-    /// Passes one sighting of an untrusted device through admission: true when it may be
-    /// journaled now (then it counts as journaled).
-    pub(super) fn admit_sighting(
+    /// One sighting of an untrusted device, from `from`: admission decides whether the device
+    /// is held at all; a sighting that changes what is known of it (back on the LAN, a new
+    /// address, port or name) is journaled within the device's budget, or held back until the
+    /// budget allows. `operator`: the operator asked for this dial (`peers add`), always
+    /// recorded.
+    pub(super) fn seen_untrusted(
         &mut self,
-        id: &DeviceId,
+        id: DeviceId,
+        sighting: Sighting,
         from: Option<IpAddr>,
         operator: bool,
         now: Now,
-    ) -> bool {
-        match self.admission.sighting(id, from, operator, now.instant) {
-            Verdict::Record => {
-                self.admission.journaled(id, now.instant);
-                true
-            }
-            Verdict::Quiet | Verdict::Dropped => false,
+    ) {
+        if !self.admission.admit(&id, from, operator, now.instant) {
+            return;
         }
+        if self.is_recorded(&id, &sighting) {
+            // Back to what the journal says: a change held back is moot.
+            self.admission.take_held_back(&id);
+            return;
+        }
+        if operator || self.admission.may_journal(&id, now.instant) {
+            self.admission.take_held_back(&id);
+            self.discovered(
+                id,
+                sighting.name,
+                sighting.device_type,
+                sighting.addresses,
+                sighting.port,
+                now,
+            );
+        } else {
+            self.admission.hold_back(&id, sighting);
+        }
+    }
+
+    /// Whether the journal already says `id` is on the LAN as `sighting` describes it.
+    fn is_recorded(&self, id: &DeviceId, sighting: &Sighting) -> bool {
+        self.state.peers.get(id).is_some_and(|known| {
+            known.discovered
+                && known.name == sighting.name
+                && known.device_type == sighting.device_type
+                && known.addresses == sighting.addresses
+                && known.port == sighting.port
+        })
+    }
+
+    /// Journals the changes held back whose devices' budgets allow them now.
+    pub(super) fn journal_due_sightings(&mut self, now: Now) {
+        for (id, sighting) in self.admission.take_due(now.instant) {
+            if self.state.is_trusted(&id) || self.is_recorded(&id, &sighting) {
+                continue;
+            }
+            self.discovered(
+                id,
+                sighting.name,
+                sighting.device_type,
+                sighting.addresses,
+                sighting.port,
+                now,
+            );
+        }
+    }
+
+    /// The operator (or a plugin) is about to trust `id`: the latest sighting held back for
+    /// it is journaled first, so the node dials where the device is now, not where it was
+    /// when its budget ran out.
+    pub(super) fn journal_held_back(&mut self, id: &DeviceId, now: Now) {
+        let Some(sighting) = self.admission.take_held_back(id) else {
+            return;
+        };
+        if self.is_recorded(id, &sighting) {
+            return;
+        }
+        self.emit(
+            Event::PeerDiscovered {
+                peer: id.clone(),
+                name: sighting.name,
+                device_type: sighting.device_type,
+                addresses: sighting.addresses,
+                port: sighting.port,
+            },
+            now,
+        );
     }
 
     /// A trusted device seen through unauthenticated input (`hello` or mDNS) at `learned`
@@ -264,11 +328,13 @@ impl Core {
             return;
         }
         let id = hello.id.clone();
+        // A connection with it is up: whatever waited for it goes out on it.
+        self.unreachable.remove(&id);
         if self.state.is_trusted(&id) {
             let learned = vec![SocketAddr::new(from.ip(), hello.port)];
             self.seen_trusted(id.clone(), hello.name, hello.device_type, learned, now);
-        } else if self.admit_sighting(&id, Some(from.ip()), token.is_some(), now) {
-            self.hello_from_untrusted(from, hello, now);
+        } else {
+            self.hello_from_untrusted(from, hello, token.is_some(), now);
         }
         if let Some(token) = token {
             self.out.push_back(Output::Outcome {
@@ -278,9 +344,15 @@ impl Core {
         }
     }
 
-    /// A `hello` from an untrusted device that admission let through: recorded.
-    pub(super) fn hello_from_untrusted(&mut self, from: SocketAddr, hello: Hello, now: Now) {
-        // A direct hello: the address it came from and the port it announces.
+    /// A `hello` from an untrusted device: the address it came from (added to those known)
+    /// and the port it announces.
+    pub(super) fn hello_from_untrusted(
+        &mut self,
+        from: SocketAddr,
+        hello: Hello,
+        operator: bool,
+        now: Now,
+    ) {
         let mut addresses = self
             .state
             .peers
@@ -291,13 +363,12 @@ impl Core {
             addresses.insert(0, from.ip());
             addresses.truncate(discovery::MAX_ADDRESSES);
         }
-        self.discovered(
-            hello.id,
-            hello.name,
-            hello.device_type,
+        let sighting = Sighting {
+            name: hello.name,
+            device_type: hello.device_type,
             addresses,
-            hello.port,
-            now,
-        );
+            port: hello.port,
+        };
+        self.seen_untrusted(hello.id, sighting, Some(from.ip()), operator, now);
     }
 }

@@ -15,6 +15,7 @@ impl Core {
             .get(peer)
             .map(|p| p.name.clone())
             .filter(|n| !n.is_empty());
+        self.journal_held_back(peer, now);
         self.emit(
             Event::PeerAuthorized {
                 peer: peer.clone(),
