@@ -120,6 +120,17 @@ pub enum Reply {
         time_ms: i64,
         event: serde_json::Value,
     },
+    /// `watch`: the client read more slowly than the node journaled; the `events` from
+    /// `from_seq` to `to_seq` follow, read back from the journal (none is left out).
+    Lagged {
+        events: u64,
+        from_seq: u64,
+        to_seq: u64,
+    },
+    /// A stream (`watch`) ends because the node is stopping.
+    NodeStopping {
+        reason: String,
+    },
     Plugins {
         plugins: Vec<PluginRow>,
     },

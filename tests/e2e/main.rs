@@ -13,6 +13,7 @@ mod longevity;
 mod plugins;
 mod support;
 mod transfer;
+mod watch;
 
 use std::path::PathBuf;
 

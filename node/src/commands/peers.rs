@@ -72,9 +72,10 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
         Reply::Cancelled { transfer } => {
             super::table::transfers(&mut out, std::slice::from_ref(transfer))?
         }
-        Reply::Event { .. } | Reply::Plugins { .. } => {
-            writeln!(out, "{}", serde_json::to_string(reply)?)?
-        }
+        Reply::Event { .. }
+        | Reply::Lagged { .. }
+        | Reply::NodeStopping { .. }
+        | Reply::Plugins { .. } => writeln!(out, "{}", serde_json::to_string(reply)?)?,
         Reply::Error(error) => bail!(client::refusal(error)),
     }
     Ok(())

@@ -330,10 +330,13 @@ pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams the node's journaled events until the node stops or the pipe closes.
+/// Streams the node's journaled events until the node stops or the pipe closes. A watcher that
+/// fell behind is caught up by the node from its journal (a `lagged` note on stderr); the stream
+/// ends with the node's word on why (its stop: exit 0; anything else: an error).
 pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
     let stream = client::stream(home, Request::Watch)?;
     let mut out = std::io::stdout().lock();
+    let mut last_seq = None;
     for line in BufReader::new(&stream).lines() {
         let line = line.context("reading events from the node")?;
         let envelope: control::ReplyEnvelope = serde_json::from_str(&line)
@@ -351,10 +354,30 @@ pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
                     writeln!(out, "{seq:>8} {}", super::journal::human_event_json(&event))?;
                 }
                 out.flush()?;
+                last_seq = Some(seq);
+            }
+            // On stderr: stdout stays the events, every one of them, in order.
+            Reply::Lagged {
+                events,
+                from_seq,
+                to_seq,
+            } => eprintln!(
+                "lagged {events} events behind the node (seq {from_seq}-{to_seq}); catching up from its journal"
+            ),
+            Reply::NodeStopping { reason } => {
+                eprintln!("the node is stopping ({reason}); watch ends");
+                return Ok(());
             }
             Reply::Error(error) => bail!("{}", error.message),
             other => bail!("unexpected reply from the node: {other:?}"),
         }
     }
-    Ok(())
+    let resume = match last_seq {
+        Some(seq) => format!(
+            "the last event shown is seq {seq}; `fsnode journal show --from {}` lists what followed",
+            seq + 1
+        ),
+        None => "`fsnode journal show` lists what the node journaled".to_owned(),
+    };
+    bail!("the node closed the event stream without saying why (was it killed?); {resume}")
 }

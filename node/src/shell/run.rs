@@ -42,6 +42,7 @@ use crate::shell::signaling::{ConnEvent, Reporter};
 use crate::shell::sources;
 use crate::shell::store::Store;
 use crate::shell::transfer_io::TransferIo;
+use crate::shell::watchers::{self, Watchers};
 use crate::shell::{network, signaling, trust_file};
 
 /// Once the journal holds more records than this since its newest snapshot at startup (and
@@ -166,7 +167,12 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             format!("creating the receive directory {}", dirs.receive.display())
         })?;
         let io = TransferIo::new(store, inputs_tx.clone());
-        runtime::spawn(control::serve(control_listener, requests_tx)).detach();
+        runtime::spawn(control::serve(
+            control_listener,
+            requests_tx,
+            journal.clone(),
+        ))
+        .detach();
         let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
         info!(
             device_id = %me.id,
@@ -199,7 +205,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             next_token: 0,
             router: Router::new(),
             writers: HashMap::new(),
-            watchers: Vec::new(),
+            watchers: Watchers::new(journal.last_seq().unwrap_or(0)),
             followers: Followers::default(),
             collected: Collected::default(),
             committing: CommitQueue::default(),
@@ -217,6 +223,11 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .serve(inputs, prepared, conns, requests, signals)
             .await?;
         info!(%reason, "stopping");
+        // Watchers were told; their connections pass on what is queued for them first.
+        let flush = runtime::Stopwatch::start();
+        while !node.watchers.all_gone() && flush.elapsed() < watchers::STOP_FLUSH {
+            runtime::sleep(std::time::Duration::from_millis(20)).await;
+        }
         mdns.shutdown();
         let stopped = Stamped {
             time_ms: clock.wall_ms(),
@@ -271,6 +282,8 @@ struct Collected {
 struct Outputs {
     actions: Vec<Output>,
     journaled: Vec<(u64, Stamped)>,
+    /// The sequence number of the batch's last event.
+    last_seq: Option<u64>,
     /// The rows of followed transfers (`send --wait`) the batch changed, as they stood when
     /// its events were appended.
     changed: Changed,
@@ -308,7 +321,7 @@ struct NodeLoop<'a> {
     /// The writer of each open signaling connection (dropping one closes it gracefully).
     writers: HashMap<ConnId, async_channel::Sender<Vec<u8>>>,
     /// `fsnode watch` clients: every journaled event goes to each.
-    watchers: Vec<async_channel::Sender<Reply>>,
+    watchers: Watchers,
     /// `send --wait` clients: the rows of their transfers, each time some changed.
     followers: Followers,
     collected: Collected,
@@ -399,21 +412,19 @@ impl NodeLoop<'_> {
                     self.handle_ready_inputs(&inputs, &conns)?;
                 }
                 Wake::Conn(event) => self.on_conn(event),
-                Wake::Request(ControlRequest {
-                    request: Request::Watch,
-                    reply,
-                }) => {
-                    self.watchers.push(reply);
+                Wake::Request(ControlRequest::Watch(request)) => {
+                    let next_seq = self.journal.last_seq().map_or(1, |seq| seq + 1);
+                    self.watchers.register(request, next_seq);
                     continue;
                 }
-                Wake::Request(ControlRequest {
+                Wake::Request(ControlRequest::Ask {
                     request: Request::Plugins,
                     reply,
                 }) => {
                     self.policy.describe(reply);
                     continue;
                 }
-                Wake::Request(ControlRequest { request, reply }) => {
+                Wake::Request(ControlRequest::Ask { request, reply }) => {
                     if let Some(command) = request.command() {
                         let token = self.next_token;
                         self.next_token += 1;
@@ -443,6 +454,7 @@ impl NodeLoop<'_> {
                     stop.take();
                     // Whatever was appended runs its replies and effects before the stop.
                     self.drain().await?;
+                    self.watchers.stop(&reason);
                     return Ok(reason);
                 }
             }
@@ -557,6 +569,7 @@ impl NodeLoop<'_> {
             work: Outputs {
                 actions,
                 journaled,
+                last_seq: seqs.map(|(_, last)| last),
                 changed,
             },
         });
@@ -597,6 +610,7 @@ impl NodeLoop<'_> {
         let Outputs {
             actions,
             journaled,
+            last_seq,
             changed,
         } = outputs;
         for (_, stamped) in &journaled {
@@ -612,17 +626,7 @@ impl NodeLoop<'_> {
             }
         }
         self.followers.tell(&changed);
-        if !self.watchers.is_empty() {
-            for (seq, stamped) in journaled {
-                let reply = Reply::Event {
-                    seq,
-                    time_ms: stamped.time_ms,
-                    event: stamped.event.to_json(),
-                };
-                // A watcher that does not keep up (or went away) is dropped.
-                self.watchers.retain(|w| w.try_send(reply.clone()).is_ok());
-            }
-        }
+        self.watchers.tell(&journaled, last_seq);
         for action in actions {
             match action {
                 Output::Outcome { token, outcome } => {
