@@ -1204,6 +1204,65 @@ fn send_to_the_same_device_twice_queues_its_files_once() {
     assert_eq!(peers, [id(1), id(2)]);
 }
 
+/// A send to a device that is not trusted is refused with the hint to trust it, whether it is
+/// named by a prefix or by a full id (which resolves even for a device never seen, and used to
+/// queue transfers that waited forever); trusting it first makes the same send go.
+#[test]
+fn a_send_to_a_device_that_is_not_trusted_is_refused_with_the_hint_to_trust_it() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    let send = |to: String| Request::Send {
+        paths: vec!["/srv/file".into()],
+        to: vec![to],
+        wait: false,
+    };
+    let unseen = id(7).to_string();
+    let seen = id(1).to_string();
+    for (token, typed) in [
+        (1, unseen.clone()),
+        (2, seen.clone()),
+        (3, seen[..10].to_owned()),
+        (4, "zzzzzzzzzz".to_owned()),
+    ] {
+        let out = h.handle(request(token, send(typed.clone())));
+        let Outcome::Refused(refusal) = reply(&out) else {
+            panic!("{typed}: {out:?}");
+        };
+        assert_eq!(refusal.kind, RefusalKind::NotFound, "{typed}");
+        assert!(
+            refusal.message.contains("trusted devices only")
+                && refusal.message.contains("fsnode trust"),
+            "{typed}: {}",
+            refusal.message
+        );
+        assert!(Harness::events(&out).is_empty());
+    }
+    let out = h.handle(request(5, send(seen[..10].to_owned())));
+    let Outcome::Refused(refusal) = reply(&out) else {
+        panic!()
+    };
+    assert!(
+        refusal
+            .message
+            .contains(&format!("fsnode trust add {seen}"))
+            && refusal.message.contains("(peer-1)"),
+        "{}",
+        refusal.message
+    );
+    h.handle(request(
+        6,
+        Request::TrustAdd {
+            device: unseen.clone(),
+        },
+    ));
+    let out = h.handle(request(7, send(unseen)));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Effect(Effect::PrepareSend { .. }))),
+        "{out:?}"
+    );
+}
+
 /// Spec 4 strictness: a `start` missing a key (or with one of the wrong type) whose `id` is
 /// readable gets `reject` `code: "invalid"`, and the channel stays; one whose `id` is not
 /// readable closes the channel.
