@@ -371,6 +371,7 @@ pub fn reply(outcome: Outcome, state: &State, me: &DeviceId) -> Reply {
                 RefusalKind::NotFound => ErrorKind::NotFound,
                 RefusalKind::Ambiguous => ErrorKind::Ambiguous,
                 RefusalKind::Unreachable => ErrorKind::Unreachable,
+                RefusalKind::Finished => ErrorKind::Finished,
             },
             message,
             candidates: candidates
@@ -398,6 +399,8 @@ pub enum ErrorKind {
     NotFound,
     Ambiguous,
     Unreachable,
+    /// The transfer has finished already (`cancel`).
+    Finished,
     Internal,
 }
 

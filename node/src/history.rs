@@ -28,12 +28,34 @@ pub fn finished(
     skip: usize,
     limit: usize,
 ) -> Result<Page, JournalError> {
+    let recent =
+        |_: &TransferId, t: &TransferState| since_ms.is_none_or(|since| t.updated_at_ms >= since);
+    scan(reader, skip, limit, recent)
+}
+
+/// The newest finished transfer in the history whose id starts with `prefix` (lowercase hex),
+/// for `fsnode cancel` of one that left the node's state.
+pub fn find_finished(
+    reader: &Reader<JournalEntry>,
+    prefix: &str,
+) -> Result<Option<TransferRow>, JournalError> {
+    let matching = |id: &TransferId, _: &TransferState| id.to_string().starts_with(prefix);
+    Ok(scan(reader, 0, 1, matching)?.rows.pop())
+}
+
+/// The finished transfers `matches` accepts, newest first, `skip` then at most `limit`.
+fn scan(
+    reader: &Reader<JournalEntry>,
+    skip: usize,
+    limit: usize,
+    matches: impl Fn(&TransferId, &TransferState) -> bool,
+) -> Result<Page, JournalError> {
     let keep = skip.saturating_add(limit);
     let mut newest: VecDeque<TransferRow> = VecDeque::new();
     let mut page = Page::default();
     let mut fold = Fold::default();
     let mut take = |state: &State, id: &TransferId, t: &TransferState, page: &mut Page| {
-        if !t.status.is_finished() || since_ms.is_some_and(|since| t.updated_at_ms < since) {
+        if !t.status.is_finished() || !matches(id, t) {
             return;
         }
         page.total += 1;

@@ -19,6 +19,17 @@ pub fn status_word(status: TransferStatus) -> &'static str {
     }
 }
 
+/// A status with its reason, each word once: `paused: no space: …`, `cancelled by the
+/// operator` (a reason that starts with the status word stands alone).
+pub fn status_text(status: TransferStatus, reason: Option<&str>) -> String {
+    let word = status_word(status);
+    match reason {
+        Some(reason) if reason.starts_with(word) => reason.to_owned(),
+        Some(reason) => format!("{word}: {reason}"),
+        None => word.to_owned(),
+    }
+}
+
 fn direction_word(direction: Direction) -> &'static str {
     match direction {
         Direction::Send => "send",
@@ -46,7 +57,7 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
         };
         writeln!(
             out,
-            "{:<10} {:<8} {:<14} {:<28} {:>10} {:>5.1}% {:>11} {}{}",
+            "{:<10} {:<8} {:<14} {:<28} {:>10} {:>5.1}% {:>11} {}",
             &t.id[..8],
             direction_word(t.direction),
             peer,
@@ -54,11 +65,7 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
             bytes(t.size),
             percent,
             t.rate.map_or("-".into(), |r| format!("{}/s", bytes(r))),
-            status_word(t.status),
-            t.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
+            status_text(t.status, t.reason.as_deref()),
         )?;
     }
     Ok(())

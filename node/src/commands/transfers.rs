@@ -256,9 +256,8 @@ impl Progress {
         };
         all.inc(t.done_bytes.saturating_sub(was_done));
         if newly_finished && t.status != TransferStatus::Completed {
-            let status = super::table::status_word(t.status);
-            let reason = t.reason.as_deref().unwrap_or("");
-            all.println(format!("{} → {}: {status} {reason}", t.name, t.peer_name));
+            let status = super::table::status_text(t.status, t.reason.as_deref());
+            all.println(format!("{} → {}: {status}", t.name, t.peer_name));
         }
         all.set_message(format!(
             "{} of {} finished{}",
@@ -298,11 +297,7 @@ fn show(
         bar
     });
     bar.set_position(t.done_bytes);
-    let status = super::table::status_word(t.status);
-    let message = match &t.reason {
-        Some(reason) => format!("{status}: {reason}"),
-        None => status.to_owned(),
-    };
+    let message = super::table::status_text(t.status, t.reason.as_deref());
     if t.status.is_finished() {
         if !bar.is_finished() {
             bar.finish_with_message(message);
@@ -313,12 +308,33 @@ fn show(
 }
 
 pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
-    let reply = client::ask(
-        home,
-        Request::Cancel {
-            transfer: args.transfer.clone(),
-        },
-    )?;
+    let socket = resolve_dirs(home)?.control_socket();
+    let request = Request::Cancel {
+        transfer: args.transfer.clone(),
+    };
+    let reply = match client::request(&socket, request)? {
+        Reply::Error(error) if error.kind == control::ErrorKind::NotFound => {
+            // Older finished transfers left the node's state for the journal's history.
+            let typed = args.transfer.trim().to_ascii_lowercase();
+            match finished_in_history(home, &typed) {
+                Some(t) => bail!(
+                    "{}",
+                    crate::core::request::nothing_to_cancel(
+                        &t.id,
+                        &t.name,
+                        t.status,
+                        t.reason.as_deref()
+                    )
+                ),
+                None => bail!(
+                    "{}; `fsnode transfers` lists the live and recent ones, `fsnode transfers --all` the finished ones",
+                    error.message
+                ),
+            }
+        }
+        Reply::Error(error) => return Err(client::refusal(&error)),
+        reply => reply,
+    };
     let mut out = std::io::stdout().lock();
     match reply {
         _ if args.json => writeln!(out, "{}", serde_json::to_string(&reply)?)?,
@@ -328,6 +344,14 @@ pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
         other => bail!("unexpected reply from the node: {other:?}"),
     }
     Ok(())
+}
+
+/// The newest finished transfer in this node's journal history whose id starts with `prefix`
+/// (best effort: an unreadable journal finds nothing).
+fn finished_in_history(home: Option<&Path>, prefix: &str) -> Option<TransferRow> {
+    let dir = resolve_dirs(home).ok()?.journal();
+    let reader = fsnode_journal::Reader::open(&dir, fsnode_journal::Options::default()).ok()?;
+    crate::history::find_finished(&reader, prefix).ok()?
 }
 
 /// Streams the node's journaled events until the node stops or the pipe closes. A watcher that

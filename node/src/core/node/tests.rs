@@ -1263,6 +1263,92 @@ fn a_send_to_a_device_that_is_not_trusted_is_refused_with_the_hint_to_trust_it()
     );
 }
 
+/// `cancel` of a finished transfer says how it ended and that there is nothing to cancel (it
+/// used to answer "cancelled" for a completed one); a live one is cancelled; an unknown id is
+/// not found.
+#[test]
+fn cancel_of_a_finished_transfer_says_how_it_ended() {
+    let mut state = State::default();
+    let ends = [
+        (
+            1,
+            Some(Event::TransferCompleted {
+                id: TransferId([1; 16]),
+                path: None,
+            }),
+        ),
+        (
+            2,
+            Some(Event::TransferFailed {
+                id: TransferId([2; 16]),
+                reason: "source file changed".into(),
+            }),
+        ),
+        (
+            3,
+            Some(Event::TransferCancelled {
+                id: TransferId([3; 16]),
+                by: crate::core::Side::Remote,
+                reason: "cancelled by the operator".into(),
+            }),
+        ),
+        (4, None),
+    ];
+    for (n, end) in &ends {
+        let transfer = TransferId([*n; 16]);
+        let events = [
+            Some(Event::queued_bare(
+                transfer,
+                id(1),
+                Direction::Send,
+                format!("f{n}.txt"),
+                10,
+            )),
+            end.clone(),
+        ];
+        for event in events.into_iter().flatten() {
+            state.apply(&Stamped { time_ms: 1, event });
+        }
+    }
+    let mut h = Harness::new();
+    h.core = Core::new(me(), state, h.start);
+    let cancel = |h: &mut Harness, typed: String| {
+        let out = h.handle(request(1, Request::Cancel { transfer: typed }));
+        reply(&out).clone()
+    };
+    let expect = [
+        (
+            1,
+            "transfer 01010101 (f1.txt) already completed; nothing to cancel",
+        ),
+        (
+            2,
+            "transfer 02020202 (f2.txt) already failed (source file changed); nothing to cancel",
+        ),
+        (
+            3,
+            "transfer 03030303 (f3.txt) was already cancelled by the peer's operator; nothing to cancel",
+        ),
+    ];
+    for (n, message) in expect {
+        match cancel(&mut h, TransferId([n; 16]).to_string()[..8].to_owned()) {
+            Outcome::Refused(refusal) => {
+                assert_eq!(refusal.kind, RefusalKind::Finished);
+                assert_eq!(refusal.message, message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        cancel(&mut h, "04040404".into()),
+        Outcome::Cancelled(TransferId([4; 16]))
+    );
+    assert_eq!(
+        refused(&cancel(&mut h, "0909".into())),
+        Some(RefusalKind::NotFound)
+    );
+}
+
 /// Spec 4 strictness: a `start` missing a key (or with one of the wrong type) whose `id` is
 /// readable gets `reject` `code: "invalid"`, and the channel stays; one whose `id` is not
 /// readable closes the channel.
