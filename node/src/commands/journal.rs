@@ -65,6 +65,8 @@ fn show(
                     "seq": record.seq, "snapshot_part": { "peers": peers, "transfers": transfers },
                 }),
             };
+            let mut line = line;
+            crate::core::event::hashes_in_hex(&mut line);
             writeln!(out, "{line}")?;
         } else {
             let text = match &record.payload {
@@ -187,7 +189,8 @@ fn replay(
     }
     let (state, last) = record::fold(records, until)?;
     if json {
-        let value = serde_json::json!({ "seq": last, "state": state });
+        let mut value = serde_json::json!({ "seq": last, "state": state });
+        crate::core::event::hashes_in_hex(&mut value);
         writeln!(out, "{value}")?;
     } else {
         print_state(out, &state, last)?;
