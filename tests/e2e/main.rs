@@ -11,6 +11,7 @@ mod hostile;
 mod interop;
 mod longevity;
 mod plugins;
+mod receive_dir;
 mod support;
 mod transfer;
 mod watch;

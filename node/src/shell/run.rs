@@ -10,7 +10,7 @@ use fsnode_journal::Journal;
 use futures_lite::StreamExt;
 use tracing::{debug, info, warn};
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -89,6 +89,12 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     let dirs = &config.dirs;
     create_private_dir(&dirs.data)?;
     create_private_dir(&dirs.runtime)?;
+    let store = Store::new(dirs.receive.clone())
+        .and_then(|store| store.check_writable().map(|()| store))
+        .map_err(|error| crate::config::ConfigError::ReceiveDir {
+            path: dirs.receive.clone(),
+            error,
+        })?;
 
     let (identity, origin) = Identity::load_or_create(&dirs.identity(), clock.wall())?;
     if origin == Origin::Created {
@@ -163,9 +169,6 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .map(|ip| std::net::SocketAddr::new(*ip, 0))
             .collect();
         let rtc = RtcAdapter::new(Arc::new(identity), ice_addresses, inputs_tx.clone());
-        let store = Store::new(dirs.receive.clone()).with_context(|| {
-            format!("creating the receive directory {}", dirs.receive.display())
-        })?;
         let io = TransferIo::new(store, inputs_tx.clone());
         runtime::spawn(control::serve(
             control_listener,
@@ -196,6 +199,8 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             journal: &journal,
             clock: &clock,
             trust_file: dirs.trust_file(),
+            receive_dir: dirs.receive.clone(),
+            pause_warnings: BTreeSet::new(),
             reporter,
             rtc,
             local_names: LocalNames::new(mdns.daemon(), inputs_tx.clone()),
@@ -305,6 +310,10 @@ struct NodeLoop<'a> {
     journal: &'a Journal<JournalEntry>,
     clock: &'a SystemClock,
     trust_file: PathBuf,
+    receive_dir: PathBuf,
+    /// Why received transfers are paused (`no space`), each warned about once, again once no
+    /// received transfer is paused any more.
+    pause_warnings: BTreeSet<String>,
     reporter: Reporter,
     rtc: RtcAdapter,
     /// Rewrites browsers' `.local` candidates on their way to `rtc`.
@@ -469,6 +478,7 @@ impl NodeLoop<'_> {
             match output {
                 Output::Event(stamped) => {
                     log_event(&stamped.event);
+                    self.warn_of_pause(&stamped.event);
                     if let Some(id) = stamped.event.transfer()
                         && self.followers.follows(&id)
                     {
@@ -761,6 +771,42 @@ impl NodeLoop<'_> {
             ConnEvent::DialFailed { peer, addr } => {
                 self.route(RouterInput::DialFailed { peer, addr }, now);
             }
+        }
+    }
+
+    /// A received transfer paused (the disk of the receive directory is full): one warning
+    /// per cause, with the directory, until no received transfer is paused any more.
+    fn warn_of_pause(&mut self, event: &Event) {
+        let state = self.core.state();
+        let receiving = |id: &TransferId| {
+            state
+                .transfers
+                .get(id)
+                .is_some_and(|t| t.direction == crate::core::Direction::Receive)
+        };
+        match event {
+            Event::TransferPaused { id, reason } if receiving(id) => {
+                let cause = reason.split(':').next().unwrap_or(reason).to_owned();
+                if self.pause_warnings.insert(cause) {
+                    warn!(
+                        receive_dir = %self.receive_dir.display(),
+                        %reason,
+                        "receiving paused; it resumes by itself once there is room (`fsnode transfers` lists what waits)"
+                    );
+                }
+            }
+            Event::TransferAccepted { .. } | Event::TransferCancelled { .. }
+                if !self.pause_warnings.is_empty() =>
+            {
+                let paused = state.transfers.values().any(|t| {
+                    t.direction == crate::core::Direction::Receive
+                        && t.status == crate::core::TransferStatus::Paused
+                });
+                if !paused {
+                    self.pause_warnings.clear();
+                }
+            }
+            _ => {}
         }
     }
 

@@ -159,6 +159,20 @@ impl Store {
         &self.root
     }
 
+    /// Creates and deletes a file in the receive directory: one on a read-only file system,
+    /// or that this user may not write, is found at start, not by every transfer that follows.
+    pub fn check_writable(&self) -> io::Result<()> {
+        let probe = self
+            .root
+            .join(format!(".fsnode-write-check-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe)?;
+        std::fs::remove_file(&probe)
+    }
+
     /// The directory syncs shared by its files (for statistics and tests).
     pub fn dir_syncs(&self) -> &DirSyncs {
         &self.dir_syncs
@@ -184,11 +198,11 @@ impl Store {
         for component in directories {
             dir.push(component);
             shown.push(component);
-            dir_fd = open_directory_beneath(&dir_fd, component, &shown)?;
+            dir_fd = open_directory_beneath(&dir_fd, component, &shown, &dir)?;
         }
         let part_name = names::part_name(final_name, id);
         for leaf in [final_name.as_str(), &part_name] {
-            refuse_symlink(&dir_fd, leaf, &shown.join(leaf))?;
+            refuse_symlink(&dir_fd, leaf, &shown.join(leaf), &dir.join(leaf))?;
         }
         Ok(PartFile {
             dir_syncs: Arc::clone(&self.dir_syncs),
@@ -217,20 +231,23 @@ fn open_root(root: &Path) -> Result<OwnedFd, StoreError> {
         Mode::empty(),
     )
     .map_err(|e| StoreError::Io {
-        path: PathBuf::new(),
+        path: root.to_path_buf(),
         source: e.into(),
     })
 }
 
 /// Opens the directory `component` (one name, no `/`) beneath `parent`, creating it if
 /// missing; refuses a symbolic link or a non-directory there, atomically with the open.
+/// `shown`: its name in the receive directory (refusals say it); `path`: the whole path (I/O
+/// errors say it).
 fn open_directory_beneath(
     parent: &OwnedFd,
     component: &str,
     shown: &Path,
+    path: &Path,
 ) -> Result<OwnedFd, StoreError> {
     let io_error = |e: Errno| StoreError::Io {
-        path: shown.to_path_buf(),
+        path: path.to_path_buf(),
         source: e.into(),
     };
     let mut created = false;
@@ -283,7 +300,7 @@ fn open_directory_beneath(
 /// `.part` file is opened with `O_NOFOLLOW` besides, so a link made after this check is still
 /// not followed; the final name is only ever the target of a no-replace rename, which does not
 /// follow one either.
-fn refuse_symlink(dir: &OwnedFd, leaf: &str, shown: &Path) -> Result<(), StoreError> {
+fn refuse_symlink(dir: &OwnedFd, leaf: &str, shown: &Path, path: &Path) -> Result<(), StoreError> {
     match rustix::fs::statat(dir, leaf, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
             Err(StoreError::Symlink {
@@ -292,7 +309,7 @@ fn refuse_symlink(dir: &OwnedFd, leaf: &str, shown: &Path) -> Result<(), StoreEr
         }
         Ok(_) | Err(Errno::NOENT) => Ok(()),
         Err(e) => Err(StoreError::Io {
-            path: shown.to_path_buf(),
+            path: path.to_path_buf(),
             source: e.into(),
         }),
     }
@@ -385,7 +402,7 @@ impl PartFile {
         hashed: WholeFileHash,
     ) -> Result<PathBuf, StoreError> {
         let io_error = |source| StoreError::Io {
-            path: self.shown.clone(),
+            path: self.part_path.clone(),
             source,
         };
         let fd = rustix::fs::openat(
@@ -432,7 +449,7 @@ impl PartFile {
         hashed: WholeFileHash,
     ) -> Result<PathBuf, StoreError> {
         let io_error = |source| StoreError::Io {
-            path: self.shown.clone(),
+            path: self.part_path.clone(),
             source,
         };
         let size = self.len().map_err(io_error)?;
@@ -1028,12 +1045,15 @@ mod tests {
         let (_dir, store) = store();
         let part = store.prepare("dir/gone.txt", &ID).unwrap();
         let err = part.finalize(&sha(b""), 0o644, None).unwrap_err();
+        // The whole path of the `.part`: an operator can go and look.
         assert!(
             matches!(&err, StoreError::Io { path, source }
-                if path == Path::new("dir/gone.txt") && source.kind() == io::ErrorKind::NotFound),
+                if *path == part.part_path && source.kind() == io::ErrorKind::NotFound),
             "{err:?}"
         );
-        assert!(err.to_string().starts_with("dir/gone.txt: "), "{err}");
+        assert!(part.part_path.starts_with(store.root().join("dir")));
+        let named = format!("{}: ", part.part_path.display());
+        assert!(err.to_string().starts_with(&named), "{err}");
     }
 
     #[test]
