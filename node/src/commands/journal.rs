@@ -248,20 +248,16 @@ fn print_state(out: &mut impl Write, state: &State, last: Option<u64>) -> anyhow
         let percent = super::table::percent_done(t.durable_bytes(), t.size, t.status);
         writeln!(
             out,
-            "  {} {:?} {} {} {} bytes {:.1}% ({}/{} chunks) {:?}{}",
+            "  {} {:?} {} {} {} {:.1}% ({}/{} chunks) {}",
             id.short(),
             t.direction,
             t.peer.short(),
             t.name,
-            t.size,
+            super::table::bytes(t.size),
             percent,
             t.next,
             t.chunks,
-            t.status,
-            t.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default(),
+            super::table::status_text(t.status, t.reason.as_deref()),
         )?;
     }
     Ok(())

@@ -64,7 +64,7 @@ pub fn transfers(out: &mut impl Write, transfers: &[TransferRow]) -> anyhow::Res
             t.name.chars().take(28).collect::<String>(),
             bytes(t.size),
             percent,
-            t.rate.map_or("-".into(), |r| format!("{}/s", bytes(r))),
+            t.rate.map_or("-".into(), rate),
             status_text(t.status, t.reason.as_deref()),
         )?;
     }
@@ -84,21 +84,15 @@ pub fn percent_done(done_bytes: u64, size: u64, status: TransferStatus) -> f64 {
     }
 }
 
-/// Bytes for humans: 1.5 MB, 820 kB (decimal units, like the MB/s figures in BENCHMARKS.md).
-/// A byte count in decimal units, as people read sizes and rates.
+/// Bytes for humans, in binary units exactly as the progress bars of `send --wait` show them
+/// (`64.00 MiB`, `1.46 KiB`): one convention in every command.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    indicatif::HumanBytes(n).to_string()
+}
+
+/// A rate in bytes per second, in the same units (`9.40 MiB/s`).
+pub fn rate(bytes_per_sec: u64) -> String {
+    format!("{}/s", bytes(bytes_per_sec))
 }
 
 #[cfg(test)]
@@ -106,9 +100,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bytes_are_shown_in_decimal_units() {
+    fn bytes_are_shown_in_binary_units_as_the_progress_bars() {
         assert_eq!(bytes(999), "999 B");
-        assert_eq!(bytes(1500), "1.5 kB");
-        assert_eq!(bytes(67_108_864), "67.1 MB");
+        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(bytes(67_108_864), "64.00 MiB");
+        assert_eq!(rate(10 << 20), "10.00 MiB/s");
     }
 }

@@ -7,7 +7,11 @@ use anyhow::{Context, bail};
 
 use std::collections::BTreeMap;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 
 use crate::cli::{CancelArgs, JsonArg, SendArgs, TransfersArgs};
 use crate::commands::client;
@@ -153,6 +157,16 @@ fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow:
     for t in &first {
         progress.show(t);
     }
+    // Not on a terminal (a log, a script): one line per finished transfer instead of bars.
+    let summary = !json && !std::io::stdout().is_terminal();
+    let unfinished: Arc<Mutex<BTreeSet<String>>> = Arc::new(Mutex::new(
+        first
+            .iter()
+            .filter(|t| !t.status.is_finished())
+            .map(|t| t.id.clone())
+            .collect(),
+    ));
+    on_interrupt(progress.bars.clone(), Arc::clone(&unfinished))?;
     let mut out = std::io::stdout().lock();
     // Each transfer's latest state: finished or not, and bytes done.
     let mut latest: BTreeMap<String, (TransferStatus, u64)> = BTreeMap::new();
@@ -183,10 +197,26 @@ fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow:
             }
             let was_done = before.map_or(0, |(_, done)| done);
             progress.changed(&t, was_done, newly_finished, tally);
+            if newly_finished {
+                lock(&unfinished).remove(&t.id);
+                if summary {
+                    writeln!(out, "{}", finished_line(&t))?;
+                }
+            } else if !t.status.is_finished() {
+                lock(&unfinished).insert(t.id.clone());
+            }
         }
         out.flush()?;
     }
     progress.finish();
+    if summary {
+        writeln!(
+            out,
+            "{} of {count} transfer(s) completed ({})",
+            count - tally.failed,
+            super::table::bytes(bytes)
+        )?;
+    }
     if tally.failed > 0 {
         return Err(super::TransfersFailed {
             failed: tally.failed,
@@ -194,6 +224,74 @@ fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow:
         }
         .into());
     }
+    Ok(())
+}
+
+/// A finished transfer in one line, as `send --wait` prints it when not on a terminal:
+/// `notes.txt → beta: completed (12.00 MiB at 9.40 MiB/s)`.
+fn finished_line(t: &TransferRow) -> String {
+    let peer = if t.peer_name.is_empty() {
+        t.peer.short().to_string()
+    } else {
+        t.peer_name.clone()
+    };
+    let status = super::table::status_text(t.status, t.reason.as_deref());
+    let rate = t
+        .rate
+        .map(|r| format!(" at {}", super::table::rate(r)))
+        .unwrap_or_default();
+    format!(
+        "{} → {peer}: {status} ({}{rate})",
+        t.name,
+        super::table::bytes(t.size)
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Ctrl-C (or SIGTERM) on `send --wait` stops following, not sending: says so, and how to
+/// follow or stop what is still going, then exits 130 (143 for SIGTERM).
+fn on_interrupt(
+    bars: MultiProgress,
+    unfinished: Arc<Mutex<BTreeSet<String>>>,
+) -> anyhow::Result<()> {
+    use async_signal::{Signal, Signals};
+    use futures_lite::StreamExt;
+    let mut signals =
+        Signals::new([Signal::Int, Signal::Term]).context("installing the Ctrl-C handler")?;
+    std::thread::Builder::new()
+        .name("fsnode-interrupt".into())
+        .spawn(move || {
+            let signal = smol::block_on(signals.next());
+            let code = match signal {
+                Some(Ok(Signal::Term)) => 143,
+                _ => 130,
+            };
+            let ids: Vec<String> = lock(&unfinished)
+                .iter()
+                .take(4)
+                .map(|id| id[..8].to_owned())
+                .collect();
+            let stop = match ids.as_slice() {
+                [one] => format!("`fsnode cancel {one}` stops it"),
+                [] => "`fsnode cancel ID` stops a transfer".to_owned(),
+                some => format!(
+                    "`fsnode cancel ID` stops one ({}{})",
+                    some.join(", "),
+                    if lock(&unfinished).len() > some.len() { ", …" } else { "" }
+                ),
+            };
+            let _ = bars.clear();
+            eprintln!(
+                "\ninterrupted: still sending in the background; `fsnode transfers` follows it, {stop}"
+            );
+            std::process::exit(code);
+        })
+        .context("starting the Ctrl-C handler")?;
     Ok(())
 }
 
@@ -221,10 +319,30 @@ impl Progress {
         } else {
             MultiProgress::new()
         };
+        // A bar of fixed width (a wide bar shrank as messages grew), and `--` for the rate and
+        // the time left until a rate is known (it said `0 B/s eta 0s`).
         let style = ProgressStyle::with_template(
-            "{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            "{prefix:.bold} {bar:32} {bytes}/{total_bytes} {rate} eta {left} {msg}",
         )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = match known_rate(state) {
+                    Some(rate) => write!(w, "{}/s", indicatif::HumanBytes(rate as u64)),
+                    None => write!(w, "--"),
+                };
+            },
+        )
+        .with_key(
+            "left",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = match known_rate(state) {
+                    Some(_) => write!(w, "{:#}", indicatif::HumanDuration(state.eta())),
+                    None => write!(w, "--"),
+                };
+            },
+        );
         let all = (count > BARS_MAX).then(|| {
             let bar = bars.add(ProgressBar::new(bytes));
             bar.set_style(style.clone());
@@ -276,6 +394,12 @@ impl Progress {
             all.finish();
         }
     }
+}
+
+/// The bar's rate once bytes have moved (none before: no `0 B/s`, no `eta 0s`).
+fn known_rate(state: &ProgressState) -> Option<f64> {
+    let rate = state.per_sec();
+    (state.pos() > 0 && rate.is_finite() && rate > 0.0).then_some(rate)
 }
 
 /// One transfer's progress bar, created the first time it is shown.
