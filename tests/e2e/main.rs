@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod browser;
+mod cli_words;
 mod connection;
 mod discovery;
 mod faults;
