@@ -1,4 +1,5 @@
-//! The receive directory as an operator meets it: full when a file is offered, read-only.
+//! The receive directory as an operator meets it: full when a file is offered, read-only, and
+//! a sparse file arriving.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use rustix::process::Signal;
 
 use crate::fsnode_bin;
 use crate::support::{Node, trust_star, wait_for};
-use crate::transfer::{random_file, transfers};
+use crate::transfer::{connected_pair, digest, random_file, received, transfers};
 
 /// Files offered to a receiver whose disk cannot hold them are paused on both sides with the
 /// reason: the receiver's `transfers` and journal show it as the sender's do, and its log warns
@@ -95,4 +96,40 @@ fn a_read_only_receive_directory_is_refused_at_start() {
     );
     // Nothing was started: no journal was written.
     assert!(!home.journal_dir().exists());
+}
+
+/// A sparse source (a disk image: 32 MiB of which a few KiB are data) arrives sparse, with
+/// far fewer allocated blocks than its size and the same SHA-256; it used to arrive fully
+/// allocated.
+#[test]
+fn a_sparse_file_arrives_sparse() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let lan = Lan::new(2).unwrap();
+    let (a, b, _a_id, b_id) = connected_pair(&lan);
+    let src = tempfile::tempdir().unwrap();
+    let image = src.path().join("disk.img");
+    let mut file = std::fs::File::create(&image).unwrap();
+    file.set_len(32 << 20).unwrap();
+    for (offset, text) in [(0, "boot"), (9 << 20, "middle"), ((32 << 20) - 4, "tail")] {
+        file.seek(SeekFrom::Start(offset)).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    let sent = a
+        .home
+        .run(&["send", image.to_str().unwrap(), "--to", &b_id, "--wait"])
+        .unwrap();
+    assert!(sent.success(), "{sent:?}");
+    let arrived = received(&b, "disk.img");
+    assert_eq!(digest(&arrived), digest(&image));
+    let meta = std::fs::metadata(&arrived).unwrap();
+    assert_eq!(meta.len(), 32 << 20);
+    let allocated = meta.blocks() * 512;
+    eprintln!(
+        "disk.img: 32 MiB, {} KiB allocated on the receiver",
+        allocated / 1024
+    );
+    assert!(allocated < 2 << 20, "{allocated} bytes allocated");
 }

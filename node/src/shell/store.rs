@@ -367,6 +367,19 @@ impl PartFile {
         }
     }
 
+    /// Bytes the `.part` file occupies on disk (holes take none); 0 if there is none.
+    pub fn allocated(&self) -> io::Result<u64> {
+        match rustix::fs::statat(
+            &*self.dir_fd,
+            self.part_name.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(u64::try_from(st.st_blocks).unwrap_or(0) * 512),
+            Err(Errno::NOENT) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes the `.part` file; a missing one is fine.
     pub fn delete(&self) -> io::Result<()> {
         match rustix::fs::unlinkat(&*self.dir_fd, self.part_name.as_str(), AtFlags::empty()) {
@@ -607,12 +620,31 @@ pub struct PartWriter {
 impl PartWriter {
     /// Writes `data` at `offset` if its SHA-256 is `expected`; returns `false` (having written
     /// nothing) if not.
+    ///
+    /// A chunk of zeros is not written: the `.part` has its full size from the start
+    /// ([`PartWriter::reserve`]), so the range reads as zeros already, and a sparse source
+    /// stays sparse here. What the range may hold instead is this same chunk, written by an
+    /// earlier attempt (every chunk written was verified first), so skipping never leaves
+    /// other bytes behind. Durable progress comes from the journal, never from the file, so a
+    /// hole is never taken for data received.
     pub fn write_chunk(&self, offset: u64, data: &[u8], expected: &[u8; 32]) -> io::Result<bool> {
         if <[u8; 32]>::from(Sha256::digest(data)) != *expected {
             return Ok(false);
         }
-        self.file.write_all_at(data, offset)?;
+        if !data.iter().all(|&b| b == 0) {
+            self.file.write_all_at(data, offset)?;
+        }
         Ok(true)
+    }
+
+    /// Gives the `.part` its final size (a hole where nothing was written), so that chunks of
+    /// zeros need not be written; never shortens it. The size is made durable with the next
+    /// [`PartWriter::sync`] (`fdatasync` covers a size change).
+    pub fn reserve(&self, size: u64) -> io::Result<()> {
+        if self.file.metadata()?.len() < size {
+            self.file.set_len(size)?;
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable (`fdatasync`).
@@ -1025,6 +1057,53 @@ mod tests {
                 .unwrap();
             assert_eq!(fs::read(path).unwrap(), data);
         }
+    }
+
+    /// A file that is mostly zeros (a sparse source) arrives sparse: the `.part` has its full
+    /// size from the start and chunks of zeros are not written, yet the file reads back
+    /// whole and its SHA-256 matches; a zero chunk written again on a resume changes nothing.
+    #[test]
+    fn chunks_of_zeros_stay_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let (_dir, store) = store();
+        let part = store.prepare("sparse.img", &ID).unwrap();
+        let writer = part.open().unwrap();
+        const CHUNK: usize = 256 * 1024;
+        const SIZE: usize = 64 * CHUNK; // 16 MiB
+        writer.reserve(SIZE as u64).unwrap();
+        let mut whole = vec![0u8; SIZE];
+        whole[5 * CHUNK..5 * CHUNK + 11].copy_from_slice(b"not a zero!");
+        whole[SIZE - 3..].copy_from_slice(b"end");
+        for (i, chunk) in whole.chunks(CHUNK).enumerate() {
+            assert!(
+                writer
+                    .write_chunk((i * CHUNK) as u64, chunk, &sha(chunk))
+                    .unwrap()
+            );
+        }
+        // A resumed transfer writes a zero chunk again, and a data chunk again.
+        let zeros = &whole[..CHUNK];
+        assert!(writer.write_chunk(0, zeros, &sha(zeros)).unwrap());
+        let data = &whole[5 * CHUNK..6 * CHUNK];
+        assert!(
+            writer
+                .write_chunk((5 * CHUNK) as u64, data, &sha(data))
+                .unwrap()
+        );
+        writer.sync().unwrap();
+        drop(writer);
+        assert_eq!(part.len().unwrap(), SIZE as u64);
+        let allocated = part.allocated().unwrap();
+        assert!(allocated < 1024 * 1024, "{allocated} bytes allocated");
+        let path = part.finalize(&sha(&whole), 0o644, None).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), SIZE as u64);
+        assert!(
+            meta.blocks() * 512 < 1024 * 1024,
+            "{} blocks",
+            meta.blocks()
+        );
+        assert_eq!(fs::read(&path).unwrap(), whole);
     }
 
     #[test]

@@ -328,7 +328,9 @@ impl Files {
         let held = part.len().map_err(at)?;
         let root = self.store.root();
         let free = (self.store.free_bytes()).map_err(|e| format!("{}: {e}", root.display()))?;
-        let needed = size.saturating_sub(held);
+        // What the `.part` occupies, not its length: it has its full length from the start.
+        let occupied = part.allocated().map_err(at)?;
+        let needed = size.saturating_sub(occupied);
         if needed > free {
             return Err(format!(
                 "{}: {needed} bytes needed, {free} free on the receiver",
@@ -336,6 +338,7 @@ impl Files {
             ));
         }
         let writer = part.open().map_err(at)?;
+        writer.reserve(size).map_err(at)?;
         self.hashed = WholeFileHash::new();
         self.part = Some(part);
         self.writer = Some(writer);
