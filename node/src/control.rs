@@ -64,6 +64,8 @@ pub enum Request {
     Watch,
     /// The policy plugins, in the order they are asked, and the disabled ones with why.
     Plugins,
+    /// Load the policy plugins again from the plugin directory; answered with the new list.
+    PluginsReload,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,7 +323,8 @@ impl Request {
             | Request::TrustList
             | Request::Transfers
             | Request::Watch
-            | Request::Plugins => return None,
+            | Request::Plugins
+            | Request::PluginsReload => return None,
         })
     }
 }

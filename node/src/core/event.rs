@@ -227,6 +227,12 @@ pub enum Event {
         plugin: String,
         reason: String,
     },
+    /// The plugins the host loaded, in the order they are asked: at start and whenever the
+    /// plugin directory changed or the operator asked (`fsnode plugins reload`). Those that
+    /// failed to load follow as `PluginDisabled`.
+    PluginsLoaded {
+        plugins: Vec<String>,
+    },
 }
 
 /// Rewrites every `sha256` field of `value` (at any depth) that holds 32 bytes as an array of
@@ -350,6 +356,7 @@ impl Event {
             Event::OutcomesDelivered { .. } => "OutcomesDelivered",
             Event::PolicyDecision { .. } => "PolicyDecision",
             Event::PluginDisabled { .. } => "PluginDisabled",
+            Event::PluginsLoaded { .. } => "PluginsLoaded",
         }
     }
 }

@@ -534,7 +534,7 @@ impl State {
             }
             Event::PolicyDecision { .. } => self.policy_decisions += 1,
             // The host's business: the plugin is out of the order until the node restarts.
-            Event::PluginDisabled { .. } => {}
+            Event::PluginDisabled { .. } | Event::PluginsLoaded { .. } => {}
         }
     }
 

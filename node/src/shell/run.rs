@@ -189,16 +189,21 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         // (`PluginDisabled`) and the node runs on without it.
         let mut host = crate::policy::PluginHost::load(&config.plugins)
             .context("starting the policy plugin host")?;
-        let has_plugins = !Policy::describe(&host).is_empty();
+        let described = Policy::describe(&host);
+        let has_plugins = !described.is_empty();
+        let loaded = crate::core::policy::in_use(&described);
         let load_failures = host.take_disabled();
         let policy = PolicyThread::start(Box::new(host), inputs_tx.clone())
             .context("starting the policy thread")?;
+        // New or changed plugins are loaded without a restart.
+        let _plugin_dir_watch = policy.watch_dir(config.plugins.clone());
         let mut node = NodeLoop {
             core: Core::new(me, state, clock.now()),
             policy,
             journal: &journal,
             clock: &clock,
             trust_file: dirs.trust_file(),
+            plugin_settings: config.plugins.clone(),
             receive_dir: dirs.receive.clone(),
             pause_warnings: BTreeSet::new(),
             reporter,
@@ -220,7 +225,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
                 instant: clock.now(),
                 wall_ms: clock.wall_ms(),
             };
-            node.core.use_plugins(load_failures, now);
+            node.core.use_plugins(loaded, load_failures, now);
         }
         node.drain().await?;
         node.write_trust_file();
@@ -310,6 +315,8 @@ struct NodeLoop<'a> {
     journal: &'a Journal<JournalEntry>,
     clock: &'a SystemClock,
     trust_file: PathBuf,
+    /// Where the plugins are loaded from again (`fsnode plugins reload`).
+    plugin_settings: crate::policy::Settings,
     receive_dir: PathBuf,
     /// Why received transfers are paused (`no space`), each warned about once, again once no
     /// received transfer is paused any more.
@@ -431,6 +438,13 @@ impl NodeLoop<'_> {
                     reply,
                 }) => {
                     self.policy.describe(reply);
+                    continue;
+                }
+                Wake::Request(ControlRequest::Ask {
+                    request: Request::PluginsReload,
+                    reply,
+                }) => {
+                    self.policy.reload(&self.plugin_settings, Some(reply));
                     continue;
                 }
                 Wake::Request(ControlRequest::Ask { request, reply }) => {

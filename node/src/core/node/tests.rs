@@ -43,7 +43,8 @@ impl Harness {
     fn with_policy(mut policy: impl Policy + 'static) -> Self {
         let mut h = Self::new();
         let disabled = policy.take_disabled();
-        h.core.use_plugins(disabled, h.at(1));
+        let loaded = vec!["test-policy".to_owned()];
+        h.core.use_plugins(loaded, disabled, h.at(1));
         h.policy = Some(Box::new(policy));
         h
     }
@@ -1028,7 +1029,10 @@ fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journale
         ..Scripted::default()
     });
     let startup: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
-    assert_eq!(Harness::events(&startup), ["PluginDisabled"]);
+    assert_eq!(
+        Harness::events(&startup),
+        ["PluginsLoaded", "PluginDisabled"]
+    );
     trusted_peer_at(&mut h, 1, "10.77.0.2");
     let out = h.handle(Input::Channel {
         peer: id(1),
@@ -1532,7 +1536,8 @@ fn accepted(id: QuestionId, plugin: &str) -> Input {
 fn thinking_node() -> Harness {
     let mut h = Harness::new();
     let now = h.at(1);
-    h.core.use_plugins(Vec::new(), now);
+    h.core
+        .use_plugins(vec!["by-hand".to_owned()], Vec::new(), now);
     for n in [1, 2] {
         h.handle(Input::Announced(announcement(
             n,
