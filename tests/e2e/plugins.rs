@@ -240,8 +240,8 @@ fn a_plugin_copied_into_a_running_node_is_loaded_and_decides() {
     let loaded = b
         .events()
         .into_iter()
-        .filter(|e| e["type"] == "PluginsLoaded")
-        .last()
+        .rev()
+        .find(|e| e["type"] == "PluginsLoaded")
         .expect("the load is journaled");
     assert_eq!(loaded["plugins"], serde_json::json!(["accept-rules"]));
 

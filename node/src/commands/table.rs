@@ -51,7 +51,7 @@ pub fn plain(header: &[&str], right: &[usize]) -> Table {
     table
         .load_preset(comfy_table::presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(header.iter().map(|h| Cell::new(h)));
+        .set_header(header.iter().map(Cell::new));
     for i in 0..header.len() {
         if let Some(column) = table.column_mut(i) {
             column.set_padding((0, 2));
