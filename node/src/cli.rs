@@ -71,6 +71,13 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running node load the plugins of its plugin directory again (it also does so
+    /// by itself within seconds of a change there) and print what it loaded.
+    Reload {
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a plugin offline, ask it every question with sample facts, and print its answers
     /// and what each call cost.
     Check {

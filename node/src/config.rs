@@ -183,6 +183,14 @@ pub enum ConfigError {
     NoAddress(Vec<String>),
     #[error(transparent)]
     Dirs(#[from] crate::dirs::DirsError),
+    /// Said in the message, not as a source: the hint comes last.
+    #[error(
+        "the receive directory {path} cannot be written ({error}); make it writable, or choose another with --receive-dir (or `receive-dir` in fsnode.toml)"
+    )]
+    ReceiveDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl ConfigFile {

@@ -64,6 +64,8 @@ pub enum Request {
     Watch,
     /// The policy plugins, in the order they are asked, and the disabled ones with why.
     Plugins,
+    /// Load the policy plugins again from the plugin directory; answered with the new list.
+    PluginsReload,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +121,17 @@ pub enum Reply {
         seq: u64,
         time_ms: i64,
         event: serde_json::Value,
+    },
+    /// `watch`: the client read more slowly than the node journaled; the `events` from
+    /// `from_seq` to `to_seq` follow, read back from the journal (none is left out).
+    Lagged {
+        events: u64,
+        from_seq: u64,
+        to_seq: u64,
+    },
+    /// A stream (`watch`) ends because the node is stopping.
+    NodeStopping {
+        reason: String,
     },
     Plugins {
         plugins: Vec<PluginRow>,
@@ -322,7 +335,8 @@ impl Request {
             | Request::TrustList
             | Request::Transfers
             | Request::Watch
-            | Request::Plugins => return None,
+            | Request::Plugins
+            | Request::PluginsReload => return None,
         })
     }
 }
@@ -372,6 +386,7 @@ pub fn reply(outcome: Outcome, state: &State, me: &DeviceId) -> Reply {
                 RefusalKind::NotFound => ErrorKind::NotFound,
                 RefusalKind::Ambiguous => ErrorKind::Ambiguous,
                 RefusalKind::Unreachable => ErrorKind::Unreachable,
+                RefusalKind::Finished => ErrorKind::Finished,
             },
             message,
             candidates: candidates
@@ -399,6 +414,8 @@ pub enum ErrorKind {
     NotFound,
     Ambiguous,
     Unreachable,
+    /// The transfer has finished already (`cancel`).
+    Finished,
     Internal,
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod browser;
+mod cli_words;
 mod connection;
 mod discovery;
 mod faults;
@@ -12,10 +13,12 @@ mod interop;
 mod longevity;
 mod operator;
 mod plugins;
+mod receive_dir;
 mod rediscovery;
 mod support;
 mod transfer;
 mod walkthrough;
+mod watch;
 
 use std::path::PathBuf;
 

@@ -203,3 +203,68 @@ fn plugins_build_writes_the_component_and_leaves_the_source_tree_clean() {
     );
     assert!(!home.path().join("cache").exists(), "CARGO_TARGET_DIR wins");
 }
+
+/// A plugin copied into a running node's plugin directory is loaded within seconds, without a
+/// restart: `plugins list` shows it, the journal records what was loaded, and its decisions
+/// apply to the next file. `plugins reload` does the same at once and says what it loaded.
+#[test]
+fn a_plugin_copied_into_a_running_node_is_loaded_and_decides() {
+    let components = build::repository_plugins().unwrap_or_else(|e| panic!("{e}"));
+    let lan = Lan::new(2).unwrap();
+    let (a, b, _a_id, b_id) = crate::transfer::connected_pair(&lan);
+    let listed = |node: &Node| -> Vec<Value> {
+        node.json(&["plugins", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert!(listed(&b).is_empty());
+    let dir = b.home.path().join("data").join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("accept-rules.toml"), "max-size = 1000\n").unwrap();
+    std::fs::copy(
+        components.join("accept-rules.wasm"),
+        dir.join("accept-rules.wasm"),
+    )
+    .unwrap();
+    let took = wait_for(
+        "the running node loads the new plugin",
+        Duration::from_secs(15),
+        || {
+            listed(&b)
+                .iter()
+                .any(|p| p["name"] == "accept-rules" && p["version"].is_string())
+        },
+    );
+    eprintln!("loaded {took:?} after the copy");
+    let loaded = b
+        .events()
+        .into_iter()
+        .rev()
+        .find(|e| e["type"] == "PluginsLoaded")
+        .expect("the load is journaled");
+    assert_eq!(loaded["plugins"], serde_json::json!(["accept-rules"]));
+
+    // Its decisions apply: a file over its limit is refused, with its reason.
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.txt");
+    std::fs::write(&big, vec![b'x'; 5000]).unwrap();
+    let sent = a
+        .home
+        .run(&["send", big.to_str().unwrap(), "--to", &b_id, "--wait"])
+        .unwrap();
+    assert_eq!(sent.code, Some(7), "{sent:?}");
+    assert!(sent.stdout.contains("too large"), "{sent:?}");
+    assert!(!decisions(&b, "accept-rules").is_empty());
+
+    // Removed and reloaded by hand: the built-in policy decides again, at once.
+    std::fs::remove_file(dir.join("accept-rules.wasm")).unwrap();
+    let reloaded = b.home.run(&["plugins", "reload", "--json"]).unwrap();
+    assert!(reloaded.success(), "{reloaded:?}");
+    assert_eq!(reloaded.stdout.trim(), "[]");
+    let sent = a
+        .home
+        .run(&["send", big.to_str().unwrap(), "--to", &b_id, "--wait"])
+        .unwrap();
+    assert!(sent.success(), "{sent:?}");
+}

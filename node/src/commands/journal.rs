@@ -65,6 +65,8 @@ fn show(
                     "seq": record.seq, "snapshot_part": { "peers": peers, "transfers": transfers },
                 }),
             };
+            let mut line = line;
+            crate::core::event::hashes_in_hex(&mut line);
             writeln!(out, "{line}")?;
         } else {
             let text = match &record.payload {
@@ -187,7 +189,8 @@ fn replay(
     }
     let (state, last) = record::fold(records, until)?;
     if json {
-        let value = serde_json::json!({ "seq": last, "state": state });
+        let mut value = serde_json::json!({ "seq": last, "state": state });
+        crate::core::event::hashes_in_hex(&mut value);
         writeln!(out, "{value}")?;
     } else {
         print_state(out, &state, last)?;
@@ -245,20 +248,16 @@ fn print_state(out: &mut impl Write, state: &State, last: Option<u64>) -> anyhow
         let percent = super::table::percent_done(t.durable_bytes(), t.size, t.status);
         writeln!(
             out,
-            "  {} {:?} {} {} {} bytes {:.1}% ({}/{} chunks) {:?}{}",
+            "  {} {:?} {} {} {} {:.1}% ({}/{} chunks) {}",
             id.short(),
             t.direction,
             t.peer.short(),
             t.name,
-            t.size,
+            super::table::bytes(t.size),
             percent,
             t.next,
             t.chunks,
-            t.status,
-            t.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default(),
+            super::table::status_text(t.status, t.reason.as_deref()),
         )?;
     }
     Ok(())

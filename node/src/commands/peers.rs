@@ -118,9 +118,10 @@ fn print(reply: &Reply, json: bool) -> anyhow::Result<()> {
         Reply::Cancelled { transfer } => {
             super::table::transfers(&mut out, std::slice::from_ref(transfer))?
         }
-        Reply::Event { .. } | Reply::Plugins { .. } => {
-            writeln!(out, "{}", serde_json::to_string(reply)?)?
-        }
+        Reply::Event { .. }
+        | Reply::Lagged { .. }
+        | Reply::NodeStopping { .. }
+        | Reply::Plugins { .. } => writeln!(out, "{}", serde_json::to_string(reply)?)?,
         Reply::Error(error) => bail!(client::refusal(error)),
     }
     Ok(())
@@ -131,16 +132,22 @@ fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
         writeln!(out, "  (none)")?;
         return Ok(());
     }
-    writeln!(
-        out,
-        "{:<14} {:<20} {:<8} {:<22} {:<8} {:<24} CODE",
-        "DEVICE", "NAME", "TYPE", "ADDRESS", "TRUSTED", "STATE"
-    )?;
+    let mut table = super::table::plain(
+        &[
+            "DEVICE", "NAME", "TYPE", "ADDRESS", "PORT", "TRUSTED", "STATE", "CODE",
+        ],
+        &[4],
+    );
     for peer in peers {
-        let address = match peer.addresses.first() {
-            Some(ip) if ip.contains(':') => format!("[{ip}]:{}", peer.port),
-            Some(ip) => format!("{ip}:{}", peer.port),
-            None => "-".into(),
+        let address = match peer.addresses.as_slice() {
+            [] => "-".to_owned(),
+            [one] => one.clone(),
+            [first, more @ ..] => format!("{first} (+{})", more.len()),
+        };
+        // A browser cannot be dialled: it has no port.
+        let port = match peer.port {
+            0 => "-".to_owned(),
+            port => port.to_string(),
         };
         let state = match (&peer.connection_state, peer.requested, peer.discovered) {
             (_, true, _) => "asked to connect".to_owned(),
@@ -158,17 +165,16 @@ fn table(out: &mut impl Write, peers: &[PeerRow]) -> anyhow::Result<()> {
             },
             _ => peer.connection.clone(),
         };
-        writeln!(
-            out,
-            "{:<14} {:<20} {:<8} {:<22} {:<8} {:<24} {}",
-            &peer.id.as_str()[..12],
-            peer.name.chars().take(20).collect::<String>(),
-            peer.device_type,
+        table.add_row(vec![
+            peer.id.as_str()[..12].to_owned(),
+            super::table::device_name(&peer.name),
+            peer.device_type.to_string(),
             address,
-            if peer.trusted { "yes" } else { "no" },
+            port,
+            if peer.trusted { "yes" } else { "no" }.to_owned(),
             state,
-            peer.verification_code
-        )?;
+            peer.verification_code.clone(),
+        ]);
     }
-    Ok(())
+    super::table::print(out, &table)
 }

@@ -17,9 +17,17 @@ use crate::shell::runtime::Stopwatch;
 pub fn plugins(home: Option<&Path>, args: &PluginsArgs) -> anyhow::Result<()> {
     match &args.command {
         PluginsCommand::List { json } => list(home, *json),
+        PluginsCommand::Reload { json } => reload(home, *json),
         PluginsCommand::Check { file, config } => check(home, file, config.as_deref()),
         PluginsCommand::Build { dir, out } => build(home, dir, out.as_deref()),
     }
+}
+
+fn reload(home: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let Reply::Plugins { plugins } = super::client::ask(home, Request::PluginsReload)? else {
+        bail!("unexpected reply from the node");
+    };
+    print_rows(plugins, json)
 }
 
 fn list(home: Option<&Path>, json: bool) -> anyhow::Result<()> {
@@ -56,6 +64,12 @@ fn list(home: Option<&Path>, json: bool) -> anyhow::Result<()> {
         }
         Err(err) => return Err(err),
     };
+    drop(out);
+    print_rows(rows, json)
+}
+
+fn print_rows(rows: Vec<PluginRow>, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&rows)?)?;
         return Ok(());
@@ -195,10 +209,46 @@ fn build(home: Option<&Path>, dir: &Path, out: Option<&Path>) -> anyhow::Result<
     // Cargo's own setting wins (a developer's shared target directory); else the home's cache.
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| config.dirs.plugin_build(&name), std::path::PathBuf::from);
-    let built = policy::build::build(&dir.join("Cargo.toml"), &target_dir, &out)?;
+    // Cargo's own progress (a bar on a terminal, a line per crate elsewhere) on stderr: a
+    // first build takes the better part of a minute.
+    eprintln!(
+        "building {} for {} (cargo's progress follows)",
+        dir.display(),
+        policy::build::TARGET
+    );
+    let built = policy::build::build_showing_progress(&dir.join("Cargo.toml"), &target_dir, &out)?;
     let mut stdout = std::io::stdout().lock();
-    for path in built {
+    for path in &built {
         writeln!(stdout, "built {}", path.display())?;
+    }
+    if out != config.plugins.dir {
+        return Ok(());
+    }
+    // A running node loads it by itself within seconds; ask it now and say what it did.
+    match super::client::ask(home, Request::PluginsReload) {
+        Ok(Reply::Plugins { plugins }) => {
+            let loaded = crate::core::policy::in_use(&plugins);
+            writeln!(
+                stdout,
+                "the running node now asks: {}",
+                if loaded.is_empty() {
+                    "no plugin (the built-in policy decides)".to_owned()
+                } else {
+                    loaded.join(", ")
+                }
+            )?;
+            for p in plugins.iter().filter(|p| p.disabled.is_some()) {
+                let reason = p.disabled.as_deref().unwrap_or_default();
+                writeln!(stdout, "  {} is disabled: {reason}", p.name)?;
+            }
+        }
+        Err(err) if err.downcast_ref::<NoNode>().is_some() => {
+            writeln!(stdout, "no node is running; `fsnode run` loads it at start")?;
+        }
+        Ok(_) | Err(_) => writeln!(
+            stdout,
+            "the running node loads it within seconds (`fsnode plugins list` shows it)"
+        )?,
     }
     Ok(())
 }

@@ -7,7 +7,11 @@ use anyhow::{Context, bail};
 
 use std::collections::BTreeMap;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 
 use crate::cli::{CancelArgs, JsonArg, SendArgs, TransfersArgs};
 use crate::commands::client;
@@ -153,6 +157,16 @@ fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow:
     for t in &first {
         progress.show(t);
     }
+    // Not on a terminal (a log, a script): one line per finished transfer instead of bars.
+    let summary = !json && !std::io::stdout().is_terminal();
+    let unfinished: Arc<Mutex<BTreeSet<String>>> = Arc::new(Mutex::new(
+        first
+            .iter()
+            .filter(|t| !t.status.is_finished())
+            .map(|t| t.id.clone())
+            .collect(),
+    ));
+    on_interrupt(progress.bars.clone(), Arc::clone(&unfinished))?;
     let mut out = std::io::stdout().lock();
     // Each transfer's latest state: finished or not, and bytes done.
     let mut latest: BTreeMap<String, (TransferStatus, u64)> = BTreeMap::new();
@@ -183,10 +197,26 @@ fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow:
             }
             let was_done = before.map_or(0, |(_, done)| done);
             progress.changed(&t, was_done, newly_finished, tally);
+            if newly_finished {
+                lock(&unfinished).remove(&t.id);
+                if summary {
+                    writeln!(out, "{}", finished_line(&t))?;
+                }
+            } else if !t.status.is_finished() {
+                lock(&unfinished).insert(t.id.clone());
+            }
         }
         out.flush()?;
     }
     progress.finish();
+    if summary {
+        writeln!(
+            out,
+            "{} of {count} transfer(s) completed ({})",
+            count - tally.failed,
+            super::table::bytes(bytes)
+        )?;
+    }
     if tally.failed > 0 {
         return Err(super::TransfersFailed {
             failed: tally.failed,
@@ -194,6 +224,74 @@ fn send_and_follow(home: Option<&Path>, request: Request, json: bool) -> anyhow:
         }
         .into());
     }
+    Ok(())
+}
+
+/// A finished transfer in one line, as `send --wait` prints it when not on a terminal:
+/// `notes.txt → beta: completed (12.00 MiB at 9.40 MiB/s)`.
+fn finished_line(t: &TransferRow) -> String {
+    let peer = if t.peer_name.is_empty() {
+        t.peer.short().to_string()
+    } else {
+        t.peer_name.clone()
+    };
+    let status = super::table::status_text(t.status, t.reason.as_deref());
+    let rate = t
+        .rate
+        .map(|r| format!(" at {}", super::table::rate(r)))
+        .unwrap_or_default();
+    format!(
+        "{} → {peer}: {status} ({}{rate})",
+        t.name,
+        super::table::bytes(t.size)
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Ctrl-C (or SIGTERM) on `send --wait` stops following, not sending: says so, and how to
+/// follow or stop what is still going, then exits 130 (143 for SIGTERM).
+fn on_interrupt(
+    bars: MultiProgress,
+    unfinished: Arc<Mutex<BTreeSet<String>>>,
+) -> anyhow::Result<()> {
+    use async_signal::{Signal, Signals};
+    use futures_lite::StreamExt;
+    let mut signals =
+        Signals::new([Signal::Int, Signal::Term]).context("installing the Ctrl-C handler")?;
+    std::thread::Builder::new()
+        .name("fsnode-interrupt".into())
+        .spawn(move || {
+            let signal = smol::block_on(signals.next());
+            let code = match signal {
+                Some(Ok(Signal::Term)) => 143,
+                _ => 130,
+            };
+            let ids: Vec<String> = lock(&unfinished)
+                .iter()
+                .take(4)
+                .map(|id| id[..8].to_owned())
+                .collect();
+            let stop = match ids.as_slice() {
+                [one] => format!("`fsnode cancel {one}` stops it"),
+                [] => "`fsnode cancel ID` stops a transfer".to_owned(),
+                some => format!(
+                    "`fsnode cancel ID` stops one ({}{})",
+                    some.join(", "),
+                    if lock(&unfinished).len() > some.len() { ", …" } else { "" }
+                ),
+            };
+            let _ = bars.clear();
+            eprintln!(
+                "\ninterrupted: still sending in the background; `fsnode transfers` follows it, {stop}"
+            );
+            std::process::exit(code);
+        })
+        .context("starting the Ctrl-C handler")?;
     Ok(())
 }
 
@@ -221,10 +319,30 @@ impl Progress {
         } else {
             MultiProgress::new()
         };
+        // A bar of fixed width (a wide bar shrank as messages grew), and `--` for the rate and
+        // the time left until a rate is known (it said `0 B/s eta 0s`).
         let style = ProgressStyle::with_template(
-            "{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            "{prefix:.bold} {bar:32} {bytes}/{total_bytes} {rate} eta {left} {msg}",
         )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = match known_rate(state) {
+                    Some(rate) => write!(w, "{}/s", indicatif::HumanBytes(rate as u64)),
+                    None => write!(w, "--"),
+                };
+            },
+        )
+        .with_key(
+            "left",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = match known_rate(state) {
+                    Some(_) => write!(w, "{:#}", indicatif::HumanDuration(state.eta())),
+                    None => write!(w, "--"),
+                };
+            },
+        );
         let all = (count > BARS_MAX).then(|| {
             let bar = bars.add(ProgressBar::new(bytes));
             bar.set_style(style.clone());
@@ -256,9 +374,8 @@ impl Progress {
         };
         all.inc(t.done_bytes.saturating_sub(was_done));
         if newly_finished && t.status != TransferStatus::Completed {
-            let status = super::table::status_word(t.status);
-            let reason = t.reason.as_deref().unwrap_or("");
-            all.println(format!("{} → {}: {status} {reason}", t.name, t.peer_name));
+            let status = super::table::status_text(t.status, t.reason.as_deref());
+            all.println(format!("{} → {}: {status}", t.name, t.peer_name));
         }
         all.set_message(format!(
             "{} of {} finished{}",
@@ -277,6 +394,12 @@ impl Progress {
             all.finish();
         }
     }
+}
+
+/// The bar's rate once bytes have moved (none before: no `0 B/s`, no `eta 0s`).
+fn known_rate(state: &ProgressState) -> Option<f64> {
+    let rate = state.per_sec();
+    (state.pos() > 0 && rate.is_finite() && rate > 0.0).then_some(rate)
 }
 
 /// One transfer's progress bar, created the first time it is shown.
@@ -298,11 +421,7 @@ fn show(
         bar
     });
     bar.set_position(t.done_bytes);
-    let status = super::table::status_word(t.status);
-    let message = match &t.reason {
-        Some(reason) => format!("{status}: {reason}"),
-        None => status.to_owned(),
-    };
+    let message = super::table::status_text(t.status, t.reason.as_deref());
     if t.status.is_finished() {
         if !bar.is_finished() {
             bar.finish_with_message(message);
@@ -313,12 +432,33 @@ fn show(
 }
 
 pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
-    let reply = client::ask(
-        home,
-        Request::Cancel {
-            transfer: args.transfer.clone(),
-        },
-    )?;
+    let socket = resolve_dirs(home)?.control_socket();
+    let request = Request::Cancel {
+        transfer: args.transfer.clone(),
+    };
+    let reply = match client::request(&socket, request)? {
+        Reply::Error(error) if error.kind == control::ErrorKind::NotFound => {
+            // Older finished transfers left the node's state for the journal's history.
+            let typed = args.transfer.trim().to_ascii_lowercase();
+            match finished_in_history(home, &typed) {
+                Some(t) => bail!(
+                    "{}",
+                    crate::core::request::nothing_to_cancel(
+                        &t.id,
+                        &t.name,
+                        t.status,
+                        t.reason.as_deref()
+                    )
+                ),
+                None => bail!(
+                    "{}; `fsnode transfers` lists the live and recent ones, `fsnode transfers --all` the finished ones",
+                    error.message
+                ),
+            }
+        }
+        Reply::Error(error) => return Err(client::refusal(&error)),
+        reply => reply,
+    };
     let mut out = std::io::stdout().lock();
     match reply {
         _ if args.json => writeln!(out, "{}", serde_json::to_string(&reply)?)?,
@@ -330,10 +470,21 @@ pub fn cancel(home: Option<&Path>, args: &CancelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Streams the node's journaled events until the node stops or the pipe closes.
+/// The newest finished transfer in this node's journal history whose id starts with `prefix`
+/// (best effort: an unreadable journal finds nothing).
+fn finished_in_history(home: Option<&Path>, prefix: &str) -> Option<TransferRow> {
+    let dir = resolve_dirs(home).ok()?.journal();
+    let reader = fsnode_journal::Reader::open(&dir, fsnode_journal::Options::default()).ok()?;
+    crate::history::find_finished(&reader, prefix).ok()?
+}
+
+/// Streams the node's journaled events until the node stops or the pipe closes. A watcher that
+/// fell behind is caught up by the node from its journal (a `lagged` note on stderr); the stream
+/// ends with the node's word on why (its stop: exit 0; anything else: an error).
 pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
     let stream = client::stream(home, Request::Watch)?;
     let mut out = std::io::stdout().lock();
+    let mut last_seq = None;
     for line in BufReader::new(&stream).lines() {
         let line = line.context("reading events from the node")?;
         let envelope: control::ReplyEnvelope = serde_json::from_str(&line)
@@ -351,10 +502,30 @@ pub fn watch(home: Option<&Path>, args: &JsonArg) -> anyhow::Result<()> {
                     writeln!(out, "{seq:>8} {}", super::journal::human_event_json(&event))?;
                 }
                 out.flush()?;
+                last_seq = Some(seq);
+            }
+            // On stderr: stdout stays the events, every one of them, in order.
+            Reply::Lagged {
+                events,
+                from_seq,
+                to_seq,
+            } => eprintln!(
+                "lagged {events} events behind the node (seq {from_seq}-{to_seq}); catching up from its journal"
+            ),
+            Reply::NodeStopping { reason } => {
+                eprintln!("the node is stopping ({reason}); watch ends");
+                return Ok(());
             }
             Reply::Error(error) => bail!("{}", error.message),
             other => bail!("unexpected reply from the node: {other:?}"),
         }
     }
-    Ok(())
+    let resume = match last_seq {
+        Some(seq) => format!(
+            "the last event shown is seq {seq}; `fsnode journal show --from {}` lists what followed",
+            seq + 1
+        ),
+        None => "`fsnode journal show` lists what the node journaled".to_owned(),
+    };
+    bail!("the node closed the event stream without saying why (was it killed?); {resume}")
 }

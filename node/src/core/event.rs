@@ -232,11 +232,46 @@ pub enum Event {
         plugin: String,
         reason: String,
     },
+    /// The plugins the host loaded, in the order they are asked: at start and whenever the
+    /// plugin directory changed or the operator asked (`fsnode plugins reload`). Those that
+    /// failed to load follow as `PluginDisabled`.
+    PluginsLoaded {
+        plugins: Vec<String>,
+    },
+}
+
+/// Rewrites every `sha256` field of `value` (at any depth) that holds 32 bytes as an array of
+/// numbers, serde's form of `[u8; 32]` and the journal's, into lowercase hex: what operators
+/// compare with `sha256sum`. Only what is shown changes; the journal keeps its form.
+pub fn hashes_in_hex(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                if key == "sha256"
+                    && let Some(bytes) = as_hash(field)
+                {
+                    *field = hex::encode(bytes).into();
+                } else {
+                    hashes_in_hex(field);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(hashes_in_hex),
+        _ => {}
+    }
+}
+
+fn as_hash(value: &serde_json::Value) -> Option<Vec<u8>> {
+    let items = value.as_array().filter(|items| items.len() == 32)?;
+    items
+        .iter()
+        .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
+        .collect()
 }
 
 impl Event {
     /// The flat JSON form for `journal show --json` and `watch --json`:
-    /// `{"type": "Kind", "field": value, …}`.
+    /// `{"type": "Kind", "field": value, …}`, hashes in lowercase hex.
     pub fn to_json(&self) -> serde_json::Value {
         let mut flat = serde_json::Map::new();
         flat.insert("type".into(), self.kind().into());
@@ -247,7 +282,9 @@ impl Event {
                 }
             }
         }
-        serde_json::Value::Object(flat)
+        let mut flat = serde_json::Value::Object(flat);
+        hashes_in_hex(&mut flat);
+        flat
     }
 
     /// For tests: a transfer queued with only the facts every one has (no path, mime, mode,
@@ -324,6 +361,50 @@ impl Event {
             Event::OutcomesDelivered { .. } => "OutcomesDelivered",
             Event::PolicyDecision { .. } => "PolicyDecision",
             Event::PluginDisabled { .. } => "PluginDisabled",
+            Event::PluginsLoaded { .. } => "PluginsLoaded",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hashes show as lowercase hex, as `sha256sum` prints them, in events and in a state's
+    /// JSON (the journal keeps its own form); other byte-like arrays are left alone.
+    #[test]
+    fn hashes_show_in_lowercase_hex() {
+        let hash: [u8; 32] = std::array::from_fn(|i| (i * 8) as u8);
+        let expected = hex::encode(hash);
+        let hashed = Event::TransferHashed {
+            id: TransferId([1; 16]),
+            sha256: hash,
+        };
+        assert_eq!(hashed.to_json()["sha256"], expected.as_str());
+        let mut queued = Event::queued_bare(
+            TransferId([2; 16]),
+            DeviceId::from_sha256(&[3; 32]),
+            Direction::Send,
+            "a.txt".into(),
+            5,
+        );
+        if let Event::TransferQueued { sha256, .. } = &mut queued {
+            *sha256 = Some(hash);
+        }
+        let json = queued.to_json();
+        assert_eq!(json["sha256"], expected.as_str());
+        assert_eq!(json["id"], "02020202020202020202020202020202");
+
+        let mut state = serde_json::json!({
+            "transfers": [["id", {"sha256": hash, "durable_beyond": [[1, 2]]}]],
+            "short": {"sha256": [1, 2, 3]},
+        });
+        hashes_in_hex(&mut state);
+        assert_eq!(state["transfers"][0][1]["sha256"], expected.as_str());
+        assert_eq!(
+            state["transfers"][0][1]["durable_beyond"],
+            serde_json::json!([[1, 2]])
+        );
+        assert_eq!(state["short"]["sha256"], serde_json::json!([1, 2, 3]));
     }
 }

@@ -152,6 +152,12 @@ pub enum Input {
     },
     /// The plugins' answer to an `AskPolicy`.
     PolicyAnswer(PolicyAnswer),
+    /// The policy host was loaded again (the plugin directory changed, or the operator asked):
+    /// the plugins now asked, in order, and those that failed to load.
+    PluginsReloaded {
+        loaded: Vec<String>,
+        disabled: Vec<Disabled>,
+    },
     /// What the WebRTC adapter reports for `peer` (local descriptions and candidates,
     /// remote description applied, channel open, connection lost).
     Rtc {
@@ -402,6 +408,9 @@ impl Core {
             } => self.on_send_prepared(token, result, more, now),
             Input::SourceHashed { ids, result } => self.on_source_hashed(ids, result, now),
             Input::PolicyAnswer(answer) => self.on_policy_answer(answer, now),
+            Input::PluginsReloaded { loaded, disabled } => {
+                self.use_plugins(loaded, disabled, now);
+            }
             Input::Rtc { peer, event } => {
                 if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                     negotiation.handle(event, now.instant);

@@ -16,6 +16,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{DeviceId, DeviceType, TransferId};
 
+/// The names of the plugins in use (loaded and not disabled), in the order they are asked.
+pub fn in_use(plugins: &[PluginStatus]) -> Vec<String> {
+    plugins
+        .iter()
+        .filter(|p| p.version.is_some() && p.disabled.is_none())
+        .map(|p| p.name.clone())
+        .collect()
+}
+
 /// One policy plugin as the host holds it (for `fsnode plugins list`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginStatus {

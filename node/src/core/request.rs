@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::{DeviceId, TransferId};
+use super::{DeviceId, TransferId, TransferStatus};
 
 /// An operator's command, with the words as typed (ids or prefixes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub enum Outcome {
     Reached(DeviceId),
     /// One transfer per file and device, queued.
     Queued(Vec<TransferId>),
-    /// The transfer is cancelled (or was finished already).
+    /// The transfer is cancelled.
     Cancelled(TransferId),
     Refused(Refusal),
 }
@@ -58,6 +58,8 @@ pub enum RefusalKind {
     NotFound,
     Ambiguous,
     Unreachable,
+    /// The transfer has finished already: nothing to cancel.
+    Finished,
 }
 
 impl Refusal {
@@ -68,6 +70,34 @@ impl Refusal {
             candidates: Vec::new(),
         }
     }
+}
+
+/// Why a finished transfer cannot be cancelled, in the words of its end: `transfer 1a2b3c4d
+/// (notes.txt) already completed; nothing to cancel`.
+pub fn nothing_to_cancel(
+    id: &str,
+    name: &str,
+    status: TransferStatus,
+    reason: Option<&str>,
+) -> String {
+    let short = id.get(..8).unwrap_or(id);
+    let because = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+    let end = match status {
+        TransferStatus::Completed => "already completed".to_owned(),
+        TransferStatus::Cancelled => match reason {
+            // The state's reason says who cancelled: "cancelled by the peer's operator".
+            Some(r) if r.starts_with("cancelled") => format!("was already {r}"),
+            _ => format!("was already cancelled{because}"),
+        },
+        TransferStatus::Rejected => format!("was rejected{because}"),
+        TransferStatus::Failed => format!("already failed{because}"),
+        // Not finished: not reached through here.
+        TransferStatus::Queued
+        | TransferStatus::Starting
+        | TransferStatus::Active
+        | TransferStatus::Paused => "is still running".to_owned(),
+    };
+    format!("transfer {short} ({name}) {end}; nothing to cancel")
 }
 
 impl Outcome {

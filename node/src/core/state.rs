@@ -179,6 +179,31 @@ impl TransferState {
     }
 }
 
+/// Who cancelled a transfer and why, said once: a reason that starts with "cancelled" (as
+/// fsnode's own do: "cancelled by the operator") is not prefixed with it again.
+/// `Local`: "cancelled by the operator"; `Remote`: "cancelled by the peer's operator",
+/// "cancelled by the peer (the sender)", "cancelled by the peer: chunk 3 failed its hash".
+pub fn cancel_reason(by: Side, reason: &str) -> String {
+    let reason = reason.trim();
+    let detail = match reason.get(..9) {
+        Some(head) if head.eq_ignore_ascii_case("cancelled") => {
+            reason[9..].trim_start_matches([':', ' '])
+        }
+        _ => reason,
+    };
+    match by {
+        Side::Local if detail.is_empty() => "cancelled here".to_owned(),
+        Side::Local if detail.starts_with("by ") => format!("cancelled {detail}"),
+        Side::Local => format!("cancelled here: {detail}"),
+        Side::Remote if detail.is_empty() => "cancelled by the peer".to_owned(),
+        Side::Remote => match detail.strip_prefix("by the ") {
+            Some("operator") | Some("user") => format!("cancelled by the peer's {}", &detail[7..]),
+            Some(who) => format!("cancelled by the peer (the {who})"),
+            None => format!("cancelled by the peer: {detail}"),
+        },
+    }
+}
+
 /// This node's own facts, from its latest `NodeStarted`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -478,14 +503,10 @@ impl State {
                 self.finish(id, TransferStatus::Completed, None, now, by_peer);
             }
             Event::TransferCancelled { id, by, reason } => {
-                let who = match by {
-                    Side::Local => "cancelled here",
-                    Side::Remote => "cancelled by the peer",
-                };
                 self.finish(
                     id,
                     TransferStatus::Cancelled,
-                    Some(format!("{who}: {reason}")),
+                    Some(cancel_reason(*by, reason)),
                     now,
                     *by == Side::Remote,
                 );
@@ -521,7 +542,7 @@ impl State {
             }
             Event::PolicyDecision { .. } => self.policy_decisions += 1,
             // The host's business: the plugin is out of the order until the node restarts.
-            Event::PluginDisabled { .. } => {}
+            Event::PluginDisabled { .. } | Event::PluginsLoaded { .. } => {}
         }
     }
 

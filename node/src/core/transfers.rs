@@ -871,7 +871,8 @@ impl Transfers {
                 }
                 StoreResult::PrepareFailed { reason } => {
                     // Out of space is not a verdict on the file: the sender asks again
-                    // later, so nothing is recorded that would answer that retry. (The
+                    // later. It is journaled as a pause (shown here as on the sender), which
+                    // answers that retry with a new attempt, never with a refusal. (The
                     // store's own text says which; the wire says it with `code`.)
                     let no_space = transfer::is_no_space(&reason);
                     let code = if no_space {
@@ -880,7 +881,19 @@ impl Transfers {
                         // The name could not be stored (a symbolic link on the way, ...).
                         RejectCode::Name
                     };
-                    if !state.transfers.contains_key(&id) && !no_space {
+                    let known = state.transfers.get(&id);
+                    if no_space {
+                        if known.is_none() {
+                            work.push(Work::Record(incoming(&peer, &start, dir)));
+                        }
+                        // Once per pause: the sender asks again every `PAUSE_RETRY`.
+                        if known.is_none_or(|t| t.status != TransferStatus::Paused) {
+                            work.push(Work::Record(Event::TransferPaused {
+                                id,
+                                reason: reason.clone(),
+                            }));
+                        }
+                    } else if known.is_none() {
                         refused(&peer, &start, &reason, code, work);
                         self.settle_later(id, &peer, now);
                     }
@@ -1515,6 +1528,102 @@ mod tests {
         apply(&mut state, &work);
         assert!(!state.is_undelivered(&id));
         assert_eq!(transfers.poll_timeout(), None);
+    }
+
+    /// A receiver whose disk has no room for a new file at `start` journals it as paused with
+    /// the reason (once, though the sender asks again every `PAUSE_RETRY`), so its operator
+    /// sees the pause as the sender's does; once there is room the same transfer goes on.
+    #[test]
+    fn a_receiver_out_of_space_at_start_shows_the_transfer_paused() {
+        let peer = DeviceId::from_sha256(&[1; 32]);
+        let id = TransferId([5; 16]);
+        let mut state = State::default();
+        let mut transfers = Transfers::default();
+        let now = Instant::now();
+        let mut work = Vec::new();
+        transfers.connected(&peer, &state, now, &mut work, &mut |_| Some(Vec::new()));
+        let start = Message::Start {
+            id,
+            name: "big.bin".into(),
+            size: 100 << 20,
+            chunk_size: 1 << 18,
+            chunks: 400,
+            mime: "application/octet-stream".into(),
+            mode: None,
+            mtime: None,
+            start_chunk: 0,
+        };
+        let reason = "no space: 104857600 bytes needed, 52428800 free on the receiver";
+        let mut attempt = |state: &State| {
+            let mut work = Vec::new();
+            transfers.on_message(&peer, start.clone(), state, now, &mut work, &mut accept_all);
+            assert!(work.iter().any(|w| matches!(
+                w,
+                Work::Store {
+                    op: StoreOp::Prepare { .. },
+                    ..
+                }
+            )));
+            let failed = StoreResult::PrepareFailed {
+                reason: reason.into(),
+            };
+            transfers.on_store(id, failed, state, now, &mut work);
+            work
+        };
+        let work = attempt(&state);
+        let recorded: Vec<&str> = work
+            .iter()
+            .filter_map(|w| match w {
+                Work::Record(event) => Some(event.kind()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recorded, ["TransferQueued", "TransferPaused"]);
+        assert!(work.iter().any(|w| matches!(
+            w,
+            Work::Channel {
+                message: Message::Reject {
+                    code: Some(RejectCode::NoSpace),
+                    ..
+                },
+                ..
+            }
+        )));
+        apply(&mut state, &work);
+        let t = &state.transfers[&id];
+        assert_eq!(
+            (t.direction, t.status),
+            (Direction::Receive, TransferStatus::Paused)
+        );
+        assert_eq!(t.reason.as_deref(), Some(reason));
+
+        // The sender's retry finds no room either: nothing more is journaled.
+        let again = attempt(&state);
+        assert!(
+            !again.iter().any(|w| matches!(w, Work::Record(_))),
+            "{again:?}"
+        );
+
+        // Room again: the same transfer is accepted.
+        let mut work = Vec::new();
+        transfers.on_message(&peer, start, &state, now, &mut work, &mut accept_all);
+        transfers.on_store(
+            id,
+            StoreResult::Prepared { part_len: 0 },
+            &state,
+            now,
+            &mut work,
+        );
+        assert!(
+            work.iter().any(|w| matches!(
+                w,
+                Work::Channel {
+                    message: Message::Accept { .. },
+                    ..
+                }
+            )),
+            "{work:?}"
+        );
     }
 
     /// A send cancelled here while the receiver was away: on reconnecting the `cancel` is

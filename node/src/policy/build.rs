@@ -54,8 +54,33 @@ pub fn build(
     target_dir: &Path,
     out_dir: &Path,
 ) -> Result<Vec<PathBuf>, BuildError> {
+    build_with(manifest, target_dir, out_dir, false)
+}
+
+/// [`build`], with cargo's progress and messages on this process's stderr (the CLI): a
+/// failure's messages are there, not in the error.
+pub fn build_showing_progress(
+    manifest: &Path,
+    target_dir: &Path,
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, BuildError> {
+    build_with(manifest, target_dir, out_dir, true)
+}
+
+fn build_with(
+    manifest: &Path,
+    target_dir: &Path,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<Vec<PathBuf>, BuildError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let stderr = if progress {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::piped()
+    };
     let output = Command::new(cargo)
+        .stderr(stderr)
         .args([
             "build",
             "--release",
@@ -69,9 +94,14 @@ pub fn build(
         .output()
         .map_err(BuildError::Spawn)?;
     if !output.status.success() {
+        let stderr = if progress {
+            "(cargo's messages are above)".to_owned()
+        } else {
+            String::from_utf8_lossy(&output.stderr).into_owned()
+        };
         return Err(BuildError::Cargo {
             manifest: manifest.to_path_buf(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            stderr,
         });
     }
     std::fs::create_dir_all(out_dir).map_err(|source| BuildError::Io {

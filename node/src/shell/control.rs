@@ -14,17 +14,26 @@ use tracing::debug;
 
 use crate::control::{self, ErrorKind, MAX_REQUEST_BYTES, Reply, Request};
 use crate::core::signal::LineFramer;
+use crate::record::JournalEntry;
 use crate::shell::runtime;
+use crate::shell::watchers::{self, WatchRequest};
+use fsnode_journal::Journal;
 
 /// A client that sends nothing for this long is disconnected (watchers excepted).
 pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
-/// Replies queued for one watcher (or follower); one that does not keep up is disconnected.
+/// Replies queued for one watcher or follower. A watcher that does not keep up is caught up
+/// from the journal (`shell/watchers.rs`); a follower that does not is disconnected.
 pub const WATCH_QUEUE: usize = 1024;
 
-/// A parsed request and where its reply goes.
-pub struct ControlRequest {
-    pub request: Request,
-    pub reply: async_channel::Sender<Reply>,
+/// What a client's connection asks of the node loop.
+pub enum ControlRequest {
+    /// A parsed request and where its reply goes (for `send --wait`, its stream of replies).
+    Ask {
+        request: Request,
+        reply: async_channel::Sender<Reply>,
+    },
+    /// A `watch` connection (re)registering for the node's events.
+    Watch(WatchRequest),
 }
 
 /// Binds the socket. A leftover socket file from a crashed node is replaced; a live node
@@ -47,7 +56,12 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, requests: async_channel::Sender<ControlRequest>) {
+/// Serves the control socket; `journal` is read to catch up watchers that fell behind.
+pub async fn serve(
+    listener: UnixListener,
+    requests: async_channel::Sender<ControlRequest>,
+    journal: Journal<JournalEntry>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -58,8 +72,9 @@ pub async fn serve(listener: UnixListener, requests: async_channel::Sender<Contr
             }
         };
         let requests = requests.clone();
+        let journal = journal.clone();
         runtime::spawn(async move {
-            if let Err(err) = serve_client(stream, requests).await {
+            if let Err(err) = serve_client(stream, requests, &journal).await {
                 debug!("control client: {err:#}");
             }
         })
@@ -70,6 +85,7 @@ pub async fn serve(listener: UnixListener, requests: async_channel::Sender<Contr
 async fn serve_client(
     mut stream: UnixStream,
     requests: async_channel::Sender<ControlRequest>,
+    journal: &Journal<JournalEntry>,
 ) -> anyhow::Result<()> {
     let mut framer = LineFramer::new(MAX_REQUEST_BYTES);
     let mut buf = vec![0u8; 16 * 1024];
@@ -95,12 +111,15 @@ async fn serve_client(
         for line in lines {
             let reply = match control::parse_request(&line) {
                 Err(error) => Reply::Error(error),
-                Ok(request @ (Request::Watch | Request::Send { wait: true, .. })) => {
-                    // A stream: every journaled event (or what a send queued, then every change
-                    // of its transfers) until the client or the node goes.
+                Ok(Request::Watch) => {
+                    // A stream of every journaled event until the client or the node goes.
+                    return watchers::stream(&mut stream, &requests, journal).await;
+                }
+                Ok(request @ Request::Send { wait: true, .. }) => {
+                    // A stream: what the send queued, then every change of its transfers.
                     let (tx, rx) = async_channel::bounded(WATCH_QUEUE);
                     requests
-                        .send(ControlRequest { request, reply: tx })
+                        .send(ControlRequest::Ask { request, reply: tx })
                         .await
                         .context("the node is stopping")?;
                     while let Ok(reply) = rx.recv().await {
@@ -111,7 +130,7 @@ async fn serve_client(
                 Ok(request) => {
                     let (tx, rx) = async_channel::bounded(1);
                     requests
-                        .send(ControlRequest { request, reply: tx })
+                        .send(ControlRequest::Ask { request, reply: tx })
                         .await
                         .context("the node is stopping")?;
                     rx.recv().await.unwrap_or_else(|_| {

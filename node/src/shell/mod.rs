@@ -18,4 +18,5 @@ pub mod sources;
 pub mod store;
 pub mod transfer_io;
 pub mod trust_file;
+pub mod watchers;
 pub mod web;

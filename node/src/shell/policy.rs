@@ -3,17 +3,35 @@
 //! effects come in as jobs; each answer goes back to the loop as `Input::PolicyAnswer`.
 //! Instances are the host's, loaded once and reused for every call.
 
-use tracing::debug;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
-use crate::control::Reply;
+use tracing::{debug, info, warn};
+
+use crate::control::{ErrorKind, Reply};
 use crate::core::node::{Input, MAX_QUESTIONS};
-use crate::core::policy::{Policy, PolicyRequest};
+use crate::core::policy::{Policy, PolicyRequest, in_use};
+use crate::policy::{PluginHost, Settings};
+use crate::shell::runtime;
+
+/// How often the plugin directory is looked at for new, changed or removed plugins.
+pub const PLUGIN_DIR_POLL: Duration = Duration::from_secs(2);
+
+/// Entries of the plugin directory looked at, at most (a bound on a directory filled by
+/// mistake; plugins past it are not noticed until `fsnode plugins reload`).
+const PLUGIN_DIR_ENTRIES: usize = 256;
 
 /// What the policy thread is asked to do.
 enum Job {
     Ask(Box<PolicyRequest>),
     /// `fsnode plugins list`: the plugins with their counters.
     Describe(async_channel::Sender<Reply>),
+    /// Load the plugins again (the directory changed, or `fsnode plugins reload`); the new
+    /// list goes to `reply` when one waits.
+    Reload {
+        settings: Box<Settings>,
+        reply: Option<async_channel::Sender<Reply>>,
+    },
 }
 
 /// The handle the node loop keeps; dropping it ends the thread once the jobs queued are done.
@@ -45,6 +63,31 @@ impl PolicyThread {
                                 plugins: policy.describe(),
                             });
                         }
+                        Job::Reload { settings, reply } => match PluginHost::load(&settings) {
+                            Ok(mut host) => {
+                                let disabled = host.take_disabled();
+                                let plugins = host.describe();
+                                let loaded = in_use(&plugins);
+                                info!(plugins = ?loaded, "policy plugins loaded again");
+                                policy = Box::new(host);
+                                let reloaded = Input::PluginsReloaded { loaded, disabled };
+                                if answers.send_blocking(reloaded).is_err() {
+                                    break;
+                                }
+                                if let Some(reply) = reply {
+                                    let _ = reply.try_send(Reply::Plugins { plugins });
+                                }
+                            }
+                            Err(err) => {
+                                // The plugins in use stay.
+                                warn!("could not load the policy plugins again: {err}");
+                                if let Some(reply) = reply {
+                                    let message = format!("loading the plugins failed: {err}");
+                                    let _ =
+                                        reply.try_send(Reply::error(ErrorKind::Internal, message));
+                                }
+                            }
+                        },
                     }
                 }
             })?;
@@ -58,6 +101,56 @@ impl PolicyThread {
         }
     }
 
+    /// Loads the plugins again from `settings`; the new list goes to `reply` (`fsnode plugins
+    /// reload`), and the node hears of it as `Input::PluginsReloaded`.
+    pub fn reload(&self, settings: &Settings, reply: Option<async_channel::Sender<Reply>>) {
+        let job = Job::Reload {
+            settings: Box::new(settings.clone()),
+            reply,
+        };
+        if let Err(err) = self.jobs.try_send(job)
+            && let Job::Reload {
+                reply: Some(reply), ..
+            } = err.into_inner()
+        {
+            let _ = reply.try_send(Reply::error(
+                ErrorKind::Unreachable,
+                "the policy thread is busy; try again",
+            ));
+        }
+    }
+
+    /// Watches the plugin directory (a poll every [`PLUGIN_DIR_POLL`]) and loads the plugins
+    /// again once a `.wasm` or `.toml` in it was added, changed or removed and has stayed so
+    /// for one more poll (a file being copied in is not loaded half-written).
+    pub fn watch_dir(&self, settings: Settings) -> runtime::Task<()> {
+        let jobs = self.jobs.clone();
+        runtime::spawn(async move {
+            let dir = settings.dir.clone();
+            let look = move || {
+                let dir = dir.clone();
+                runtime::unblock(move || plugin_files(&dir))
+            };
+            let mut loaded = look().await;
+            let mut seen = loaded.clone();
+            loop {
+                runtime::sleep(PLUGIN_DIR_POLL).await;
+                let now = look().await;
+                if now == seen && now != loaded {
+                    let job = Job::Reload {
+                        settings: Box::new(settings.clone()),
+                        reply: None,
+                    };
+                    if jobs.send(job).await.is_err() {
+                        return; // the node is stopping
+                    }
+                    loaded = now.clone();
+                }
+                seen = now;
+            }
+        })
+    }
+
     /// Answers a `plugins` request on `reply` (after the questions queued before it).
     pub fn describe(&self, reply: async_channel::Sender<Reply>) {
         if let Err(err) = self.jobs.try_send(Job::Describe(reply))
@@ -69,6 +162,27 @@ impl PolicyThread {
             ));
         }
     }
+}
+
+/// The plugin files of `dir` (`.wasm` and their `.toml` configs) with size and modification
+/// time, sorted: what the directory watch compares.
+fn plugin_files(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .take(PLUGIN_DIR_ENTRIES)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            if !(name.ends_with(".wasm") || name.ends_with(".toml")) {
+                return None;
+            }
+            let meta = entry.metadata().ok()?;
+            Some((name, meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 #[cfg(test)]

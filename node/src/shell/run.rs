@@ -10,7 +10,7 @@ use fsnode_journal::Journal;
 use futures_lite::StreamExt;
 use tracing::{debug, info, warn};
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,7 @@ use crate::shell::signaling::{ConnEvent, Reporter};
 use crate::shell::sources;
 use crate::shell::store::Store;
 use crate::shell::transfer_io::TransferIo;
+use crate::shell::watchers::{self, Watchers};
 use crate::shell::{network, signaling, trust_file};
 
 /// Once the journal holds more records than this since its newest snapshot at startup (and
@@ -94,6 +95,12 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
     let dirs = &config.dirs;
     create_private_dir(&dirs.data)?;
     create_private_dir(&dirs.runtime)?;
+    let store = Store::new(dirs.receive.clone())
+        .and_then(|store| store.check_writable().map(|()| store))
+        .map_err(|error| crate::config::ConfigError::ReceiveDir {
+            path: dirs.receive.clone(),
+            error,
+        })?;
 
     let (identity, origin) = Identity::load_or_create(&dirs.identity(), clock.wall())?;
     if origin == Origin::Created {
@@ -174,11 +181,13 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let rtc = RtcAdapter::new(Arc::new(identity), ice_addresses, quic, inputs_tx.clone());
-        let store = Store::new(dirs.receive.clone()).with_context(|| {
-            format!("creating the receive directory {}", dirs.receive.display())
-        })?;
         let io = TransferIo::new(store, inputs_tx.clone());
-        runtime::spawn(control::serve(control_listener, requests_tx)).detach();
+        runtime::spawn(control::serve(
+            control_listener,
+            requests_tx,
+            journal.clone(),
+        ))
+        .detach();
         let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
         let page_urls: Vec<String> = network::page_addresses(&addresses)
             .into_iter()
@@ -199,16 +208,23 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         // (`PluginDisabled`) and the node runs on without it.
         let mut host = crate::policy::PluginHost::load(&config.plugins)
             .context("starting the policy plugin host")?;
-        let has_plugins = !Policy::describe(&host).is_empty();
+        let described = Policy::describe(&host);
+        let has_plugins = !described.is_empty();
+        let loaded = crate::core::policy::in_use(&described);
         let load_failures = host.take_disabled();
         let policy = PolicyThread::start(Box::new(host), inputs_tx.clone())
             .context("starting the policy thread")?;
+        // New or changed plugins are loaded without a restart.
+        let _plugin_dir_watch = policy.watch_dir(config.plugins.clone());
         let mut node = NodeLoop {
             core: Core::new(me, state, clock.now()),
             policy,
             journal: &journal,
             clock: &clock,
             trust_file: dirs.trust_file(),
+            plugin_settings: config.plugins.clone(),
+            receive_dir: dirs.receive.clone(),
+            pause_warnings: BTreeSet::new(),
             reporter,
             rtc,
             local_names: LocalNames::new(mdns.daemon(), inputs_tx.clone()),
@@ -218,7 +234,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             next_token: 0,
             router: Router::new(),
             writers: HashMap::new(),
-            watchers: Vec::new(),
+            watchers: Watchers::new(journal.last_seq().unwrap_or(0)),
             followers: Followers::default(),
             collected: Collected::default(),
             committing: CommitQueue::default(),
@@ -229,7 +245,7 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
                 instant: clock.now(),
                 wall_ms: clock.wall_ms(),
             };
-            node.core.use_plugins(load_failures, now);
+            node.core.use_plugins(loaded, load_failures, now);
         }
         node.drain().await?;
         node.write_trust_file();
@@ -237,6 +253,11 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .serve(inputs, prepared, conns, requests, signals)
             .await?;
         info!(%reason, "stopping");
+        // Watchers were told; their connections pass on what is queued for them first.
+        let flush = runtime::Stopwatch::start();
+        while !node.watchers.all_gone() && flush.elapsed() < watchers::STOP_FLUSH {
+            runtime::sleep(std::time::Duration::from_millis(20)).await;
+        }
         mdns.shutdown();
         let stopped = Stamped {
             time_ms: clock.wall_ms(),
@@ -313,6 +334,8 @@ struct Collected {
 struct Outputs {
     actions: Vec<Output>,
     journaled: Vec<(u64, Stamped)>,
+    /// The sequence number of the batch's last event.
+    last_seq: Option<u64>,
     /// The rows of followed transfers (`send --wait`) the batch changed, as they stood when
     /// its events were appended.
     changed: Changed,
@@ -334,6 +357,12 @@ struct NodeLoop<'a> {
     journal: &'a Journal<JournalEntry>,
     clock: &'a SystemClock,
     trust_file: PathBuf,
+    /// Where the plugins are loaded from again (`fsnode plugins reload`).
+    plugin_settings: crate::policy::Settings,
+    receive_dir: PathBuf,
+    /// Why received transfers are paused (`no space`), each warned about once, again once no
+    /// received transfer is paused any more.
+    pause_warnings: BTreeSet<String>,
     reporter: Reporter,
     rtc: RtcAdapter,
     /// Rewrites browsers' `.local` candidates on their way to `rtc`.
@@ -350,7 +379,7 @@ struct NodeLoop<'a> {
     /// The writer of each open signaling connection (dropping one closes it gracefully).
     writers: HashMap<ConnId, async_channel::Sender<Vec<u8>>>,
     /// `fsnode watch` clients: every journaled event goes to each.
-    watchers: Vec<async_channel::Sender<Reply>>,
+    watchers: Watchers,
     /// `send --wait` clients: the rows of their transfers, each time some changed.
     followers: Followers,
     collected: Collected,
@@ -443,21 +472,19 @@ impl NodeLoop<'_> {
                     self.handle_ready_inputs(&inputs, &conns)?;
                 }
                 Wake::Conn(event) => self.on_conn(event),
-                Wake::Request(ControlRequest {
-                    request: Request::Watch,
-                    reply,
-                }) => {
-                    self.watchers.push(reply);
+                Wake::Request(ControlRequest::Watch(request)) => {
+                    let next_seq = self.journal.last_seq().map_or(1, |seq| seq + 1);
+                    self.watchers.register(request, next_seq);
                     continue;
                 }
-                Wake::Request(ControlRequest {
+                Wake::Request(ControlRequest::Ask {
                     request: Request::Plugins,
                     reply,
                 }) => {
                     self.policy.describe(reply);
                     continue;
                 }
-                Wake::Request(ControlRequest {
+                Wake::Request(ControlRequest::Ask {
                     request: Request::Status,
                     reply,
                 }) => {
@@ -466,7 +493,14 @@ impl NodeLoop<'_> {
                     let _ = reply.try_send(Reply::Status(status));
                     continue;
                 }
-                Wake::Request(ControlRequest { request, reply }) => {
+                Wake::Request(ControlRequest::Ask {
+                    request: Request::PluginsReload,
+                    reply,
+                }) => {
+                    self.policy.reload(&self.plugin_settings, Some(reply));
+                    continue;
+                }
+                Wake::Request(ControlRequest::Ask { request, reply }) => {
                     if let Some(command) = request.command() {
                         let token = self.next_token;
                         self.next_token += 1;
@@ -496,6 +530,7 @@ impl NodeLoop<'_> {
                     stop.take();
                     // Whatever was appended runs its replies and effects before the stop.
                     self.drain().await?;
+                    self.watchers.stop(&reason);
                     return Ok(reason);
                 }
             }
@@ -510,6 +545,7 @@ impl NodeLoop<'_> {
             match output {
                 Output::Event(stamped) => {
                     event_log::log(&stamped.event, self.core.state(), &self.core.me().id);
+                    self.warn_of_pause(&stamped.event);
                     if let Some(id) = stamped.event.transfer()
                         && self.followers.follows(&id)
                     {
@@ -610,6 +646,7 @@ impl NodeLoop<'_> {
             work: Outputs {
                 actions,
                 journaled,
+                last_seq: seqs.map(|(_, last)| last),
                 changed,
             },
         });
@@ -650,6 +687,7 @@ impl NodeLoop<'_> {
         let Outputs {
             actions,
             journaled,
+            last_seq,
             changed,
         } = outputs;
         for (_, stamped) in &journaled {
@@ -665,17 +703,7 @@ impl NodeLoop<'_> {
             }
         }
         self.followers.tell(&changed);
-        if !self.watchers.is_empty() {
-            for (seq, stamped) in journaled {
-                let reply = Reply::Event {
-                    seq,
-                    time_ms: stamped.time_ms,
-                    event: stamped.event.to_json(),
-                };
-                // A watcher that does not keep up (or went away) is dropped.
-                self.watchers.retain(|w| w.try_send(reply.clone()).is_ok());
-            }
-        }
+        self.watchers.tell(&journaled, last_seq);
         for action in actions {
             match action {
                 Output::Outcome { token, outcome } => {
@@ -816,6 +844,42 @@ impl NodeLoop<'_> {
             ConnEvent::DialFailed { peer, addr, error } => {
                 self.route(RouterInput::DialFailed { peer, addr, error }, now);
             }
+        }
+    }
+
+    /// A received transfer paused (the disk of the receive directory is full): one warning
+    /// per cause, with the directory, until no received transfer is paused any more.
+    fn warn_of_pause(&mut self, event: &Event) {
+        let state = self.core.state();
+        let receiving = |id: &TransferId| {
+            state
+                .transfers
+                .get(id)
+                .is_some_and(|t| t.direction == crate::core::Direction::Receive)
+        };
+        match event {
+            Event::TransferPaused { id, reason } if receiving(id) => {
+                let cause = reason.split(':').next().unwrap_or(reason).to_owned();
+                if self.pause_warnings.insert(cause) {
+                    warn!(
+                        receive_dir = %self.receive_dir.display(),
+                        %reason,
+                        "receiving paused; it resumes by itself once there is room (`fsnode transfers` lists what waits)"
+                    );
+                }
+            }
+            Event::TransferAccepted { .. } | Event::TransferCancelled { .. }
+                if !self.pause_warnings.is_empty() =>
+            {
+                let paused = state.transfers.values().any(|t| {
+                    t.direction == crate::core::Direction::Receive
+                        && t.status == crate::core::TransferStatus::Paused
+                });
+                if !paused {
+                    self.pause_warnings.clear();
+                }
+            }
+            _ => {}
         }
     }
 

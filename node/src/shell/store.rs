@@ -159,6 +159,20 @@ impl Store {
         &self.root
     }
 
+    /// Creates and deletes a file in the receive directory: one on a read-only file system,
+    /// or that this user may not write, is found at start, not by every transfer that follows.
+    pub fn check_writable(&self) -> io::Result<()> {
+        let probe = self
+            .root
+            .join(format!(".fsnode-write-check-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe)?;
+        std::fs::remove_file(&probe)
+    }
+
     /// The directory syncs shared by its files (for statistics and tests).
     pub fn dir_syncs(&self) -> &DirSyncs {
         &self.dir_syncs
@@ -184,11 +198,11 @@ impl Store {
         for component in directories {
             dir.push(component);
             shown.push(component);
-            dir_fd = open_directory_beneath(&dir_fd, component, &shown)?;
+            dir_fd = open_directory_beneath(&dir_fd, component, &shown, &dir)?;
         }
         let part_name = names::part_name(final_name, id);
         for leaf in [final_name.as_str(), &part_name] {
-            refuse_symlink(&dir_fd, leaf, &shown.join(leaf))?;
+            refuse_symlink(&dir_fd, leaf, &shown.join(leaf), &dir.join(leaf))?;
         }
         Ok(PartFile {
             dir_syncs: Arc::clone(&self.dir_syncs),
@@ -217,20 +231,23 @@ fn open_root(root: &Path) -> Result<OwnedFd, StoreError> {
         Mode::empty(),
     )
     .map_err(|e| StoreError::Io {
-        path: PathBuf::new(),
+        path: root.to_path_buf(),
         source: e.into(),
     })
 }
 
 /// Opens the directory `component` (one name, no `/`) beneath `parent`, creating it if
 /// missing; refuses a symbolic link or a non-directory there, atomically with the open.
+/// `shown`: its name in the receive directory (refusals say it); `path`: the whole path (I/O
+/// errors say it).
 fn open_directory_beneath(
     parent: &OwnedFd,
     component: &str,
     shown: &Path,
+    path: &Path,
 ) -> Result<OwnedFd, StoreError> {
     let io_error = |e: Errno| StoreError::Io {
-        path: shown.to_path_buf(),
+        path: path.to_path_buf(),
         source: e.into(),
     };
     let mut created = false;
@@ -283,7 +300,7 @@ fn open_directory_beneath(
 /// `.part` file is opened with `O_NOFOLLOW` besides, so a link made after this check is still
 /// not followed; the final name is only ever the target of a no-replace rename, which does not
 /// follow one either.
-fn refuse_symlink(dir: &OwnedFd, leaf: &str, shown: &Path) -> Result<(), StoreError> {
+fn refuse_symlink(dir: &OwnedFd, leaf: &str, shown: &Path, path: &Path) -> Result<(), StoreError> {
     match rustix::fs::statat(dir, leaf, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
             Err(StoreError::Symlink {
@@ -292,7 +309,7 @@ fn refuse_symlink(dir: &OwnedFd, leaf: &str, shown: &Path) -> Result<(), StoreEr
         }
         Ok(_) | Err(Errno::NOENT) => Ok(()),
         Err(e) => Err(StoreError::Io {
-            path: shown.to_path_buf(),
+            path: path.to_path_buf(),
             source: e.into(),
         }),
     }
@@ -350,6 +367,19 @@ impl PartFile {
         }
     }
 
+    /// Bytes the `.part` file occupies on disk (holes take none); 0 if there is none.
+    pub fn allocated(&self) -> io::Result<u64> {
+        match rustix::fs::statat(
+            &*self.dir_fd,
+            self.part_name.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(u64::try_from(st.st_blocks).unwrap_or(0) * 512),
+            Err(Errno::NOENT) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes the `.part` file; a missing one is fine.
     pub fn delete(&self) -> io::Result<()> {
         match rustix::fs::unlinkat(&*self.dir_fd, self.part_name.as_str(), AtFlags::empty()) {
@@ -385,7 +415,7 @@ impl PartFile {
         hashed: WholeFileHash,
     ) -> Result<PathBuf, StoreError> {
         let io_error = |source| StoreError::Io {
-            path: self.shown.clone(),
+            path: self.part_path.clone(),
             source,
         };
         let fd = rustix::fs::openat(
@@ -432,7 +462,7 @@ impl PartFile {
         hashed: WholeFileHash,
     ) -> Result<PathBuf, StoreError> {
         let io_error = |source| StoreError::Io {
-            path: self.shown.clone(),
+            path: self.part_path.clone(),
             source,
         };
         let size = self.len().map_err(io_error)?;
@@ -590,12 +620,31 @@ pub struct PartWriter {
 impl PartWriter {
     /// Writes `data` at `offset` if its SHA-256 is `expected`; returns `false` (having written
     /// nothing) if not.
+    ///
+    /// A chunk of zeros is not written: the `.part` has its full size from the start
+    /// ([`PartWriter::reserve`]), so the range reads as zeros already, and a sparse source
+    /// stays sparse here. What the range may hold instead is this same chunk, written by an
+    /// earlier attempt (every chunk written was verified first), so skipping never leaves
+    /// other bytes behind. Durable progress comes from the journal, never from the file, so a
+    /// hole is never taken for data received.
     pub fn write_chunk(&self, offset: u64, data: &[u8], expected: &[u8; 32]) -> io::Result<bool> {
         if <[u8; 32]>::from(Sha256::digest(data)) != *expected {
             return Ok(false);
         }
-        self.file.write_all_at(data, offset)?;
+        if !data.iter().all(|&b| b == 0) {
+            self.file.write_all_at(data, offset)?;
+        }
         Ok(true)
+    }
+
+    /// Gives the `.part` its final size (a hole where nothing was written), so that chunks of
+    /// zeros need not be written; never shortens it. The size is made durable with the next
+    /// [`PartWriter::sync`] (`fdatasync` covers a size change).
+    pub fn reserve(&self, size: u64) -> io::Result<()> {
+        if self.file.metadata()?.len() < size {
+            self.file.set_len(size)?;
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable (`fdatasync`).
@@ -1010,6 +1059,53 @@ mod tests {
         }
     }
 
+    /// A file that is mostly zeros (a sparse source) arrives sparse: the `.part` has its full
+    /// size from the start and chunks of zeros are not written, yet the file reads back
+    /// whole and its SHA-256 matches; a zero chunk written again on a resume changes nothing.
+    #[test]
+    fn chunks_of_zeros_stay_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let (_dir, store) = store();
+        let part = store.prepare("sparse.img", &ID).unwrap();
+        let writer = part.open().unwrap();
+        const CHUNK: usize = 256 * 1024;
+        const SIZE: usize = 64 * CHUNK; // 16 MiB
+        writer.reserve(SIZE as u64).unwrap();
+        let mut whole = vec![0u8; SIZE];
+        whole[5 * CHUNK..5 * CHUNK + 11].copy_from_slice(b"not a zero!");
+        whole[SIZE - 3..].copy_from_slice(b"end");
+        for (i, chunk) in whole.chunks(CHUNK).enumerate() {
+            assert!(
+                writer
+                    .write_chunk((i * CHUNK) as u64, chunk, &sha(chunk))
+                    .unwrap()
+            );
+        }
+        // A resumed transfer writes a zero chunk again, and a data chunk again.
+        let zeros = &whole[..CHUNK];
+        assert!(writer.write_chunk(0, zeros, &sha(zeros)).unwrap());
+        let data = &whole[5 * CHUNK..6 * CHUNK];
+        assert!(
+            writer
+                .write_chunk((5 * CHUNK) as u64, data, &sha(data))
+                .unwrap()
+        );
+        writer.sync().unwrap();
+        drop(writer);
+        assert_eq!(part.len().unwrap(), SIZE as u64);
+        let allocated = part.allocated().unwrap();
+        assert!(allocated < 1024 * 1024, "{allocated} bytes allocated");
+        let path = part.finalize(&sha(&whole), 0o644, None).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), SIZE as u64);
+        assert!(
+            meta.blocks() * 512 < 1024 * 1024,
+            "{} blocks",
+            meta.blocks()
+        );
+        assert_eq!(fs::read(&path).unwrap(), whole);
+    }
+
     #[test]
     fn finalize_with_the_wrong_hash_fails_and_renames_nothing() {
         let (_dir, store) = store();
@@ -1028,12 +1124,15 @@ mod tests {
         let (_dir, store) = store();
         let part = store.prepare("dir/gone.txt", &ID).unwrap();
         let err = part.finalize(&sha(b""), 0o644, None).unwrap_err();
+        // The whole path of the `.part`: an operator can go and look.
         assert!(
             matches!(&err, StoreError::Io { path, source }
-                if path == Path::new("dir/gone.txt") && source.kind() == io::ErrorKind::NotFound),
+                if *path == part.part_path && source.kind() == io::ErrorKind::NotFound),
             "{err:?}"
         );
-        assert!(err.to_string().starts_with("dir/gone.txt: "), "{err}");
+        assert!(part.part_path.starts_with(store.root().join("dir")));
+        let named = format!("{}: ", part.part_path.display());
+        assert!(err.to_string().starts_with(&named), "{err}");
     }
 
     #[test]

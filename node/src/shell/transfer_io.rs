@@ -206,7 +206,7 @@ impl Files {
                                 synced: sync,
                             },
                             Err(err) => StoreResult::WriteFailed {
-                                reason: err.to_string(),
+                                reason: self.at_part(err),
                             },
                         }
                     }
@@ -219,7 +219,7 @@ impl Files {
                         }
                     }
                     Err(err) => StoreResult::WriteFailed {
-                        reason: err.to_string(),
+                        reason: self.at_part(err),
                     },
                 },
                 None => StoreResult::WriteFailed {
@@ -229,7 +229,7 @@ impl Files {
             StoreOp::Sync => match self.writer.as_ref().map(PartWriter::sync) {
                 Some(Ok(())) => StoreResult::Synced,
                 Some(Err(err)) => StoreResult::WriteFailed {
-                    reason: err.to_string(),
+                    reason: self.at_part(err),
                 },
                 None => StoreResult::WriteFailed {
                     reason: "the .part file is not open".into(),
@@ -311,21 +311,34 @@ impl Files {
         })
     }
 
+    /// An error of the open `.part` file, naming it.
+    fn at_part(&self, err: impl std::fmt::Display) -> String {
+        match &self.part {
+            Some(part) => format!("{}: {err}", part.part_path.display()),
+            None => err.to_string(),
+        }
+    }
+
     fn prepare(&mut self, name: &str, size: u64) -> Result<u64, String> {
         let part = self
             .store
             .prepare(name, &self.id)
             .map_err(|e| e.to_string())?;
-        let held = part.len().map_err(|e| e.to_string())?;
-        let free = self.store.free_bytes().map_err(|e| e.to_string())?;
-        let needed = size.saturating_sub(held);
+        let at = |e: std::io::Error| format!("{}: {e}", part.part_path.display());
+        let held = part.len().map_err(at)?;
+        let root = self.store.root();
+        let free = (self.store.free_bytes()).map_err(|e| format!("{}: {e}", root.display()))?;
+        // What the `.part` occupies, not its length: it has its full length from the start.
+        let occupied = part.allocated().map_err(at)?;
+        let needed = size.saturating_sub(occupied);
         if needed > free {
             return Err(format!(
                 "{}: {needed} bytes needed, {free} free on the receiver",
                 crate::core::transfer::NO_SPACE
             ));
         }
-        let writer = part.open().map_err(|e| e.to_string())?;
+        let writer = part.open().map_err(at)?;
+        writer.reserve(size).map_err(at)?;
         self.hashed = WholeFileHash::new();
         self.part = Some(part);
         self.writer = Some(writer);
@@ -381,6 +394,29 @@ mod tests {
             None,
             "already gone: nothing to report"
         );
+    }
+
+    /// A store error names the file it happened to, with its whole path: a `.part` that
+    /// cannot be opened (here a directory sits in its place) is reported as
+    /// `/…/receive/inbox/f7.<id>.part: Is a directory (os error 21)`.
+    #[test]
+    fn a_store_error_names_the_whole_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("receive")).unwrap();
+        let id = TransferId([4; 16]);
+        let part = store.prepare("inbox/f7", &id).unwrap();
+        std::fs::create_dir(&part.part_path).unwrap();
+        let mut files = Files::new(id, Arc::new(store), 0o022);
+        let prepare = StoreOp::Prepare {
+            name: "inbox/f7".into(),
+            size: 1,
+        };
+        let Some(StoreResult::PrepareFailed { reason }) = files.perform(prepare) else {
+            panic!("the .part cannot be opened");
+        };
+        let named = format!("{}: ", part.part_path.display());
+        assert!(reason.starts_with(&named), "{reason}");
+        assert!(part.part_path.is_absolute());
     }
 
     /// Two transfers through the store threads: each one's operations run in order (prepare,

@@ -88,17 +88,9 @@ impl Core {
             Command::Send { paths, to } => {
                 let mut peers = Vec::new();
                 for typed in &to {
-                    match self.resolve(typed, true) {
+                    match self.resolve_trusted(typed) {
                         Ok(peer) => peers.push(peer),
-                        Err(mut refusal) => {
-                            if refusal.kind == RefusalKind::NotFound {
-                                refusal.message = format!(
-                                    "{} (send goes to trusted devices only: `fsnode trust add` first)",
-                                    refusal.message
-                                );
-                            }
-                            return Some(Outcome::Refused(refusal));
-                        }
+                        Err(refusal) => return Some(Outcome::Refused(refusal)),
                     }
                 }
                 if paths.is_empty() || peers.is_empty() {
@@ -125,5 +117,40 @@ impl Core {
                 return None;
             }
         })
+    }
+
+    /// A trusted device for `send`, from a full id or a prefix. A full id resolves for any
+    /// device (trust accepts one never seen), so the trust is checked here: a send to a device
+    /// that is not trusted would wait forever.
+    fn resolve_trusted(&self, typed: &str) -> Result<DeviceId, Refusal> {
+        let not_trusted = |id: &DeviceId| {
+            let known = match self.state.peers.get(id) {
+                Some(peer) if !peer.name.is_empty() => format!(" ({})", peer.name),
+                _ => String::new(),
+            };
+            Refusal::new(
+                RefusalKind::NotFound,
+                format!(
+                    "{id}{known} is not trusted; send goes to trusted devices only: `fsnode trust add {id}` first (a full id works also for a device not seen yet)"
+                ),
+            )
+        };
+        match self.resolve(typed, true) {
+            Ok(id) if self.state.is_trusted(&id) => Ok(id),
+            Ok(id) => Err(not_trusted(&id)),
+            Err(refusal) if refusal.kind == RefusalKind::NotFound => {
+                // A prefix of a device seen but not trusted gets the same hint.
+                match self.resolve(typed, false) {
+                    Ok(id) => Err(not_trusted(&id)),
+                    Err(_) => Err(Refusal::new(
+                        RefusalKind::NotFound,
+                        format!(
+                            "no trusted device matches {typed:?}; send goes to trusted devices only: `fsnode trust list` lists them, `fsnode trust add ID` trusts one"
+                        ),
+                    )),
+                }
+            }
+            Err(refusal) => Err(refusal),
+        }
     }
 }

@@ -36,8 +36,11 @@ pub(super) enum Waiting {
 impl Core {
     /// From now on the questions go to the plugins (as `AskPolicy` effects) instead of the
     /// built-in default; journals the plugins the host could not load.
-    pub fn use_plugins(&mut self, disabled: Vec<Disabled>, now: Now) {
-        self.asks_plugins = true;
+    /// The plugins the host loaded (`loaded`, in order) and those it could not; journaled.
+    /// Without any loaded, the built-in default decides at once again.
+    pub fn use_plugins(&mut self, loaded: Vec<String>, disabled: Vec<Disabled>, now: Now) {
+        self.asks_plugins = !loaded.is_empty();
+        self.emit(Event::PluginsLoaded { plugins: loaded }, now);
         self.journal_disabled(disabled, now);
     }
 

@@ -43,7 +43,8 @@ impl Harness {
     fn with_policy(mut policy: impl Policy + 'static) -> Self {
         let mut h = Self::new();
         let disabled = policy.take_disabled();
-        h.core.use_plugins(disabled, h.at(1));
+        let loaded = vec!["test-policy".to_owned()];
+        h.core.use_plugins(loaded, disabled, h.at(1));
         h.policy = Some(Box::new(policy));
         h
     }
@@ -1259,7 +1260,10 @@ fn a_policy_refuses_or_routes_an_incoming_file_and_disabled_plugins_are_journale
         ..Scripted::default()
     });
     let startup: Vec<Output> = std::iter::from_fn(|| h.core.poll_output()).collect();
-    assert_eq!(Harness::events(&startup), ["PluginDisabled"]);
+    assert_eq!(
+        Harness::events(&startup),
+        ["PluginsLoaded", "PluginDisabled"]
+    );
     trusted_peer_at(&mut h, 1, "10.77.0.2");
     let out = h.handle(Input::Channel {
         peer: id(1),
@@ -1433,6 +1437,151 @@ fn send_to_the_same_device_twice_queues_its_files_once() {
         })
         .expect("the send is prepared");
     assert_eq!(peers, [id(1), id(2)]);
+}
+
+/// A send to a device that is not trusted is refused with the hint to trust it, whether it is
+/// named by a prefix or by a full id (which resolves even for a device never seen, and used to
+/// queue transfers that waited forever); trusting it first makes the same send go.
+#[test]
+fn a_send_to_a_device_that_is_not_trusted_is_refused_with_the_hint_to_trust_it() {
+    let mut h = Harness::new();
+    h.handle(Input::Announced(announcement(1, "10.77.0.2")));
+    let send = |to: String| Request::Send {
+        paths: vec!["/srv/file".into()],
+        to: vec![to],
+        wait: false,
+    };
+    let unseen = id(7).to_string();
+    let seen = id(1).to_string();
+    for (token, typed) in [
+        (1, unseen.clone()),
+        (2, seen.clone()),
+        (3, seen[..10].to_owned()),
+        (4, "zzzzzzzzzz".to_owned()),
+    ] {
+        let out = h.handle(request(token, send(typed.clone())));
+        let Outcome::Refused(refusal) = reply(&out) else {
+            panic!("{typed}: {out:?}");
+        };
+        assert_eq!(refusal.kind, RefusalKind::NotFound, "{typed}");
+        assert!(
+            refusal.message.contains("trusted devices only")
+                && refusal.message.contains("fsnode trust"),
+            "{typed}: {}",
+            refusal.message
+        );
+        assert!(Harness::events(&out).is_empty());
+    }
+    let out = h.handle(request(5, send(seen[..10].to_owned())));
+    let Outcome::Refused(refusal) = reply(&out) else {
+        panic!()
+    };
+    assert!(
+        refusal
+            .message
+            .contains(&format!("fsnode trust add {seen}"))
+            && refusal.message.contains("(peer-1)"),
+        "{}",
+        refusal.message
+    );
+    h.handle(request(
+        6,
+        Request::TrustAdd {
+            device: unseen.clone(),
+        },
+    ));
+    let out = h.handle(request(7, send(unseen)));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Effect(Effect::PrepareSend { .. }))),
+        "{out:?}"
+    );
+}
+
+/// `cancel` of a finished transfer says how it ended and that there is nothing to cancel (it
+/// used to answer "cancelled" for a completed one); a live one is cancelled; an unknown id is
+/// not found.
+#[test]
+fn cancel_of_a_finished_transfer_says_how_it_ended() {
+    let mut state = State::default();
+    let ends = [
+        (
+            1,
+            Some(Event::TransferCompleted {
+                id: TransferId([1; 16]),
+                path: None,
+            }),
+        ),
+        (
+            2,
+            Some(Event::TransferFailed {
+                id: TransferId([2; 16]),
+                reason: "source file changed".into(),
+            }),
+        ),
+        (
+            3,
+            Some(Event::TransferCancelled {
+                id: TransferId([3; 16]),
+                by: crate::core::Side::Remote,
+                reason: "cancelled by the operator".into(),
+            }),
+        ),
+        (4, None),
+    ];
+    for (n, end) in &ends {
+        let transfer = TransferId([*n; 16]);
+        let events = [
+            Some(Event::queued_bare(
+                transfer,
+                id(1),
+                Direction::Send,
+                format!("f{n}.txt"),
+                10,
+            )),
+            end.clone(),
+        ];
+        for event in events.into_iter().flatten() {
+            state.apply(&Stamped { time_ms: 1, event });
+        }
+    }
+    let mut h = Harness::new();
+    h.core = Core::new(me(), state, h.start);
+    let cancel = |h: &mut Harness, typed: String| {
+        let out = h.handle(request(1, Request::Cancel { transfer: typed }));
+        reply(&out).clone()
+    };
+    let expect = [
+        (
+            1,
+            "transfer 01010101 (f1.txt) already completed; nothing to cancel",
+        ),
+        (
+            2,
+            "transfer 02020202 (f2.txt) already failed (source file changed); nothing to cancel",
+        ),
+        (
+            3,
+            "transfer 03030303 (f3.txt) was already cancelled by the peer's operator; nothing to cancel",
+        ),
+    ];
+    for (n, message) in expect {
+        match cancel(&mut h, TransferId([n; 16]).to_string()[..8].to_owned()) {
+            Outcome::Refused(refusal) => {
+                assert_eq!(refusal.kind, RefusalKind::Finished);
+                assert_eq!(refusal.message, message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        cancel(&mut h, "04040404".into()),
+        Outcome::Cancelled(TransferId([4; 16]))
+    );
+    assert_eq!(
+        refused(&cancel(&mut h, "0909".into())),
+        Some(RefusalKind::NotFound)
+    );
 }
 
 /// Spec 4 strictness: a `start` missing a key (or with one of the wrong type) whose `id` is
@@ -1618,7 +1767,8 @@ fn accepted(id: QuestionId, plugin: &str) -> Input {
 fn thinking_node() -> Harness {
     let mut h = Harness::new();
     let now = h.at(1);
-    h.core.use_plugins(Vec::new(), now);
+    h.core
+        .use_plugins(vec!["by-hand".to_owned()], Vec::new(), now);
     for n in [1, 2] {
         h.handle(Input::Announced(announcement(
             n,

@@ -326,22 +326,29 @@ impl Core {
                 );
             }
         };
-        let finished = self.state.transfers[&id].status.is_finished();
-        if !finished {
-            let mut work = Vec::new();
-            let live = self.transfers.cancel_local(&id, now.instant, &mut work);
-            self.run(work, now);
-            if !live {
-                // Not running now: record it; a sender re-sends the cancel on reconnecting.
-                self.emit(
-                    Event::TransferCancelled {
-                        id,
-                        by: crate::core::Side::Local,
-                        reason: "cancelled by the operator".into(),
-                    },
-                    now,
-                );
-            }
+        let t = &self.state.transfers[&id];
+        if t.status.is_finished() {
+            let message = crate::core::request::nothing_to_cancel(
+                &id.to_string(),
+                &t.name,
+                t.status,
+                t.reason.as_deref(),
+            );
+            return Outcome::refused(RefusalKind::Finished, message);
+        }
+        let mut work = Vec::new();
+        let live = self.transfers.cancel_local(&id, now.instant, &mut work);
+        self.run(work, now);
+        if !live {
+            // Not running now: record it; a sender re-sends the cancel on reconnecting.
+            self.emit(
+                Event::TransferCancelled {
+                    id,
+                    by: crate::core::Side::Local,
+                    reason: "cancelled by the operator".into(),
+                },
+                now,
+            );
         }
         Outcome::Cancelled(id)
     }

@@ -570,3 +570,43 @@ fn undelivered_outcomes_are_bounded() {
     assert_eq!(state.finished.len(), 500);
     assert_eq!(state.transfers.len(), MAX_UNDELIVERED + 500);
 }
+
+/// A cancelled transfer's reason says who cancelled and why once: fsnode's own reasons start
+/// with "cancelled", and the status shown before the reason is "cancelled" too.
+#[test]
+fn a_cancel_reason_says_cancelled_once() {
+    let cases = [
+        (
+            Side::Local,
+            "cancelled by the operator",
+            "cancelled by the operator",
+        ),
+        (Side::Local, "", "cancelled here"),
+        (Side::Local, "disk removed", "cancelled here: disk removed"),
+        (
+            Side::Remote,
+            "cancelled by the operator",
+            "cancelled by the peer's operator",
+        ),
+        (
+            Side::Remote,
+            "cancelled by the sender",
+            "cancelled by the peer (the sender)",
+        ),
+        (Side::Remote, "Cancelled", "cancelled by the peer"),
+        (
+            Side::Remote,
+            "Cancelled: by the user",
+            "cancelled by the peer's user",
+        ),
+        (Side::Remote, "cancelled", "cancelled by the peer"),
+        (
+            Side::Remote,
+            "chunk 20 failed its hash 3 times",
+            "cancelled by the peer: chunk 20 failed its hash 3 times",
+        ),
+    ];
+    for (by, reason, shown) in cases {
+        assert_eq!(cancel_reason(by, reason), shown, "{by:?} {reason:?}");
+    }
+}
