@@ -207,6 +207,15 @@ pub struct RunArgs {
     /// Where received files land (default: the user's download directory).
     #[arg(long, value_name = "DIR")]
     pub receive_dir: Option<PathBuf>,
+
+    /// Also speak LocalSend (protocol v2.1): multicast discovery and HTTPS on its own port,
+    /// under this node's trust list (off by default).
+    #[arg(long)]
+    pub localsend: bool,
+
+    /// LocalSend's port, for HTTPS and multicast (default 53317).
+    #[arg(long, value_name = "PORT")]
+    pub localsend_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]

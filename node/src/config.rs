@@ -26,6 +26,17 @@ pub struct Config {
     pub plugins: crate::policy::Settings,
     /// The journal's options (its history retention from `[journal]`).
     pub journal: fsnode_journal::Options,
+    /// LocalSend, when turned on (`--localsend` / `localsend = true`).
+    pub localsend: Option<LocalSendConfig>,
+}
+
+/// LocalSend's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSendConfig {
+    pub port: u16,
+    /// The PIN LocalSend senders must give, if any (`localsend-pin` in the config file only,
+    /// so it never shows in the process list).
+    pub pin: Option<String>,
 }
 
 /// History the journal keeps by default: a month, at most 256 MiB.
@@ -95,6 +106,11 @@ pub struct ConfigFile {
     pub plugins: PluginsFile,
     #[serde(default)]
     pub journal: JournalFile,
+    /// Speak LocalSend too.
+    #[serde(default)]
+    pub localsend: bool,
+    pub localsend_port: Option<u16>,
+    pub localsend_pin: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +126,10 @@ pub enum ConfigError {
     EmptyName,
     #[error("device type {0:?} is not one of desktop, mobile, server")]
     DeviceType(String),
+    #[error("the LocalSend port must not be 0")]
+    LocalSendPort,
+    #[error("the LocalSend PIN must be 1 to 64 printable characters")]
+    LocalSendPin,
     #[error(transparent)]
     Dirs(#[from] crate::dirs::DirsError),
 }
@@ -192,7 +212,26 @@ impl Config {
                     .map_or(defaults.deadline, Duration::from_millis),
             },
         };
+        let localsend = if args.localsend || file.localsend {
+            let port = args
+                .localsend_port
+                .or(file.localsend_port)
+                .unwrap_or(crate::core::localsend::DEFAULT_PORT);
+            if port == 0 {
+                return Err(ConfigError::LocalSendPort);
+            }
+            let pin = file.localsend_pin.clone();
+            if pin.as_ref().is_some_and(|pin| {
+                pin.is_empty() || pin.len() > 64 || pin.chars().any(|c| c.is_control())
+            }) {
+                return Err(ConfigError::LocalSendPin);
+            }
+            Some(LocalSendConfig { port, pin })
+        } else {
+            None
+        };
         Ok(Self {
+            localsend,
             plugins,
             journal: file.journal.options(),
             dirs,
@@ -251,6 +290,8 @@ mod tests {
             port: Some(0),
             interfaces: vec!["veth1".into()],
             receive_dir: Some("/srv/in".into()),
+            localsend: false,
+            localsend_port: None,
         };
         let from_flags = Config::resolve(Some(home.path()), &args).unwrap();
         assert_eq!(from_flags.name, "flag");
@@ -258,6 +299,45 @@ mod tests {
         assert_eq!(from_flags.port, 0);
         assert_eq!(from_flags.interfaces, vec!["veth1"]);
         assert_eq!(from_flags.dirs.receive, Path::new("/srv/in"));
+        assert_eq!(from_flags.localsend, None, "LocalSend is off by default");
+    }
+
+    #[test]
+    fn localsend_is_one_switch_with_its_own_port_and_an_optional_pin() {
+        let home = tempfile::tempdir().unwrap();
+        let config_dir = home.path().join("config");
+        fs::create_dir_all(&config_dir).unwrap();
+        let flag = RunArgs {
+            localsend: true,
+            ..RunArgs::default()
+        };
+        let on = Config::resolve(Some(home.path()), &flag).unwrap();
+        assert_eq!(
+            on.localsend,
+            Some(LocalSendConfig {
+                port: crate::core::localsend::DEFAULT_PORT,
+                pin: None
+            })
+        );
+        fs::write(
+            config_dir.join("fsnode.toml"),
+            "localsend = true\nlocalsend-port = 53400\nlocalsend-pin = \"4711\"\n",
+        )
+        .unwrap();
+        let from_file = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(
+            from_file.localsend,
+            Some(LocalSendConfig {
+                port: 53400,
+                pin: Some("4711".into())
+            })
+        );
+        fs::write(
+            config_dir.join("fsnode.toml"),
+            "localsend = true\nlocalsend-port = 0\n",
+        )
+        .unwrap();
+        assert!(Config::resolve(Some(home.path()), &RunArgs::default()).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod commit;
 pub mod control;
 pub mod followers;
 pub mod local_names;
+pub mod localsend;
 pub mod mdns;
 pub mod network;
 pub mod policy;

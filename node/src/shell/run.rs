@@ -168,6 +168,39 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         let io = TransferIo::new(store, inputs_tx.clone());
         runtime::spawn(control::serve(control_listener, requests_tx)).detach();
         let mdns = Mdns::start(&me, &config.interfaces, inputs_tx.clone())?;
+        // LocalSend, when on: its HTTPS port and multicast group on the same addresses.
+        let localsend = match &config.localsend {
+            Some(settings) => {
+                let (cert, key, fingerprint) =
+                    crate::shell::localsend::certificate(&dirs.data.join("localsend.pem"))?;
+                let adapter = crate::shell::localsend::LocalSendAdapter::start(
+                    &addresses,
+                    settings.port,
+                    cert,
+                    key,
+                    inputs_tx.clone(),
+                )
+                .await?;
+                info!(
+                    port = settings.port,
+                    fingerprint = %hex::encode(fingerprint),
+                    "LocalSend on"
+                );
+                Some((
+                    adapter,
+                    crate::core::localsend::Settings {
+                        fingerprint,
+                        port: settings.port,
+                        pin: settings.pin.clone(),
+                        device_type: match config.device_type {
+                            crate::core::DeviceType::Server => "server",
+                            _ => "headless",
+                        },
+                    },
+                ))
+            }
+            None => None,
+        };
         info!(
             device_id = %me.id,
             name = %me.name,
@@ -184,8 +217,17 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
         let load_failures = host.take_disabled();
         let policy = PolicyThread::start(Box::new(host), inputs_tx.clone())
             .context("starting the policy thread")?;
+        let (localsend, localsend_settings) = match localsend {
+            Some((adapter, settings)) => (Some(adapter), Some(settings)),
+            None => (None, None),
+        };
+        let mut core = Core::new(me, state, clock.now());
+        if let Some(settings) = localsend_settings {
+            core.enable_localsend(settings, clock.now());
+        }
         let mut node = NodeLoop {
-            core: Core::new(me, state, clock.now()),
+            core,
+            localsend,
             policy,
             journal: &journal,
             clock: &clock,
@@ -287,6 +329,8 @@ struct Client {
 /// its replies and effects (event first, then effect).
 struct NodeLoop<'a> {
     core: Core,
+    /// LocalSend's HTTPS and multicast, when on.
+    localsend: Option<crate::shell::localsend::LocalSendAdapter>,
     /// Runs the plugins off this loop.
     policy: PolicyThread,
     journal: &'a Journal<JournalEntry>,
@@ -600,7 +644,9 @@ impl NodeLoop<'_> {
             changed,
         } = outputs;
         for (_, stamped) in &journaled {
-            if let Event::PeerDiscovered { peer, .. } = &stamped.event {
+            if let Event::PeerDiscovered { peer, .. } = &stamped.event
+                && !peer.is_localsend()
+            {
                 let route = self.core.route(peer);
                 self.route(
                     RouterInput::Seen {
@@ -674,6 +720,11 @@ impl NodeLoop<'_> {
                 }) => {
                     let prepared = self.prepared.clone();
                     runtime::spawn(prepare_send(token, paths, peers, prepared)).detach();
+                }
+                Output::Effect(Effect::LocalSend(effect)) => {
+                    if let Some(adapter) = &mut self.localsend {
+                        adapter.act(effect);
+                    }
                 }
                 Output::Event(_) => unreachable!("events were journaled above"),
             }

@@ -326,6 +326,9 @@ impl Core {
                 );
             }
         };
+        if self.ls_cancel(&id, now) {
+            return Outcome::Cancelled(id);
+        }
         let finished = self.state.transfers[&id].status.is_finished();
         if !finished {
             let mut work = Vec::new();
