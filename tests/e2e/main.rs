@@ -9,6 +9,7 @@ mod faults;
 mod foundation;
 mod hostile;
 mod interop;
+mod localsend;
 mod longevity;
 mod plugins;
 mod support;

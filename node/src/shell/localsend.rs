@@ -58,12 +58,17 @@ pub fn certificate(
 ) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>, [u8; 32])> {
     crate::identity::Identity::load_or_create(path, runtime::SystemClock.wall())
         .with_context(|| format!("the LocalSend certificate {}", path.display()))?;
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let cert = CertificateDer::pem_slice_iter(&pem)
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    // The certificate file is written by the identity code, which labels its PKCS#8 key
+    // `PRIVATE_KEY`; rustls reads the standard `PRIVATE KEY` label.
+    let pem = pem.replace("PRIVATE_KEY-----", "PRIVATE KEY-----");
+    let pem = pem.as_bytes();
+    let cert = CertificateDer::pem_slice_iter(pem)
         .next()
         .context("the LocalSend certificate file holds no certificate")?
         .context("the LocalSend certificate file is damaged")?;
-    let key = PrivateKeyDer::from_pem_slice(&pem)
+    let key = PrivateKeyDer::from_pem_slice(pem)
         .context("the LocalSend certificate file holds no usable private key")?;
     let fingerprint = Sha256::digest(cert.as_ref()).into();
     Ok((cert, key, fingerprint))
