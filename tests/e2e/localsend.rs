@@ -28,7 +28,14 @@ impl LocalSendd {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", host.name(), "python3", "-m", "localsendd"])
-            .args(["--alias", alias, "--port", "53317", "--unattended", "--encryption"])
+            .args([
+                "--alias",
+                alias,
+                "--port",
+                "53317",
+                "--unattended",
+                "--encryption",
+            ])
             .arg("--download-dir")
             .arg(dir.path().join("downloads"))
             .arg("--socket")
@@ -85,7 +92,14 @@ impl LocalSendd {
     /// Sends `file` to `to` and waits for the result line (`Last result: KIND …`).
     fn send(&self, file: &Path, to: &str) -> String {
         let out = self.ctl(
-            &["send", file.to_str().unwrap(), "--to", to, "--wait", "--quiet"],
+            &[
+                "send",
+                file.to_str().unwrap(),
+                "--to",
+                to,
+                "--wait",
+                "--quiet",
+            ],
             Duration::from_secs(60),
         );
         out.stdout
@@ -264,10 +278,14 @@ print("upload", status)
     std::thread::sleep(Duration::from_millis(500));
     let cancelled = phone.ctl(&["cancel"], Duration::from_secs(10));
     assert!(cancelled.success(), "{cancelled:?}");
-    wait_for("the upload ends unfinished", Duration::from_secs(15), || {
-        transfer_named(&transfers(&node), "video.mp4")
-            .is_some_and(|t| t["status"] == "cancelled" || t["status"] == "failed")
-    });
+    wait_for(
+        "the upload ends unfinished",
+        Duration::from_secs(15),
+        || {
+            transfer_named(&transfers(&node), "video.mp4")
+                .is_some_and(|t| t["status"] == "cancelled" || t["status"] == "failed")
+        },
+    );
     lan.clear_shape(1).unwrap();
     wait_for("its .part is gone", Duration::from_secs(5), || {
         !files_in(&node.home.path().join("received"))
@@ -284,8 +302,11 @@ fn a_localsend_file_over_the_free_space_is_refused_before_any_upload() {
     let mut home = NodeHome::in_host(crate::fsnode_bin(), lan.host(0)).unwrap();
     std::fs::create_dir_all(home.path().join("config")).unwrap();
     std::fs::write(home.path().join("config/fsnode.toml"), "localsend = true\n").unwrap();
-    home.start_with_small_disk(&["--name", "gateway", "--interface", "eth0"], 4 * 1024 * 1024)
-        .unwrap();
+    home.start_with_small_disk(
+        &["--name", "gateway", "--interface", "eth0"],
+        4 * 1024 * 1024,
+    )
+    .unwrap();
     let node = Node {
         home,
         name: "gateway".into(),
@@ -303,7 +324,10 @@ fn a_localsend_file_over_the_free_space_is_refused_before_any_upload() {
     let row = transfer_named(&rows, "backup.tar").expect("the refusal is journaled");
     assert_eq!(row["status"], "rejected", "{row}");
     assert!(
-        row["reason"].as_str().unwrap_or_default().contains("no space"),
+        row["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no space"),
         "{row}"
     );
     let receive = node

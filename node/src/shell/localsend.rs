@@ -58,8 +58,8 @@ pub fn certificate(
 ) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>, [u8; 32])> {
     crate::identity::Identity::load_or_create(path, runtime::SystemClock.wall())
         .with_context(|| format!("the LocalSend certificate {}", path.display()))?;
-    let pem = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // The certificate file is written by the identity code, which labels its PKCS#8 key
     // `PRIVATE_KEY`; rustls reads the standard `PRIVATE KEY` label.
     let pem = pem.replace("PRIVATE_KEY-----", "PRIVATE KEY-----");
@@ -374,7 +374,7 @@ fn reply(status: u16, body: Vec<u8>) -> Reply {
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    if !response.body().size_hint().exact().is_some_and(|n| n == 0) {
+    if response.body().size_hint().exact().is_none_or(|n| n != 0) {
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),

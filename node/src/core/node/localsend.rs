@@ -1054,10 +1054,8 @@ impl Core {
             .get(&device)
             .is_some_and(|o| o.files.iter().any(|(_, f)| f == id));
         if running && let Some(outgoing) = self.ls().outgoing.remove(&device) {
-            if outgoing.uploading.is_some() {
-                self.ls_effect(ls::Effect::StopUpload {
-                    id: outgoing.uploading.expect("checked"),
-                });
+            if let Some(id) = outgoing.uploading {
+                self.ls_effect(ls::Effect::StopUpload { id });
             }
             self.ls_send_cancel(&outgoing);
             // The session's other files go again in a new one.
