@@ -520,4 +520,6 @@ mod trust_decisions;
 use questions::{Asked, Waiting};
 
 #[cfg(test)]
+mod localsend_tests;
+#[cfg(test)]
 mod tests;
