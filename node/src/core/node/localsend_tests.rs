@@ -442,3 +442,44 @@ fn an_upload_interrupted_by_a_restart_fails_and_its_part_is_discarded() {
             .any(|e| matches!(e, ls::Effect::Multicast { .. }))
     );
 }
+
+#[test]
+fn the_operator_cancels_a_running_upload_and_the_sender_is_answered_409() {
+    let mut h = H::new(None);
+    let (session, token, id) = accepted_session(&mut h, &[3u8; 100]);
+    let upload = Request::Upload {
+        session,
+        file: "f1".into(),
+        token,
+        length: Some(100),
+    };
+    h.ls(ls::Input::Request {
+        req: 60,
+        from: phone_addr(),
+        request: upload,
+    });
+    h.handle(Input::Store {
+        id,
+        result: StoreResult::Prepared { part_len: 0 },
+    });
+    h.ls(ls::Input::Body {
+        req: 60,
+        data: vec![3; 50],
+    });
+    let out = h.handle(Input::Command {
+        token: 2,
+        command: crate::core::request::Command::Cancel {
+            transfer: id.to_string(),
+        },
+    });
+    assert_eq!(reply_of(&out, 60).map(|r| r.0), Some(409));
+    assert!(kinds(&out).contains(&"TransferCancelled"));
+    assert!(store_ops(&out).iter().any(|(_, op)| *op == StoreOp::DeletePart));
+    assert_eq!(h.core.state().transfers[&id].status, TransferStatus::Cancelled);
+    // The rest of the body finds nothing to write to.
+    let out = h.ls(ls::Input::Body {
+        req: 60,
+        data: vec![3; 50],
+    });
+    assert!(store_ops(&out).is_empty());
+}
