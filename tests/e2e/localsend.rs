@@ -336,3 +336,49 @@ fn a_localsend_file_over_the_free_space_is_refused_before_any_upload() {
         .unwrap();
     assert!(files_in(&receive).is_empty(), "{:?}", files_in(&receive));
 }
+
+/// Not a test: prints how long localsendd takes to send one file to fsnode and, in the same
+/// run, to another localsendd (the baseline), and the ratio. BENCHMARKS.md ("LocalSend").
+#[test]
+#[ignore = "a benchmark: prints figures, asserts nothing about time; run by hand"]
+fn localsend_receive_rate_against_localsendd() {
+    let mib: usize = std::env::var("LOCALSEND_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let lan = Lan::new(3).unwrap();
+    let node = Node::start(&lan, 0, "gateway", &["--localsend"]);
+    let phone = LocalSendd::start(&lan, 1, "phone");
+    let other = LocalSendd::start(&lan, 2, "laptop");
+    assert!(
+        node.home
+            .run(&["trust", "add", &phone.id()])
+            .unwrap()
+            .success()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (file, _) = write_file(work.path(), "bench.bin", mib * 1024 * 1024);
+    let timed = |to: &str| {
+        let started = std::time::Instant::now();
+        let result = phone.send(&file, to);
+        assert!(result.contains("sent"), "{result}");
+        started.elapsed()
+    };
+    // Each receiver once unmeasured (discovery, pinning, first connections), then measured.
+    let baseline_to = lan.host(2).addr().to_string();
+    let node_to = lan.host(0).addr().to_string();
+    timed(&baseline_to);
+    timed(&node_to);
+    let baseline = timed(&baseline_to);
+    let fsnode = timed(&node_to);
+    let rate = |d: Duration| mib as f64 / d.as_secs_f64();
+    println!(
+        "localsendd -> localsendd: {mib} MiB in {:.2} s ({:.1} MiB/s); localsendd -> fsnode: {:.2} s ({:.1} MiB/s); fsnode/baseline rate {:.2}",
+        baseline.as_secs_f64(),
+        rate(baseline),
+        fsnode.as_secs_f64(),
+        rate(fsnode),
+        rate(fsnode) / rate(baseline)
+    );
+    let _ = other;
+}

@@ -474,8 +474,15 @@ fn the_operator_cancels_a_running_upload_and_the_sender_is_answered_409() {
     });
     assert_eq!(reply_of(&out, 60).map(|r| r.0), Some(409));
     assert!(kinds(&out).contains(&"TransferCancelled"));
-    assert!(store_ops(&out).iter().any(|(_, op)| *op == StoreOp::DeletePart));
-    assert_eq!(h.core.state().transfers[&id].status, TransferStatus::Cancelled);
+    assert!(
+        store_ops(&out)
+            .iter()
+            .any(|(_, op)| *op == StoreOp::DeletePart)
+    );
+    assert_eq!(
+        h.core.state().transfers[&id].status,
+        TransferStatus::Cancelled
+    );
     // The rest of the body finds nothing to write to.
     let out = h.ls(ls::Input::Body {
         req: 60,
