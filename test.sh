@@ -28,14 +28,17 @@ done
 #   iputils-ping  the test harness's reachability checks
 #   chromium      the browser-peer test drives the node's page in Debian's headless Chromium
 #   nodejs, npm   the page's unit tests (node --test) and the Playwright driver of that test
-debian_packages=(iproute2 nftables iputils-ping chromium nodejs)
+#   openssl       localsendd (below) makes its HTTPS certificate with the openssl command
+debian_packages=(iproute2 nftables iputils-ping chromium nodejs openssl)
 command -v npm >/dev/null 2>&1 || debian_packages+=(npm)
 #   zeroconf      python-zeroconf: the independent mDNS implementation discovery is checked against
 #   aiortc        the independent WebRTC stack of the interop peer (tests/interop/peer.py)
 #   cbor2         the interop peer's CBOR for the transfer protocol (spec 4)
 #   aioquic       the interop peer's QUIC between nodes (spec 6), by aiortc's author
+#   localsendd    an independent LocalSend v2.2 daemon (standard library only) that
+#                 tests/e2e/localsend.rs sends to and receives from
 python_modules=("zeroconf:zeroconf>=0.130" "aiortc:aiortc==1.16.0" "cbor2:cbor2==6.3.0"
-                "aioquic:aioquic==1.7.2")
+                "aioquic:aioquic==1.7.2" "localsendd:localsendd==0.1.1")
 wasm_target=wasm32-unknown-unknown
 #   playwright-core  drives Chromium for tests/e2e/browser.rs (never downloads a browser: it
 #                    runs Debian's /usr/bin/chromium); kept in a cache, not installed globally

@@ -217,6 +217,28 @@ def stream_frames():
     write("stream_frames", "torn_tail", u16(4096) + b"\x02" + frame(opening) + struct.pack(">I", 100) + b"y" * 10)
 
 
+def localsend():
+    # Input: a control byte (bit 0: a PIN is set; bit 1: the claimed device is trusted; bit 2:
+    # the request carries the PIN), then a JSON body.
+    import json
+    fp = "AB" * 32
+    info = {"alias": "phone", "version": "2.1", "deviceModel": "Pixel", "deviceType": "mobile",
+            "fingerprint": fp, "port": 53317, "protocol": "https", "download": False}
+    write("localsend", "announce", b"\x02" + json.dumps(dict(info, announce=True)).encode())
+    write("localsend", "register-http", b"\x00" + json.dumps(dict(info, protocol="http")).encode())
+    files = {
+        "f1": {"id": "f1", "fileName": "photos/cat.jpg", "size": 300, "fileType": "image/jpeg",
+               "sha256": "0f" * 32, "metadata": {"modified": "2021-01-01T12:34:56Z"}},
+        "f2": {"id": "f2", "fileName": "../escape", "size": 1, "fileType": None, "sha256": None},
+        "f3": {"id": "f3", "fileName": "note.txt", "size": 5, "fileType": "text/plain",
+               "preview": "hello"},
+    }
+    prepare = json.dumps({"info": info, "files": files}).encode()
+    for control in (0, 2, 3, 7):
+        write("localsend", f"prepare{control}", bytes([control]) + prepare)
+    write("localsend", "answer", b"\x00" + json.dumps({"sessionId": "s1", "files": {"f1": "t1"}}).encode())
+
+
 if __name__ == "__main__":
     stream_frames()
     transfer_wire()
@@ -224,3 +246,4 @@ if __name__ == "__main__":
     signal()
     sdp()
     names()
+    localsend()

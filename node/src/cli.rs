@@ -230,6 +230,15 @@ pub struct RunArgs {
     /// WebRTC data channel (as `[link] quic = false` in fsnode.toml).
     #[arg(long)]
     pub no_quic: bool,
+
+    /// Also speak LocalSend (protocol v2.1): multicast discovery and HTTPS on its own port,
+    /// under this node's trust list (off by default).
+    #[arg(long)]
+    pub localsend: bool,
+
+    /// LocalSend's port, for HTTPS and multicast (default 53317).
+    #[arg(long, value_name = "PORT")]
+    pub localsend_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,8 @@ pub struct Config {
     pub journal: fsnode_journal::Options,
     /// How links to other fsnode nodes run (`[link]`).
     pub link: LinkSettings,
+    /// LocalSend, when turned on (`--localsend` / `localsend = true`).
+    pub localsend: Option<LocalSendConfig>,
 }
 
 /// The `[link]` table, validated.
@@ -86,6 +88,15 @@ impl LinkFile {
             congestion,
         })
     }
+}
+
+/// LocalSend's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSendConfig {
+    pub port: u16,
+    /// The PIN LocalSend senders must give, if any (`localsend-pin` in the config file only,
+    /// so it never shows in the process list).
+    pub pin: Option<String>,
 }
 
 /// History the journal keeps by default: a month, at most 256 MiB.
@@ -157,6 +168,11 @@ pub struct ConfigFile {
     pub journal: JournalFile,
     #[serde(default)]
     pub link: LinkFile,
+    /// Speak LocalSend too.
+    #[serde(default)]
+    pub localsend: bool,
+    pub localsend_port: Option<u16>,
+    pub localsend_pin: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +197,10 @@ pub enum ConfigError {
     NoInterface(String),
     #[error("the interfaces {0:?} have no usable address (IPv6 link-local ones cannot be served)")]
     NoAddress(Vec<String>),
+    #[error("the LocalSend port must not be 0")]
+    LocalSendPort,
+    #[error("the LocalSend PIN must be 1 to 64 printable characters")]
+    LocalSendPin,
     #[error(transparent)]
     Dirs(#[from] crate::dirs::DirsError),
     /// Said in the message, not as a source: the hint comes last.
@@ -276,7 +296,26 @@ impl Config {
             link.quic = false;
         }
         let chosen = args.port.or(file.port);
+        let localsend = if args.localsend || file.localsend {
+            let port = args
+                .localsend_port
+                .or(file.localsend_port)
+                .unwrap_or(crate::core::localsend::DEFAULT_PORT);
+            if port == 0 {
+                return Err(ConfigError::LocalSendPort);
+            }
+            let pin = file.localsend_pin.clone();
+            if pin.as_ref().is_some_and(|pin| {
+                pin.is_empty() || pin.len() > 64 || pin.chars().any(|c| c.is_control())
+            }) {
+                return Err(ConfigError::LocalSendPin);
+            }
+            Some(LocalSendConfig { port, pin })
+        } else {
+            None
+        };
         Ok(Self {
+            localsend,
             plugins,
             link,
             journal: file.journal.options(),
@@ -338,6 +377,8 @@ mod tests {
             interfaces: vec!["veth1".into()],
             receive_dir: Some("/srv/in".into()),
             no_quic: false,
+            localsend: false,
+            localsend_port: None,
         };
         let from_flags = Config::resolve(Some(home.path()), &args).unwrap();
         assert_eq!(from_flags.name, "flag");
@@ -350,6 +391,45 @@ mod tests {
         assert_eq!(defaults.port, DEFAULT_PORT);
         assert!(defaults.port_is_default);
         assert_eq!(from_flags.dirs.receive, Path::new("/srv/in"));
+        assert_eq!(from_flags.localsend, None, "LocalSend is off by default");
+    }
+
+    #[test]
+    fn localsend_is_one_switch_with_its_own_port_and_an_optional_pin() {
+        let home = tempfile::tempdir().unwrap();
+        let config_dir = home.path().join("config");
+        fs::create_dir_all(&config_dir).unwrap();
+        let flag = RunArgs {
+            localsend: true,
+            ..RunArgs::default()
+        };
+        let on = Config::resolve(Some(home.path()), &flag).unwrap();
+        assert_eq!(
+            on.localsend,
+            Some(LocalSendConfig {
+                port: crate::core::localsend::DEFAULT_PORT,
+                pin: None
+            })
+        );
+        fs::write(
+            config_dir.join("fsnode.toml"),
+            "localsend = true\nlocalsend-port = 53400\nlocalsend-pin = \"4711\"\n",
+        )
+        .unwrap();
+        let from_file = Config::resolve(Some(home.path()), &RunArgs::default()).unwrap();
+        assert_eq!(
+            from_file.localsend,
+            Some(LocalSendConfig {
+                port: 53400,
+                pin: Some("4711".into())
+            })
+        );
+        fs::write(
+            config_dir.join("fsnode.toml"),
+            "localsend = true\nlocalsend-port = 0\n",
+        )
+        .unwrap();
+        assert!(Config::resolve(Some(home.path()), &RunArgs::default()).is_err());
     }
 
     #[test]

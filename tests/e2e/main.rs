@@ -10,6 +10,7 @@ mod faults;
 mod foundation;
 mod hostile;
 mod interop;
+mod localsend;
 mod longevity;
 mod operator;
 mod plugins;

@@ -676,7 +676,8 @@ impl Background {
         })
     }
 
-    fn stderr_text(&self) -> String {
+    /// What the child wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
         self.stderr
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -12,8 +12,15 @@ use sha2::{Digest, Sha256};
 pub const DEVICE_ID_LEN: usize = 52;
 /// The shortest prefix an operator may type to name a device.
 pub const MIN_PREFIX_LEN: usize = 8;
+/// How a LocalSend device's id starts: `ls:` and the SHA-256 of its HTTPS certificate in
+/// lowercase hex (the fingerprint LocalSend apps announce), 67 characters in all. A separate
+/// kind, so that a LocalSend device can never pass for an fsnode device or the reverse.
+pub const LOCALSEND_PREFIX: &str = "ls:";
+/// Length of a LocalSend device id: `ls:` and 64 hex digits.
+pub const LOCALSEND_ID_LEN: usize = LOCALSEND_PREFIX.len() + 64;
 
-/// A validated 52-character device id (`a-z2-7`). Shared, not copied, when cloned: every
+/// A validated device id: 52 characters (`a-z2-7`) for an fsnode device, or `ls:` and 64
+/// lowercase hex digits for a LocalSend device. Shared, not copied, when cloned: every
 /// queued transfer names its peer, and a send of 100,000 files to one device holds one id.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -44,6 +51,24 @@ impl DeviceId {
         Self(encoded.into())
     }
 
+    /// The id of the LocalSend device whose HTTPS certificate has this SHA-256.
+    pub fn from_localsend_fingerprint(digest: &[u8; 32]) -> Self {
+        Self(format!("{LOCALSEND_PREFIX}{}", hex::encode(digest)).into())
+    }
+
+    /// Whether this is a LocalSend device (`ls:` + its certificate's SHA-256).
+    pub fn is_localsend(&self) -> bool {
+        self.0.starts_with(LOCALSEND_PREFIX)
+    }
+
+    /// A LocalSend device's certificate fingerprint (SHA-256), `None` for an fsnode device.
+    pub fn localsend_fingerprint(&self) -> Option<[u8; 32]> {
+        let digits = self.0.strip_prefix(LOCALSEND_PREFIX)?;
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(digits, &mut digest).ok()?;
+        Some(digest)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -58,9 +83,22 @@ impl DeviceId {
         self.0.as_bytes() < peer.0.as_bytes()
     }
 
-    /// Checks that `text` could be a prefix an operator typed (≥ 8 base32 characters).
+    /// Checks that `text` could be a prefix an operator typed (≥ 8 base32 characters, or `ls:`
+    /// and ≥ 8 hex digits).
     pub fn validate_prefix(text: &str) -> Result<String, DeviceIdError> {
         let lower = text.trim().to_ascii_lowercase();
+        if let Some(digits) = lower.strip_prefix(LOCALSEND_PREFIX) {
+            if let Some(bad) = digits.chars().find(|c| !c.is_ascii_hexdigit()) {
+                return Err(DeviceIdError::Character(bad));
+            }
+            if digits.len() < MIN_PREFIX_LEN {
+                return Err(DeviceIdError::PrefixTooShort(lower));
+            }
+            if lower.len() > LOCALSEND_ID_LEN {
+                return Err(DeviceIdError::Length(lower.len()));
+            }
+            return Ok(lower);
+        }
         if let Some(bad) = lower.chars().find(|c| !is_base32_char(*c)) {
             return Err(DeviceIdError::Character(bad));
         }
@@ -81,6 +119,18 @@ fn is_base32_char(c: char) -> bool {
 impl FromStr for DeviceId {
     type Err = DeviceIdError;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(digits) = text.strip_prefix(LOCALSEND_PREFIX) {
+            if let Some(bad) = digits
+                .chars()
+                .find(|c| !c.is_ascii_digit() && !('a'..='f').contains(c))
+            {
+                return Err(DeviceIdError::Character(bad));
+            }
+            if text.len() != LOCALSEND_ID_LEN {
+                return Err(DeviceIdError::Length(text.len()));
+            }
+            return Ok(Self(text.into()));
+        }
         if let Some(bad) = text.chars().find(|c| !is_base32_char(*c)) {
             return Err(DeviceIdError::Character(bad));
         }
@@ -205,6 +255,42 @@ mod tests {
         assert!(DeviceId::validate_prefix("abcdefg").is_err());
         assert_eq!(DeviceId::validate_prefix(" ABCDEFGH ").unwrap(), "abcdefgh");
         assert!(DeviceId::validate_prefix("abcdefg1").is_err());
+    }
+
+    #[test]
+    fn localsend_ids_are_their_own_kind() {
+        let digest = [0xab; 32];
+        let id = DeviceId::from_localsend_fingerprint(&digest);
+        assert_eq!(id.as_str().len(), LOCALSEND_ID_LEN);
+        assert!(id.as_str().starts_with("ls:abab"));
+        assert!(id.is_localsend());
+        assert_eq!(id.localsend_fingerprint(), Some(digest));
+        assert_eq!(id.as_str().parse::<DeviceId>().unwrap(), id);
+        // The same digest as an fsnode device is another device.
+        let fsnode = DeviceId::from_sha256(&digest);
+        assert_ne!(fsnode, id);
+        assert!(!fsnode.is_localsend() && fsnode.localsend_fingerprint().is_none());
+        // Upper-case hex, short, long or non-hex ids are refused.
+        assert!(
+            id.as_str()
+                .to_ascii_uppercase()
+                .parse::<DeviceId>()
+                .is_err()
+        );
+        assert!("ls:abcd".parse::<DeviceId>().is_err());
+        assert!(format!("{id}0").parse::<DeviceId>().is_err());
+        assert!(
+            format!("ls:{}", "g".repeat(64))
+                .parse::<DeviceId>()
+                .is_err()
+        );
+        // Prefixes: `ls:` and at least 8 hex digits, any case.
+        assert_eq!(
+            DeviceId::validate_prefix("LS:ABABABAB").unwrap(),
+            "ls:abababab"
+        );
+        assert!(DeviceId::validate_prefix("ls:abababa").is_err());
+        assert!(DeviceId::validate_prefix("ls:abababaz").is_err());
     }
 
     #[test]

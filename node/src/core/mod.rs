@@ -10,6 +10,7 @@ pub mod device;
 pub mod discovery;
 pub mod event;
 pub mod link;
+pub mod localsend;
 pub mod names;
 pub mod negotiation;
 pub mod node;

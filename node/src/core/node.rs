@@ -164,6 +164,8 @@ pub enum Input {
         peer: DeviceId,
         event: negotiation::Input,
     },
+    /// What the LocalSend adapter reports (requests, bodies, probes, answers, datagrams).
+    LocalSend(super::localsend::Input),
 }
 
 /// One file of a `send` request, for one peer, as the shell found it.
@@ -237,6 +239,8 @@ pub enum Effect {
     /// Ask the plugins, off the node's loop; answer `PolicyAnswer` (an answer that does not
     /// come within [`POLICY_ANSWER_TIMEOUT`] is replaced by the built-in default).
     AskPolicy(PolicyRequest),
+    /// Something for the LocalSend adapter to do (answers, probes, calls, uploads, multicast).
+    LocalSend(super::localsend::Effect),
 }
 
 pub struct Core {
@@ -283,6 +287,8 @@ pub struct Core {
     /// Sends whose slices are still coming (`Input::SendPrepared` with `more`): the transfers
     /// queued so far and their peers.
     sends_queueing: BTreeMap<Token, (Vec<TransferId>, Vec<DeviceId>)>,
+    /// LocalSend, when the operator turned it on.
+    localsend: Option<Box<super::localsend::LocalSend>>,
 }
 
 impl Core {
@@ -320,6 +326,7 @@ impl Core {
             sends_queueing: BTreeMap::new(),
             goodbyes_while_connected: Default::default(),
             unreachable: BTreeMap::new(),
+            localsend: None,
         };
         // Untrusted devices from the journal are held, oldest first, each with its whole
         // budget of changes: none is on the LAN for this run yet (`NodeStarted`), so the first
@@ -359,10 +366,40 @@ impl Core {
             .chain(self.transfers.poll_timeout())
             .chain(self.questions.values().map(|asked| asked.deadline))
             .chain(self.admission.poll_timeout())
+            .chain(self.ls_poll_timeout())
             .min()
     }
 
     pub fn handle(&mut self, input: Input, now: Now) {
+        // A LocalSend id is never an fsnode device: whatever claims one over mDNS or
+        // signaling is ignored (its own kind only comes from the LocalSend adapter).
+        let claims_localsend = match &input {
+            Input::Hello { hello, .. } => hello.id.is_localsend(),
+            Input::Signal { peer, .. } | Input::Channel { peer, .. } | Input::Rtc { peer, .. } => {
+                peer.is_localsend()
+            }
+            Input::Announced(announcement) => {
+                announcement
+                    .instance
+                    .contains(super::device::LOCALSEND_PREFIX)
+                    || announcement
+                        .txt
+                        .get("id")
+                        .is_some_and(|id| id.starts_with(super::device::LOCALSEND_PREFIX))
+            }
+            _ => false,
+        };
+        if claims_localsend {
+            if let Input::Hello { conn, .. } | Input::Signal { conn, .. } = &input {
+                self.out
+                    .push_back(Output::Effect(Effect::CloseSignaling { conn: *conn }));
+            }
+            return;
+        }
+        let wakes_localsend = matches!(
+            input,
+            Input::SendPrepared { more: false, .. } | Input::SourceHashed { .. }
+        );
         match input {
             Input::Announced(announcement) => self.on_announced(&announcement, now),
             Input::Withdrawn { instance } => self.on_withdrawn(&instance, now),
@@ -396,6 +433,9 @@ impl Core {
             } => self.on_signal(conn, peer, message, now),
             Input::Channel { peer, data } => self.on_channel(peer, &data, now),
             Input::Store { id, result } => {
+                if self.ls_store(id, result.clone(), now) {
+                    return;
+                }
                 let mut work = Vec::new();
                 self.transfers
                     .on_store(id, result, &self.state, now.instant, &mut work);
@@ -417,6 +457,10 @@ impl Core {
                     self.drain_negotiation(&peer, now);
                 }
             }
+            Input::LocalSend(input) => self.on_localsend(input, now),
+        }
+        if wakes_localsend {
+            self.ls_try_all(now);
         }
         self.start_waiting_sends(now);
     }
@@ -431,6 +475,7 @@ impl Core {
             .handle_timeout(now.instant, &self.state, &mut work);
         self.run(work, now);
         self.start_waiting_sends(now);
+        self.ls_timeout(now);
         let due: Vec<DeviceId> = self
             .negotiations
             .iter()
@@ -455,8 +500,9 @@ impl Core {
         let probes: Vec<SocketAddr> = self
             .state
             .trusted()
-            .filter(|(_, peer)| {
-                !peer.discovered
+            .filter(|(id, peer)| {
+                !id.is_localsend()
+                    && !peer.discovered
                     && matches!(
                         peer.connection,
                         super::ConnectionState::NotConnected | super::ConnectionState::Failed(_)
@@ -495,6 +541,7 @@ impl Core {
 }
 
 mod commands;
+mod localsend;
 mod negotiations;
 mod questions;
 mod sightings;
@@ -504,5 +551,7 @@ mod trust_decisions;
 
 use questions::{Asked, Waiting};
 
+#[cfg(test)]
+mod localsend_tests;
 #[cfg(test)]
 mod tests;

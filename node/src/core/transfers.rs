@@ -71,6 +71,21 @@ pub enum StoreOp {
         /// this transfer's own, finished file, taken as the result instead of a `name (1).ext`.
         adopt_identical: bool,
     },
+    /// LocalSend receiver: write `data` at `offset` of the `.part` opened by `Prepare`, and with
+    /// `sync` fdatasync it after; report `Appended`. The protocol has no chunk hashes: the whole
+    /// file's is checked by `FinalizeStream`.
+    Append {
+        offset: u64,
+        data: Vec<u8>,
+        sync: bool,
+    },
+    /// LocalSend receiver: `Finalize`, checking the whole file's SHA-256 against `sha256` when
+    /// the sender gave one (always computed, over the bytes as they were written).
+    FinalizeStream {
+        sha256: Option<[u8; 32]>,
+        mode: Option<u32>,
+        mtime: Option<i64>,
+    },
     /// Receiver: delete the `.part`.
     DeletePart,
     /// Receiver: delete the `.part` of `name` (relative to the receive directory) without
@@ -110,6 +125,12 @@ pub enum StoreResult {
         reason: String,
     },
     Synced,
+    /// An `Append` ending at `end` is written (and synced, with everything before it, when
+    /// `synced`).
+    Appended {
+        end: u64,
+        synced: bool,
+    },
     Finalized {
         path: PathBuf,
     },
@@ -924,6 +945,8 @@ impl Transfers {
             StoreResult::WriteFailed { reason } => RecvInput::WriteFailed { reason },
             StoreResult::NoSpace { reason } => RecvInput::NoSpace { reason },
             StoreResult::Synced => RecvInput::Synced,
+            // Only LocalSend uploads append; the core routes their results elsewhere.
+            StoreResult::Appended { .. } => return,
             StoreResult::Finalized { path } => RecvInput::Finalized { path },
             StoreResult::FinalizeFailed { reason } => RecvInput::FinalizeFailed { reason },
             StoreResult::ChunkRead {

@@ -7,6 +7,7 @@ pub mod control;
 pub mod event_log;
 pub mod followers;
 pub mod local_names;
+pub mod localsend;
 pub mod mdns;
 pub mod network;
 pub mod policy;

@@ -193,6 +193,39 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .into_iter()
             .map(|ip| network::page_url(ip, port))
             .collect();
+        // LocalSend, when on: its HTTPS port and multicast group on the same addresses.
+        let localsend = match &config.localsend {
+            Some(settings) => {
+                let (cert, key, fingerprint) =
+                    crate::shell::localsend::certificate(&dirs.data.join("localsend.pem"))?;
+                let adapter = crate::shell::localsend::LocalSendAdapter::start(
+                    &addresses,
+                    settings.port,
+                    cert,
+                    key,
+                    inputs_tx.clone(),
+                )
+                .await?;
+                info!(
+                    port = settings.port,
+                    fingerprint = %hex::encode(fingerprint),
+                    "LocalSend on"
+                );
+                Some((
+                    adapter,
+                    crate::core::localsend::Settings {
+                        fingerprint,
+                        port: settings.port,
+                        pin: settings.pin.clone(),
+                        device_type: match config.device_type {
+                            crate::core::DeviceType::Server => "server",
+                            _ => "headless",
+                        },
+                    },
+                ))
+            }
+            None => None,
+        };
         info!(
             device_id = %me.id,
             name = %me.name,
@@ -216,8 +249,17 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
             .context("starting the policy thread")?;
         // New or changed plugins are loaded without a restart.
         let _plugin_dir_watch = policy.watch_dir(config.plugins.clone());
+        let (localsend, localsend_settings) = match localsend {
+            Some((adapter, settings)) => (Some(adapter), Some(settings)),
+            None => (None, None),
+        };
+        let mut core = Core::new(me, state, clock.now());
+        if let Some(settings) = localsend_settings {
+            core.enable_localsend(settings, clock.now());
+        }
         let mut node = NodeLoop {
-            core: Core::new(me, state, clock.now()),
+            core,
+            localsend,
             policy,
             journal: &journal,
             clock: &clock,
@@ -352,6 +394,8 @@ struct Client {
 /// its replies and effects (event first, then effect).
 struct NodeLoop<'a> {
     core: Core,
+    /// LocalSend's HTTPS and multicast, when on.
+    localsend: Option<crate::shell::localsend::LocalSendAdapter>,
     /// Runs the plugins off this loop.
     policy: PolicyThread,
     journal: &'a Journal<JournalEntry>,
@@ -691,7 +735,9 @@ impl NodeLoop<'_> {
             changed,
         } = outputs;
         for (_, stamped) in &journaled {
-            if let Event::PeerDiscovered { peer, .. } = &stamped.event {
+            if let Event::PeerDiscovered { peer, .. } = &stamped.event
+                && !peer.is_localsend()
+            {
                 let route = self.core.route(peer);
                 self.route(
                     RouterInput::Seen {
@@ -755,6 +801,11 @@ impl NodeLoop<'_> {
                 }) => {
                     let prepared = self.prepared.clone();
                     runtime::spawn(prepare_send(token, paths, peers, prepared)).detach();
+                }
+                Output::Effect(Effect::LocalSend(effect)) => {
+                    if let Some(adapter) = &mut self.localsend {
+                        adapter.act(effect);
+                    }
                 }
                 Output::Event(_) => unreachable!("events were journaled above"),
             }

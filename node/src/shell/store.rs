@@ -414,6 +414,18 @@ impl PartFile {
         mtime: Option<i64>,
         hashed: WholeFileHash,
     ) -> Result<PathBuf, StoreError> {
+        self.finalize_checking(Some(expected), mode, mtime, hashed)
+    }
+
+    /// [`finalize_hashed`](Self::finalize_hashed), checking the hash only when one is
+    /// `expected` (a LocalSend sender may give none).
+    pub fn finalize_checking(
+        &self,
+        expected: Option<&[u8; 32]>,
+        mode: u32,
+        mtime: Option<i64>,
+        hashed: WholeFileHash,
+    ) -> Result<PathBuf, StoreError> {
         let io_error = |source| StoreError::Io {
             path: self.part_path.clone(),
             source,
@@ -426,7 +438,8 @@ impl PartFile {
         )
         .map_err(|e| io_error(e.into()))?;
         let file = File::from(fd);
-        if hashed.finish(&file).map_err(io_error)? != *expected {
+        let actual = hashed.finish(&file).map_err(io_error)?;
+        if expected.is_some_and(|expected| actual != *expected) {
             return Err(StoreError::HashMismatch);
         }
         file.set_permissions(Permissions::from_mode(mode & 0o7777))
@@ -645,6 +658,11 @@ impl PartWriter {
             self.file.set_len(size)?;
         }
         Ok(())
+    }
+
+    /// Writes `data` at `offset` (a LocalSend upload: no chunk hash to check).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
     }
 
     /// Makes every write so far durable (`fdatasync`).

@@ -268,6 +268,59 @@ impl Files {
                     },
                 }
             }
+            StoreOp::Append { offset, data, sync } => match &self.writer {
+                Some(writer) => match writer
+                    .write_at(offset, &data)
+                    .and_then(|()| if sync { writer.sync() } else { Ok(()) })
+                {
+                    Ok(()) => {
+                        self.hashed.wrote(offset, &data);
+                        StoreResult::Appended {
+                            end: offset + data.len() as u64,
+                            synced: sync,
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::StorageFull => {
+                        StoreResult::NoSpace {
+                            reason: "the receive directory's disk is full".into(),
+                        }
+                    }
+                    Err(err) => StoreResult::WriteFailed {
+                        reason: err.to_string(),
+                    },
+                },
+                None => StoreResult::WriteFailed {
+                    reason: "the .part file is not open".into(),
+                },
+            },
+            StoreOp::FinalizeStream {
+                sha256,
+                mode,
+                mtime,
+            } => {
+                self.writer = None;
+                let Some(part) = &self.part else {
+                    return Some(StoreResult::FinalizeFailed {
+                        reason: "the .part file is not open".into(),
+                    });
+                };
+                let hashed = std::mem::take(&mut self.hashed);
+                match part.finalize_checking(
+                    sha256.as_ref(),
+                    names::mode_for(mode, self.umask),
+                    mtime,
+                    hashed,
+                ) {
+                    Ok(path) => StoreResult::Finalized { path },
+                    Err(StoreError::HashMismatch) => StoreResult::FinalizeFailed {
+                        reason: "the file's SHA-256 differs from the one the sender announced"
+                            .into(),
+                    },
+                    Err(err) => StoreResult::FinalizeFailed {
+                        reason: err.to_string(),
+                    },
+                }
+            }
             StoreOp::DeletePart => {
                 self.writer = None;
                 if let Some(part) = &self.part

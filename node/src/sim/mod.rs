@@ -335,6 +335,12 @@ impl SimStore {
                 self.open.remove(&id);
                 return None;
             }
+            // The simulated nodes speak no LocalSend.
+            StoreOp::Append { .. } | StoreOp::FinalizeStream { .. } => {
+                return Some(StoreResult::WriteFailed {
+                    reason: "LocalSend is not simulated".into(),
+                });
+            }
         })
     }
 }
@@ -612,7 +618,7 @@ impl SimNode {
             Output::Event(_) => {}
             Output::Outcome { token, outcome } => self.replies.push((token, outcome)),
             Output::Effect(effect) => match effect {
-                Effect::TrustChanged => {}
+                Effect::TrustChanged | Effect::LocalSend(_) => {}
                 // The simulated nodes run without plugins (the core then decides at once and
                 // never asks); should it ask, the answer is what an empty plugin host says.
                 Effect::AskPolicy(request) => {

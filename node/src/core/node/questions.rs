@@ -31,6 +31,15 @@ pub(super) enum Waiting {
     Schedule { peer: DeviceId },
     /// A received file's `Finalize`, sent to the store with the mode policy gives.
     Finalize { id: TransferId, op: StoreOp },
+    /// A LocalSend `prepare-upload` from an untrusted device, resumed if policy trusts it.
+    LocalSendTrust {
+        req: crate::core::localsend::RequestId,
+    },
+    /// File `index` of a LocalSend `prepare-upload`: accepted (where) or refused.
+    LocalSendFile {
+        req: crate::core::localsend::RequestId,
+        index: usize,
+    },
 }
 
 impl Core {
@@ -172,10 +181,22 @@ impl Core {
                 }
             }
             (Waiting::Finalize { id, mut op }, Decision::Mode(decided)) => {
-                if let StoreOp::Finalize { mode, .. } = &mut op {
+                if let StoreOp::Finalize { mode, .. } | StoreOp::FinalizeStream { mode, .. } =
+                    &mut op
+                {
                     *mode = decided.or(*mode);
                 }
                 self.out.push_back(Output::Effect(Effect::Store { id, op }));
+            }
+            (Waiting::LocalSendTrust { req }, decision @ Decision::Trust { .. }) => {
+                self.ls_trust_decided(req, decision, now)
+            }
+            (Waiting::LocalSendFile { req, index }, Decision::Accept(answer)) => {
+                let decided = match answer {
+                    AcceptAnswer::Accept { dir } => Ok(dir),
+                    AcceptAnswer::Reject { reason } => Err(reason),
+                };
+                self.ls_decided(req, index, decided, now);
             }
             // `Question::decide` answers each question with a decision of its own kind.
             (waiting, decision) => {

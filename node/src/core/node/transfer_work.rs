@@ -336,6 +336,9 @@ impl Core {
             );
             return Outcome::refused(RefusalKind::Finished, message);
         }
+        if self.ls_cancel(&id, now) {
+            return Outcome::Cancelled(id);
+        }
         let mut work = Vec::new();
         let live = self.transfers.cancel_local(&id, now.instant, &mut work);
         self.run(work, now);
