@@ -275,6 +275,18 @@ pub enum JournalCommand {
     },
     /// Check every record's checksum and sequence; exit non-zero if the journal is damaged.
     Verify,
+    /// Cut a damaged journal at its first damaged record so the node can start again. Says
+    /// first how many records it keeps and how many it cuts, and asks (or --yes); what it cuts
+    /// is moved into a directory beside the journal, never deleted. Stop the node first.
+    Repair {
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long)]
+        yes: bool,
+        /// Where to move what is cut (default: `journal.cut-TIME` beside the journal; it must
+        /// be on the same file system).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
     /// Rebuild the node's state (peers, trust, transfers and their progress) from the journal,
     /// optionally only up to a sequence number: what the node believed at that point.
     Replay {

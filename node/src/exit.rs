@@ -45,6 +45,12 @@ pub struct PortInUse {
     pub address: std::net::IpAddr,
 }
 
+/// A damaged journal, said with what `fsnode journal repair` would keep and cut (exit code
+/// [`JOURNAL`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalDamaged(pub String);
+
 /// The exit code for an error that reached `main`.
 pub fn code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
@@ -63,7 +69,7 @@ pub fn code_for(error: &anyhow::Error) -> u8 {
         if cause.is::<crate::commands::TransfersFailed>() {
             return TRANSFER_FAILED;
         }
-        if cause.is::<AlreadyRunning>() {
+        if cause.is::<AlreadyRunning>() || cause.is::<JournalDamaged>() {
             return JOURNAL;
         }
         if cause.is::<PortInUse>() {

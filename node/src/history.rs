@@ -147,7 +147,10 @@ mod tests {
         journal.close().unwrap();
         let reader = Reader::open(dir.path(), Options::default()).unwrap();
         let row = find_finished(&reader, "abab").unwrap().expect("found");
-        assert_eq!((row.name.as_str(), row.status), ("a.txt", TransferStatus::Completed));
+        assert_eq!(
+            (row.name.as_str(), row.status),
+            ("a.txt", TransferStatus::Completed)
+        );
         let row = find_finished(&reader, "cdcdcdcd").unwrap().expect("found");
         assert_eq!(row.status, TransferStatus::Failed);
         assert_eq!(row.reason.as_deref(), Some("source file changed"));

@@ -146,7 +146,9 @@ pub fn fairness_benchmark(opts: &Opts, data: &Path) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(data.join(format!("fair-recv-{i}")));
         }
     }
-    println!("fairness summary (MB/s): controller, TCP alone, TCP beside fsnode, fsnode beside TCP");
+    println!(
+        "fairness summary (MB/s): controller, TCP alone, TCP beside fsnode, fsnode beside TCP"
+    );
     for (label, alone, shared, fsnode) in summary {
         println!("  {label}: {alone:.1}, {shared:.1}, {fsnode:.1}");
     }
@@ -193,10 +195,7 @@ fn tcp_for(lan: &Lan, seconds: u64) -> anyhow::Result<(f64, f64)> {
     let mut numbers = report
         .split_whitespace()
         .filter_map(|w| w.parse::<f64>().ok());
-    let (bytes, secs) = (
-        numbers.next().unwrap_or(0.0),
-        numbers.next().unwrap_or(1.0),
-    );
+    let (bytes, secs) = (numbers.next().unwrap_or(0.0), numbers.next().unwrap_or(1.0));
     Ok((bytes / 1e6 / secs, secs))
 }
 

@@ -1,4 +1,4 @@
-//! The `loss` part (issue 15): one file between two nodes on the veth LAN (MTU 1500, unshaped)
+//! The `loss` part: one file between two nodes on the veth LAN (MTU 1500, unshaped)
 //! while nftables drops a share of the packets in each direction (`numgen random` on the
 //! receiver's input and output),
 //! beside a plain TCP copy over the same link in the same run, at 1 %, 2 % and 5 %.

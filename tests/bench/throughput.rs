@@ -177,7 +177,7 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     if want("many") {
-        // One `send DIR` of 100,000 files: bounded memory whatever the queue (issue 13).
+        // One `send DIR` of 100,000 files: bounded memory whatever the queue.
         small_files(&opts, work.path(), "many files", opts.many_files, 1)?;
     }
     if want("fanout") {
@@ -572,7 +572,12 @@ fn pair_benchmark(opts: &Opts, data: &Path, big: &Path, topology: Topology) -> a
     let t = median(tcp.iter().map(|s| s.mbps).collect());
     let min = fs_runs.iter().map(|s| s.mbps).fold(f64::INFINITY, f64::min);
     let gib = size as f64 / (1u64 << 30) as f64;
-    let cpu = median(fs_runs.iter().map(|s| (s.cpu[0] + s.cpu[1]) / gib).collect());
+    let cpu = median(
+        fs_runs
+            .iter()
+            .map(|s| (s.cpu[0] + s.cpu[1]) / gib)
+            .collect(),
+    );
     println!(
         "{topology:?} median: fsnode {f:.1} MB/s, tcp {t:.1} MB/s, ratio {:.1} %, slowest run {:.1} MB/s \
          ({:.0} % of median); {cpu:.2} CPU-s/GiB for both nodes; peak RSS sender {:.0} MiB \

@@ -258,7 +258,7 @@ fn commands_say_clearly_when_no_node_is_running() {
     );
     let out = home.run(&["transfers"]).unwrap();
     assert_eq!(out.code, Some(3));
-    // Trust is provisioned without a node (issue 13): it reads the journal instead.
+    // Trust is provisioned without a node: it reads the journal instead.
     let out = home.run(&["trust", "list"]).unwrap();
     assert!(out.success(), "{out:?}");
 }

@@ -1,4 +1,4 @@
-//! Fault injection (issue 8): packet loss, a long cut, a torn journal. Each case checks that the
+//! Fault injection: packet loss, a long cut, a torn journal. Each case checks that the
 //! file arrives byte-identical, that both journals verify, and that no `.part` is left behind.
 //! The kill -9, full-disk and hostile-input cases live with the transfer tests.
 

@@ -245,3 +245,92 @@ fn journal_commands_explain_a_missing_journal() {
     assert!(!out.success());
     assert!(out.stderr.contains("no journal at"), "{}", out.stderr);
 }
+
+/// A journal damaged in its first record: `verify` and `run` say what a repair keeps and cuts
+/// and name `fsnode journal repair`; the repair asks (refused without a terminal or `--yes`,
+/// nothing changed), then with `--yes` cuts at the damage, moves what it cut beside the journal,
+/// and the node starts again.
+#[test]
+fn a_damaged_journal_is_repaired_keeping_what_it_cuts() {
+    let (_lan, mut home) = lan_home();
+    for _ in 0..2 {
+        start_and_wait(&mut home);
+        home.stop_with(Signal::TERM, Duration::from_secs(10))
+            .unwrap();
+    }
+    let mut segments: Vec<_> = fs::read_dir(home.journal_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    let first = &segments[0];
+    let mut bytes = fs::read(first).unwrap();
+    // A byte inside the first record's payload: its checksum no longer holds.
+    let at = fsnode_journal::SEGMENT_HEADER_LEN as usize + fsnode_journal::FRAME_HEADER_LEN + 2;
+    bytes[at] ^= 0x55;
+    fs::write(first, &bytes).unwrap();
+
+    let verify = home.run(&["journal", "verify"]).unwrap();
+    assert_eq!(verify.code, Some(4), "{verify:?}");
+    assert!(
+        verify.stderr.contains("fsnode journal repair")
+            && verify.stderr.contains("keeps the 0 record(s)")
+            && verify.stderr.contains("moves the 4 record(s)"),
+        "verify names the repair and its count: {}",
+        verify.stderr
+    );
+    let run = home
+        .run(&["run", "--name", "e2e-node", "--interface", "eth0"])
+        .unwrap();
+    assert_eq!(run.code, Some(4), "{run:?}");
+    assert!(
+        run.stderr.contains("fsnode journal repair"),
+        "{}",
+        run.stderr
+    );
+
+    let asked = home.run(&["journal", "repair"]).unwrap();
+    assert!(!asked.success(), "{asked:?}");
+    assert!(asked.stderr.contains("--yes"), "{}", asked.stderr);
+    assert_eq!(
+        fs::read(first).unwrap(),
+        bytes,
+        "nothing changed without a yes"
+    );
+
+    let repaired = home.run(&["journal", "repair", "--yes"]).unwrap();
+    assert!(repaired.success(), "{repaired:?}");
+    assert!(
+        repaired.stdout.contains("cuts 4 record(s)"),
+        "{}",
+        repaired.stdout
+    );
+    let cut: Vec<_> = fs::read_dir(home.journal_dir().parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("journal.cut-")
+        })
+        .collect();
+    assert_eq!(cut.len(), 1, "what was cut is kept beside the journal");
+    let kept_bytes: u64 = fs::read_dir(&cut[0])
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        kept_bytes > 0,
+        "the cut records are in {}",
+        cut[0].display()
+    );
+    let verify = home.run(&["journal", "verify"]).unwrap();
+    assert!(verify.success(), "{verify:?}");
+
+    start_and_wait(&mut home);
+    home.stop_with(Signal::TERM, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(event_types(&home), ["NodeStarted", "NodeStopped"]);
+}

@@ -1,4 +1,4 @@
-//! A hostile LAN (issue 14): what unauthenticated hosts send cannot grow, redirect or stop a
+//! A hostile LAN: what unauthenticated hosts send cannot grow, redirect or stop a
 //! node. A random-id `hello` flood from one host, and a `hello` impostor of a trusted device.
 //! The offer-and-garbage flood and the mDNS impostor live with the fault tests.
 
@@ -44,7 +44,7 @@ fn timed_send(a: &Node, b: &Node, b_id: &str, name: &str, mib: usize, seed: u64)
     secs
 }
 
-/// Issue 14's first attack: `hello`s with random device ids, one per TCP connection, as fast
+/// The first attack: `hello`s with random device ids, one per TCP connection, as fast
 /// as one host can open them, while a trusted transfer runs. The node records a bounded few
 /// (journal growth ≤ 2 MiB), its control socket answers within 1 s throughout, the transfer
 /// keeps at least half its rate, and the node restarts within 3 s afterwards.
@@ -183,7 +183,7 @@ stats["per_second"] = round(count / max(stats["seconds"], 0.001))
 print(json.dumps(stats))
 "#;
 
-/// Issue 14's second attack: a `hello` claiming a trusted, connected device's id, from another
+/// The second attack: a `hello` claiming a trusted, connected device's id, from another
 /// host and advertising port 1, then an offer and garbage on that connection. The node's
 /// record of the device (addresses, port), its live session and its route stay as they were.
 #[test]

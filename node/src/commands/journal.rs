@@ -1,5 +1,6 @@
 //! `fsnode journal show|verify|replay`: read a journal without a running node (also a copied
-//! journal directory), never modifying it.
+//! journal directory), never modifying it; `fsnode journal repair`: cut a damaged one at its
+//! first damage, keeping what it cuts.
 
 use std::io::Write;
 use std::path::Path;
@@ -33,12 +34,142 @@ pub fn journal(home: Option<&Path>, args: &JournalArgs) -> anyhow::Result<()> {
             show(&reader, &mut out, *json, from.unwrap_or(0))
         }
         JournalCommand::Verify => {
-            verify(&reader, &dir, &mut out)?;
+            verify(&reader, &dir, &mut out).map_err(|err| with_repair_hint(err, &dir))?;
             writeln!(out, "  {}", history(&reader)?)?;
             Ok(())
         }
         JournalCommand::Replay { until, json } => replay(&reader, &mut out, *until, *json),
+        JournalCommand::Repair { yes, keep } => {
+            repair(&reader, &dir, keep.as_deref(), *yes, &mut out)
+        }
     }
+}
+
+/// What a repair would do with the damage in `dir`, as advice appended to an error about it:
+/// `None` when the journal has no damage a repair would cut.
+pub fn repair_hint(dir: &Path) -> Option<String> {
+    let reader = Reader::<JournalEntry>::open(dir, Options::default()).ok()?;
+    let damage = reader.damage().ok()??;
+    Some(format!(
+        "`fsnode journal repair` cuts the journal there: it keeps the {} record(s) before the \
+         damage and moves the {} record(s) from it on (the damaged one included) into a \
+         directory beside the journal",
+        damage.records_kept, damage.records_lost
+    ))
+}
+
+/// `err` (about the journal in `dir`) with [`repair_hint`] said after it when there is damage
+/// to cut.
+pub fn with_repair_hint(err: anyhow::Error, dir: &Path) -> anyhow::Error {
+    match repair_hint(dir) {
+        Some(hint) => crate::exit::JournalDamaged(format!("{err:#}; {hint}")).into(),
+        None => err,
+    }
+}
+
+fn repair(
+    reader: &Reader<JournalEntry>,
+    dir: &Path,
+    keep: Option<&Path>,
+    yes: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let damage = reader
+        .damage()
+        .with_context(|| format!("reading the journal at {}", dir.display()))?;
+    let Some(damage) = damage else {
+        writeln!(
+            out,
+            "journal {}: no damage; nothing to repair (a torn last record is dropped by the node \
+             itself when it starts)",
+            dir.display()
+        )?;
+        return Ok(());
+    };
+    let keep = match keep {
+        Some(keep) => keep.to_owned(),
+        None => {
+            use crate::shell::runtime::{Clock, SystemClock};
+            let stamp = humantime::format_rfc3339_seconds(SystemClock.wall())
+                .to_string()
+                .replace(':', "");
+            dir.with_file_name(format!(
+                "{}.cut-{stamp}",
+                dir.file_name()
+                    .map_or("journal".into(), |n| n.to_string_lossy())
+            ))
+        }
+    };
+    writeln!(
+        out,
+        "journal {}: damaged in {} at byte {}: {}",
+        dir.display(),
+        damage.segment.display(),
+        damage.offset,
+        damage.reason
+    )?;
+    writeln!(
+        out,
+        "  a repair keeps the {} record(s) before the damage and cuts {} record(s) (the damaged \
+         one and every intact one after it{}), moving them into {}",
+        damage.records_kept,
+        damage.records_lost,
+        if damage.later_segments.is_empty() {
+            String::new()
+        } else {
+            format!(", with {} later segment(s)", damage.later_segments.len())
+        },
+        keep.display()
+    )?;
+    out.flush()?;
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            bail!("not repaired: confirm with --yes (stdin is not a terminal to ask on)");
+        }
+        eprint!("Repair? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("not repaired: nothing was changed");
+        }
+    }
+    let repaired = fsnode_journal::repair(dir, &Options::default(), &keep).with_context(|| {
+        match dir.parent() {
+            Some(_) => format!(
+                "repairing the journal at {} (a running node holds its lock: stop it first)",
+                dir.display()
+            ),
+            None => format!("repairing the journal at {}", dir.display()),
+        }
+    })?;
+    match repaired {
+        Some(repaired) => {
+            writeln!(
+                out,
+                "repaired: {} record(s) kept; what was cut is in {}",
+                repaired.damage.records_kept,
+                repaired
+                    .kept_in
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+            writeln!(
+                out,
+                "  `fsnode journal verify` checks the result; `fsnode run` starts the node"
+            )?;
+        }
+        None => writeln!(
+            out,
+            "journal {}: no damage any more; nothing was cut",
+            dir.display()
+        )?,
+    }
+    Ok(())
 }
 
 fn show(

@@ -3,7 +3,7 @@
 
 pub mod client;
 mod id;
-mod journal;
+pub(crate) mod journal;
 mod peers;
 mod plugins;
 mod provision;

@@ -87,6 +87,12 @@ pub enum Input {
     Lost {
         reason: String,
     },
+    /// The link's handshake (DTLS or QUIC) met a certificate that is not the peer's: lost like
+    /// `Lost`; the core journals the impostor (`FingerprintMismatch`) first.
+    CertificateRefused {
+        presented: DeviceId,
+        reason: String,
+    },
     /// The peer said `bye` (e.g. `unauthorized`).
     Bye {
         reason: String,
@@ -319,7 +325,7 @@ impl Negotiation {
                     });
                 }
             }
-            Input::Lost { reason } => {
+            Input::Lost { reason } | Input::CertificateRefused { reason, .. } => {
                 if !self.has_connection {
                     // A report from a connection already closed on purpose.
                     return;

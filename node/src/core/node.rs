@@ -452,6 +452,12 @@ impl Core {
                 self.use_plugins(loaded, disabled, now);
             }
             Input::Rtc { peer, event } => {
+                if let negotiation::Input::CertificateRefused { presented, .. } = &event
+                    && self.negotiations.contains_key(&peer)
+                {
+                    let presented = format!("certificate of {presented}");
+                    self.record_mismatch(&peer, None, presented, now);
+                }
                 if let Some(negotiation) = self.negotiations.get_mut(&peer) {
                     negotiation.handle(event, now.instant);
                     self.drain_negotiation(&peer, now);

@@ -112,14 +112,19 @@ pub fn run(home: Option<&Path>, args: &RunArgs) -> anyhow::Result<()> {
 
     let journal_dir = dirs.journal();
     let (journal, report) = open_journal_waiting(&journal_dir, &config.journal)
-        .with_context(|| format!("opening the journal at {}", journal_dir.display()))?;
+        .with_context(|| format!("opening the journal at {}", journal_dir.display()))
+        .map_err(|err| crate::commands::journal::with_repair_hint(err, &journal_dir))?;
     if let Some(torn) = &report.truncated_tail {
         warn!(
             "the journal's last record was torn (the node stopped mid-write) and was dropped: {}",
             record::describe_torn(torn)
         );
     }
-    let (mut state, _) = record::fold(journal.replay()?, None)?;
+    let (mut state, _) = journal
+        .replay()
+        .and_then(|records| record::fold(records, None))
+        .with_context(|| format!("reading the journal at {}", journal_dir.display()))
+        .map_err(|err| crate::commands::journal::with_repair_hint(err, &journal_dir))?;
     if report.records > COMPACT_AFTER_RECORDS {
         // A snapshot only saves time at the next start: failing to write one is no reason
         // not to start now.

@@ -1,4 +1,4 @@
-//! The whole-node deterministic simulation (issue 15): several nodes — each the real `Core`,
+//! The whole-node deterministic simulation: several nodes — each the real `Core`,
 //! the real signaling `Router` and the real link sessions (`core::link::sessions`, ICE + DTLS +
 //! SCTP) — over a simulated network in virtual time. Nothing reads a clock or the OS's
 //! randomness after the start: every delay, loss, reordering and key comes from the world's

@@ -1005,7 +1005,6 @@ impl Link {
             return;
         }
         tracing::debug!(peer = %self.config.peer, "link lost: {error}");
-        self.log_sctp_totals();
         self.out.push_back(Output::Event(Event::Lost(error)));
         let _ = self.agent.close();
         self.phase = Phase::Closed;

@@ -85,6 +85,7 @@ const INCOMING_BUFFER: u64 = 64 * 1024;
 const CLOSE_NORMAL: u32 = 0;
 const CLOSE_FRAME_TOO_LARGE: u32 = 1;
 const CLOSE_CHANNEL_CLOSED: u32 = 2;
+const CLOSE_CERTIFICATE: u32 = 3;
 
 /// The congestion controller of QUIC sessions (`[link] congestion`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,9 +429,13 @@ impl Quic {
         while let Some(event) = self.connection.as_mut().and_then(|c| c.poll()) {
             progressed = true;
             match event {
-                QuicEvent::Connected => self.on_connected(sink),
+                QuicEvent::Connected => self.on_connected(now, sink),
                 QuicEvent::ConnectionLost { reason } => {
                     let error = self.lost_error(reason);
+                    // A failure found here (our verifier refused the peer's certificate, a
+                    // protocol violation) has a CONNECTION_CLOSE queued: the peer learns of it
+                    // at once instead of from its idle timer.
+                    self.send_pending(now, sink);
                     self.closed = true;
                     sink.lose(error);
                     return true;
@@ -462,7 +467,7 @@ impl Quic {
         progressed
     }
 
-    fn on_connected(&mut self, sink: &mut Sink<'_>) {
+    fn on_connected(&mut self, now: Instant, sink: &mut Sink<'_>) {
         let Some(connection) = self.connection.as_mut() else {
             return;
         };
@@ -484,7 +489,7 @@ impl Quic {
         match presented {
             Some(id) if id == self.peer => {}
             Some(got) => {
-                self.closed = true;
+                self.close_with(now, CLOSE_CERTIFICATE, b"certificate refused", sink);
                 sink.lose(LinkError::FingerprintMismatch {
                     expected: self.peer.clone(),
                     got,
@@ -492,7 +497,7 @@ impl Quic {
                 return;
             }
             None => {
-                self.closed = true;
+                self.close_with(now, CLOSE_CERTIFICATE, b"no certificate", sink);
                 sink.lose(LinkError::NoCertificate);
                 return;
             }
@@ -704,9 +709,17 @@ impl Quic {
         if self.closed {
             return;
         }
-        self.closed = true;
         if let Some(connection) = self.connection.as_mut() {
             connection.close(now, VarInt::from_u32(code), Bytes::copy_from_slice(reason));
+        }
+        self.send_pending(now, sink);
+        self.closed = true;
+    }
+
+    /// Hands whatever quinn has to send now (a CONNECTION_CLOSE at the end) to `sink`, one
+    /// datagram at a time.
+    fn send_pending(&mut self, now: Instant, sink: &mut Sink<'_>) {
+        if let Some(connection) = self.connection.as_mut() {
             let mut buffer = Vec::new();
             while let Some(transmit) = connection.poll_transmit(now, 1, &mut buffer) {
                 buffer.truncate(transmit.size);

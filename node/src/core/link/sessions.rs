@@ -22,7 +22,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{
-    Event, Input as LinkInput, Link, LinkConfig, Output as LinkOutput, Transmit, TransportKind,
+    Event, Input as LinkInput, Link, LinkConfig, LinkError, Output as LinkOutput, Transmit,
+    TransportKind,
 };
 use crate::core::negotiation::{Action, Input as NegotiationInput};
 
@@ -421,8 +422,15 @@ impl Sessions {
             }
             // A replaced session's end concerns nobody; the newest one's is negotiation's.
             if was_newest {
-                reports.push(Report::Negotiation(NegotiationInput::Lost {
-                    reason: error.to_string(),
+                let reason = error.to_string();
+                reports.push(Report::Negotiation(match error {
+                    LinkError::FingerprintMismatch { got, .. } => {
+                        NegotiationInput::CertificateRefused {
+                            presented: got,
+                            reason,
+                        }
+                    }
+                    _ => NegotiationInput::Lost { reason },
                 }));
             } else {
                 tracing::debug!("an older session ended: {error}");

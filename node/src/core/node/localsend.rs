@@ -121,27 +121,17 @@ impl Core {
         self.ls_sighting(&id, claim, ip, now);
     }
 
-    /// Admission for an untrusted LocalSend device: held and journaled within its bounds.
-    /// `false` when it was dropped.
+    /// Admission for an untrusted LocalSend device: held, and its changes journaled within
+    /// its budget, as for an mDNS sighting. `false` when it was dropped.
     fn ls_sighting(&mut self, id: &DeviceId, claim: &wire::Claim, ip: IpAddr, now: Now) -> bool {
-        match self.admission.sighting(id, Some(ip), false, now.instant) {
-            Verdict::Dropped => false,
-            Verdict::Quiet => true,
-            Verdict::Record => {
-                self.emit(
-                    Event::PeerDiscovered {
-                        peer: id.clone(),
-                        name: claim.alias.clone(),
-                        device_type: claim.device_type,
-                        addresses: vec![ip],
-                        port: claim.port,
-                    },
-                    now,
-                );
-                self.admission.journaled(id, now.instant);
-                true
-            }
-        }
+        let sighting = Sighting {
+            name: claim.alias.clone(),
+            device_type: claim.device_type,
+            addresses: vec![ip],
+            port: claim.port,
+        };
+        self.seen_untrusted(id.clone(), sighting, Some(ip), false, now);
+        self.admission.holds(id)
     }
 
     fn ls_announced(&mut self, claim: &wire::Claim, ip: IpAddr, now: Now) {
@@ -276,7 +266,7 @@ impl Core {
                 Stage::Files => {
                     if pending.pin_ok && !self.state.is_trusted(&pending.device) {
                         // The operator's PIN and a fingerprint verified at this address.
-                        self.admission.sighting(
+                        self.admission.admit(
                             &pending.device,
                             Some(pending.from.ip()),
                             true,
@@ -629,29 +619,10 @@ impl Core {
         }
     }
 
-    /// Journals a fingerprint claim the device's own server did not back, at most once an
-    /// hour per device and address, and only for a device trusted or held by admission.
+    /// Journals a fingerprint claim the device's own server did not back (see
+    /// [`Core::record_mismatch`] for the bounds).
     fn ls_mismatch(&mut self, claimed: &DeviceId, address: SocketAddr, shown: String, now: Now) {
-        let key = (claimed.clone(), Some(address.ip()));
-        let recent = self
-            .recent_mismatches
-            .iter()
-            .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
-        if recent || !(self.state.is_trusted(claimed) || self.admission.holds(claimed)) {
-            return;
-        }
-        if self.recent_mismatches.len() >= MISMATCH_MEMORY {
-            self.recent_mismatches.pop_front();
-        }
-        self.recent_mismatches.push_back((key, now.wall_ms));
-        self.emit(
-            Event::FingerprintMismatch {
-                claimed: claimed.clone(),
-                fingerprint: shown,
-                address: Some(address),
-            },
-            now,
-        );
+        self.record_mismatch(claimed, Some(address), shown, now);
     }
 
     // --- receiving: uploads ---------------------------------------------------------------

@@ -5,7 +5,9 @@ use super::*;
 impl Core {
     /// Connects to a trusted, reachable peer unless already connected or negotiating.
     pub(super) fn maybe_start(&mut self, peer: &DeviceId, now: Now) {
-        let reachable = self.state.peers.get(peer).is_some_and(|p| p.trusted)
+        // A LocalSend device is reached over its own protocol, never negotiated with.
+        let reachable = !peer.is_localsend()
+            && self.state.peers.get(peer).is_some_and(|p| p.trusted)
             && !self.dial_addresses(peer).is_empty();
         if !reachable {
             return;

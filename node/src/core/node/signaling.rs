@@ -25,29 +25,7 @@ impl Core {
             // Where the connection came from (not where the claimed device is known to be:
             // that is the point of an impostor).
             let address = self.conns.get(&conn).copied();
-            // Journaled once per claimed device and source address per hour, and for an
-            // untrusted claim only if admission holds it: a host reconnecting to repeat a
-            // bad offer cannot grow the journal (spec 3.4). The connection closes each time.
-            let trusted = self.state.is_trusted(&peer);
-            let key = (peer.clone(), address.map(|a| a.ip()));
-            let recent = self
-                .recent_mismatches
-                .iter()
-                .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
-            if !recent && (trusted || self.admission.holds(&peer)) {
-                if self.recent_mismatches.len() >= MISMATCH_MEMORY {
-                    self.recent_mismatches.pop_front();
-                }
-                self.recent_mismatches.push_back((key, now.wall_ms));
-                self.emit(
-                    Event::FingerprintMismatch {
-                        claimed: peer,
-                        fingerprint,
-                        address,
-                    },
-                    now,
-                );
-            }
+            self.record_mismatch(&peer, address, fingerprint, now);
             self.out
                 .push_back(Output::Effect(Effect::CloseSignaling { conn }));
             return;
@@ -137,5 +115,40 @@ impl Core {
                 .conns
                 .get(&conn)
                 .is_some_and(|from| known.addresses.contains(&from.ip()))
+    }
+}
+
+impl Core {
+    /// Journals a device that proved to be someone else (an SDP fingerprint, a DTLS or QUIC
+    /// certificate, a LocalSend server that is not the id it claimed). Once per claimed device
+    /// and source address per hour, and for an untrusted claim only if admission holds it: a
+    /// host repeating a bad offer or handshake cannot grow the journal (spec 3.4).
+    pub(super) fn record_mismatch(
+        &mut self,
+        claimed: &DeviceId,
+        address: Option<SocketAddr>,
+        fingerprint: String,
+        now: Now,
+    ) {
+        let key = (claimed.clone(), address.map(|a| a.ip()));
+        let recent = self
+            .recent_mismatches
+            .iter()
+            .any(|(k, at)| *k == key && now.wall_ms - at < REQUEST_JOURNAL_INTERVAL_MS);
+        if recent || !(self.state.is_trusted(claimed) || self.admission.holds(claimed)) {
+            return;
+        }
+        if self.recent_mismatches.len() >= MISMATCH_MEMORY {
+            self.recent_mismatches.pop_front();
+        }
+        self.recent_mismatches.push_back((key, now.wall_ms));
+        self.emit(
+            Event::FingerprintMismatch {
+                claimed: claimed.clone(),
+                fingerprint,
+                address,
+            },
+            now,
+        );
     }
 }

@@ -535,7 +535,7 @@ fn hello_from(conn: ConnId, n: u64, from: &str, port: u16) -> Input {
     }
 }
 
-/// Issue 14's attack: 110,000 `hello`s with random ids, one per connection, from one host.
+/// A hostile host's flood: 110,000 `hello`s with random ids, one per connection, from one host.
 /// The burst of new ids is recorded, the rest dropped and counted; another host still gets in.
 #[test]
 fn a_flood_of_random_id_hellos_from_one_host_records_a_bounded_few() {
@@ -999,7 +999,9 @@ fn revoking_a_connected_device_closes_its_session_and_tells_it_at_once() {
     });
     let out = h.handle(Input::Rtc {
         peer: id(1),
-        event: negotiation::Input::ChannelOpen,
+        event: negotiation::Input::ChannelOpen {
+            transport: crate::core::link::TransportKind::Quic,
+        },
     });
     assert_eq!(Harness::events(&out), ["Connected"], "{out:?}");
     let out = h.handle(request(
