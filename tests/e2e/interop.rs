@@ -1638,10 +1638,6 @@ fn interop_quic_a_certificate_that_is_not_the_device_id_is_refused() {
 /// DTLS (`FingerprintMismatch`)": the peer receives a CONNECTION_CLOSE (it does not just time
 /// out), and fsnode's journal has a `FingerprintMismatch` naming the peer.
 #[test]
-#[ignore = "fsnode deviates: spec 6 says a QUIC certificate mismatch closes the connection and \
-            is recorded as FingerprintMismatch; fsnode, in both roles, drops the connection \
-            without a CONNECTION_CLOSE (the peer learns only from its own timers) and journals \
-            Disconnected instead"]
 fn interop_quic_a_certificate_mismatch_is_closed_and_recorded_as_fingerprint_mismatch() {
     let s = Setup::new(Transport::Quic);
     let mut failures = Vec::new();

@@ -304,13 +304,7 @@ impl Sessions {
     /// Closes every session (their DTLS close_notify goes out as transmits now) and drops them.
     pub fn close_all(&mut self, now: Instant) {
         for s in &mut self.sessions {
-            s.link.close(now);
-            while let LinkOutput::Transmit(transmit) = s.link.poll_output() {
-                self.out.push_back(SessionOutput::Transmit {
-                    session: s.id,
-                    transmit,
-                });
-            }
+            close_session(s, now, &mut self.out);
         }
         self.sessions.clear();
         self.carrying = false;
@@ -447,7 +441,7 @@ impl Sessions {
                     }
                     // The new session is up: every older one is closed (spec 3.3).
                     for s in self.sessions.iter_mut().filter(|s| s.id < id) {
-                        s.link.close(now);
+                        close_session(s, now, &mut self.out);
                     }
                     self.sessions.retain(|s| s.id >= id);
                     newest_open = id;
@@ -466,6 +460,23 @@ impl Sessions {
             .iter()
             .map(|s| (s.id, s.opened && s.link.is_open()))
             .collect()
+    }
+}
+
+/// Closes one session's link and queues its last datagrams (DTLS close_notify, QUIC's
+/// CONNECTION_CLOSE), so the peer learns of the end at once. Events still queued concern
+/// nobody now, but those datagrams may wait behind them: everything is taken.
+fn close_session(s: &mut Session, now: Instant, out: &mut VecDeque<SessionOutput>) {
+    s.link.close(now);
+    loop {
+        match s.link.poll_output() {
+            LinkOutput::Transmit(transmit) => out.push_back(SessionOutput::Transmit {
+                session: s.id,
+                transmit,
+            }),
+            LinkOutput::Event(_) => {}
+            LinkOutput::Timeout(_) => break,
+        }
     }
 }
 
