@@ -50,10 +50,7 @@ impl<R: DeserializeOwned> Reader<R> {
     pub fn damage(&self) -> Result<Option<Damage>, JournalError> {
         let mut kept = 0u64;
         let (segment, offset, reason) = match self.replay_from(0) {
-            Err(err) => match located(err) {
-                Ok(found) => found,
-                Err(other) => return Err(other),
-            },
+            Err(err) => located(err)?,
             Ok(records) => {
                 let mut found = None;
                 for record in records {
