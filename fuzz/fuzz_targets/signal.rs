@@ -128,10 +128,20 @@ impl Shell {
                 synced: ok && sync,
             },
             StoreOp::Sync if ok => StoreResult::Synced,
-            StoreOp::Finalize { .. } if ok => StoreResult::Finalized {
-                path: PathBuf::from("/srv/receive/file.bin"),
+            // LocalSend's uploads (off in this model, answered as the store would).
+            StoreOp::Append { offset, data, sync } if ok => StoreResult::Appended {
+                end: offset + data.len() as u64,
+                synced: sync,
             },
-            StoreOp::Sync | StoreOp::Finalize { .. } => StoreResult::WriteFailed {
+            StoreOp::Finalize { .. } | StoreOp::FinalizeStream { .. } if ok => {
+                StoreResult::Finalized {
+                    path: PathBuf::from("/srv/receive/file.bin"),
+                }
+            }
+            StoreOp::Sync
+            | StoreOp::Append { .. }
+            | StoreOp::Finalize { .. }
+            | StoreOp::FinalizeStream { .. } => StoreResult::WriteFailed {
                 reason: "EIO".into(),
             },
             StoreOp::Read { index, len, .. } if ok => StoreResult::ChunkRead {

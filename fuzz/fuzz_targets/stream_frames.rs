@@ -61,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => {
                 error = Some(e);
                 // Refused for good: nothing more is read.
-                assert!(reader.push(rest, &mut |_| panic!("read after an error")).is_err());
+                assert!(
+                    reader
+                        .push(rest, &mut |_| panic!("read after an error"))
+                        .is_err()
+                );
                 break;
             }
         }
