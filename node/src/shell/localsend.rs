@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -167,7 +167,12 @@ impl LocalSendAdapter {
     pub fn act(&mut self, effect: Effect) {
         match effect {
             Effect::Reply { req, status, body } => {
-                let open = self.server.open.lock().expect("not poisoned").remove(&req);
+                let open = self
+                    .server
+                    .open
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&req);
                 if let Some(tx) = open {
                     let _ = tx.try_send(Answer::Reply(status, body));
                 }
@@ -515,7 +520,11 @@ async fn handle(request: hyper::Request<Incoming>, from: SocketAddr, server: Arc
     let is_upload = matches!(routed, Request::Upload { .. });
     let req = server.next.fetch_add(1, Ordering::Relaxed);
     let (tx, answers) = async_channel::bounded(ls::WINDOW + 2);
-    server.open.lock().expect("not poisoned").insert(req, tx);
+    server
+        .open
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(req, tx);
     let mut guard = GoneGuard {
         req,
         server: server.clone(),
@@ -600,7 +609,10 @@ impl ServerCertVerifier for Pinned {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let digest: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        *self.presented.lock().expect("not poisoned") = Some(digest);
+        *self
+            .presented
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(digest);
         if digest == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
@@ -668,7 +680,10 @@ async fn connect(to: SocketAddr, fingerprint: [u8; 32]) -> (Arc<Pinned>, anyhow:
 /// The SHA-256 of the certificate `to` presents.
 async fn probe(to: SocketAddr, claimed: [u8; 32]) -> Result<[u8; 32], String> {
     let (pinned, result) = connect(to, claimed).await;
-    let presented = *pinned.presented.lock().expect("not poisoned");
+    let presented = *pinned
+        .presented
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     match (result, presented) {
         // The handshake completed: the server proved it holds the claimed key.
         (Ok(_), _) => Ok(claimed),

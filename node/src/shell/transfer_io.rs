@@ -210,17 +210,7 @@ impl Files {
                             },
                         }
                     }
-                    Err(err) if err.kind() == std::io::ErrorKind::StorageFull => {
-                        let free = self.store.free_bytes().unwrap_or(0);
-                        StoreResult::NoSpace {
-                            reason: format!(
-                                "the receive directory's disk is full ({free} bytes free)"
-                            ),
-                        }
-                    }
-                    Err(err) => StoreResult::WriteFailed {
-                        reason: self.at_part(err),
-                    },
+                    Err(err) => self.write_failed(err),
                 },
                 None => StoreResult::WriteFailed {
                     reason: "the .part file is not open".into(),
@@ -280,14 +270,7 @@ impl Files {
                             synced: sync,
                         }
                     }
-                    Err(err) if err.kind() == std::io::ErrorKind::StorageFull => {
-                        StoreResult::NoSpace {
-                            reason: "the receive directory's disk is full".into(),
-                        }
-                    }
-                    Err(err) => StoreResult::WriteFailed {
-                        reason: err.to_string(),
-                    },
+                    Err(err) => self.write_failed(err),
                 },
                 None => StoreResult::WriteFailed {
                     reason: "the .part file is not open".into(),
@@ -365,6 +348,20 @@ impl Files {
     }
 
     /// An error of the open `.part` file, naming it.
+    /// A failed write to the `.part`: a full disk pauses the transfer (with the free space
+    /// said), anything else fails it, naming the file.
+    fn write_failed(&self, err: std::io::Error) -> StoreResult {
+        if err.kind() == std::io::ErrorKind::StorageFull {
+            let free = self.store.free_bytes().unwrap_or(0);
+            return StoreResult::NoSpace {
+                reason: format!("the receive directory's disk is full ({free} bytes free)"),
+            };
+        }
+        StoreResult::WriteFailed {
+            reason: self.at_part(err),
+        }
+    }
+
     fn at_part(&self, err: impl std::fmt::Display) -> String {
         match &self.part {
             Some(part) => format!("{}: {err}", part.part_path.display()),

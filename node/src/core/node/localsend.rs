@@ -597,7 +597,7 @@ impl Core {
                 Ok(other) => hex::encode(other),
                 Err(why) => format!("none ({why})"),
             };
-            self.ls_mismatch(&device, SocketAddr::new(ip, port), shown, now);
+            self.record_mismatch(&device, Some(SocketAddr::new(ip, port)), shown, now);
             for req in waiting {
                 self.ls().pending.remove(&req);
                 self.ls_refuse(
@@ -617,12 +617,6 @@ impl Core {
             self.ls_stage(req, Stage::Files);
             self.ls_advance(req, now);
         }
-    }
-
-    /// Journals a fingerprint claim the device's own server did not back (see
-    /// [`Core::record_mismatch`] for the bounds).
-    fn ls_mismatch(&mut self, claimed: &DeviceId, address: SocketAddr, shown: String, now: Now) {
-        self.record_mismatch(claimed, Some(address), shown, now);
     }
 
     // --- receiving: uploads ---------------------------------------------------------------
